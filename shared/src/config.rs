@@ -1,0 +1,568 @@
+//! Configuration: `HERMES_*` environment variables, optionally completed by a file.
+//!
+//! Values are read through the [`Strings`] trait so tests pass a map and never touch the
+//! process environment. Every variable is a documented constant below; a bad value is an
+//! [`Error::Config`] whose message names the variable, which the binaries print as one
+//! line before exiting with status 64.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::auth::Algorithm;
+use crate::error::{Error, Result};
+
+/// A source of configuration strings.
+pub trait Strings {
+    /// The value of `key`, if set. Empty values count as unset.
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment, completed by the `KEY=VALUE` file named in
+/// `HERMES_CONFIG_FILE` (environment variables win over the file).
+pub struct Env {
+    file: HashMap<String, String>,
+}
+
+impl Env {
+    /// Reads the environment and the optional config file.
+    pub fn load() -> Result<Self> {
+        let file = match std::env::var(CONFIG_FILE) {
+            Ok(path) if !path.is_empty() => {
+                let text = std::fs::read_to_string(&path).map_err(|error| {
+                    Error::Config(format!("{CONFIG_FILE}: cannot read {path}: {error}"))
+                })?;
+                parse_env_file(&text).map_err(|e| Error::Config(format!("{CONFIG_FILE}: {path}: {e}")))?
+            }
+            _ => HashMap::new(),
+        };
+        Ok(Self { file })
+    }
+}
+
+impl Strings for Env {
+    fn get(&self, key: &str) -> Option<String> {
+        match std::env::var(key) {
+            Ok(v) if !v.is_empty() => Some(v),
+            _ => self.file.get(key).filter(|v| !v.is_empty()).cloned(),
+        }
+    }
+}
+
+impl Strings for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+impl Strings for HashMap<&str, &str> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).filter(|v| !v.is_empty()).map(|v| (*v).to_owned())
+    }
+}
+
+/// Parses `KEY=VALUE` lines; `#` starts a comment line; values may be quoted.
+fn parse_env_file(text: &str) -> std::result::Result<HashMap<String, String>, String> {
+    let mut map = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line {}: expected KEY=VALUE", n + 1));
+        };
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(value);
+        map.insert(key.trim().to_owned(), value.to_owned());
+    }
+    Ok(map)
+}
+
+// The variables. Each is documented in docs/configuration.md.
+pub const CONFIG_FILE: &str = "HERMES_CONFIG_FILE";
+pub const STAGE: &str = "HERMES_STAGE";
+pub const LISTEN: &str = "HERMES_LISTEN";
+pub const INTERNAL_LISTEN: &str = "HERMES_INTERNAL_LISTEN";
+pub const GATEWAY_ID: &str = "HERMES_GATEWAY_ID";
+pub const INTERNAL_URL: &str = "HERMES_INTERNAL_URL";
+pub const JWT_SECRET: &str = "HERMES_JWT_SECRET";
+pub const JWT_ALGORITHMS: &str = "HERMES_JWT_ALGORITHMS";
+pub const JWT_LEEWAY: &str = "HERMES_JWT_LEEWAY_SECONDS";
+pub const ADMIN_KEY: &str = "HERMES_ADMIN_KEY";
+pub const INTERNAL_SECRET: &str = "HERMES_INTERNAL_SECRET";
+pub const VERIFIER_KEY: &str = "HERMES_VERIFIER_KEY";
+pub const ALLOWED_ORIGINS: &str = "HERMES_ALLOWED_ORIGINS";
+pub const REGISTRY: &str = "HERMES_REGISTRY";
+pub const REGISTRY_URL: &str = "HERMES_REGISTRY_URL";
+pub const REGISTRY_TTL: &str = "HERMES_REGISTRY_TTL_SECONDS";
+pub const TOKEN_CHECK: &str = "HERMES_TOKEN_CHECK";
+pub const TOKEN_TTL: &str = "HERMES_TOKEN_TTL_SECONDS";
+pub const BCRYPT_COST: &str = "HERMES_BCRYPT_COST";
+pub const BCRYPT_WORKERS: &str = "HERMES_BCRYPT_WORKERS";
+pub const BCRYPT_QUEUE: &str = "HERMES_BCRYPT_QUEUE";
+pub const AUTH_CACHE_TTL: &str = "HERMES_AUTH_CACHE_TTL_SECONDS";
+pub const AUTH_CACHE_CAPACITY: &str = "HERMES_AUTH_CACHE_CAPACITY";
+pub const MAX_MESSAGE_BYTES: &str = "HERMES_MAX_MESSAGE_BYTES";
+pub const IDLE_TIMEOUT: &str = "HERMES_IDLE_TIMEOUT_SECONDS";
+pub const PING_INTERVAL: &str = "HERMES_PING_INTERVAL_SECONDS";
+pub const PONG_TIMEOUT: &str = "HERMES_PONG_TIMEOUT_SECONDS";
+pub const SEND_QUEUE: &str = "HERMES_SEND_QUEUE";
+pub const CLIENT_RATE: &str = "HERMES_CLIENT_MESSAGES_PER_SECOND";
+pub const CLIENT_BURST: &str = "HERMES_CLIENT_MESSAGES_BURST";
+pub const DRAIN: &str = "HERMES_DRAIN_SECONDS";
+pub const SHUTDOWN_GRACE: &str = "HERMES_SHUTDOWN_GRACE_SECONDS";
+pub const DELIVER_TIMEOUT: &str = "HERMES_DELIVER_TIMEOUT_MS";
+pub const WORKERS: &str = "HERMES_WORKERS";
+pub const DEDUP_WINDOW: &str = "HERMES_DEDUP_WINDOW";
+
+/// Which registry implementation the process uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryKind {
+    /// In-process memory (standalone mode, unit tests).
+    Memory,
+    /// The embedded registry of another Hermes process, reached over its internal API
+    /// (development and tests without a database).
+    Remote { url: String },
+}
+
+/// The second-layer token check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// `bcrypt(token)` must be stored for (user, room) and match.
+    Bcrypt,
+    /// The JWT alone decides.
+    Off,
+}
+
+/// Whether browsers from an Origin may connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPolicy {
+    Any,
+    List(Vec<String>),
+}
+
+impl OriginPolicy {
+    /// True when a request with this `Origin` header (if any) may upgrade.
+    /// Requests without an Origin (non-browser clients) are allowed.
+    pub fn allows(&self, origin: Option<&str>) -> bool {
+        match (self, origin) {
+            (OriginPolicy::Any, _) | (_, None) => true,
+            (OriginPolicy::List(list), Some(origin)) => {
+                list.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin))
+            }
+        }
+    }
+}
+
+/// How the gateway process was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One replica among many: secrets are required.
+    Serve,
+    /// Everything in one process with generated secrets and the demo page.
+    Standalone,
+}
+
+/// The gateway's validated configuration.
+#[derive(Clone)]
+pub struct GatewayConfig {
+    pub mode: Mode,
+    pub stage: String,
+    pub listen: SocketAddr,
+    pub internal_listen: SocketAddr,
+    pub gateway_id: String,
+    /// Set explicitly, or derived from the bound internal address at start.
+    pub internal_url: Option<String>,
+    pub auth: AuthConfig,
+    pub admin_key: String,
+    /// True when the admin key was generated (standalone prints it once).
+    pub admin_key_generated: bool,
+    pub internal_secret: String,
+    pub allowed_origins: OriginPolicy,
+    pub registry: RegistryKind,
+    pub registry_ttl: Duration,
+    pub limits: SocketLimits,
+    pub drain: Duration,
+    pub shutdown_grace: Duration,
+    pub deliver_timeout: Duration,
+    pub workers: usize,
+    pub dedup_window: usize,
+}
+
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets are never printed.
+        f.debug_struct("GatewayConfig")
+            .field("mode", &self.mode)
+            .field("stage", &self.stage)
+            .field("listen", &self.listen)
+            .field("internal_listen", &self.internal_listen)
+            .field("gateway_id", &self.gateway_id)
+            .field("internal_url", &self.internal_url)
+            .field("registry", &self.registry)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The authorizer's settings.
+#[derive(Clone)]
+pub struct AuthConfig {
+    pub jwt_secret: String,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: Duration,
+    pub verifier_key: Vec<u8>,
+    pub token_check: TokenCheck,
+    pub token_ttl: Duration,
+    pub bcrypt_cost: u32,
+    pub bcrypt_workers: usize,
+    pub bcrypt_queue: usize,
+    pub cache_ttl: Duration,
+    pub cache_capacity: usize,
+}
+
+/// Per-socket limits.
+#[derive(Debug, Clone)]
+pub struct SocketLimits {
+    pub max_message_bytes: usize,
+    pub idle_timeout: Duration,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub send_queue: usize,
+    pub client_rate: f64,
+    pub client_burst: f64,
+}
+
+impl GatewayConfig {
+    /// Reads and validates the configuration.
+    pub fn from_strings(s: &dyn Strings, mode: Mode) -> Result<Self> {
+        let standalone = mode == Mode::Standalone;
+        let stage = s.get(STAGE).unwrap_or_else(|| "production".into());
+        if stage.is_empty()
+            || !stage.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(Error::Config(format!(
+                "{STAGE}: {stage:?} must be letters, digits, '-' or '_'"
+            )));
+        }
+        let default_listen = if standalone { "127.0.0.1:8080" } else { "0.0.0.0:8080" };
+        let listen = addr(s, LISTEN, default_listen)?;
+        let internal_listen = addr(s, INTERNAL_LISTEN, "127.0.0.1:8081")?;
+        let gateway_id = match s.get(GATEWAY_ID) {
+            Some(id) => id,
+            None => default_gateway_id(),
+        };
+        if gateway_id.is_empty() || gateway_id.len() > 253 {
+            return Err(Error::Config(format!("{GATEWAY_ID}: must be 1 to 253 characters")));
+        }
+        let internal_url = match s.get(INTERNAL_URL) {
+            Some(u) => {
+                let parsed = url::Url::parse(&u)
+                    .map_err(|e| Error::Config(format!("{INTERNAL_URL}: {u:?} is not a URL: {e}")))?;
+                if parsed.scheme() != "http" && parsed.scheme() != "https" {
+                    return Err(Error::Config(format!("{INTERNAL_URL}: must be http:// or https://")));
+                }
+                Some(u.trim_end_matches('/').to_owned())
+            }
+            None => None,
+        };
+
+        let jwt_secret = secret(s, JWT_SECRET, standalone, 48)?;
+        if jwt_secret.len() < 16 {
+            return Err(Error::Config(format!("{JWT_SECRET}: must be at least 16 bytes")));
+        }
+        let algorithms = match s.get(JWT_ALGORITHMS) {
+            Some(list) => list
+                .split(',')
+                .map(|a| a.trim())
+                .filter(|a| !a.is_empty())
+                .map(|a| {
+                    Algorithm::parse(a).ok_or_else(|| {
+                        Error::Config(format!(
+                            "{JWT_ALGORITHMS}: {a:?} is not supported (use HS256, HS384 or HS512)"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+            None => vec![Algorithm::HS512],
+        };
+        if algorithms.is_empty() {
+            return Err(Error::Config(format!("{JWT_ALGORITHMS}: the list is empty")));
+        }
+        let verifier_key = match s.get(VERIFIER_KEY) {
+            Some(k) if k.len() < 16 => {
+                return Err(Error::Config(format!("{VERIFIER_KEY}: must be at least 16 bytes")));
+            }
+            Some(k) => k.into_bytes(),
+            // Derived from the JWT secret: identical on every replica, never stored.
+            None => crate::auth::derive_key(jwt_secret.as_bytes(), b"hermes fast verifier v1"),
+        };
+        let token_check = match s.get(TOKEN_CHECK).as_deref() {
+            None | Some("bcrypt") => TokenCheck::Bcrypt,
+            Some("off") => TokenCheck::Off,
+            Some(other) => {
+                return Err(Error::Config(format!("{TOKEN_CHECK}: {other:?} must be bcrypt or off")));
+            }
+        };
+        let bcrypt_cost = num(s, BCRYPT_COST, 10u32)?;
+        if !(4..=31).contains(&bcrypt_cost) {
+            return Err(Error::Config(format!("{BCRYPT_COST}: must be between 4 and 31")));
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let auth = AuthConfig {
+            jwt_secret,
+            algorithms,
+            leeway: secs(s, JWT_LEEWAY, 30)?,
+            verifier_key,
+            token_check,
+            token_ttl: positive_secs(s, TOKEN_TTL, 86_400)?,
+            bcrypt_cost,
+            bcrypt_workers: positive(s, BCRYPT_WORKERS, cpus.div_ceil(2))?,
+            bcrypt_queue: positive(s, BCRYPT_QUEUE, 64)?,
+            cache_ttl: secs(s, AUTH_CACHE_TTL, 300)?,
+            cache_capacity: num(s, AUTH_CACHE_CAPACITY, 100_000usize)?,
+        };
+
+        let (admin_key, admin_key_generated) = match s.get(ADMIN_KEY) {
+            Some(k) => (k, false),
+            None if standalone => (crate::ids::random_secret(24), true),
+            None => return Err(Error::Config(format!("{ADMIN_KEY}: required"))),
+        };
+        if admin_key.len() < 16 {
+            return Err(Error::Config(format!("{ADMIN_KEY}: must be at least 16 characters")));
+        }
+        let internal_secret = secret(s, INTERNAL_SECRET, standalone, 32)?;
+        if internal_secret.len() < 16 {
+            return Err(Error::Config(format!("{INTERNAL_SECRET}: must be at least 16 characters")));
+        }
+
+        let allowed_origins = match s.get(ALLOWED_ORIGINS) {
+            None => OriginPolicy::Any,
+            Some(list) if list.trim() == "*" => OriginPolicy::Any,
+            Some(list) => {
+                let origins: Vec<String> = list
+                    .split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect();
+                for o in &origins {
+                    if !(o.starts_with("http://") || o.starts_with("https://")) {
+                        return Err(Error::Config(format!(
+                            "{ALLOWED_ORIGINS}: {o:?} must look like https://app.example.com"
+                        )));
+                    }
+                }
+                OriginPolicy::List(origins)
+            }
+        };
+
+        let registry = match s.get(REGISTRY).as_deref() {
+            None | Some("memory") => RegistryKind::Memory,
+            Some("remote") => match s.get(REGISTRY_URL) {
+                Some(url) => RegistryKind::Remote { url: url.trim_end_matches('/').to_owned() },
+                None => {
+                    return Err(Error::Config(format!(
+                        "{REGISTRY_URL}: required when {REGISTRY}=remote"
+                    )));
+                }
+            },
+            Some("scylla") => {
+                return Err(Error::Config(format!(
+                    "{REGISTRY}: scylla is not available in this build yet; use memory or remote"
+                )));
+            }
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "{REGISTRY}: {other:?} must be memory or remote"
+                )));
+            }
+        };
+
+        let limits = SocketLimits {
+            max_message_bytes: positive(s, MAX_MESSAGE_BYTES, 128 * 1024)?,
+            idle_timeout: positive_secs(s, IDLE_TIMEOUT, 600)?,
+            ping_interval: positive_secs(s, PING_INTERVAL, 30)?,
+            pong_timeout: positive_secs(s, PONG_TIMEOUT, 60)?,
+            send_queue: positive(s, SEND_QUEUE, 256)?,
+            client_rate: positive_f64(s, CLIENT_RATE, 20.0)?,
+            client_burst: positive_f64(s, CLIENT_BURST, 40.0)?,
+        };
+
+        Ok(Self {
+            mode,
+            stage,
+            listen,
+            internal_listen,
+            gateway_id,
+            internal_url,
+            auth,
+            admin_key,
+            admin_key_generated,
+            internal_secret,
+            allowed_origins,
+            registry,
+            registry_ttl: positive_secs(s, REGISTRY_TTL, 30)?,
+            limits,
+            drain: secs(s, DRAIN, 10)?,
+            shutdown_grace: positive_secs(s, SHUTDOWN_GRACE, 25)?,
+            deliver_timeout: Duration::from_millis(num(s, DELIVER_TIMEOUT, 2_000u64)?.max(1)),
+            workers: positive(s, WORKERS, cpus)?,
+            dedup_window: num(s, DEDUP_WINDOW, 4096usize)?,
+        })
+    }
+}
+
+/// The host name: `HOSTNAME`, else `/etc/hostname`, else `hermes-gateway`.
+fn default_gateway_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "hermes-gateway".into())
+}
+
+fn addr(s: &dyn Strings, key: &str, default: &str) -> Result<SocketAddr> {
+    let value = s.get(key).unwrap_or_else(|| default.to_owned());
+    value
+        .parse()
+        .map_err(|_| Error::Config(format!("{key}: {value:?} is not an address like 0.0.0.0:8080")))
+}
+
+fn secret(s: &dyn Strings, key: &str, generate: bool, len: usize) -> Result<String> {
+    match s.get(key) {
+        Some(v) => Ok(v),
+        None if generate => Ok(crate::ids::random_secret(len)),
+        None => Err(Error::Config(format!("{key}: required"))),
+    }
+}
+
+fn num<T: std::str::FromStr>(s: &dyn Strings, key: &str, default: T) -> Result<T> {
+    match s.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| Error::Config(format!("{key}: {v:?} is not a valid number"))),
+    }
+}
+
+fn positive(s: &dyn Strings, key: &str, default: usize) -> Result<usize> {
+    let v = num(s, key, default)?;
+    if v == 0 {
+        return Err(Error::Config(format!("{key}: must be greater than 0")));
+    }
+    Ok(v)
+}
+
+fn positive_f64(s: &dyn Strings, key: &str, default: f64) -> Result<f64> {
+    let v: f64 = num(s, key, default)?;
+    if !(v.is_finite() && v > 0.0) {
+        return Err(Error::Config(format!("{key}: must be a number greater than 0")));
+    }
+    Ok(v)
+}
+
+fn secs(s: &dyn Strings, key: &str, default: u64) -> Result<Duration> {
+    Ok(Duration::from_secs(num(s, key, default)?))
+}
+
+fn positive_secs(s: &dyn Strings, key: &str, default: u64) -> Result<Duration> {
+    let d = secs(s, key, default)?;
+    if d.is_zero() {
+        return Err(Error::Config(format!("{key}: must be greater than 0")));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_env() -> HashMap<&'static str, &'static str> {
+        HashMap::from([
+            (JWT_SECRET, "0123456789abcdef0123456789abcdef"),
+            (ADMIN_KEY, "admin-key-0123456789"),
+            (INTERNAL_SECRET, "internal-secret-0123456789"),
+        ])
+    }
+
+    #[test]
+    fn serve_mode_requires_secrets() {
+        let err = GatewayConfig::from_strings(&HashMap::<&str, &str>::new(), Mode::Serve)
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("HERMES_JWT_SECRET: required"));
+    }
+
+    #[test]
+    fn standalone_generates_secrets_and_binds_loopback() {
+        let c = GatewayConfig::from_strings(&HashMap::<&str, &str>::new(), Mode::Standalone)
+            .expect("standalone needs no configuration");
+        assert!(c.admin_key_generated);
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(c.stage, "production");
+        assert_eq!(c.auth.algorithms, vec![Algorithm::HS512]);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let cases = [
+            (MAX_MESSAGE_BYTES, "lots", "HERMES_MAX_MESSAGE_BYTES"),
+            (JWT_ALGORITHMS, "none", "HERMES_JWT_ALGORITHMS"),
+            (JWT_ALGORITHMS, "RS256", "HERMES_JWT_ALGORITHMS"),
+            (LISTEN, "8080", "HERMES_LISTEN"),
+            (STAGE, "a/b", "HERMES_STAGE"),
+            (TOKEN_CHECK, "maybe", "HERMES_TOKEN_CHECK"),
+            (ALLOWED_ORIGINS, "example.com", "HERMES_ALLOWED_ORIGINS"),
+            (REGISTRY, "redis", "HERMES_REGISTRY"),
+            (SEND_QUEUE, "0", "HERMES_SEND_QUEUE"),
+        ];
+        for (key, value, named) in cases {
+            let mut env = serve_env();
+            env.insert(key, value);
+            let err = GatewayConfig::from_strings(&env, Mode::Serve)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.starts_with(named), "{key}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn origins_are_matched_exactly_and_absent_origin_is_allowed() {
+        let mut env = serve_env();
+        env.insert(ALLOWED_ORIGINS, "https://app.example.com, https://admin.example.com/");
+        let c = GatewayConfig::from_strings(&env, Mode::Serve).expect("valid");
+        assert!(c.allowed_origins.allows(Some("https://admin.example.com")));
+        assert!(!c.allowed_origins.allows(Some("https://evil.example.com")));
+        assert!(c.allowed_origins.allows(None));
+    }
+
+    #[test]
+    fn env_file_lines_are_parsed() {
+        let map = parse_env_file("# c\nexport HERMES_STAGE=dev\nHERMES_ADMIN_KEY=\"a b\"\n")
+            .expect("valid file");
+        assert_eq!(map.get("HERMES_STAGE").map(String::as_str), Some("dev"));
+        assert_eq!(map.get("HERMES_ADMIN_KEY").map(String::as_str), Some("a b"));
+        assert!(parse_env_file("novalue").is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let c = GatewayConfig::from_strings(&serve_env(), Mode::Serve).expect("valid");
+        let text = format!("{c:?}");
+        assert!(!text.contains("admin-key"));
+        assert!(!text.contains("0123456789abcdef"));
+    }
+}

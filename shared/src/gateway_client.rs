@@ -1,0 +1,102 @@
+//! The client of a gateway's internal API (`POST /internal/v1/deliver`,
+//! `GET /internal/v1/connections/{id}`), over kept-alive connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::registry::remote::SECRET_HEADER;
+use crate::wire::{ConnectionInfo, DeliverRequest, DeliverResponse};
+
+/// Calls other gateways' internal APIs.
+#[derive(Clone)]
+pub struct GatewayClient {
+    http: reqwest::Client,
+    secret: Arc<str>,
+    metrics: Arc<Metrics>,
+}
+
+impl GatewayClient {
+    pub fn new(secret: &str, timeout: Duration, metrics: Arc<Metrics>) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(2)))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(32)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the gateway client: {e}")))?;
+        Ok(Self { http, secret: secret.into(), metrics })
+    }
+
+    /// Delivers one target group to the gateway at `base_url`.
+    pub async fn deliver(
+        &self,
+        gateway_id: &str,
+        base_url: &str,
+        request: &DeliverRequest,
+    ) -> Result<DeliverResponse> {
+        let url = format!("{base_url}/internal/v1/deliver");
+        let result = self
+            .http
+            .post(&url)
+            .header(SECRET_HEADER, &*self.secret)
+            .json(request)
+            .send()
+            .await;
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let label = if e.is_timeout() { "timeout" } else { "unreachable" };
+                self.metrics.deliver_requests.with_label_values(&["client", label]).inc();
+                return Err(Error::GatewayUnreachable {
+                    gateway_id: gateway_id.to_owned(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let status = response.status();
+        self.metrics
+            .deliver_requests
+            .with_label_values(&["client", status.as_str()])
+            .inc();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(Error::GatewayUnreachable {
+                gateway_id: gateway_id.to_owned(),
+                reason: format!("{status}: {}", body.chars().take(200).collect::<String>()),
+            });
+        }
+        response.json().await.map_err(|e| Error::GatewayUnreachable {
+            gateway_id: gateway_id.to_owned(),
+            reason: format!("bad answer: {e}"),
+        })
+    }
+
+    /// Asks the holding gateway about one of its connections.
+    pub async fn connection_info(
+        &self,
+        gateway_id: &str,
+        base_url: &str,
+        connection_id: &str,
+    ) -> Result<Option<ConnectionInfo>> {
+        let url = format!("{base_url}/internal/v1/connections/{connection_id}");
+        let unreachable = |reason: String| Error::GatewayUnreachable {
+            gateway_id: gateway_id.to_owned(),
+            reason,
+        };
+        let response = self
+            .http
+            .get(&url)
+            .header(SECRET_HEADER, &*self.secret)
+            .send()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        match response.status().as_u16() {
+            200 => response.json().await.map(Some).map_err(|e| unreachable(e.to_string())),
+            404 | 410 => Ok(None),
+            status => Err(unreachable(format!("status {status}"))),
+        }
+    }
+}

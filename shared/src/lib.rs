@@ -1,0 +1,22 @@
+//! `hermes-shared`: what the gateway and the consumer both need, and nothing else.
+//!
+//! It owns the configuration (`config`), the wire types (`wire`), authentication
+//! (`auth`: JWT, token hashing, bcrypt on a bounded pool, fast verifiers), the
+//! connection registry (`registry`: the trait, its in-memory implementation and a
+//! client for a registry served by another process), the router (`router`: resolve a
+//! message's targets, group them by gateway, deliver), the client of the internal
+//! deliver API (`gateway_client`) and the Prometheus metrics (`metrics`).
+//!
+//! It must not hold sockets, HTTP servers or queue clients: those belong to the binaries.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod gateway_client;
+pub mod ids;
+pub mod metrics;
+pub mod registry;
+pub mod router;
+pub mod wire;
+
+pub use error::{Error, Result};

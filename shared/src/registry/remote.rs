@@ -1,0 +1,228 @@
+//! A registry served by another Hermes process over its internal listener
+//! (`POST /internal/v1/registry`, shared-secret header).
+//!
+//! It lets several gateway processes share the embedded in-memory registry of one
+//! standalone process: a development cluster and the multi-process tests, without a
+//! database. Production uses ScyllaDB. Each call is one request carrying a
+//! [`RegistryOp`]; the answer is the operation's result as JSON.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::{ConnectionRecord, GatewayRecord, Holdings, Registry, TokenRecord};
+use crate::error::{Error, Result};
+
+/// Header carrying the internal shared secret.
+pub const SECRET_HEADER: &str = "x-hermes-internal-secret";
+
+/// One registry call. TTLs travel in milliseconds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum RegistryOp {
+    UpsertGateway { gateway: GatewayRecord, ttl_ms: u64 },
+    RemoveGateway { gateway_id: String },
+    Gateway { gateway_id: String },
+    Gateways,
+    PutConnection { connection: ConnectionRecord, ttl_ms: u64 },
+    RemoveConnection { connection_id: String },
+    Connection { connection_id: String },
+    AddRoomGateway { room_id: String, gateway_id: String, ttl_ms: u64 },
+    RemoveRoomGateway { room_id: String, gateway_id: String },
+    RoomGateways { room_id: String },
+    AddUserGateway { user_id: String, gateway_id: String, ttl_ms: u64 },
+    RemoveUserGateway { user_id: String, gateway_id: String },
+    UserGateways { user_id: String },
+    PutToken { token: TokenRecord },
+    Token { user_id: String, room_id: String },
+    SetFastVerifier { user_id: String, room_id: String, token_hash: String, verifier: String },
+    DeleteToken { user_id: String, room_id: String },
+    Refresh {
+        gateway: GatewayRecord,
+        rooms: Vec<String>,
+        users: Vec<String>,
+        connections: Vec<ConnectionRecord>,
+        ttl_ms: u64,
+    },
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn json<T: Serialize>(v: T) -> Result<serde_json::Value> {
+    serde_json::to_value(v).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// Executes an operation against a local registry (the serving side).
+pub async fn execute(registry: &dyn Registry, op: RegistryOp) -> Result<serde_json::Value> {
+    use RegistryOp::*;
+    let d = Duration::from_millis;
+    match op {
+        UpsertGateway { gateway, ttl_ms } => json(registry.upsert_gateway(&gateway, d(ttl_ms)).await?),
+        RemoveGateway { gateway_id } => json(registry.remove_gateway(&gateway_id).await?),
+        Gateway { gateway_id } => json(registry.gateway(&gateway_id).await?),
+        Gateways => json(registry.gateways().await?),
+        PutConnection { connection, ttl_ms } => {
+            json(registry.put_connection(&connection, d(ttl_ms)).await?)
+        }
+        RemoveConnection { connection_id } => json(registry.remove_connection(&connection_id).await?),
+        Connection { connection_id } => json(registry.connection(&connection_id).await?),
+        AddRoomGateway { room_id, gateway_id, ttl_ms } => {
+            json(registry.add_room_gateway(&room_id, &gateway_id, d(ttl_ms)).await?)
+        }
+        RemoveRoomGateway { room_id, gateway_id } => {
+            json(registry.remove_room_gateway(&room_id, &gateway_id).await?)
+        }
+        RoomGateways { room_id } => json(registry.room_gateways(&room_id).await?),
+        AddUserGateway { user_id, gateway_id, ttl_ms } => {
+            json(registry.add_user_gateway(&user_id, &gateway_id, d(ttl_ms)).await?)
+        }
+        RemoveUserGateway { user_id, gateway_id } => {
+            json(registry.remove_user_gateway(&user_id, &gateway_id).await?)
+        }
+        UserGateways { user_id } => json(registry.user_gateways(&user_id).await?),
+        PutToken { token } => json(registry.put_token(&token).await?),
+        Token { user_id, room_id } => json(registry.token(&user_id, &room_id).await?),
+        SetFastVerifier { user_id, room_id, token_hash, verifier } => json(
+            registry.set_fast_verifier(&user_id, &room_id, &token_hash, &verifier).await?,
+        ),
+        DeleteToken { user_id, room_id } => json(registry.delete_token(&user_id, &room_id).await?),
+        Refresh { gateway, rooms, users, connections, ttl_ms } => json(
+            registry.refresh(&gateway, &Holdings { rooms, users, connections }, d(ttl_ms)).await?,
+        ),
+    }
+}
+
+/// The client side: a [`Registry`] whose calls go to another process.
+pub struct RemoteRegistry {
+    http: reqwest::Client,
+    endpoint: String,
+    secret: String,
+}
+
+impl RemoteRegistry {
+    /// `base_url` is the serving process's internal listener, e.g. `http://127.0.0.1:8081`.
+    pub fn new(base_url: &str, secret: &str, timeout: Duration) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the registry client: {e}")))?;
+        Ok(Self {
+            http,
+            endpoint: format!("{}/internal/v1/registry", base_url.trim_end_matches('/')),
+            secret: secret.to_owned(),
+        })
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(&self, op: RegistryOp) -> Result<T> {
+        let response = self
+            .http
+            .post(&self.endpoint)
+            .header(SECRET_HEADER, &self.secret)
+            .json(&op)
+            .send()
+            .await
+            .map_err(|e| Error::RegistryUnavailable(format!("{}: {e}", self.endpoint)))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(Error::RegistryUnavailable(format!("{}: {status}: {body}", self.endpoint)));
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| Error::RegistryUnavailable(format!("{}: bad answer: {e}", self.endpoint)))
+    }
+}
+
+#[async_trait]
+impl Registry for RemoteRegistry {
+    async fn upsert_gateway(&self, gateway: &GatewayRecord, ttl: Duration) -> Result<()> {
+        self.call(RegistryOp::UpsertGateway { gateway: gateway.clone(), ttl_ms: ms(ttl) }).await
+    }
+    async fn remove_gateway(&self, gateway_id: &str) -> Result<()> {
+        self.call(RegistryOp::RemoveGateway { gateway_id: gateway_id.into() }).await
+    }
+    async fn gateway(&self, gateway_id: &str) -> Result<Option<GatewayRecord>> {
+        self.call(RegistryOp::Gateway { gateway_id: gateway_id.into() }).await
+    }
+    async fn gateways(&self) -> Result<Vec<GatewayRecord>> {
+        self.call(RegistryOp::Gateways).await
+    }
+    async fn put_connection(&self, connection: &ConnectionRecord, ttl: Duration) -> Result<()> {
+        self.call(RegistryOp::PutConnection { connection: connection.clone(), ttl_ms: ms(ttl) }).await
+    }
+    async fn remove_connection(&self, connection_id: &str) -> Result<()> {
+        self.call(RegistryOp::RemoveConnection { connection_id: connection_id.into() }).await
+    }
+    async fn connection(&self, connection_id: &str) -> Result<Option<ConnectionRecord>> {
+        self.call(RegistryOp::Connection { connection_id: connection_id.into() }).await
+    }
+    async fn add_room_gateway(&self, room_id: &str, gateway_id: &str, ttl: Duration) -> Result<()> {
+        self.call(RegistryOp::AddRoomGateway {
+            room_id: room_id.into(),
+            gateway_id: gateway_id.into(),
+            ttl_ms: ms(ttl),
+        })
+        .await
+    }
+    async fn remove_room_gateway(&self, room_id: &str, gateway_id: &str) -> Result<()> {
+        self.call(RegistryOp::RemoveRoomGateway { room_id: room_id.into(), gateway_id: gateway_id.into() })
+            .await
+    }
+    async fn room_gateways(&self, room_id: &str) -> Result<Vec<String>> {
+        self.call(RegistryOp::RoomGateways { room_id: room_id.into() }).await
+    }
+    async fn add_user_gateway(&self, user_id: &str, gateway_id: &str, ttl: Duration) -> Result<()> {
+        self.call(RegistryOp::AddUserGateway {
+            user_id: user_id.into(),
+            gateway_id: gateway_id.into(),
+            ttl_ms: ms(ttl),
+        })
+        .await
+    }
+    async fn remove_user_gateway(&self, user_id: &str, gateway_id: &str) -> Result<()> {
+        self.call(RegistryOp::RemoveUserGateway { user_id: user_id.into(), gateway_id: gateway_id.into() })
+            .await
+    }
+    async fn user_gateways(&self, user_id: &str) -> Result<Vec<String>> {
+        self.call(RegistryOp::UserGateways { user_id: user_id.into() }).await
+    }
+    async fn put_token(&self, token: &TokenRecord) -> Result<()> {
+        self.call(RegistryOp::PutToken { token: token.clone() }).await
+    }
+    async fn token(&self, user_id: &str, room_id: &str) -> Result<Option<TokenRecord>> {
+        self.call(RegistryOp::Token { user_id: user_id.into(), room_id: room_id.into() }).await
+    }
+    async fn set_fast_verifier(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        token_hash: &str,
+        verifier: &str,
+    ) -> Result<bool> {
+        self.call(RegistryOp::SetFastVerifier {
+            user_id: user_id.into(),
+            room_id: room_id.into(),
+            token_hash: token_hash.into(),
+            verifier: verifier.into(),
+        })
+        .await
+    }
+    async fn delete_token(&self, user_id: &str, room_id: &str) -> Result<bool> {
+        self.call(RegistryOp::DeleteToken { user_id: user_id.into(), room_id: room_id.into() }).await
+    }
+    async fn refresh(&self, gateway: &GatewayRecord, holdings: &Holdings, ttl: Duration) -> Result<()> {
+        self.call(RegistryOp::Refresh {
+            gateway: gateway.clone(),
+            rooms: holdings.rooms.clone(),
+            users: holdings.users.clone(),
+            connections: holdings.connections.clone(),
+            ttl_ms: ms(ttl),
+        })
+        .await
+    }
+}
