@@ -1,0 +1,598 @@
+//! The `SessionHub`: this gateway's sockets, indexed by connection, room and user.
+//!
+//! Delivery never blocks: each socket has its own bounded queue fed with `try_send`; a
+//! socket whose queue is full is closed with 1013 (try again later) instead of growing
+//! memory or slowing anyone else down. A frame is shared (`Frame` is a reference-counted
+//! string) by every socket that receives it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hermes_shared::metrics::Metrics;
+use hermes_shared::registry::{ConnectionRecord, Holdings};
+use hermes_shared::router::LocalDelivery;
+use hermes_shared::wire::{
+    ConnectionInfo, DeliverAction, DeliverRequest, DeliverResponse, Frame, Identity, Target,
+    rfc3339_millis,
+};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::close;
+
+/// What the hub hands to a socket's task.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A text frame, with the producer's publish time (ms) for the end-to-end metric.
+    Frame(Frame, Option<u64>),
+}
+
+/// One open socket, as the hub sees it.
+pub struct Connection {
+    pub record: ConnectionRecord,
+    /// True for `hermes.v1` subprotocol clients.
+    pub modern: bool,
+    sender: mpsc::Sender<Outbound>,
+    /// Cancelled when the socket must close; the code and reason are in `close_with`.
+    kill: CancellationToken,
+    close_with: Mutex<Option<(u16, String)>>,
+    /// Milliseconds since the epoch of the last frame from the client.
+    last_active: AtomicU64,
+}
+
+impl Connection {
+    /// Creates a connection and the receiving end of its send queue.
+    pub fn new(
+        record: ConnectionRecord,
+        modern: bool,
+        queue: usize,
+    ) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
+        let (sender, receiver) = mpsc::channel(queue);
+        let now = record.connected_at;
+        let conn = Arc::new(Self {
+            record,
+            modern,
+            sender,
+            kill: CancellationToken::new(),
+            close_with: Mutex::new(None),
+            last_active: AtomicU64::new(now),
+        });
+        (conn, receiver)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.record.connection_id
+    }
+
+    /// Asks the socket's task to close with `code`. The first request wins.
+    pub fn close(&self, code: u16, reason: &str) {
+        {
+            let mut slot = self.close_with.lock();
+            if slot.is_none() {
+                *slot = Some((code, reason.to_owned()));
+            }
+        }
+        self.kill.cancel();
+    }
+
+    /// The close requested by the hub, if any.
+    pub fn requested_close(&self) -> Option<(u16, String)> {
+        self.close_with.lock().clone()
+    }
+
+    /// Resolves when the hub asks the socket to close.
+    pub fn killed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.kill.cancelled()
+    }
+
+    /// Records client activity.
+    pub fn touch(&self, now_ms: u64) {
+        self.last_active.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Queues a frame for this socket alone (an error frame, say).
+    pub fn send_frame(&self, frame: &Frame, metrics: &Metrics) -> bool {
+        self.push(frame, None, metrics)
+    }
+
+    /// Queues a frame without waiting. Returns false (and closes the socket with 1013)
+    /// when the queue is full.
+    fn push(&self, frame: &Frame, published_at: Option<u64>, metrics: &Metrics) -> bool {
+        match self
+            .sender
+            .try_send(Outbound::Frame(frame.clone(), published_at))
+        {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.kill.is_cancelled() {
+                    metrics.send_queue_overflows.inc();
+                    tracing::info!(
+                        connection_id = self.id(),
+                        "send queue full; closing a slow client"
+                    );
+                }
+                metrics
+                    .messages_dropped
+                    .with_label_values(&["queue_full"])
+                    .inc();
+                self.close(close::TRY_AGAIN_LATER, "client too slow: send queue full");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                metrics
+                    .messages_dropped
+                    .with_label_values(&["closed"])
+                    .inc();
+                false
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Index {
+    connections: HashMap<String, Arc<Connection>>,
+    rooms: HashMap<String, HashMap<String, Arc<Connection>>>,
+    users: HashMap<String, HashMap<String, Arc<Connection>>>,
+}
+
+/// Whether a connection was the first (on insert) or last (on remove) of its room/user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Membership {
+    pub room_edge: bool,
+    pub user_edge: bool,
+}
+
+/// Message ids recently delivered, to drop redeliveries.
+struct Dedup {
+    seen: HashSet<String>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl Dedup {
+    /// True when `id` was seen within the window; remembers it otherwise.
+    fn check_and_insert(&mut self, id: &str) -> bool {
+        if self.capacity == 0 {
+            return false;
+        }
+        if self.seen.contains(id) {
+            return true;
+        }
+        if self.order.len() >= self.capacity
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        self.seen.insert(id.to_owned());
+        self.order.push_back(id.to_owned());
+        false
+    }
+}
+
+/// The gateway's sockets.
+pub struct SessionHub {
+    index: RwLock<Index>,
+    /// The number of open sockets, for waiters (the drain).
+    count: tokio::sync::watch::Sender<usize>,
+    dedup: Mutex<Dedup>,
+    metrics: Arc<Metrics>,
+}
+
+impl SessionHub {
+    pub fn new(metrics: Arc<Metrics>, dedup_window: usize) -> Self {
+        Self {
+            index: RwLock::new(Index::default()),
+            count: tokio::sync::watch::Sender::new(0),
+            dedup: Mutex::new(Dedup {
+                seen: HashSet::new(),
+                order: VecDeque::new(),
+                capacity: dedup_window,
+            }),
+            metrics,
+        }
+    }
+
+    /// Adds a socket.
+    pub fn insert(&self, conn: Arc<Connection>) -> Membership {
+        let mut index = self.index.write();
+        let id = conn.id().to_owned();
+        let room = index.rooms.entry(conn.record.room_id.clone()).or_default();
+        let room_edge = room.is_empty();
+        room.insert(id.clone(), conn.clone());
+        let user = index.users.entry(conn.record.user_id.clone()).or_default();
+        let user_edge = user.is_empty();
+        user.insert(id.clone(), conn.clone());
+        index.connections.insert(id, conn);
+        self.metrics
+            .connections_open
+            .set(index.connections.len() as i64);
+        self.count.send_replace(index.connections.len());
+        Membership {
+            room_edge,
+            user_edge,
+        }
+    }
+
+    /// Removes a socket. Idempotent: a second call reports no edge.
+    pub fn remove(&self, conn: &Connection) -> Membership {
+        let mut index = self.index.write();
+        if index.connections.remove(conn.id()).is_none() {
+            return Membership {
+                room_edge: false,
+                user_edge: false,
+            };
+        }
+        let room_edge = remove_from(&mut index.rooms, &conn.record.room_id, conn.id());
+        let user_edge = remove_from(&mut index.users, &conn.record.user_id, conn.id());
+        self.metrics
+            .connections_open
+            .set(index.connections.len() as i64);
+        self.count.send_replace(index.connections.len());
+        Membership {
+            room_edge,
+            user_edge,
+        }
+    }
+
+    /// True when some local socket is in the room.
+    pub fn holds_room(&self, room_id: &str) -> bool {
+        self.index.read().rooms.contains_key(room_id)
+    }
+
+    /// True when some local socket belongs to the user.
+    pub fn holds_user(&self, user_id: &str) -> bool {
+        self.index.read().users.contains_key(user_id)
+    }
+
+    /// Number of open sockets.
+    pub fn len(&self) -> usize {
+        self.index.read().connections.len()
+    }
+
+    /// True when no socket is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Resolves once no socket is open.
+    pub async fn wait_empty(&self) {
+        let mut rx = self.count.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Every open socket (for draining).
+    pub fn all(&self) -> Vec<Arc<Connection>> {
+        self.index.read().connections.values().cloned().collect()
+    }
+
+    /// What the heartbeat refreshes in the registry.
+    pub fn holdings(&self) -> Holdings {
+        let index = self.index.read();
+        Holdings {
+            rooms: index.rooms.keys().cloned().collect(),
+            users: index.users.keys().cloned().collect(),
+            connections: index
+                .connections
+                .values()
+                .map(|c| c.record.clone())
+                .collect(),
+        }
+    }
+
+    /// Closes the sockets of `user_id` (in `room_id` if given). Returns how many.
+    pub fn close_user(
+        &self,
+        user_id: &str,
+        room_id: Option<&str>,
+        code: u16,
+        reason: &str,
+    ) -> usize {
+        let index = self.index.read();
+        let mut n = 0;
+        if let Some(conns) = index.users.get(user_id) {
+            for conn in conns.values() {
+                if room_id.is_none_or(|r| r == conn.record.room_id) {
+                    conn.close(code, reason);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    fn for_each_target(
+        &self,
+        target: &Target,
+        exclude: Option<&str>,
+        mut f: impl FnMut(&Arc<Connection>),
+    ) -> Vec<String> {
+        let index = self.index.read();
+        let mut gone = Vec::new();
+        let excluded = |c: &Connection| exclude.is_some_and(|e| e == c.id());
+        match target {
+            Target::Room { room_id } => {
+                if let Some(conns) = index.rooms.get(room_id) {
+                    conns.values().filter(|c| !excluded(c)).for_each(&mut f);
+                }
+            }
+            Target::User { user_id, room_id } => {
+                if let Some(conns) = index.users.get(user_id) {
+                    conns
+                        .values()
+                        .filter(|c| !excluded(c))
+                        .filter(|c| room_id.as_ref().is_none_or(|r| *r == c.record.room_id))
+                        .for_each(&mut f);
+                }
+            }
+            Target::Connections(ids) => {
+                for id in ids {
+                    match index.connections.get(id) {
+                        Some(c) if !excluded(c) => f(c),
+                        Some(_) => {}
+                        None => gone.push(id.clone()),
+                    }
+                }
+            }
+        }
+        gone
+    }
+}
+
+fn remove_from(
+    map: &mut HashMap<String, HashMap<String, Arc<Connection>>>,
+    key: &str,
+    id: &str,
+) -> bool {
+    match map.get_mut(key) {
+        Some(members) => {
+            members.remove(id);
+            if members.is_empty() {
+                map.remove(key);
+                true
+            } else {
+                false
+            }
+        }
+        None => false,
+    }
+}
+
+impl LocalDelivery for SessionHub {
+    fn deliver(&self, request: &DeliverRequest) -> DeliverResponse {
+        let exclude = request.exclude_connection_id.as_deref();
+        match &request.action {
+            DeliverAction::Send { frame } => {
+                if let Some(id) = &request.id
+                    && self.dedup.lock().check_and_insert(id)
+                {
+                    self.metrics
+                        .messages_dropped
+                        .with_label_values(&["duplicate"])
+                        .inc();
+                    return DeliverResponse {
+                        delivered: 0,
+                        gone: Vec::new(),
+                        duplicate: true,
+                    };
+                }
+                let mut delivered = 0usize;
+                let gone = self.for_each_target(&request.target, exclude, |c| {
+                    if c.push(frame, request.published_at, &self.metrics) {
+                        delivered += 1;
+                    }
+                });
+                self.metrics.messages_delivered.inc_by(delivered as u64);
+                DeliverResponse {
+                    delivered,
+                    gone,
+                    duplicate: false,
+                }
+            }
+            DeliverAction::Close { code, reason } => {
+                let mut delivered = 0usize;
+                let gone = self.for_each_target(&request.target, exclude, |c| {
+                    c.close(*code, reason);
+                    delivered += 1;
+                });
+                DeliverResponse {
+                    delivered,
+                    gone,
+                    duplicate: false,
+                }
+            }
+            // Revocation needs the authenticator too: see `GatewayDelivery`.
+            DeliverAction::Revoke { user_id, room_id } => DeliverResponse {
+                delivered: self.close_user(
+                    user_id,
+                    Some(room_id),
+                    close::TOKEN_REVOKED,
+                    "token revoked",
+                ),
+                gone: Vec::new(),
+                duplicate: false,
+            },
+        }
+    }
+
+    fn connection_info(&self, connection_id: &str) -> Option<ConnectionInfo> {
+        let index = self.index.read();
+        let c = index.connections.get(connection_id)?;
+        Some(ConnectionInfo {
+            connected_at: rfc3339_millis(c.record.connected_at),
+            identity: Identity {
+                source_ip: c.record.source_ip.clone(),
+                user_agent: c.record.user_agent.clone(),
+            },
+            last_active_at: rfc3339_millis(c.last_active.load(Ordering::Relaxed)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(
+        id: &str,
+        room: &str,
+        user: &str,
+        queue: usize,
+    ) -> (Arc<Connection>, mpsc::Receiver<Outbound>) {
+        Connection::new(
+            ConnectionRecord {
+                connection_id: id.into(),
+                room_id: room.into(),
+                user_id: user.into(),
+                gateway_id: "g".into(),
+                connected_at: 0,
+                source_ip: String::new(),
+                user_agent: String::new(),
+            },
+            true,
+            queue,
+        )
+    }
+
+    fn send(target: Target, id: Option<&str>, exclude: Option<&str>) -> DeliverRequest {
+        DeliverRequest {
+            id: id.map(Into::into),
+            target,
+            exclude_connection_id: exclude.map(Into::into),
+            published_at: None,
+            action: DeliverAction::Send {
+                frame: Frame::from_text("{}"),
+            },
+        }
+    }
+
+    #[test]
+    fn first_and_last_members_are_reported() {
+        let hub = SessionHub::new(Arc::new(Metrics::new()), 16);
+        let (a, _ra) = conn("a", "r", "u", 4);
+        let (b, _rb) = conn("b", "r", "v", 4);
+        assert_eq!(
+            hub.insert(a.clone()),
+            Membership {
+                room_edge: true,
+                user_edge: true
+            }
+        );
+        assert_eq!(
+            hub.insert(b.clone()),
+            Membership {
+                room_edge: false,
+                user_edge: true
+            }
+        );
+        assert_eq!(
+            hub.remove(&a),
+            Membership {
+                room_edge: false,
+                user_edge: true
+            }
+        );
+        assert_eq!(
+            hub.remove(&a),
+            Membership {
+                room_edge: false,
+                user_edge: false
+            }
+        );
+        assert_eq!(
+            hub.remove(&b),
+            Membership {
+                room_edge: true,
+                user_edge: true
+            }
+        );
+        assert!(hub.is_empty());
+    }
+
+    #[test]
+    fn room_delivery_skips_the_excluded_connection_and_user_delivery_filters_by_room() {
+        let hub = SessionHub::new(Arc::new(Metrics::new()), 16);
+        let (a, mut ra) = conn("a", "r", "u", 4);
+        let (b, mut rb) = conn("b", "r", "v", 4);
+        let (c, mut rc) = conn("c", "other", "u", 4);
+        for x in [&a, &b, &c] {
+            hub.insert(x.clone());
+        }
+        let r = hub.deliver(&send(
+            Target::Room {
+                room_id: "r".into(),
+            },
+            None,
+            Some("a"),
+        ));
+        assert_eq!(r.delivered, 1);
+        assert!(ra.try_recv().is_err());
+        assert!(rb.try_recv().is_ok());
+        let r = hub.deliver(&send(
+            Target::User {
+                user_id: "u".into(),
+                room_id: Some("other".into()),
+            },
+            None,
+            None,
+        ));
+        assert_eq!(r.delivered, 1);
+        assert!(rc.try_recv().is_ok());
+        assert!(ra.try_recv().is_err());
+        let r = hub.deliver(&send(
+            Target::Connections(vec!["a".into(), "zz".into()]),
+            None,
+            None,
+        ));
+        assert_eq!((r.delivered, r.gone), (1, vec!["zz".to_owned()]));
+    }
+
+    #[test]
+    fn a_redelivered_message_id_is_sent_once() {
+        let hub = SessionHub::new(Arc::new(Metrics::new()), 2);
+        let (a, mut ra) = conn("a", "r", "u", 8);
+        hub.insert(a);
+        let room = || Target::Room {
+            room_id: "r".into(),
+        };
+        assert!(!hub.deliver(&send(room(), Some("m1"), None)).duplicate);
+        assert!(hub.deliver(&send(room(), Some("m1"), None)).duplicate);
+        // The window holds 2 ids: m1 falls out after two others.
+        hub.deliver(&send(room(), Some("m2"), None));
+        hub.deliver(&send(room(), Some("m3"), None));
+        assert!(!hub.deliver(&send(room(), Some("m1"), None)).duplicate);
+        let mut n = 0;
+        while ra.try_recv().is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, 4);
+    }
+
+    #[test]
+    fn a_full_queue_closes_only_that_socket_with_1013() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = SessionHub::new(metrics.clone(), 0);
+        let (slow, _keep_slow_queue) = conn("slow", "r", "u", 1);
+        let (fast, mut rf) = conn("fast", "r", "v", 8);
+        hub.insert(slow.clone());
+        hub.insert(fast.clone());
+        for _ in 0..3 {
+            hub.deliver(&send(
+                Target::Room {
+                    room_id: "r".into(),
+                },
+                None,
+                None,
+            ));
+            assert!(rf.try_recv().is_ok());
+        }
+        assert_eq!(
+            slow.requested_close().map(|c| c.0),
+            Some(close::TRY_AGAIN_LATER)
+        );
+        assert_eq!(fast.requested_close(), None);
+        assert_eq!(metrics.send_queue_overflows.get(), 1);
+    }
+}

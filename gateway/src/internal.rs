@@ -1,0 +1,158 @@
+//! The internal API (internal listener only, shared-secret header): deliveries routed
+//! to this gateway, connection details, and — when this process holds the embedded
+//! in-memory registry — the registry itself for other processes.
+//! Also `/metrics`, `/healthz` and `/readyz` (no auth).
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use hermes_shared::registry::Registry;
+use hermes_shared::registry::remote::{RegistryOp, SECRET_HEADER, execute};
+use hermes_shared::router::LocalDelivery;
+use hermes_shared::wire::DeliverRequest;
+use subtle::ConstantTimeEq;
+
+use crate::admin::error;
+use crate::state::{Gateway, GatewayDelivery};
+
+/// The registry this process serves to others (`HERMES_REGISTRY=memory` only).
+pub struct ServedRegistry(pub Option<Arc<dyn Registry>>);
+
+fn check_secret(req: &HttpRequest, gw: &Gateway) -> Option<HttpResponse> {
+    let ok = req
+        .headers()
+        .get(SECRET_HEADER)
+        .map(|v| v.as_bytes())
+        .is_some_and(|p| {
+            let expected = gw.config.internal_secret.as_bytes();
+            p.len() == expected.len() && bool::from(p.ct_eq(expected))
+        });
+    if ok {
+        None
+    } else {
+        Some(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong X-Hermes-Internal-Secret",
+        ))
+    }
+}
+
+/// `POST /internal/v1/deliver`.
+pub async fn deliver(
+    req: HttpRequest,
+    body: web::Bytes,
+    gw: web::Data<Arc<Gateway>>,
+) -> HttpResponse {
+    if let Some(denied) = check_secret(&req, &gw) {
+        gw.metrics
+            .deliver_requests
+            .with_label_values(&["server", "401"])
+            .inc();
+        return denied;
+    }
+    let request: DeliverRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            gw.metrics
+                .deliver_requests
+                .with_label_values(&["server", "400"])
+                .inc();
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                &format!("invalid deliver request: {e}"),
+            );
+        }
+    };
+    let delivery = GatewayDelivery {
+        hub: gw.hub.clone(),
+        auth: gw.auth.clone(),
+    };
+    let response = delivery.deliver(&request);
+    gw.metrics
+        .deliver_requests
+        .with_label_values(&["server", "200"])
+        .inc();
+    HttpResponse::Ok().json(response)
+}
+
+/// `GET /internal/v1/connections/{id}`.
+pub async fn connection(
+    req: HttpRequest,
+    id: web::Path<String>,
+    gw: web::Data<Arc<Gateway>>,
+) -> HttpResponse {
+    if let Some(denied) = check_secret(&req, &gw) {
+        return denied;
+    }
+    match gw.hub.connection_info(&id) {
+        Some(info) => HttpResponse::Ok().json(info),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such connection on this gateway",
+        ),
+    }
+}
+
+/// `POST /internal/v1/registry`: one registry operation against the embedded registry.
+pub async fn registry(
+    req: HttpRequest,
+    body: web::Bytes,
+    gw: web::Data<Arc<Gateway>>,
+    served: web::Data<ServedRegistry>,
+) -> HttpResponse {
+    if let Some(denied) = check_secret(&req, &gw) {
+        return denied;
+    }
+    let Some(registry) = served.0.as_ref() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_served",
+            "this process does not serve its registry (HERMES_REGISTRY is not memory)",
+        );
+    };
+    let op: RegistryOp = match serde_json::from_slice(&body) {
+        Ok(op) => op,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                &format!("invalid registry operation: {e}"),
+            );
+        }
+    };
+    match execute(registry.as_ref(), op).await {
+        Ok(value) => HttpResponse::Ok().json(value),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.metric_label(),
+            &e.to_string(),
+        ),
+    }
+}
+
+/// `GET /metrics`.
+pub async fn metrics(gw: web::Data<Arc<Gateway>>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(gw.metrics.render())
+}
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: registered and not draining.
+pub async fn readyz(gw: web::Data<Arc<Gateway>>) -> HttpResponse {
+    if gw.is_ready() {
+        HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
+    } else if gw.draining.is_cancelled() {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "draining"}))
+    } else {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "starting"}))
+    }
+}

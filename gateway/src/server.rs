@@ -1,0 +1,323 @@
+//! Starting and stopping a gateway.
+//!
+//! Start order: bind both listeners (so port 0 works and the internal URL is known),
+//! build the registry, authenticator, hub and router, register the gateway row, serve,
+//! and refresh the registry rows on a heartbeat.
+//!
+//! Shutdown order (SIGTERM or SIGINT), written down once:
+//! 1. `/readyz` turns 503 and new upgrades get 503 (the load balancer stops sending);
+//! 2. the public listener stops accepting connections;
+//! 3. open sockets are closed with 1012 (service restart), spread evenly over
+//!    `HERMES_DRAIN_SECONDS` so their reconnects do not stampede the other replicas;
+//!    each close removes that socket's registry rows, so routing follows the clients;
+//! 4. the gateway row is deleted and both servers stop;
+//! 5. the process exits, at the latest `HERMES_SHUTDOWN_GRACE_SECONDS` after the signal.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use hermes_shared::auth::Authenticator;
+use hermes_shared::config::{GatewayConfig, Mode, RegistryKind};
+use hermes_shared::gateway_client::GatewayClient;
+use hermes_shared::ids::now_millis;
+use hermes_shared::metrics::Metrics;
+use hermes_shared::registry::memory::MemoryRegistry;
+use hermes_shared::registry::remote::RemoteRegistry;
+use hermes_shared::registry::{GatewayRecord, Registry};
+use hermes_shared::router::{LocalGateway, Router};
+use tokio::time::Instant;
+
+use crate::hub::SessionHub;
+use crate::internal::ServedRegistry;
+use crate::state::{Gateway, GatewayDelivery};
+use crate::{Error, Result, access_log, admin, close, internal, standalone, upgrade};
+
+/// Where a started gateway listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub public: SocketAddr,
+    pub internal: SocketAddr,
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    let listener = TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| Error::Bind { addr, source })?;
+    Ok(listener)
+}
+
+/// Runs a gateway until SIGTERM/SIGINT and a completed drain.
+pub async fn run(config: GatewayConfig) -> Result<()> {
+    let public_listener = bind(config.listen)?;
+    let internal_listener = bind(config.internal_listen)?;
+    let bound = Bound {
+        public: public_listener.local_addr()?,
+        internal: internal_listener.local_addr()?,
+    };
+    let internal_url = config.internal_url.clone().unwrap_or_else(|| {
+        let mut addr = bound.internal;
+        if addr.ip().is_unspecified() {
+            tracing::warn!("HERMES_INTERNAL_URL is not set and the internal listener is on all interfaces; other processes will be told 127.0.0.1");
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
+    });
+
+    let metrics = Arc::new(Metrics::new());
+    let (registry, served): (Arc<dyn Registry>, Option<Arc<dyn Registry>>) = match &config.registry
+    {
+        RegistryKind::Memory => {
+            let memory: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+            (memory.clone(), Some(memory))
+        }
+        RegistryKind::Remote { url } => (
+            Arc::new(RemoteRegistry::new(
+                url,
+                &config.internal_secret,
+                config.deliver_timeout,
+            )?),
+            None,
+        ),
+    };
+    let hub = Arc::new(SessionHub::new(metrics.clone(), config.dedup_window));
+    let auth = Arc::new(Authenticator::new(
+        config.auth.clone(),
+        registry.clone(),
+        metrics.clone(),
+    ));
+    let client = GatewayClient::new(
+        &config.internal_secret,
+        config.deliver_timeout,
+        metrics.clone(),
+    )?;
+    let local = LocalGateway {
+        gateway_id: config.gateway_id.clone(),
+        delivery: Arc::new(GatewayDelivery {
+            hub: hub.clone(),
+            auth: auth.clone(),
+        }),
+    };
+    let router = Router::new(registry.clone(), client, Some(local), metrics.clone());
+    let record = GatewayRecord {
+        gateway_id: config.gateway_id.clone(),
+        internal_url,
+        started_at: now_millis(),
+    };
+    let gw = Arc::new(Gateway::new(
+        config, metrics, registry, hub, auth, router, record,
+    ));
+
+    let public = public_server(gw.clone(), public_listener)?;
+    let internal = internal_server(gw.clone(), internal_listener, served)?;
+    let public_handle = public.handle();
+    let internal_handle = internal.handle();
+    let public_task = tokio::spawn(public);
+    let internal_task = tokio::spawn(internal);
+
+    announce(&gw, bound);
+
+    let heartbeat = tokio::spawn(heartbeat(gw.clone()));
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    tokio::select! {
+        () = &mut signal => {}
+        r = public_task => { tracing::error!(result = ?r, "the public server stopped"); }
+    }
+    let deadline = Instant::now() + gw.config.shutdown_grace;
+    tracing::info!(sockets = gw.hub.len(), "draining");
+    gw.set_ready(false);
+    gw.draining.cancel();
+    public_handle.pause().await;
+    let drained = tokio::time::timeout_at(deadline, drain(&gw)).await.is_ok();
+    heartbeat.abort();
+    if let Err(error) = gw.registry.remove_gateway(&gw.record.gateway_id).await {
+        tracing::warn!(%error, "cannot remove the gateway row; its TTL will");
+    }
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let _ = tokio::time::timeout(remaining, async {
+        public_handle.stop(true).await;
+        internal_handle.stop(true).await;
+    })
+    .await;
+    let _ = internal_task.await;
+    tracing::info!(drained, "stopped");
+    Ok(())
+}
+
+/// Prints where the gateway listens (one parseable line on stdout) and, in standalone
+/// mode, how to use it.
+fn announce(gw: &Gateway, bound: Bound) {
+    println!(
+        "hermes-gateway listening public=http://{} internal=http://{}",
+        bound.public, bound.internal
+    );
+    tracing::info!(
+        gateway_id = %gw.record.gateway_id,
+        public = %bound.public,
+        internal = %bound.internal,
+        stage = %gw.config.stage,
+        "gateway started"
+    );
+    if gw.config.mode == Mode::Standalone {
+        let key = if gw.config.admin_key_generated {
+            gw.config.admin_key.clone()
+        } else {
+            "$HERMES_ADMIN_KEY".to_owned()
+        };
+        println!();
+        println!("  Hermes standalone is running.");
+        println!("  Demo page:     http://{}/", bound.public);
+        println!(
+            "  WebSocket:     ws://{}/{}?token=<JWT>",
+            bound.public, gw.config.stage
+        );
+        if gw.config.admin_key_generated {
+            println!("  Admin key:     {key}   (printed once; set HERMES_ADMIN_KEY to choose it)");
+        }
+        println!("  Publish one:");
+        println!(
+            "    curl -X POST http://{}/v1/publish -H 'Authorization: Bearer {key}' \\\n      -d '{{\"user_id\":\"ops\",\"room_id\":\"demo\",\"data\":{{\"type\":\"greeting\",\"text\":\"hello\"}}}}'",
+            bound.internal
+        );
+        println!();
+    }
+}
+
+fn public_server(gw: Arc<Gateway>, listener: TcpListener) -> Result<actix_web::dev::Server> {
+    let standalone = gw.config.mode == Mode::Standalone;
+    let workers = gw.config.workers;
+    let data = web::Data::new(gw);
+    let server = HttpServer::new(move || {
+        let mut app = App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(64 * 1024))
+            .wrap(from_fn(access_log::log_request));
+        if standalone {
+            app = app
+                .route("/", web::get().to(standalone::index))
+                .route("/hermes.js", web::get().to(standalone::hermes_js))
+                .route("/demo/token", web::post().to(standalone::demo_token));
+        }
+        app.route("/{stage}", web::get().to(upgrade::websocket))
+    })
+    .workers(workers)
+    .disable_signals()
+    .client_request_timeout(Duration::from_secs(10))
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+fn internal_server(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    served: Option<Arc<dyn Registry>>,
+) -> Result<actix_web::dev::Server> {
+    let body_limit = gw.config.limits.max_message_bytes * 2 + 64 * 1024;
+    let data = web::Data::new(gw);
+    let served = web::Data::new(ServedRegistry(served));
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(served.clone())
+            .app_data(web::PayloadConfig::new(body_limit))
+            .wrap(from_fn(access_log::log_request))
+            .route("/metrics", web::get().to(internal::metrics))
+            .route("/healthz", web::get().to(internal::healthz))
+            .route("/readyz", web::get().to(internal::readyz))
+            .route("/internal/v1/deliver", web::post().to(internal::deliver))
+            .route(
+                "/internal/v1/connections/{id}",
+                web::get().to(internal::connection),
+            )
+            .route("/internal/v1/registry", web::post().to(internal::registry))
+            .route("/v1/tokens", web::post().to(admin::create_token))
+            .route(
+                "/v1/tokens/{room_id}/{user_id}",
+                web::delete().to(admin::delete_token),
+            )
+            .route("/v1/publish", web::post().to(admin::publish))
+            .service(
+                web::resource(["/@connections/{id}", "/{stage}/@connections/{id}"])
+                    .route(web::post().to(admin::post_to_connection))
+                    .route(web::get().to(admin::get_connection))
+                    .route(web::delete().to(admin::delete_connection)),
+            )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+/// Refreshes this gateway's registry rows; the gateway is ready after the first success.
+async fn heartbeat(gw: Arc<Gateway>) {
+    let period = (gw.config.registry_ttl / 3).max(Duration::from_millis(200));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0u32;
+    loop {
+        tick.tick().await;
+        if gw.draining.is_cancelled() {
+            return;
+        }
+        let holdings = gw.hub.holdings();
+        match gw
+            .registry
+            .refresh(&gw.record, &holdings, gw.config.registry_ttl)
+            .await
+        {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!("registry reachable again");
+                }
+                failures = 0;
+                gw.set_ready(true);
+            }
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(%error, failures, "registry heartbeat failed");
+                // Rows expire after the TTL: stop claiming readiness well before.
+                if failures >= 2 {
+                    gw.set_ready(false);
+                }
+            }
+        }
+    }
+}
+
+/// Closes every socket with 1012, spread over the drain window, and waits for them.
+async fn drain(gw: &Gateway) {
+    let sockets = gw.hub.all();
+    if !sockets.is_empty() {
+        let step = gw.config.drain / u32::try_from(sockets.len()).unwrap_or(u32::MAX);
+        let mut next = Instant::now();
+        for conn in sockets {
+            conn.close(close::SERVICE_RESTART, "service restart");
+            next += step;
+            tokio::time::sleep_until(next).await;
+        }
+    }
+    gw.hub.wait_empty().await;
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,82 @@
+//! Standalone-only routes on the public listener: the demo page, the browser client and
+//! a demo token endpoint (issuing tokens to anyone is only acceptable in a local demo).
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+use serde_json::Value;
+
+use crate::admin::error;
+use crate::state::Gateway;
+
+/// The demo page.
+pub const INDEX_HTML: &str = include_str!("../static/index.html");
+/// The browser client.
+pub const HERMES_JS: &str = include_str!("../static/hermes.js");
+
+/// `GET /`.
+pub async fn index() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(INDEX_HTML)
+}
+
+/// `GET /hermes.js`.
+pub async fn hermes_js() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/javascript; charset=utf-8")
+        .insert_header(("Cache-Control", "no-cache"))
+        .body(HERMES_JS)
+}
+
+/// `POST /demo/token` `{"user_id"?, "room_id"?}` → a token for the demo.
+pub async fn demo_token(body: web::Bytes, gw: web::Data<Arc<Gateway>>) -> HttpResponse {
+    let map = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Map::new()
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(m)) => m,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    "body must be a JSON object or empty",
+                );
+            }
+        }
+    };
+    let pick = |field: &str, default: String| -> Result<String, String> {
+        match map.get(field) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(format!("field `{field}` must be a string")),
+        }
+    };
+    let suffix: String = hermes_shared::ids::new_connection_id()
+        .chars()
+        .take(6)
+        .collect();
+    let (user_id, room_id) = match (
+        pick("user_id", format!("demo-{suffix}")),
+        pick("room_id", "demo".into()),
+    ) {
+        (Ok(u), Ok(r)) => (u, r),
+        (Err(m), _) | (_, Err(m)) => return error(StatusCode::BAD_REQUEST, "invalid", &m),
+    };
+    match gw.auth.issue(&user_id, &room_id, None).await {
+        Ok(issued) => HttpResponse::Ok().json(serde_json::json!({
+            "token": issued.token,
+            "user_id": user_id,
+            "room_id": room_id,
+            "stage": gw.config.stage,
+            "expires_at": issued.expires_at,
+        })),
+        Err(hermes_shared::Error::Invalid(m)) => error(StatusCode::BAD_REQUEST, "invalid", &m),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.metric_label(),
+            &e.to_string(),
+        ),
+    }
+}

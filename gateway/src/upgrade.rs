@@ -1,0 +1,319 @@
+//! `GET /{stage}`: the `$connect` route. Every refusal happens before the upgrade, with
+//! its own status and a message a developer can act on. The token is never logged.
+//!
+//! The same URL without upgrade headers answers the authorizer's verdict (426 when the
+//! token would be accepted), so browser clients, which cannot read the status of a failed
+//! WebSocket handshake, can learn why they were refused.
+
+use std::sync::Arc;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use hermes_shared::auth::AuthError;
+use hermes_shared::ids::{new_connection_id, now_millis};
+use hermes_shared::registry::ConnectionRecord;
+
+use crate::hub::Connection;
+use crate::state::Gateway;
+
+/// The subprotocol Hermes speaks.
+pub const PROTOCOL: &str = "hermes.v1";
+const BEARER_PREFIX: &str = "bearer.";
+
+/// Where the token came from.
+#[derive(Debug, PartialEq, Eq)]
+struct Credentials {
+    token: Option<String>,
+    /// The client offered `hermes.v1` (it gets the `connected` frame).
+    modern: bool,
+}
+
+fn credentials(req: &HttpRequest) -> Result<Credentials, (u16, &'static str, String)> {
+    let mut offered_modern = false;
+    let mut bearer = None;
+    for value in req.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        let Ok(value) = value.to_str() else { continue };
+        for protocol in value.split(',').map(str::trim) {
+            if protocol == PROTOCOL {
+                offered_modern = true;
+            } else if let Some(token) = protocol.strip_prefix(BEARER_PREFIX) {
+                bearer = Some(token.to_owned());
+            }
+        }
+    }
+    if bearer.is_some() && !offered_modern {
+        return Err((
+            400,
+            "protocol_missing",
+            "offer the hermes.v1 subprotocol with bearer.<JWT>: new WebSocket(url, ['hermes.v1', 'bearer.' + jwt])".into(),
+        ));
+    }
+    let token = bearer
+        .or_else(|| query_token(req.query_string()))
+        .or_else(|| {
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(|t| t.trim().to_owned())
+        });
+    Ok(Credentials {
+        token,
+        modern: offered_modern,
+    })
+}
+
+/// The `token` query parameter, percent-decoded.
+fn query_token(query: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn error_response(status: u16, code: &str, message: &str) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(status)
+        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(status)
+        .json(serde_json::json!({"error": {"code": code, "message": message}}))
+}
+
+fn refusal(gw: &Gateway, error: &AuthError) -> HttpResponse {
+    gw.metrics.connects.with_label_values(&[error.code()]).inc();
+    tracing::info!(
+        reason = error.code(),
+        status = error.status(),
+        "connect refused"
+    );
+    let mut response = error_response(error.status(), error.code(), &error.to_string());
+    if let Some(secs) = error.retry_after() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+/// `GET /{stage}`.
+pub async fn websocket(
+    req: HttpRequest,
+    body: web::Payload,
+    stage: web::Path<String>,
+    gw: web::Data<Arc<Gateway>>,
+) -> HttpResponse {
+    let gw: Arc<Gateway> = gw.get_ref().clone();
+    if *stage != gw.config.stage {
+        gw.metrics
+            .connects
+            .with_label_values(&["unknown_stage"])
+            .inc();
+        return error_response(
+            404,
+            "unknown_stage",
+            &format!(
+                "there is no stage here by that name; connect to /{}",
+                gw.config.stage
+            ),
+        );
+    }
+    if gw.draining.is_cancelled() {
+        gw.metrics.connects.with_label_values(&["draining"]).inc();
+        let mut r = error_response(503, "draining", "this gateway is restarting; connect again");
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1));
+        return r;
+    }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if !gw.config.allowed_origins.allows(origin.as_deref()) {
+        return refusal(
+            &gw,
+            &AuthError::OriginNotAllowed(origin.unwrap_or_default()),
+        );
+    }
+    let creds = match credentials(&req) {
+        Ok(c) => c,
+        Err((status, code, message)) => {
+            gw.metrics.connects.with_label_values(&[code]).inc();
+            return error_response(status, code, &message);
+        }
+    };
+    let Some(token) = creds.token else {
+        return refusal(&gw, &AuthError::Missing);
+    };
+    let identity = match gw.auth.authenticate(&token).await {
+        Ok((identity, _path)) => identity,
+        Err(error) => return with_cors(refusal(&gw, &error), origin.as_deref()),
+    };
+
+    let is_upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !is_upgrade {
+        // The verdict probe: the token is fine, but this is not a WebSocket handshake.
+        let mut r = HttpResponse::build(actix_web::http::StatusCode::UPGRADE_REQUIRED)
+            .insert_header((header::UPGRADE, "websocket"))
+            .json(serde_json::json!({"ok": true, "user_id": identity.user_id, "room_id": identity.room_id}));
+        r = with_cors(r, origin.as_deref());
+        return r;
+    }
+
+    let (response, session, stream) = match actix_ws::handle_with_protocols(&req, body, &[PROTOCOL])
+    {
+        Ok(parts) => parts,
+        Err(error) => {
+            gw.metrics
+                .connects
+                .with_label_values(&["bad_handshake"])
+                .inc();
+            return error_response(
+                400,
+                "bad_handshake",
+                &format!("invalid WebSocket handshake: {error}"),
+            );
+        }
+    };
+
+    let source_ip = req
+        .connection_info()
+        .realip_remote_addr()
+        .map(strip_port)
+        .unwrap_or_default()
+        .to_owned();
+    let record = ConnectionRecord {
+        connection_id: new_connection_id(),
+        room_id: identity.room_id,
+        user_id: identity.user_id,
+        gateway_id: gw.record.gateway_id.clone(),
+        connected_at: now_millis(),
+        source_ip,
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(512).collect())
+            .unwrap_or_default(),
+    };
+    let (conn, outgoing) = Connection::new(record, creds.modern, gw.config.limits.send_queue);
+    if let Err(error) = register(&gw, &conn).await {
+        tracing::warn!(%error, "cannot register a connection");
+        gw.hub.remove(&conn);
+        gw.metrics
+            .connects
+            .with_label_values(&["registry_unavailable"])
+            .inc();
+        let mut r = error_response(
+            503,
+            "registry_unavailable",
+            "the connection registry is unavailable; retry shortly",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1));
+        return r;
+    }
+    gw.metrics.connects.with_label_values(&["accepted"]).inc();
+    tracing::debug!(connection_id = conn.id(), room_id = %conn.record.room_id, "connected");
+    actix_web::rt::spawn(crate::session::run(gw, session, stream, conn, outgoing));
+    response
+}
+
+/// Adds the socket to the hub and its rows to the registry, before the upgrade answers.
+async fn register(gw: &Gateway, conn: &Arc<Connection>) -> hermes_shared::Result<()> {
+    let edges = gw.hub.insert(conn.clone());
+    let ttl = gw.config.registry_ttl;
+    let r = &conn.record;
+    gw.registry.put_connection(r, ttl).await?;
+    if edges.room_edge {
+        gw.registry
+            .add_room_gateway(&r.room_id, &r.gateway_id, ttl)
+            .await?;
+    }
+    if edges.user_edge {
+        gw.registry
+            .add_user_gateway(&r.user_id, &r.gateway_id, ttl)
+            .await?;
+    }
+    Ok(())
+}
+
+/// `1.2.3.4:5` → `1.2.3.4`, `[::1]:5` → `::1`; bare addresses unchanged.
+fn strip_port(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match addr.split_once(':') {
+        Some((host, port)) if !port.contains(':') => host,
+        _ => addr,
+    }
+}
+
+fn with_cors(mut response: HttpResponse, origin: Option<&str>) -> HttpResponse {
+    if let Some(origin) = origin.and_then(|o| HeaderValue::from_str(o).ok()) {
+        response
+            .headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        response
+            .headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn token_comes_from_the_subprotocol_or_the_query() {
+        let req = TestRequest::get()
+            .uri("/production")
+            .insert_header((
+                header::SEC_WEBSOCKET_PROTOCOL,
+                "hermes.v1, bearer.abc.def.ghi",
+            ))
+            .to_http_request();
+        assert_eq!(
+            credentials(&req),
+            Ok(Credentials {
+                token: Some("abc.def.ghi".into()),
+                modern: true
+            })
+        );
+        let req = TestRequest::get()
+            .uri("/production?x=1&token=a%2Eb.c")
+            .to_http_request();
+        assert_eq!(
+            credentials(&req),
+            Ok(Credentials {
+                token: Some("a.b.c".into()),
+                modern: false
+            })
+        );
+    }
+
+    #[test]
+    fn ports_are_stripped_from_source_addresses() {
+        assert_eq!(strip_port("1.2.3.4:5"), "1.2.3.4");
+        assert_eq!(strip_port("[::1]:5"), "::1");
+        assert_eq!(strip_port("::1"), "::1");
+        assert_eq!(strip_port("10.0.0.1"), "10.0.0.1");
+    }
+
+    #[test]
+    fn bearer_without_hermes_protocol_is_refused() {
+        let req = TestRequest::get()
+            .uri("/production")
+            .insert_header((header::SEC_WEBSOCKET_PROTOCOL, "bearer.abc"))
+            .to_http_request();
+        assert!(matches!(
+            credentials(&req),
+            Err((400, "protocol_missing", _))
+        ));
+    }
+}
