@@ -295,12 +295,14 @@ async fn heartbeat(gw: Arc<Gateway>) {
 async fn drain(gw: &Gateway) {
     let sockets = gw.hub.all();
     if !sockets.is_empty() {
+        // Socket i closes at i/n of the window: the last one before the window ends.
         let step = gw.config.drain / u32::try_from(sockets.len()).unwrap_or(u32::MAX);
-        let mut next = Instant::now();
-        for conn in sockets {
+        let start = Instant::now();
+        for (i, conn) in sockets.into_iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep_until(start + step * u32::try_from(i).unwrap_or(u32::MAX)).await;
+            }
             conn.close(close::SERVICE_RESTART, "service restart");
-            next += step;
-            tokio::time::sleep_until(next).await;
         }
     }
     gw.hub.wait_empty().await;

@@ -1,0 +1,144 @@
+//! Two gateway processes routing to each other through `POST /internal/v1/deliver`.
+//! Gateway A holds the embedded registry; gateway B uses it remotely.
+
+mod support;
+
+use reqwest::Method;
+use serde_json::json;
+use support::*;
+
+async fn pair() -> (Gateway, Gateway) {
+    let a = Gateway::start(&[("HERMES_GATEWAY_ID", "gw-a")]).await;
+    let b = Gateway::start(&[
+        ("HERMES_GATEWAY_ID", "gw-b"),
+        ("HERMES_REGISTRY", "remote"),
+        ("HERMES_REGISTRY_URL", a.internal.as_str()),
+    ])
+    .await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_room_spread_over_two_gateways_receives_every_message_once() {
+    let (a, b) = pair().await;
+    let (mut on_a, _) = a.connect_modern(&a.token("ann", "shared").await).await;
+    let (mut on_b, _) = b.connect_modern(&b.token("bob", "shared").await).await;
+
+    // Published on A: reaches the socket on B through B's deliver API.
+    let (status, outcome) = a
+        .publish(json!({"user_id": "ops", "room_id": "shared", "data": {"type": "one"}}))
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        (outcome["gateways"].as_u64(), outcome["delivered"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(
+        recv_json(&mut on_a).await,
+        json!({"user_id": "ops", "data": {"type": "one"}})
+    );
+    assert_eq!(
+        recv_json(&mut on_b).await,
+        json!({"user_id": "ops", "data": {"type": "one"}})
+    );
+
+    // sendMessage from the socket on B reaches the socket on A.
+    send_json(
+        &mut on_b,
+        json!({"action": "sendMessage", "data": {"type": "chat"}}),
+    )
+    .await;
+    assert_eq!(
+        recv_json(&mut on_a).await,
+        json!({"user_id": "bob", "data": {"type": "chat"}})
+    );
+    assert_eq!(
+        recv_json(&mut on_b).await,
+        json!({"user_id": "bob", "data": {"type": "chat"}})
+    );
+
+    // Exactly once: the next frame on each socket is the next message.
+    b.publish(json!({"user_id": "ops", "room_id": "shared", "data": {"type": "two"}}))
+        .await;
+    assert_eq!(recv_json(&mut on_a).await["data"]["type"], "two");
+    assert_eq!(recv_json(&mut on_b).await["data"]["type"], "two");
+
+    assert!(
+        a.metric("hermes_deliver_requests_total{side=\"client\",status=\"200\"}")
+            .await
+            >= 1.0
+    );
+    assert!(
+        b.metric("hermes_deliver_requests_total{side=\"server\",status=\"200\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn user_connection_and_admin_calls_cross_gateways() {
+    let (a, b) = pair().await;
+    let token = b.token("carl", "r").await;
+    let (mut carl, carl_id) = b.connect_modern(&token).await;
+
+    // To a user held by B, published on A.
+    let (_, outcome) = a
+        .publish(
+            json!({"user_id": "ops", "room_id": "r", "to_user_id": "carl", "data": {"type": "dm"}}),
+        )
+        .await;
+    assert_eq!(outcome["delivered"], 1);
+    assert_eq!(recv_json(&mut carl).await["data"]["type"], "dm");
+
+    // @connections on A for a socket held by B.
+    let r = a
+        .admin(Method::POST, &format!("/@connections/{carl_id}"))
+        .body("{\"k\":1}")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    assert_eq!(recv_text(&mut carl).await, "{\"k\":1}");
+    let r = a
+        .admin(Method::GET, &format!("/production/@connections/{carl_id}"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+
+    // Revocation through A closes the socket on B and B refuses the token afterwards.
+    let r = a
+        .admin(Method::DELETE, "/v1/tokens/r/carl")
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 204);
+    assert_eq!(recv_close(&mut carl).await, 4003);
+    let (status, _, _) = b
+        .refused(format!("{}?token={token}", b.ws_url()), &[])
+        .await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn rows_of_a_stopped_gateway_are_removed_and_routing_continues() {
+    let (a, mut b) = pair().await;
+    let (mut on_a, _) = a.connect_modern(&a.token("x", "room").await).await;
+    let _on_b = b.connect(&b.token("y", "room").await).await;
+    b.terminate();
+    assert!(
+        b.wait_exit(std::time::Duration::from_secs(30))
+            .await
+            .success()
+    );
+    // B deregistered its sockets and its gateway row while draining.
+    let (status, outcome) = a
+        .publish(json!({"user_id": "ops", "room_id": "room", "data": {"type": "after"}}))
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        (outcome["gateways"].as_u64(), outcome["delivered"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(recv_json(&mut on_a).await["data"]["type"], "after");
+}
