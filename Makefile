@@ -1,0 +1,22 @@
+# One recipe per workflow. `make help` lists them.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/hermes/target
+
+.PHONY: help run test fmt lint unit browser build release
+help: ## List the recipes
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+run: ## Run Hermes standalone (demo page on http://127.0.0.1:8080/)
+	cargo run --release -p hermes-gateway -- standalone
+test: ## Run every test (installs Chromium and the node packages if missing)
+	./scripts/test.sh
+fmt: ## Format the code
+	cargo fmt --all
+lint: ## clippy with warnings as errors
+	cargo clippy --workspace --all-targets -- -D warnings
+unit: ## Rust unit and integration tests only
+	cargo test --workspace
+browser: build ## Browser tests only
+	HERMES_GATEWAY_BIN=$(CARGO_TARGET_DIR)/debug/hermes-gateway tests/browser/run.sh
+build: ## Debug build of every binary
+	cargo build --workspace
+release: ## Release build of every binary
+	cargo build --workspace --release

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs every test of Hermes on this machine, installing what the tests need first.
+#
+#   ./scripts/test.sh
+#
+# Steps: formatting, clippy, the Rust unit and integration tests (they start the real
+# hermes-gateway binary and speak WebSocket to it), then the browser tests (headless
+# Chromium from Debian driven by playwright-core). Build outputs are cached outside the
+# checkout in $CARGO_TARGET_DIR (default ~/.cache/hermes/target), so a second run skips
+# the work. The last line sums up every runner: "N passed, N failed".
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hermes/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+mkdir -p "$CARGO_TARGET_DIR"
+log="$(mktemp -t hermes-test.XXXXXX)"
+trap 'rm -f "$log"' EXIT
+
+step() {
+  echo
+  echo "==> $1"
+  shift
+  local started=$SECONDS
+  "$@" 2>&1 | tee -a "$log"
+  local rc=${PIPESTATUS[0]}
+  echo "==> done in $((SECONDS - started)) s (exit $rc)"
+  return "$rc"
+}
+
+if ! command -v cargo >/dev/null; then
+  echo "test.sh: cargo is required (https://rustup.rs)" >&2
+  exit 1
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "format" cargo fmt --all -- --check
+step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+step "rust tests" cargo test --workspace --locked
+step "browser tests" env HERMES_GATEWAY_BIN="$CARGO_TARGET_DIR/debug/hermes-gateway" tests/browser/run.sh
+
+# One closing line over every runner (cargo's "test result:" lines and node's "# pass"/"# fail").
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+node_pass=$(grep -E '^# pass [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')
+node_fail=$(grep -E '^# fail [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')
+echo
+echo "$((passed + node_pass)) passed, $((failed + node_fail)) failed"
