@@ -1,0 +1,64 @@
+//! The command line: configuration errors exit 64 with one line; `token` prints a JWT
+//! that a gateway sharing the registry accepts.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::json;
+use support::*;
+
+fn gateway_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hermes-gateway"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd
+}
+
+#[test]
+fn a_bad_configuration_value_prints_one_line_and_exits_64() {
+    let out = gateway_cmd()
+        .args(["serve"])
+        .env("HERMES_JWT_SECRET", JWT_SECRET)
+        .env("HERMES_ADMIN_KEY", ADMIN_KEY)
+        .env("HERMES_INTERNAL_SECRET", INTERNAL_SECRET)
+        .env("HERMES_MAX_MESSAGE_BYTES", "big")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("HERMES_MAX_MESSAGE_BYTES"), "{stderr}");
+
+    let out = gateway_cmd().args(["serve"]).output().expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HERMES_JWT_SECRET: required"));
+}
+
+#[tokio::test]
+async fn the_token_command_prints_a_jwt_the_cluster_accepts() {
+    let gw = Gateway::start(&[]).await;
+    let out = gateway_cmd()
+        .args(["token", "--user", "ops-user", "--room", "ops-room"])
+        .env("HERMES_JWT_SECRET", JWT_SECRET)
+        .env("HERMES_INTERNAL_SECRET", INTERNAL_SECRET)
+        .env("HERMES_REGISTRY", "remote")
+        .env("HERMES_REGISTRY_URL", &gw.internal)
+        .env("HERMES_BCRYPT_COST", "4")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jwt = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned();
+    assert_eq!(jwt.split('.').count(), 3);
+    let mut ws = gw.connect(&jwt).await;
+    gw.publish(json!({"user_id": "ops", "room_id": "ops-room", "data": {"type": "cli"}}))
+        .await;
+    assert_eq!(recv_json(&mut ws).await["data"]["type"], "cli");
+}
