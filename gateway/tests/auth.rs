@@ -49,7 +49,9 @@ async fn every_refusal_has_its_own_status_and_reason() {
     let future = now() + 600;
     let claims = json!({"user_id": "u1", "room_id": "r1", "token": "t", "exp": future});
 
-    let cases: Vec<(String, Vec<(&str, &str)>, u16, &str)> = vec![
+    /// URL, extra headers, expected status, expected code.
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (url.clone(), vec![], 401, "token_missing"),
         (
             format!("{url}?token=not-a-jwt"),
