@@ -180,7 +180,7 @@ fn announce(gw: &Gateway, bound: Bound) {
         }
         println!("  Publish one:");
         println!(
-            "    curl -X POST http://{}/v1/publish -H 'Authorization: Bearer {key}' \\\n      -d '{{\"user_id\":\"ops\",\"room_id\":\"demo\",\"data\":{{\"type\":\"greeting\",\"text\":\"hello\"}}}}'",
+            "    curl -X POST http://{}/v1/publish -H \"Authorization: Bearer {key}\" \\\n      -d '{{\"user_id\":\"ops\",\"room_id\":\"demo\",\"data\":{{\"type\":\"greeting\",\"text\":\"hello\"}}}}'",
             bound.internal
         );
         println!();
@@ -203,6 +203,10 @@ fn public_server(gw: Arc<Gateway>, listener: TcpListener) -> Result<actix_web::d
                 .route("/demo/token", web::post().to(standalone::demo_token));
         }
         app.route("/{stage}", web::get().to(upgrade::websocket))
+            .route(
+                "/{stage}",
+                web::method(actix_web::http::Method::OPTIONS).to(upgrade::preflight),
+            )
     })
     .workers(workers)
     .disable_signals()

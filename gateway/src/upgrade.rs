@@ -142,7 +142,7 @@ pub async fn websocket(
         }
     };
     let Some(token) = creds.token else {
-        return refusal(&gw, &AuthError::Missing);
+        return with_cors(refusal(&gw, &AuthError::Missing), origin.as_deref());
     };
     let identity = match gw.auth.authenticate(&token).await {
         Ok((identity, _path)) => identity,
@@ -220,6 +220,27 @@ pub async fn websocket(
     tracing::debug!(connection_id = conn.id(), room_id = %conn.record.room_id, "connected");
     actix_web::rt::spawn(crate::session::run(gw, session, stream, conn, outgoing));
     response
+}
+
+/// `OPTIONS /{stage}`: the CORS preflight of the verdict probe (it carries the token in
+/// `Authorization`), answered for allowed origins only.
+pub async fn preflight(req: HttpRequest, gw: web::Data<Arc<Gateway>>) -> HttpResponse {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    match origin {
+        Some(o) if gw.config.allowed_origins.allows(Some(o)) => {
+            let mut r = HttpResponse::NoContent()
+                .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET"))
+                .insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, "Authorization"))
+                .insert_header((header::ACCESS_CONTROL_MAX_AGE, "600"))
+                .finish();
+            r = with_cors(r, Some(o));
+            r
+        }
+        _ => HttpResponse::Forbidden().finish(),
+    }
 }
 
 /// Adds the socket to the hub and its rows to the registry, before the upgrade answers.

@@ -1,0 +1,292 @@
+// hermes.js decision logic (backoff, close codes, the refusal probe, dispatch), run
+// in Node against a scripted fake WebSocket and fake fetch. No gateway, no browser:
+// the browser tests cover the real thing; these pin down the rules exactly.
+import { test, beforeEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
+
+const require = createRequire(import.meta.url);
+const Hermes = require('../../gateway/static/hermes.js');
+
+class FakeWebSocket {
+  static instances = [];
+  constructor(url, protocols) {
+    this.url = url;
+    this.protocols = protocols;
+    this.readyState = 0;
+    this.protocol = '';
+    this.sent = [];
+    FakeWebSocket.instances.push(this);
+  }
+  send(text) { this.sent.push(JSON.parse(text)); }
+  close(code) { this.readyState = 3; this.closedByClient = code; }
+  // Test controls: what the server does.
+  serverOpen() {
+    this.readyState = 1;
+    this.protocol = Array.isArray(this.protocols) && this.protocols.includes('hermes.v1') ? 'hermes.v1' : '';
+    this.onopen && this.onopen({});
+  }
+  serverSend(obj) { this.onmessage && this.onmessage({ data: typeof obj === 'string' ? obj : JSON.stringify(obj) }); }
+  serverClose(code, reason = '') { this.readyState = 3; this.onclose && this.onclose({ code, reason }); }
+  refuse() { this.readyState = 3; this.onerror && this.onerror({}); this.onclose && this.onclose({ code: 1006, reason: '' }); }
+}
+
+/** Resolve once `predicate()` is truthy, checking after each macrotask (no fixed sleeps). */
+async function until(predicate, what, limitMs = 5000) {
+  const start = Date.now();
+  while (!predicate()) {
+    if (Date.now() - start > limitMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setImmediate(r));
+  }
+}
+
+function fakeFetch(status, body, headers = {}) {
+  const calls = [];
+  const fn = async (url, init) => {
+    calls.push({ url, init });
+    return {
+      status,
+      headers: { get: (name) => headers[name] ?? headers[name.toLowerCase()] ?? null },
+      text: async () => JSON.stringify(body),
+    };
+  };
+  fn.calls = calls;
+  return fn;
+}
+
+function makeClient(options = {}) {
+  const states = [];
+  const errors = [];
+  const client = Hermes.connect({
+    url: 'ws://gw.test/production',
+    token: 'jwt-1',
+    WebSocket: FakeWebSocket,
+    fetch: fakeFetch(426, { ok: true }),
+    backoffBase: 5,
+    backoffCap: 40,
+    onStateChange: (state, prev, detail) => states.push({ state, prev, detail }),
+    onError: (err) => errors.push(err),
+    ...options,
+  });
+  return { client, states, errors };
+}
+
+const lastSocket = () => FakeWebSocket.instances[FakeWebSocket.instances.length - 1];
+const socketCount = (n) => () => FakeWebSocket.instances.length >= n;
+
+beforeEach(() => { FakeWebSocket.instances = []; });
+
+test('exports Hermes for CommonJS with Client, connect and the state names', () => {
+  assert.equal(typeof Hermes.Client, 'function');
+  assert.equal(typeof Hermes.connect, 'function');
+  assert.deepEqual(Object.values(Hermes.STATES).sort(), ['closed', 'connecting', 'open', 'reconnecting', 'unauthorized']);
+});
+
+test('puts the token in the subprotocol list by default, in the query when asked', async () => {
+  const a = makeClient();
+  await until(socketCount(1), 'a socket');
+  assert.equal(lastSocket().url, 'ws://gw.test/production');
+  assert.deepEqual(lastSocket().protocols, ['hermes.v1', 'bearer.jwt-1']);
+  a.client.close();
+
+  const b = makeClient({ tokenIn: 'query', token: 'a.b+c' });
+  await until(socketCount(2), 'a second socket');
+  assert.equal(lastSocket().url, 'ws://gw.test/production?token=a.b%2Bc');
+  assert.equal(lastSocket().protocols, undefined);
+  b.client.close();
+});
+
+test('is open after the connected frame and exposes the connection id', async () => {
+  const { client, states } = makeClient();
+  assert.equal(client.state, 'connecting');
+  await until(socketCount(1), 'a socket');
+  lastSocket().serverOpen();
+  assert.equal(client.state, 'connecting', 'waits for the connected frame');
+  lastSocket().serverSend({ event: 'connected', connection_id: 'c-1', user_id: 'u', room_id: 'r' });
+  assert.equal(client.state, 'open');
+  assert.equal(client.connectionId, 'c-1');
+  assert.equal(client.userId, 'u');
+  assert.equal(client.roomId, 'r');
+  assert.deepEqual(states.map((s) => s.state), ['connecting', 'open']);
+  client.close();
+  assert.equal(client.state, 'closed');
+  assert.equal(lastSocket().closedByClient, 1000);
+});
+
+test('query clients are open when the socket opens', async () => {
+  const { client } = makeClient({ tokenIn: 'query' });
+  await until(socketCount(1), 'a socket');
+  lastSocket().serverOpen();
+  assert.equal(client.state, 'open');
+  client.close();
+});
+
+test('dispatches notifications by data.type and to the catch-all, with the whole message', async () => {
+  const { client, errors } = makeClient();
+  const got = [];
+  client.on('greeting', (data, message) => got.push(['greeting', data, message.user_id]));
+  const off = client.on('other', () => got.push(['other']));
+  client.on('*', (data) => got.push(['*', data.type]));
+  off();
+  await until(socketCount(1), 'a socket');
+  lastSocket().serverOpen();
+  lastSocket().serverSend({ event: 'connected', connection_id: 'c', user_id: 'u', room_id: 'r' });
+  lastSocket().serverSend({ user_id: 'ops', data: { type: 'greeting', text: 'hi' } });
+  lastSocket().serverSend({ user_id: 'ops', data: { type: 'other' } });
+  lastSocket().serverSend({ error: { code: 'unknown_action', message: 'no such action' } });
+  assert.deepEqual(got, [
+    ['greeting', { type: 'greeting', text: 'hi' }, 'ops'],
+    ['*', 'greeting'],
+    ['*', 'other'],
+  ]);
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0].code, 'unknown_action');
+  assert.equal(client.state, 'open', 'an error frame does not close');
+  client.close();
+});
+
+test('send and ping write the documented frames; send is refused when not open', async () => {
+  const { client } = makeClient();
+  assert.equal(client.send({ a: 1 }), false);
+  await until(socketCount(1), 'a socket');
+  const ws = lastSocket();
+  ws.serverOpen();
+  ws.serverSend({ event: 'connected', connection_id: 'c', user_id: 'u', room_id: 'r' });
+  assert.equal(client.send({ type: 'chat', text: 'x' }), true);
+  const pong = client.ping(1000);
+  ws.serverSend({ event: 'pong' });
+  await pong;
+  assert.deepEqual(ws.sent, [{ action: 'sendMessage', data: { type: 'chat', text: 'x' } }, { action: 'ping' }]);
+  client.close();
+});
+
+test('calls a token function on every attempt and reconnects with full-jitter backoff', async () => {
+  let calls = 0;
+  const { client, states } = makeClient({ token: async () => `jwt-${++calls}`, backoffBase: 4, backoffCap: 16 });
+  for (let n = 1; n <= 5; n++) {
+    await until(socketCount(n), `attempt ${n}`);
+    assert.deepEqual(lastSocket().protocols, ['hermes.v1', `bearer.jwt-${n}`]);
+    lastSocket().serverOpen();
+    lastSocket().serverSend({ event: 'connected', connection_id: `c${n}`, user_id: 'u', room_id: 'r' });
+    lastSocket().serverClose(1006);
+    // Each drop after a short-lived connection backs off further: random(0, min(cap, base * 2^k)).
+    const ceiling = Math.min(16, 4 * 2 ** (n - 1));
+    const last = states[states.length - 1];
+    assert.equal(last.state, 'reconnecting');
+    assert.equal(last.detail.code, 1006);
+    assert.ok(last.detail.delay >= 0 && last.detail.delay <= ceiling, `delay ${last.detail.delay} within ${ceiling}`);
+  }
+  assert.equal(calls, 5);
+  client.close();
+});
+
+test('close 1012 (server restarting) reconnects within the restart jitter, without backing off', async () => {
+  const { client, states } = makeClient({ backoffBase: 100000, backoffCap: 100000, restartJitter: 50 });
+  await until(socketCount(1), 'a socket');
+  lastSocket().serverOpen();
+  lastSocket().serverSend({ event: 'connected', connection_id: 'c', user_id: 'u', room_id: 'r' });
+  lastSocket().serverClose(1012, 'service restart');
+  const last = states[states.length - 1];
+  assert.equal(last.state, 'reconnecting');
+  assert.equal(last.detail.code, 1012);
+  assert.ok(last.detail.delay <= 50);
+  await until(socketCount(2), 'the reconnect after 1012');
+  client.close();
+});
+
+for (const [code, expected, errorCode] of [[4003, 'unauthorized', 'token_revoked'], [4004, 'closed', 'closed_by_server'], [4099, 'closed', 'closed_by_server']]) {
+  test(`close ${code} stops for good with state ${expected} and reports it`, async () => {
+    const { client, errors, states } = makeClient();
+    await until(socketCount(1), 'a socket');
+    lastSocket().serverOpen();
+    lastSocket().serverSend({ event: 'connected', connection_id: 'c', user_id: 'u', room_id: 'r' });
+    lastSocket().serverClose(code, 'bye');
+    assert.equal(client.state, expected);
+    assert.equal(states[states.length - 1].detail.code, code);
+    assert.equal(errors[errors.length - 1].code, errorCode);
+    assert.equal(errors[errors.length - 1].closeCode, code);
+    assert.equal(client.reconnectDelay, null, 'no reconnect scheduled');
+    // connect() starts it again.
+    client.connect();
+    await until(socketCount(2), 'a socket after connect()');
+    client.close();
+  });
+}
+
+for (const status of [401, 403]) {
+  test(`a refused connect is probed and a ${status} stops with state unauthorized`, async () => {
+    const fetch = fakeFetch(status, { error: { code: status === 401 ? 'token_expired' : 'token_revoked', message: 'nope' } });
+    const { client, errors } = makeClient({ fetch });
+    await until(socketCount(1), 'a socket');
+    lastSocket().refuse();
+    await until(() => client.state === 'unauthorized', 'state unauthorized');
+    assert.equal(fetch.calls.length, 1);
+    assert.equal(fetch.calls[0].url, 'http://gw.test/production');
+    assert.equal(fetch.calls[0].init.headers.Authorization, 'Bearer jwt-1');
+    assert.equal(errors[0].status, status);
+    assert.equal(errors[0].code, status === 401 ? 'token_expired' : 'token_revoked');
+    assert.equal(FakeWebSocket.instances.length, 1, 'no further attempt');
+  });
+}
+
+test('query clients probe with ?token= and wss becomes https', async () => {
+  const fetch = fakeFetch(401, { error: { code: 'invalid_token', message: 'bad' } });
+  const { client } = makeClient({ fetch, tokenIn: 'query', url: 'wss://gw.test/production' });
+  await until(socketCount(1), 'a socket');
+  lastSocket().refuse();
+  await until(() => client.state === 'unauthorized', 'state unauthorized');
+  assert.equal(fetch.calls[0].url, 'https://gw.test/production?token=jwt-1');
+});
+
+test('a probe answering 426 (token fine) keeps reconnecting', async () => {
+  const { client, errors } = makeClient();
+  await until(socketCount(1), 'a socket');
+  lastSocket().refuse();
+  await until(socketCount(2), 'a second attempt');
+  assert.equal(client.state, 'reconnecting');
+  assert.equal(errors.length, 0);
+  client.close();
+});
+
+test('a probe answering 503 reports overload and waits Retry-After', async () => {
+  const fetch = fakeFetch(503, { error: { code: 'overloaded', message: 'busy' } }, { 'Retry-After': '7' });
+  const { client, errors, states } = makeClient({ fetch });
+  await until(socketCount(1), 'a socket');
+  lastSocket().refuse();
+  await until(() => client.state === 'reconnecting', 'state reconnecting');
+  assert.equal(errors[0].code, 'overloaded');
+  assert.ok(states[states.length - 1].detail.delay >= 7000);
+  client.close();
+});
+
+test('a failing probe (server unreachable) keeps reconnecting', async () => {
+  const fetch = async () => { throw new TypeError('fetch failed'); };
+  const { client } = makeClient({ fetch });
+  await until(socketCount(1), 'a socket');
+  lastSocket().refuse();
+  await until(socketCount(2), 'a second attempt');
+  client.close();
+});
+
+test('a failing token function is reported and retried', async () => {
+  let calls = 0;
+  const { client, errors } = makeClient({
+    token: () => { calls++; if (calls === 1) throw new Error('backend down'); return 'jwt-ok'; },
+  });
+  await until(socketCount(1), 'an attempt after the token function recovered');
+  assert.equal(errors[0].code, 'token_unavailable');
+  assert.deepEqual(lastSocket().protocols, ['hermes.v1', 'bearer.jwt-ok']);
+  client.close();
+});
+
+test('close() during a pending reconnect cancels it', async () => {
+  const { client } = makeClient({ backoffBase: 1, backoffCap: 1 });
+  await until(socketCount(1), 'a socket');
+  lastSocket().serverOpen();
+  lastSocket().serverClose(1006);
+  client.close();
+  assert.equal(client.state, 'closed');
+  assert.equal(client.reconnectDelay, null);
+  assert.equal(client._timer, null, 'the reconnect timer is cleared');
+  assert.equal(FakeWebSocket.instances.length, 1);
+});
