@@ -265,17 +265,24 @@ impl JwtCodec {
     /// Signs claims with the first pinned algorithm.
     pub fn sign(&self, claims: &Claims) -> Result<String> {
         let alg = self.algorithms.first().copied().unwrap_or(Algorithm::HS512);
-        jsonwebtoken::encode(&jsonwebtoken::Header::new(alg.jwt()), claims, &self.encoding)
-            .map_err(|e| Error::Crypto(format!("cannot sign a JWT: {e}")))
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(alg.jwt()),
+            claims,
+            &self.encoding,
+        )
+        .map_err(|e| Error::Crypto(format!("cannot sign a JWT: {e}")))
     }
 }
 
 /// Reads the `alg` of a JWT header without trusting anything else in it.
 fn header_algorithm(jwt: &str) -> std::result::Result<String, AuthError> {
     let mut parts = jwt.split('.');
-    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(AuthError::Malformed("expected three dot-separated parts".into()));
+        return Err(AuthError::Malformed(
+            "expected three dot-separated parts".into(),
+        ));
     };
     let bytes = URL_SAFE_NO_PAD
         .decode(header.trim_end_matches('='))
@@ -309,8 +316,9 @@ impl BcryptPool {
         for n in 0..workers.max(1) {
             let receiver = Arc::clone(&receiver);
             let queued = Arc::clone(&queued);
-            let spawned = std::thread::Builder::new().name(format!("hermes-bcrypt-{n}")).spawn(
-                move || {
+            let spawned = std::thread::Builder::new()
+                .name(format!("hermes-bcrypt-{n}"))
+                .spawn(move || {
                     loop {
                         let job = match receiver.lock() {
                             Ok(rx) => rx.recv(),
@@ -324,13 +332,17 @@ impl BcryptPool {
                             Err(_) => return,
                         }
                     }
-                },
-            );
+                });
             if let Err(error) = spawned {
                 tracing::error!(%error, "cannot start a bcrypt thread");
             }
         }
-        Self { sender, queued, workers: workers.max(1), capacity }
+        Self {
+            sender,
+            queued,
+            workers: workers.max(1),
+            capacity,
+        }
     }
 
     /// Jobs waiting for a thread.
@@ -344,7 +356,8 @@ impl BcryptPool {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T> {
         let rx = self.submit(f)?;
-        rx.await.map_err(|_| Error::Crypto("the bcrypt worker stopped".into()))
+        rx.await
+            .map_err(|_| Error::Crypto("the bcrypt worker stopped".into()))
     }
 
     /// Queues `f`; the receiver yields its result. Refuses when the queue is full.
@@ -361,7 +374,9 @@ impl BcryptPool {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             // About 60 ms per verify at cost 10: tell the client when the queue drains.
             let secs = ((self.capacity as u64 * 60) / (self.workers as u64 * 1000)).max(1);
-            return Err(Error::Overloaded { retry_after: Duration::from_secs(secs) });
+            return Err(Error::Overloaded {
+                retry_after: Duration::from_secs(secs),
+            });
         }
         Ok(rx)
     }
@@ -388,7 +403,11 @@ impl VerdictCache {
         if e.inserted.elapsed() > self.ttl || e.exp <= now_secs {
             return None;
         }
-        Some(Identity { user_id: e.user_id.clone(), room_id: e.room_id.clone(), exp: e.exp })
+        Some(Identity {
+            user_id: e.user_id.clone(),
+            room_id: e.room_id.clone(),
+            exp: e.exp,
+        })
     }
 
     fn insert(&self, key: [u8; 32], id: &Identity, now_secs: u64) {
@@ -450,7 +469,14 @@ impl Authenticator {
             ttl: config.cache_ttl,
             capacity: config.cache_capacity,
         };
-        Self { codec, config, registry, pool, cache, metrics }
+        Self {
+            codec,
+            config,
+            registry,
+            pool,
+            cache,
+            metrics,
+        }
     }
 
     /// The JWT codec (for the `token` command and tests).
@@ -459,14 +485,20 @@ impl Authenticator {
     }
 
     /// Verifies a connect token through every layer.
-    pub async fn authenticate(&self, jwt: &str) -> std::result::Result<(Identity, AuthPath), AuthError> {
+    pub async fn authenticate(
+        &self,
+        jwt: &str,
+    ) -> std::result::Result<(Identity, AuthPath), AuthError> {
         let started = Instant::now();
         let result = self.authenticate_inner(jwt).await;
         let label = match &result {
             Ok((_, path)) => path.label(),
             Err(_) => "refused",
         };
-        self.metrics.auth_duration.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .auth_duration
+            .with_label_values(&[label])
+            .observe(started.elapsed().as_secs_f64());
         result
     }
 
@@ -486,8 +518,11 @@ impl Authenticator {
         crate::wire::check_id("user_id", &claims.user_id)
             .and_then(|()| crate::wire::check_id("room_id", &claims.room_id))
             .map_err(|e| AuthError::Malformed(e.to_string()))?;
-        let identity =
-            Identity { user_id: claims.user_id.clone(), room_id: claims.room_id.clone(), exp: claims.exp };
+        let identity = Identity {
+            user_id: claims.user_id.clone(),
+            room_id: claims.room_id.clone(),
+            exp: claims.exp,
+        };
         let path = match self.config.token_check {
             TokenCheck::Off => AuthPath::JwtOnly,
             TokenCheck::Bcrypt => self.check_second_layer(&claims).await?,
@@ -496,7 +531,10 @@ impl Authenticator {
         Ok((identity, path))
     }
 
-    async fn check_second_layer(&self, claims: &Claims) -> std::result::Result<AuthPath, AuthError> {
+    async fn check_second_layer(
+        &self,
+        claims: &Claims,
+    ) -> std::result::Result<AuthPath, AuthError> {
         let row = self
             .registry
             .token(&claims.user_id, &claims.room_id)
@@ -539,7 +577,12 @@ impl Authenticator {
 
     /// Issues a token for (user, room): a random second-layer token, its bcrypt hash and
     /// fast verifier stored in the registry, and the signed JWT.
-    pub async fn issue(&self, user_id: &str, room_id: &str, ttl: Option<Duration>) -> Result<IssuedToken> {
+    pub async fn issue(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        ttl: Option<Duration>,
+    ) -> Result<IssuedToken> {
         crate::wire::check_id("user_id", user_id)?;
         crate::wire::check_id("room_id", room_id)?;
         let passcode = crate::ids::random_secret(32);
@@ -571,7 +614,10 @@ impl Authenticator {
             token,
             exp: expires_at,
         })?;
-        Ok(IssuedToken { token: jwt, expires_at })
+        Ok(IssuedToken {
+            token: jwt,
+            expires_at,
+        })
     }
 
     /// Deletes the (user, room) token row. Returns whether one existed.
@@ -616,7 +662,11 @@ mod tests {
         (auth, registry)
     }
 
-    fn jwt_with(header_alg: jsonwebtoken::Algorithm, claims: &serde_json::Value, secret: &str) -> String {
+    fn jwt_with(
+        header_alg: jsonwebtoken::Algorithm,
+        claims: &serde_json::Value,
+        secret: &str,
+    ) -> String {
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(header_alg),
             claims,
@@ -648,11 +698,17 @@ mod tests {
         let expired = jwt_with(jsonwebtoken::Algorithm::HS512, &claims(1000), SECRET);
         assert_eq!(codec.verify(&expired), Err(AuthError::Expired));
 
-        let wrong_key = jwt_with(jsonwebtoken::Algorithm::HS512, &claims(future), "another-secret-entirely");
+        let wrong_key = jwt_with(
+            jsonwebtoken::Algorithm::HS512,
+            &claims(future),
+            "another-secret-entirely",
+        );
         assert_eq!(codec.verify(&wrong_key), Err(AuthError::BadSignature));
 
         let hs256 = jwt_with(jsonwebtoken::Algorithm::HS256, &claims(future), SECRET);
-        assert!(matches!(codec.verify(&hs256), Err(AuthError::WrongAlgorithm(a, _)) if a == "HS256"));
+        assert!(
+            matches!(codec.verify(&hs256), Err(AuthError::WrongAlgorithm(a, _)) if a == "HS256")
+        );
 
         let no_exp = jwt_with(
             jsonwebtoken::Algorithm::HS512,
@@ -668,11 +724,12 @@ mod tests {
     fn alg_none_is_refused() {
         let codec = JwtCodec::new(SECRET, &[Algorithm::HS512], Duration::ZERO);
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
-        let body = URL_SAFE_NO_PAD.encode(
-            serde_json::to_vec(&claims(crate::ids::now_secs() + 600)).expect("json"),
-        );
+        let body = URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&claims(crate::ids::now_secs() + 600)).expect("json"));
         let token = format!("{header}.{body}.");
-        assert!(matches!(codec.verify(&token), Err(AuthError::WrongAlgorithm(a, _)) if a == "none"));
+        assert!(
+            matches!(codec.verify(&token), Err(AuthError::WrongAlgorithm(a, _)) if a == "none")
+        );
     }
 
     #[tokio::test]
@@ -700,18 +757,34 @@ mod tests {
             .expect("sign");
         let (_, path) = auth.authenticate(&jwt).await.expect("accepted");
         assert_eq!(path, AuthPath::Bcrypt);
-        let row = registry.token("u1", "r1").await.expect("read").expect("row");
-        assert_eq!(row.fast_verifier, Some(fast_verifier(&auth.config.verifier_key, &token)));
-        assert_eq!(auth.authenticate(&jwt).await.map(|r| r.1), Ok(AuthPath::Cache));
+        let row = registry
+            .token("u1", "r1")
+            .await
+            .expect("read")
+            .expect("row");
+        assert_eq!(
+            row.fast_verifier,
+            Some(fast_verifier(&auth.config.verifier_key, &token))
+        );
+        assert_eq!(
+            auth.authenticate(&jwt).await.map(|r| r.1),
+            Ok(AuthPath::Cache)
+        );
         auth.forget("u1", "r1");
-        assert_eq!(auth.authenticate(&jwt).await.map(|r| r.1), Ok(AuthPath::FastVerifier));
+        assert_eq!(
+            auth.authenticate(&jwt).await.map(|r| r.1),
+            Ok(AuthPath::FastVerifier)
+        );
     }
 
     #[tokio::test]
     async fn second_layer_refusals() {
         let (auth, _registry) = authenticator(TokenCheck::Bcrypt);
         let issued = auth.issue("u1", "r1", None).await.expect("issued");
-        assert_eq!(auth.authenticate(&issued.token).await.map(|r| r.1), Ok(AuthPath::FastVerifier));
+        assert_eq!(
+            auth.authenticate(&issued.token).await.map(|r| r.1),
+            Ok(AuthPath::FastVerifier)
+        );
         let forged = auth
             .codec()
             .sign(&Claims {
@@ -723,7 +796,10 @@ mod tests {
             .expect("sign");
         assert_eq!(auth.authenticate(&forged).await, Err(AuthError::Mismatch));
         assert!(auth.revoke("u1", "r1").await.expect("revoke"));
-        assert_eq!(auth.authenticate(&issued.token).await, Err(AuthError::NoTokenRow));
+        assert_eq!(
+            auth.authenticate(&issued.token).await,
+            Err(AuthError::NoTokenRow)
+        );
     }
 
     #[tokio::test]
@@ -731,9 +807,17 @@ mod tests {
         let (auth, _) = authenticator(TokenCheck::Off);
         let jwt = auth
             .codec()
-            .sign(&Claims { user_id: "u".into(), room_id: "r".into(), token: "x".into(), exp: crate::ids::now_secs() + 60 })
+            .sign(&Claims {
+                user_id: "u".into(),
+                room_id: "r".into(),
+                token: "x".into(),
+                exp: crate::ids::now_secs() + 60,
+            })
             .expect("sign");
-        assert_eq!(auth.authenticate(&jwt).await.map(|r| r.1), Ok(AuthPath::JwtOnly));
+        assert_eq!(
+            auth.authenticate(&jwt).await.map(|r| r.1),
+            Ok(AuthPath::JwtOnly)
+        );
     }
 
     #[test]

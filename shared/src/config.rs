@@ -32,7 +32,8 @@ impl Env {
                 let text = std::fs::read_to_string(&path).map_err(|error| {
                     Error::Config(format!("{CONFIG_FILE}: cannot read {path}: {error}"))
                 })?;
-                parse_env_file(&text).map_err(|e| Error::Config(format!("{CONFIG_FILE}: {path}: {e}")))?
+                parse_env_file(&text)
+                    .map_err(|e| Error::Config(format!("{CONFIG_FILE}: {path}: {e}")))?
             }
             _ => HashMap::new(),
         };
@@ -57,7 +58,9 @@ impl Strings for HashMap<String, String> {
 
 impl Strings for HashMap<&str, &str> {
     fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key).filter(|v| !v.is_empty()).map(|v| (*v).to_owned())
+        HashMap::get(self, key)
+            .filter(|v| !v.is_empty())
+            .map(|v| (*v).to_owned())
     }
 }
 
@@ -153,9 +156,9 @@ impl OriginPolicy {
     pub fn allows(&self, origin: Option<&str>) -> bool {
         match (self, origin) {
             (OriginPolicy::Any, _) | (_, None) => true,
-            (OriginPolicy::List(list), Some(origin)) => {
-                list.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin))
-            }
+            (OriginPolicy::List(list), Some(origin)) => list
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(origin)),
         }
     }
 }
@@ -245,13 +248,19 @@ impl GatewayConfig {
         let standalone = mode == Mode::Standalone;
         let stage = s.get(STAGE).unwrap_or_else(|| "production".into());
         if stage.is_empty()
-            || !stage.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !stage
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return Err(Error::Config(format!(
                 "{STAGE}: {stage:?} must be letters, digits, '-' or '_'"
             )));
         }
-        let default_listen = if standalone { "127.0.0.1:8080" } else { "0.0.0.0:8080" };
+        let default_listen = if standalone {
+            "127.0.0.1:8080"
+        } else {
+            "0.0.0.0:8080"
+        };
         let listen = addr(s, LISTEN, default_listen)?;
         let internal_listen = addr(s, INTERNAL_LISTEN, "127.0.0.1:8081")?;
         let gateway_id = match s.get(GATEWAY_ID) {
@@ -259,14 +268,19 @@ impl GatewayConfig {
             None => default_gateway_id(),
         };
         if gateway_id.is_empty() || gateway_id.len() > 253 {
-            return Err(Error::Config(format!("{GATEWAY_ID}: must be 1 to 253 characters")));
+            return Err(Error::Config(format!(
+                "{GATEWAY_ID}: must be 1 to 253 characters"
+            )));
         }
         let internal_url = match s.get(INTERNAL_URL) {
             Some(u) => {
-                let parsed = url::Url::parse(&u)
-                    .map_err(|e| Error::Config(format!("{INTERNAL_URL}: {u:?} is not a URL: {e}")))?;
+                let parsed = url::Url::parse(&u).map_err(|e| {
+                    Error::Config(format!("{INTERNAL_URL}: {u:?} is not a URL: {e}"))
+                })?;
                 if parsed.scheme() != "http" && parsed.scheme() != "https" {
-                    return Err(Error::Config(format!("{INTERNAL_URL}: must be http:// or https://")));
+                    return Err(Error::Config(format!(
+                        "{INTERNAL_URL}: must be http:// or https://"
+                    )));
                 }
                 Some(u.trim_end_matches('/').to_owned())
             }
@@ -275,7 +289,9 @@ impl GatewayConfig {
 
         let jwt_secret = secret(s, JWT_SECRET, standalone, 48)?;
         if jwt_secret.len() < 16 {
-            return Err(Error::Config(format!("{JWT_SECRET}: must be at least 16 bytes")));
+            return Err(Error::Config(format!(
+                "{JWT_SECRET}: must be at least 16 bytes"
+            )));
         }
         let algorithms = match s.get(JWT_ALGORITHMS) {
             Some(list) => list
@@ -293,11 +309,15 @@ impl GatewayConfig {
             None => vec![Algorithm::HS512],
         };
         if algorithms.is_empty() {
-            return Err(Error::Config(format!("{JWT_ALGORITHMS}: the list is empty")));
+            return Err(Error::Config(format!(
+                "{JWT_ALGORITHMS}: the list is empty"
+            )));
         }
         let verifier_key = match s.get(VERIFIER_KEY) {
             Some(k) if k.len() < 16 => {
-                return Err(Error::Config(format!("{VERIFIER_KEY}: must be at least 16 bytes")));
+                return Err(Error::Config(format!(
+                    "{VERIFIER_KEY}: must be at least 16 bytes"
+                )));
             }
             Some(k) => k.into_bytes(),
             // Derived from the JWT secret: identical on every replica, never stored.
@@ -307,12 +327,16 @@ impl GatewayConfig {
             None | Some("bcrypt") => TokenCheck::Bcrypt,
             Some("off") => TokenCheck::Off,
             Some(other) => {
-                return Err(Error::Config(format!("{TOKEN_CHECK}: {other:?} must be bcrypt or off")));
+                return Err(Error::Config(format!(
+                    "{TOKEN_CHECK}: {other:?} must be bcrypt or off"
+                )));
             }
         };
         let bcrypt_cost = num(s, BCRYPT_COST, 10u32)?;
         if !(4..=31).contains(&bcrypt_cost) {
-            return Err(Error::Config(format!("{BCRYPT_COST}: must be between 4 and 31")));
+            return Err(Error::Config(format!(
+                "{BCRYPT_COST}: must be between 4 and 31"
+            )));
         }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let auth = AuthConfig {
@@ -335,11 +359,15 @@ impl GatewayConfig {
             None => return Err(Error::Config(format!("{ADMIN_KEY}: required"))),
         };
         if admin_key.len() < 16 {
-            return Err(Error::Config(format!("{ADMIN_KEY}: must be at least 16 characters")));
+            return Err(Error::Config(format!(
+                "{ADMIN_KEY}: must be at least 16 characters"
+            )));
         }
         let internal_secret = secret(s, INTERNAL_SECRET, standalone, 32)?;
         if internal_secret.len() < 16 {
-            return Err(Error::Config(format!("{INTERNAL_SECRET}: must be at least 16 characters")));
+            return Err(Error::Config(format!(
+                "{INTERNAL_SECRET}: must be at least 16 characters"
+            )));
         }
 
         let allowed_origins = match s.get(ALLOWED_ORIGINS) {
@@ -365,7 +393,9 @@ impl GatewayConfig {
         let registry = match s.get(REGISTRY).as_deref() {
             None | Some("memory") => RegistryKind::Memory,
             Some("remote") => match s.get(REGISTRY_URL) {
-                Some(url) => RegistryKind::Remote { url: url.trim_end_matches('/').to_owned() },
+                Some(url) => RegistryKind::Remote {
+                    url: url.trim_end_matches('/').to_owned(),
+                },
                 None => {
                     return Err(Error::Config(format!(
                         "{REGISTRY_URL}: required when {REGISTRY}=remote"
@@ -434,9 +464,11 @@ fn default_gateway_id() -> String {
 
 fn addr(s: &dyn Strings, key: &str, default: &str) -> Result<SocketAddr> {
     let value = s.get(key).unwrap_or_else(|| default.to_owned());
-    value
-        .parse()
-        .map_err(|_| Error::Config(format!("{key}: {value:?} is not an address like 0.0.0.0:8080")))
+    value.parse().map_err(|_| {
+        Error::Config(format!(
+            "{key}: {value:?} is not an address like 0.0.0.0:8080"
+        ))
+    })
 }
 
 fn secret(s: &dyn Strings, key: &str, generate: bool, len: usize) -> Result<String> {
@@ -468,7 +500,9 @@ fn positive(s: &dyn Strings, key: &str, default: usize) -> Result<usize> {
 fn positive_f64(s: &dyn Strings, key: &str, default: f64) -> Result<f64> {
     let v: f64 = num(s, key, default)?;
     if !(v.is_finite() && v > 0.0) {
-        return Err(Error::Config(format!("{key}: must be a number greater than 0")));
+        return Err(Error::Config(format!(
+            "{key}: must be a number greater than 0"
+        )));
     }
     Ok(v)
 }
@@ -542,7 +576,10 @@ mod tests {
     #[test]
     fn origins_are_matched_exactly_and_absent_origin_is_allowed() {
         let mut env = serve_env();
-        env.insert(ALLOWED_ORIGINS, "https://app.example.com, https://admin.example.com/");
+        env.insert(
+            ALLOWED_ORIGINS,
+            "https://app.example.com, https://admin.example.com/",
+        );
         let c = GatewayConfig::from_strings(&env, Mode::Serve).expect("valid");
         assert!(c.allowed_origins.allows(Some("https://admin.example.com")));
         assert!(!c.allowed_origins.allows(Some("https://evil.example.com")));

@@ -47,7 +47,9 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::RegistryUnavailable(_) | Error::GatewayUnreachable { .. } | Error::Overloaded { .. }
+            Error::RegistryUnavailable(_)
+                | Error::GatewayUnreachable { .. }
+                | Error::Overloaded { .. }
         )
     }
 }

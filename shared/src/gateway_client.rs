@@ -27,7 +27,11 @@ impl GatewayClient {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| Error::Config(format!("cannot build the gateway client: {e}")))?;
-        Ok(Self { http, secret: secret.into(), metrics })
+        Ok(Self {
+            http,
+            secret: secret.into(),
+            metrics,
+        })
     }
 
     /// Delivers one target group to the gateway at `base_url`.
@@ -48,8 +52,15 @@ impl GatewayClient {
         let response = match result {
             Ok(r) => r,
             Err(e) => {
-                let label = if e.is_timeout() { "timeout" } else { "unreachable" };
-                self.metrics.deliver_requests.with_label_values(&["client", label]).inc();
+                let label = if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "unreachable"
+                };
+                self.metrics
+                    .deliver_requests
+                    .with_label_values(&["client", label])
+                    .inc();
                 return Err(Error::GatewayUnreachable {
                     gateway_id: gateway_id.to_owned(),
                     reason: e.to_string(),
@@ -68,10 +79,13 @@ impl GatewayClient {
                 reason: format!("{status}: {}", body.chars().take(200).collect::<String>()),
             });
         }
-        response.json().await.map_err(|e| Error::GatewayUnreachable {
-            gateway_id: gateway_id.to_owned(),
-            reason: format!("bad answer: {e}"),
-        })
+        response
+            .json()
+            .await
+            .map_err(|e| Error::GatewayUnreachable {
+                gateway_id: gateway_id.to_owned(),
+                reason: format!("bad answer: {e}"),
+            })
     }
 
     /// Asks the holding gateway about one of its connections.
@@ -94,7 +108,11 @@ impl GatewayClient {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         match response.status().as_u16() {
-            200 => response.json().await.map(Some).map_err(|e| unreachable(e.to_string())),
+            200 => response
+                .json()
+                .await
+                .map(Some)
+                .map_err(|e| unreachable(e.to_string())),
             404 | 410 => Ok(None),
             status => Err(unreachable(format!("status {status}"))),
         }

@@ -7,8 +7,8 @@ use prometheus::{
 
 /// Latency buckets from 100 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// Every metric Hermes exports.
@@ -52,16 +52,26 @@ impl Metrics {
         let registry = prometheus::Registry::new();
         let m = Self {
             registry: registry.clone(),
-            connections_open: IntGauge::new("hermes_connections_open", "Open WebSocket connections")
-                .unwrap_or_else(|_| unreachable_metric()),
-            connects: counter_vec("hermes_connects_total", "WebSocket upgrade attempts by result", &["result"]),
+            connections_open: IntGauge::new(
+                "hermes_connections_open",
+                "Open WebSocket connections",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            connects: counter_vec(
+                "hermes_connects_total",
+                "WebSocket upgrade attempts by result",
+                &["result"],
+            ),
             auth_duration: histogram_vec(
                 "hermes_auth_duration_seconds",
                 "Time to authenticate a connect, by verification path",
                 &["path"],
             ),
-            bcrypt_queue: IntGauge::new("hermes_bcrypt_queue", "Token verifications waiting for a bcrypt thread")
-                .unwrap_or_else(|_| unreachable_metric()),
+            bcrypt_queue: IntGauge::new(
+                "hermes_bcrypt_queue",
+                "Token verifications waiting for a bcrypt thread",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
             messages_received: counter_vec(
                 "hermes_messages_received_total",
                 "Frames received from browsers, by kind",
@@ -95,7 +105,11 @@ impl Metrics {
                 "hermes_end_to_end_seconds",
                 "Producer publish time to the frame reaching the socket writer",
             ),
-            closes: counter_vec("hermes_socket_closes_total", "Socket closes by close code", &["code"]),
+            closes: counter_vec(
+                "hermes_socket_closes_total",
+                "Socket closes by close code",
+                &["code"],
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.connections_open.clone()),
@@ -145,8 +159,11 @@ fn histogram(name: &str, help: &str) -> Histogram {
 }
 
 fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
-        .unwrap_or_else(|_| unreachable_metric())
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|_| unreachable_metric())
 }
 
 #[cfg(test)]
@@ -158,7 +175,9 @@ mod tests {
         let m = Metrics::new();
         m.connects.with_label_values(&["accepted"]).inc();
         m.messages_dropped.with_label_values(&["queue_full"]).inc();
-        m.deliver_requests.with_label_values(&["client", "ok"]).inc();
+        m.deliver_requests
+            .with_label_values(&["client", "ok"])
+            .inc();
         m.auth_duration.with_label_values(&["cache"]).observe(0.001);
         m.closes.with_label_values(&["1000"]).inc();
         let text = m.render();

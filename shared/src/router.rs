@@ -64,7 +64,13 @@ impl Router {
         local: Option<LocalGateway>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { registry, client, local, metrics, urls: Mutex::new(HashMap::new()) }
+        Self {
+            registry,
+            client,
+            local,
+            metrics,
+            urls: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The registry the router reads.
@@ -74,13 +80,18 @@ impl Router {
 
     /// Routes a published message. Its text is serialized here, once.
     pub async fn publish(&self, message: &PublishMessage) -> Result<RouteOutcome> {
-        let id = message.id.clone().unwrap_or_else(crate::ids::new_message_id);
+        let id = message
+            .id
+            .clone()
+            .unwrap_or_else(crate::ids::new_message_id);
         let request = DeliverRequest {
             id: Some(id),
             target: message.target(),
             exclude_connection_id: message.exclude_connection_id.clone(),
             published_at: Some(message.published_at.unwrap_or_else(crate::ids::now_millis)),
-            action: DeliverAction::Send { frame: message.frame() },
+            action: DeliverAction::Send {
+                frame: message.frame(),
+            },
         };
         self.route(request).await
     }
@@ -112,7 +123,10 @@ impl Router {
                 let mut by_gateway: HashMap<String, Vec<String>> = HashMap::new();
                 for id in ids {
                     match self.registry.connection(id).await? {
-                        Some(row) => by_gateway.entry(row.gateway_id).or_default().push(id.clone()),
+                        Some(row) => by_gateway
+                            .entry(row.gateway_id)
+                            .or_default()
+                            .push(id.clone()),
                         None => outcome.gone += 1,
                     }
                 }
@@ -140,7 +154,15 @@ impl Router {
                         Target::Connections(ids) => ids.clone(),
                         _ => Vec::new(),
                     };
-                    return (gateway_id, Ok(DeliverResponse { delivered: 0, gone, duplicate: false }), false);
+                    return (
+                        gateway_id,
+                        Ok(DeliverResponse {
+                            delivered: 0,
+                            gone,
+                            duplicate: false,
+                        }),
+                        false,
+                    );
                 }
                 Err(e) => Err(e),
             };
@@ -167,14 +189,19 @@ impl Router {
                 }
             }
         }
-        self.metrics.routing_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .routing_duration
+            .observe(started.elapsed().as_secs_f64());
         Ok(outcome)
     }
 
     /// Sends a request to every live gateway (token revocation reaches every cache).
     pub async fn broadcast(&self, request: DeliverRequest) -> Result<RouteOutcome> {
         let gateways = self.registry.gateways().await?;
-        let mut outcome = RouteOutcome { id: request.id.clone().unwrap_or_default(), ..Default::default() };
+        let mut outcome = RouteOutcome {
+            id: request.id.clone().unwrap_or_default(),
+            ..Default::default()
+        };
         let local_id = self.local.as_ref().map(|l| l.gateway_id.as_str());
         let mut local_done = false;
         let calls = gateways.iter().map(|g| {
@@ -183,7 +210,12 @@ impl Router {
                 if Some(g.gateway_id.as_str()) == local_id {
                     return (g.gateway_id.clone(), Ok(self.deliver_local(request)));
                 }
-                (g.gateway_id.clone(), self.client.deliver(&g.gateway_id, &g.internal_url, request).await)
+                (
+                    g.gateway_id.clone(),
+                    self.client
+                        .deliver(&g.gateway_id, &g.internal_url, request)
+                        .await,
+                )
             }
         });
         for (gateway_id, result) in join_all(calls).await {
@@ -210,7 +242,10 @@ impl Router {
     }
 
     fn deliver_local(&self, request: &DeliverRequest) -> DeliverResponse {
-        self.local.as_ref().map(|l| l.delivery.deliver(request)).unwrap_or_default()
+        self.local
+            .as_ref()
+            .map(|l| l.delivery.deliver(request))
+            .unwrap_or_default()
     }
 
     /// API Gateway's `GET @connections/{id}`: asks the holding gateway.
@@ -219,8 +254,15 @@ impl Router {
             return Ok(None);
         };
         match self.hop(&row.gateway_id).await? {
-            Hop::Local => Ok(self.local.as_ref().and_then(|l| l.delivery.connection_info(connection_id))),
-            Hop::Remote(url) => self.client.connection_info(&row.gateway_id, &url, connection_id).await,
+            Hop::Local => Ok(self
+                .local
+                .as_ref()
+                .and_then(|l| l.delivery.connection_info(connection_id))),
+            Hop::Remote(url) => {
+                self.client
+                    .connection_info(&row.gateway_id, &url, connection_id)
+                    .await
+            }
             Hop::Dead => {
                 self.registry.remove_connection(connection_id).await?;
                 Ok(None)
@@ -229,19 +271,24 @@ impl Router {
     }
 
     async fn hop(&self, gateway_id: &str) -> Result<Hop> {
-        if self.local.as_ref().is_some_and(|l| l.gateway_id == gateway_id) {
+        if self
+            .local
+            .as_ref()
+            .is_some_and(|l| l.gateway_id == gateway_id)
+        {
             return Ok(Hop::Local);
         }
-        if let Some((url, at)) = self.urls.lock().get(gateway_id) {
-            if at.elapsed() < URL_CACHE_TTL {
-                return Ok(Hop::Remote(url.clone()));
-            }
+        if let Some((url, at)) = self.urls.lock().get(gateway_id)
+            && at.elapsed() < URL_CACHE_TTL
+        {
+            return Ok(Hop::Remote(url.clone()));
         }
         match self.registry.gateway(gateway_id).await? {
             Some(record) => {
-                self.urls
-                    .lock()
-                    .insert(gateway_id.to_owned(), (record.internal_url.clone(), Instant::now()));
+                self.urls.lock().insert(
+                    gateway_id.to_owned(),
+                    (record.internal_url.clone(), Instant::now()),
+                );
                 Ok(Hop::Remote(record.internal_url))
             }
             None => {
@@ -254,8 +301,12 @@ impl Router {
     /// Removes rows that point at a gateway whose heartbeat row has expired.
     async fn forget_dead_gateway(&self, gateway_id: &str, target: &Target) {
         let result = match target {
-            Target::Room { room_id } => self.registry.remove_room_gateway(room_id, gateway_id).await,
-            Target::User { user_id, .. } => self.registry.remove_user_gateway(user_id, gateway_id).await,
+            Target::Room { room_id } => {
+                self.registry.remove_room_gateway(room_id, gateway_id).await
+            }
+            Target::User { user_id, .. } => {
+                self.registry.remove_user_gateway(user_id, gateway_id).await
+            }
             Target::Connections(ids) => {
                 let mut last = Ok(());
                 for id in ids {
@@ -267,8 +318,13 @@ impl Router {
             }
         };
         match result {
-            Ok(()) => tracing::info!(gateway_id, "removed registry rows of a gateway that is gone"),
-            Err(error) => tracing::warn!(%error, gateway_id, "cannot remove rows of a gone gateway"),
+            Ok(()) => tracing::info!(
+                gateway_id,
+                "removed registry rows of a gateway that is gone"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, gateway_id, "cannot remove rows of a gone gateway")
+            }
         }
     }
 }
@@ -289,10 +345,18 @@ mod tests {
         fn deliver(&self, request: &DeliverRequest) -> DeliverResponse {
             self.requests.lock().push(request.clone());
             let gone = match &request.target {
-                Target::Connections(ids) => ids.iter().filter(|i| !self.held.contains(i)).cloned().collect(),
+                Target::Connections(ids) => ids
+                    .iter()
+                    .filter(|i| !self.held.contains(i))
+                    .cloned()
+                    .collect(),
                 _ => Vec::new(),
             };
-            DeliverResponse { delivered: 1, gone, duplicate: false }
+            DeliverResponse {
+                delivered: 1,
+                gone,
+                duplicate: false,
+            }
         }
         fn connection_info(&self, _: &str) -> Option<ConnectionInfo> {
             None
@@ -301,12 +365,19 @@ mod tests {
 
     fn router(registry: Arc<MemoryRegistry>, local: Arc<Recorder>) -> Router {
         let metrics = Arc::new(Metrics::new());
-        let client = GatewayClient::new("secret-secret-secret", Duration::from_millis(200), metrics.clone())
-            .expect("client");
+        let client = GatewayClient::new(
+            "secret-secret-secret",
+            Duration::from_millis(200),
+            metrics.clone(),
+        )
+        .expect("client");
         Router::new(
             registry,
             client,
-            Some(LocalGateway { gateway_id: "local".into(), delivery: local }),
+            Some(LocalGateway {
+                gateway_id: "local".into(),
+                delivery: local,
+            }),
             metrics,
         )
     }
@@ -318,24 +389,44 @@ mod tests {
     #[tokio::test]
     async fn room_message_goes_once_to_the_local_gateway_holding_it() {
         let registry = Arc::new(MemoryRegistry::new());
-        registry.add_room_gateway("r", "local", Duration::from_secs(60)).await.expect("add");
+        registry
+            .add_room_gateway("r", "local", Duration::from_secs(60))
+            .await
+            .expect("add");
         let local = Arc::new(Recorder::default());
         let r = router(registry, local.clone());
-        let outcome = r.publish(&message(r#"{"user_id":"u","room_id":"r","data":{"x":1}}"#)).await.expect("routed");
+        let outcome = r
+            .publish(&message(r#"{"user_id":"u","room_id":"r","data":{"x":1}}"#))
+            .await
+            .expect("routed");
         assert_eq!((outcome.gateways, outcome.delivered), (1, 1));
         let requests = local.requests.lock();
         assert_eq!(requests.len(), 1);
-        assert!(matches!(&requests[0].action, DeliverAction::Send { frame } if frame.as_str() == r#"{"user_id":"u","data":{"x":1}}"#));
+        assert!(
+            matches!(&requests[0].action, DeliverAction::Send { frame } if frame.as_str() == r#"{"user_id":"u","data":{"x":1}}"#)
+        );
     }
 
     #[tokio::test]
     async fn rows_of_a_gateway_without_heartbeat_are_removed() {
         let registry = Arc::new(MemoryRegistry::new());
-        registry.add_room_gateway("r", "ghost", Duration::from_secs(60)).await.expect("add");
+        registry
+            .add_room_gateway("r", "ghost", Duration::from_secs(60))
+            .await
+            .expect("add");
         let r = router(registry.clone(), Arc::new(Recorder::default()));
-        let outcome = r.publish(&message(r#"{"user_id":"u","room_id":"r","data":1}"#)).await.expect("routed");
+        let outcome = r
+            .publish(&message(r#"{"user_id":"u","room_id":"r","data":1}"#))
+            .await
+            .expect("routed");
         assert_eq!(outcome.gateways, 0);
-        assert!(registry.room_gateways("r").await.expect("lookup").is_empty());
+        assert!(
+            registry
+                .room_gateways("r")
+                .await
+                .expect("lookup")
+                .is_empty()
+        );
     }
 
     #[tokio::test]
@@ -357,10 +448,20 @@ mod tests {
             .await
             .expect("put");
         let r = router(registry.clone(), Arc::new(Recorder::default()));
-        let o = r.publish(&message(r#"{"user_id":"u","room_id":"r","data":1,"connection_id":"nope"}"#)).await.expect("routed");
+        let o = r
+            .publish(&message(
+                r#"{"user_id":"u","room_id":"r","data":1,"connection_id":"nope"}"#,
+            ))
+            .await
+            .expect("routed");
         assert_eq!(o.gone, 1);
         // The local gateway says c1 is not there: the 410 path removes the row.
-        let o = r.publish(&message(r#"{"user_id":"u","room_id":"r","data":1,"connection_id":"c1"}"#)).await.expect("routed");
+        let o = r
+            .publish(&message(
+                r#"{"user_id":"u","room_id":"r","data":1,"connection_id":"c1"}"#,
+            ))
+            .await
+            .expect("routed");
         assert_eq!(o.gone, 1);
         assert_eq!(registry.connection("c1").await.expect("get"), None);
     }
@@ -370,14 +471,26 @@ mod tests {
         let registry = Arc::new(MemoryRegistry::new());
         registry
             .upsert_gateway(
-                &GatewayRecord { gateway_id: "far".into(), internal_url: "http://127.0.0.1:9".into(), started_at: 0 },
+                &GatewayRecord {
+                    gateway_id: "far".into(),
+                    internal_url: "http://127.0.0.1:9".into(),
+                    started_at: 0,
+                },
                 Duration::from_secs(60),
             )
             .await
             .expect("upsert");
-        registry.add_user_gateway("v", "far", Duration::from_secs(60)).await.expect("add");
+        registry
+            .add_user_gateway("v", "far", Duration::from_secs(60))
+            .await
+            .expect("add");
         let r = router(registry, Arc::new(Recorder::default()));
-        let o = r.publish(&message(r#"{"user_id":"u","room_id":"r","data":1,"to_user_id":"v"}"#)).await.expect("routed");
+        let o = r
+            .publish(&message(
+                r#"{"user_id":"u","room_id":"r","data":1,"to_user_id":"v"}"#,
+            ))
+            .await
+            .expect("routed");
         assert_eq!(o.failed, vec!["far".to_owned()]);
     }
 }

@@ -75,9 +75,14 @@ impl PublishMessage {
         if let Some(connection_id) = &self.connection_id {
             Target::Connections(vec![connection_id.clone()])
         } else if let Some(user_id) = &self.to_user_id {
-            Target::User { user_id: user_id.clone(), room_id: Some(self.room_id.clone()) }
+            Target::User {
+                user_id: user_id.clone(),
+                room_id: Some(self.room_id.clone()),
+            }
         } else {
-            Target::Room { room_id: self.room_id.clone() }
+            Target::Room {
+                room_id: self.room_id.clone(),
+            }
         }
     }
 
@@ -93,10 +98,14 @@ pub fn check_id(field: &str, value: &str) -> Result<()> {
         return Err(Error::Invalid(format!("field `{field}` must not be empty")));
     }
     if value.len() > MAX_ID_LEN {
-        return Err(Error::Invalid(format!("field `{field}` is longer than {MAX_ID_LEN} bytes")));
+        return Err(Error::Invalid(format!(
+            "field `{field}` is longer than {MAX_ID_LEN} bytes"
+        )));
     }
     if value.chars().any(char::is_control) {
-        return Err(Error::Invalid(format!("field `{field}` contains control characters")));
+        return Err(Error::Invalid(format!(
+            "field `{field}` contains control characters"
+        )));
     }
     Ok(())
 }
@@ -123,16 +132,19 @@ fn describe_parse_error(body: &[u8], error: &serde_json::Error) -> String {
         "exclude_connection_id",
         "id",
     ] {
-        if let Some(v) = object.get(field) {
-            if !v.is_string() && !(v.is_null() && !matches!(field, "user_id" | "room_id")) {
-                return format!("field `{field}` must be a string");
-            }
+        let optional = !matches!(field, "user_id" | "room_id");
+        if let Some(v) = object.get(field)
+            && !v.is_string()
+            && !(optional && v.is_null())
+        {
+            return format!("field `{field}` must be a string");
         }
     }
-    if let Some(v) = object.get("published_at") {
-        if !v.is_u64() && !v.is_null() {
-            return "field `published_at` must be milliseconds since the epoch".into();
-        }
+    if let Some(v) = object.get("published_at")
+        && !v.is_u64()
+        && !v.is_null()
+    {
+        return "field `published_at` must be milliseconds since the epoch".into();
     }
     format!("invalid message: {error}")
 }
@@ -197,13 +209,18 @@ impl Frame {
 }
 
 impl Serialize for Frame {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.0)
     }
 }
 
 impl<'de> Deserialize<'de> for Frame {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
         String::deserialize(deserializer).map(|s| Self(ByteString::from(s)))
     }
 }
@@ -213,7 +230,12 @@ impl<'de> Deserialize<'de> for Frame {
 #[serde(untagged)]
 pub enum ServerFrame<'a> {
     /// First frame for `hermes.v1` clients.
-    Connected { event: &'static str, connection_id: &'a str, user_id: &'a str, room_id: &'a str },
+    Connected {
+        event: &'static str,
+        connection_id: &'a str,
+        user_id: &'a str,
+        room_id: &'a str,
+    },
     /// Answer to `{"action":"ping"}`.
     Pong { event: &'static str },
     /// A refused client frame; the socket stays open.
@@ -230,13 +252,21 @@ pub struct ErrorBody<'a> {
 impl ServerFrame<'_> {
     /// The frame's JSON text.
     pub fn to_frame(&self) -> Frame {
-        Frame(ByteString::from(serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))))
+        Frame(ByteString::from(
+            serde_json::to_string(self).unwrap_or_else(|_| String::from("{}")),
+        ))
     }
 }
 
 /// Builds the first frame for `hermes.v1` clients.
 pub fn connected_frame(connection_id: &str, user_id: &str, room_id: &str) -> Frame {
-    ServerFrame::Connected { event: "connected", connection_id, user_id, room_id }.to_frame()
+    ServerFrame::Connected {
+        event: "connected",
+        connection_id,
+        user_id,
+        room_id,
+    }
+    .to_frame()
 }
 
 /// Builds the answer to a client ping.
@@ -246,7 +276,10 @@ pub fn pong_frame() -> Frame {
 
 /// Builds an error frame.
 pub fn error_frame(code: &str, message: &str) -> Frame {
-    ServerFrame::Error { error: ErrorBody { code, message } }.to_frame()
+    ServerFrame::Error {
+        error: ErrorBody { code, message },
+    }
+    .to_frame()
 }
 
 /// A frame from a browser, after validation.
@@ -282,8 +315,9 @@ impl ClientFrame {
         if !value.get().trim_start().starts_with('{') {
             return Err(ClientFrameError {
                 code: "not_an_object",
-                message: "frames must be JSON objects like {\"action\":\"sendMessage\",\"data\":...}"
-                    .into(),
+                message:
+                    "frames must be JSON objects like {\"action\":\"sendMessage\",\"data\":...}"
+                        .into(),
             });
         }
         let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| ClientFrameError {
@@ -425,10 +459,19 @@ mod tests {
 
     #[test]
     fn original_message_parses_and_targets_the_room() {
-        let m = PublishMessage::parse(br#"{"user_id":"u1","room_id":"r1","data":{"type":"x","n":1}}"#)
-            .expect("valid");
-        assert_eq!(m.target(), Target::Room { room_id: "r1".into() });
-        assert_eq!(m.frame().as_str(), r#"{"user_id":"u1","data":{"type":"x","n":1}}"#);
+        let m =
+            PublishMessage::parse(br#"{"user_id":"u1","room_id":"r1","data":{"type":"x","n":1}}"#)
+                .expect("valid");
+        assert_eq!(
+            m.target(),
+            Target::Room {
+                room_id: "r1".into()
+            }
+        );
+        assert_eq!(
+            m.frame().as_str(),
+            r#"{"user_id":"u1","data":{"type":"x","n":1}}"#
+        );
     }
 
     #[test]
@@ -438,9 +481,16 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(m.target(), Target::Connections(vec!["c".into()]));
-        let m = PublishMessage::parse(br#"{"user_id":"u","room_id":"r","data":1,"to_user_id":"v"}"#)
-            .expect("valid");
-        assert_eq!(m.target(), Target::User { user_id: "v".into(), room_id: Some("r".into()) });
+        let m =
+            PublishMessage::parse(br#"{"user_id":"u","room_id":"r","data":1,"to_user_id":"v"}"#)
+                .expect("valid");
+        assert_eq!(
+            m.target(),
+            Target::User {
+                user_id: "v".into(),
+                room_id: Some("r".into())
+            }
+        );
     }
 
     #[test]
@@ -450,13 +500,29 @@ mod tests {
             (b"[1,2]", "JSON object"),
             (br#"{"user_id":"u","data":1}"#, "`room_id` is required"),
             (br#"{"user_id":"u","room_id":"r"}"#, "`data` is required"),
-            (br#"{"user_id":5,"room_id":"r","data":1}"#, "`user_id` must be a string"),
-            (br#"{"user_id":"u","room_id":"","data":1}"#, "`room_id` must not be empty"),
-            (br#"{"user_id":"u","room_id":"r","data":1,"to_user_id":7}"#, "`to_user_id` must be a string"),
+            (
+                br#"{"user_id":5,"room_id":"r","data":1}"#,
+                "`user_id` must be a string",
+            ),
+            (
+                br#"{"user_id":"u","room_id":"","data":1}"#,
+                "`room_id` must not be empty",
+            ),
+            (
+                br#"{"user_id":"u","room_id":"r","data":1,"to_user_id":7}"#,
+                "`to_user_id` must be a string",
+            ),
         ];
         for (body, expected) in cases {
-            let err = PublishMessage::parse(body).err().map(|e| e.to_string()).unwrap_or_default();
-            assert!(err.contains(expected), "{}: {err}", String::from_utf8_lossy(body));
+            let err = PublishMessage::parse(body)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains(expected),
+                "{}: {err}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
@@ -466,7 +532,10 @@ mod tests {
             ClientFrame::parse(r#"{"action":"sendMessage","data":{"a":1}}"#),
             Ok(ClientFrame::SendMessage { .. })
         ));
-        assert!(matches!(ClientFrame::parse(r#"{"action":"ping"}"#), Ok(ClientFrame::Ping)));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"action":"ping"}"#),
+            Ok(ClientFrame::Ping)
+        ));
         let code = |t: &str| ClientFrame::parse(t).err().map(|e| e.code);
         assert_eq!(code("{"), Some("malformed_json"));
         assert_eq!(code("[1]"), Some("not_an_object"));
@@ -494,20 +563,30 @@ mod tests {
     fn deliver_request_round_trips() {
         let req = DeliverRequest {
             id: Some("m1".into()),
-            target: Target::User { user_id: "u".into(), room_id: None },
+            target: Target::User {
+                user_id: "u".into(),
+                room_id: None,
+            },
             exclude_connection_id: None,
             published_at: Some(5),
-            action: DeliverAction::Send { frame: Frame::from_text("{\"a\":\"\\\"\"}") },
+            action: DeliverAction::Send {
+                frame: Frame::from_text("{\"a\":\"\\\"\"}"),
+            },
         };
         let text = serde_json::to_string(&req).expect("serializes");
         let back: DeliverRequest = serde_json::from_str(&text).expect("parses");
         assert_eq!(back.target, req.target);
-        assert!(matches!(back.action, DeliverAction::Send { frame } if frame.as_str() == "{\"a\":\"\\\"\"}"));
+        assert!(
+            matches!(back.action, DeliverAction::Send { frame } if frame.as_str() == "{\"a\":\"\\\"\"}")
+        );
     }
 
     #[test]
     fn timestamps_are_rfc3339() {
         assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_millis(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
+        assert_eq!(
+            rfc3339_millis(1_795_000_000_123),
+            "2026-11-18T11:06:40.123Z"
+        );
     }
 }

@@ -48,8 +48,13 @@ impl MemoryRegistry {
 
 fn live(map: Option<&HashMap<String, Instant>>) -> Vec<String> {
     let now = Instant::now();
-    map.map(|gws| gws.iter().filter(|(_, exp)| **exp > now).map(|(g, _)| g.clone()).collect())
-        .unwrap_or_default()
+    map.map(|gws| {
+        gws.iter()
+            .filter(|(_, exp)| **exp > now)
+            .map(|(g, _)| g.clone())
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 fn remove_member(map: &mut HashMap<String, HashMap<String, Instant>>, key: &str, gateway_id: &str) {
@@ -65,7 +70,10 @@ fn remove_member(map: &mut HashMap<String, HashMap<String, Instant>>, key: &str,
 impl Registry for MemoryRegistry {
     async fn upsert_gateway(&self, gateway: &GatewayRecord, ttl: Duration) -> Result<()> {
         let exp = Instant::now() + ttl;
-        self.tables.lock().gateways.insert(gateway.gateway_id.clone(), (gateway.clone(), exp));
+        self.tables
+            .lock()
+            .gateways
+            .insert(gateway.gateway_id.clone(), (gateway.clone(), exp));
         Ok(())
     }
 
@@ -163,15 +171,20 @@ impl Registry for MemoryRegistry {
     }
 
     async fn put_token(&self, token: &TokenRecord) -> Result<()> {
-        self.tables
-            .lock()
-            .tokens
-            .insert((token.user_id.clone(), token.room_id.clone()), token.clone());
+        self.tables.lock().tokens.insert(
+            (token.user_id.clone(), token.room_id.clone()),
+            token.clone(),
+        );
         Ok(())
     }
 
     async fn token(&self, user_id: &str, room_id: &str) -> Result<Option<TokenRecord>> {
-        Ok(self.tables.lock().tokens.get(&(user_id.to_owned(), room_id.to_owned())).cloned())
+        Ok(self
+            .tables
+            .lock()
+            .tokens
+            .get(&(user_id.to_owned(), room_id.to_owned()))
+            .cloned())
     }
 
     async fn set_fast_verifier(
@@ -192,7 +205,12 @@ impl Registry for MemoryRegistry {
     }
 
     async fn delete_token(&self, user_id: &str, room_id: &str) -> Result<bool> {
-        Ok(self.tables.lock().tokens.remove(&(user_id.to_owned(), room_id.to_owned())).is_some())
+        Ok(self
+            .tables
+            .lock()
+            .tokens
+            .remove(&(user_id.to_owned(), room_id.to_owned()))
+            .is_some())
     }
 }
 
@@ -208,8 +226,14 @@ mod tests {
     #[tokio::test]
     async fn rows_disappear_when_their_ttl_runs_out() {
         let r = MemoryRegistry::new();
-        r.add_room_gateway("room", "g", Duration::ZERO).await.expect("add");
-        let g = GatewayRecord { gateway_id: "g".into(), internal_url: "http://x".into(), started_at: 0 };
+        r.add_room_gateway("room", "g", Duration::ZERO)
+            .await
+            .expect("add");
+        let g = GatewayRecord {
+            gateway_id: "g".into(),
+            internal_url: "http://x".into(),
+            started_at: 0,
+        };
         r.upsert_gateway(&g, Duration::ZERO).await.expect("upsert");
         assert!(r.room_gateways("room").await.expect("lookup").is_empty());
         assert_eq!(r.gateway("g").await.expect("get"), None);

@@ -110,13 +110,20 @@ pub trait Registry: Send + Sync + 'static {
     async fn delete_token(&self, user_id: &str, room_id: &str) -> Result<bool>;
 
     /// Refreshes the TTL of a gateway's row and of everything it holds.
-    async fn refresh(&self, gateway: &GatewayRecord, holdings: &Holdings, ttl: Duration) -> Result<()> {
+    async fn refresh(
+        &self,
+        gateway: &GatewayRecord,
+        holdings: &Holdings,
+        ttl: Duration,
+    ) -> Result<()> {
         self.upsert_gateway(gateway, ttl).await?;
         for room in &holdings.rooms {
-            self.add_room_gateway(room, &gateway.gateway_id, ttl).await?;
+            self.add_room_gateway(room, &gateway.gateway_id, ttl)
+                .await?;
         }
         for user in &holdings.users {
-            self.add_user_gateway(user, &gateway.gateway_id, ttl).await?;
+            self.add_user_gateway(user, &gateway.gateway_id, ttl)
+                .await?;
         }
         for connection in &holdings.connections {
             self.put_connection(connection, ttl).await?;
@@ -154,7 +161,11 @@ pub(crate) mod contract {
     }
 
     async fn gateways_are_listed_until_removed(r: &dyn Registry) {
-        let g = GatewayRecord { gateway_id: "g1".into(), internal_url: "http://a".into(), started_at: 1 };
+        let g = GatewayRecord {
+            gateway_id: "g1".into(),
+            internal_url: "http://a".into(),
+            started_at: 1,
+        };
         r.upsert_gateway(&g, TTL).await.expect("upsert");
         assert_eq!(r.gateway("g1").await.expect("get"), Some(g.clone()));
         assert!(r.gateways().await.expect("list").contains(&g));
@@ -165,26 +176,39 @@ pub(crate) mod contract {
     async fn room_and_user_lookups_return_holding_gateways(r: &dyn Registry) {
         r.add_room_gateway("r1", "g1", TTL).await.expect("add");
         r.add_room_gateway("r1", "g2", TTL).await.expect("add");
-        r.add_room_gateway("r1", "g2", TTL).await.expect("idempotent");
+        r.add_room_gateway("r1", "g2", TTL)
+            .await
+            .expect("idempotent");
         let mut gws = r.room_gateways("r1").await.expect("lookup");
         gws.sort();
         assert_eq!(gws, vec!["g1".to_owned(), "g2".to_owned()]);
         r.remove_room_gateway("r1", "g1").await.expect("remove");
-        assert_eq!(r.room_gateways("r1").await.expect("lookup"), vec!["g2".to_owned()]);
+        assert_eq!(
+            r.room_gateways("r1").await.expect("lookup"),
+            vec!["g2".to_owned()]
+        );
         assert!(r.room_gateways("nobody").await.expect("lookup").is_empty());
 
         r.add_user_gateway("u1", "g3", TTL).await.expect("add");
-        assert_eq!(r.user_gateways("u1").await.expect("lookup"), vec!["g3".to_owned()]);
+        assert_eq!(
+            r.user_gateways("u1").await.expect("lookup"),
+            vec!["g3".to_owned()]
+        );
         r.remove_user_gateway("u1", "g3").await.expect("remove");
         assert!(r.user_gateways("u1").await.expect("lookup").is_empty());
     }
 
     async fn connections_are_found_by_id(r: &dyn Registry) {
         r.put_connection(&conn("c1", "g1"), TTL).await.expect("put");
-        assert_eq!(r.connection("c1").await.expect("get"), Some(conn("c1", "g1")));
+        assert_eq!(
+            r.connection("c1").await.expect("get"),
+            Some(conn("c1", "g1"))
+        );
         r.remove_connection("c1").await.expect("remove");
         assert_eq!(r.connection("c1").await.expect("get"), None);
-        r.remove_connection("c1").await.expect("removing twice is fine");
+        r.remove_connection("c1")
+            .await
+            .expect("removing twice is fine");
     }
 
     async fn fast_verifier_is_stored_only_for_the_same_hash(r: &dyn Registry) {
@@ -196,8 +220,16 @@ pub(crate) mod contract {
             created_at: 1,
         };
         r.put_token(&t).await.expect("put");
-        assert!(!r.set_fast_verifier("u", "r", "$2b$04$other", "v").await.expect("set"));
-        assert!(r.set_fast_verifier("u", "r", "$2b$04$hash-one", "v").await.expect("set"));
+        assert!(
+            !r.set_fast_verifier("u", "r", "$2b$04$other", "v")
+                .await
+                .expect("set")
+        );
+        assert!(
+            r.set_fast_verifier("u", "r", "$2b$04$hash-one", "v")
+                .await
+                .expect("set")
+        );
         let stored = r.token("u", "r").await.expect("get").expect("row");
         assert_eq!(stored.fast_verifier.as_deref(), Some("v"));
         assert!(r.delete_token("u", "r").await.expect("delete"));

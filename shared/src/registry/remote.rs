@@ -21,23 +21,68 @@ pub const SECRET_HEADER: &str = "x-hermes-internal-secret";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum RegistryOp {
-    UpsertGateway { gateway: GatewayRecord, ttl_ms: u64 },
-    RemoveGateway { gateway_id: String },
-    Gateway { gateway_id: String },
+    UpsertGateway {
+        gateway: GatewayRecord,
+        ttl_ms: u64,
+    },
+    RemoveGateway {
+        gateway_id: String,
+    },
+    Gateway {
+        gateway_id: String,
+    },
     Gateways,
-    PutConnection { connection: ConnectionRecord, ttl_ms: u64 },
-    RemoveConnection { connection_id: String },
-    Connection { connection_id: String },
-    AddRoomGateway { room_id: String, gateway_id: String, ttl_ms: u64 },
-    RemoveRoomGateway { room_id: String, gateway_id: String },
-    RoomGateways { room_id: String },
-    AddUserGateway { user_id: String, gateway_id: String, ttl_ms: u64 },
-    RemoveUserGateway { user_id: String, gateway_id: String },
-    UserGateways { user_id: String },
-    PutToken { token: TokenRecord },
-    Token { user_id: String, room_id: String },
-    SetFastVerifier { user_id: String, room_id: String, token_hash: String, verifier: String },
-    DeleteToken { user_id: String, room_id: String },
+    PutConnection {
+        connection: ConnectionRecord,
+        ttl_ms: u64,
+    },
+    RemoveConnection {
+        connection_id: String,
+    },
+    Connection {
+        connection_id: String,
+    },
+    AddRoomGateway {
+        room_id: String,
+        gateway_id: String,
+        ttl_ms: u64,
+    },
+    RemoveRoomGateway {
+        room_id: String,
+        gateway_id: String,
+    },
+    RoomGateways {
+        room_id: String,
+    },
+    AddUserGateway {
+        user_id: String,
+        gateway_id: String,
+        ttl_ms: u64,
+    },
+    RemoveUserGateway {
+        user_id: String,
+        gateway_id: String,
+    },
+    UserGateways {
+        user_id: String,
+    },
+    PutToken {
+        token: TokenRecord,
+    },
+    Token {
+        user_id: String,
+        room_id: String,
+    },
+    SetFastVerifier {
+        user_id: String,
+        room_id: String,
+        token_hash: String,
+        verifier: String,
+    },
+    DeleteToken {
+        user_id: String,
+        room_id: String,
+    },
     Refresh {
         gateway: GatewayRecord,
         rooms: Vec<String>,
@@ -60,37 +105,78 @@ pub async fn execute(registry: &dyn Registry, op: RegistryOp) -> Result<serde_js
     use RegistryOp::*;
     let d = Duration::from_millis;
     match op {
-        UpsertGateway { gateway, ttl_ms } => json(registry.upsert_gateway(&gateway, d(ttl_ms)).await?),
+        UpsertGateway { gateway, ttl_ms } => {
+            json(registry.upsert_gateway(&gateway, d(ttl_ms)).await?)
+        }
         RemoveGateway { gateway_id } => json(registry.remove_gateway(&gateway_id).await?),
         Gateway { gateway_id } => json(registry.gateway(&gateway_id).await?),
         Gateways => json(registry.gateways().await?),
         PutConnection { connection, ttl_ms } => {
             json(registry.put_connection(&connection, d(ttl_ms)).await?)
         }
-        RemoveConnection { connection_id } => json(registry.remove_connection(&connection_id).await?),
+        RemoveConnection { connection_id } => {
+            json(registry.remove_connection(&connection_id).await?)
+        }
         Connection { connection_id } => json(registry.connection(&connection_id).await?),
-        AddRoomGateway { room_id, gateway_id, ttl_ms } => {
-            json(registry.add_room_gateway(&room_id, &gateway_id, d(ttl_ms)).await?)
-        }
-        RemoveRoomGateway { room_id, gateway_id } => {
-            json(registry.remove_room_gateway(&room_id, &gateway_id).await?)
-        }
+        AddRoomGateway {
+            room_id,
+            gateway_id,
+            ttl_ms,
+        } => json(
+            registry
+                .add_room_gateway(&room_id, &gateway_id, d(ttl_ms))
+                .await?,
+        ),
+        RemoveRoomGateway {
+            room_id,
+            gateway_id,
+        } => json(registry.remove_room_gateway(&room_id, &gateway_id).await?),
         RoomGateways { room_id } => json(registry.room_gateways(&room_id).await?),
-        AddUserGateway { user_id, gateway_id, ttl_ms } => {
-            json(registry.add_user_gateway(&user_id, &gateway_id, d(ttl_ms)).await?)
-        }
-        RemoveUserGateway { user_id, gateway_id } => {
-            json(registry.remove_user_gateway(&user_id, &gateway_id).await?)
-        }
+        AddUserGateway {
+            user_id,
+            gateway_id,
+            ttl_ms,
+        } => json(
+            registry
+                .add_user_gateway(&user_id, &gateway_id, d(ttl_ms))
+                .await?,
+        ),
+        RemoveUserGateway {
+            user_id,
+            gateway_id,
+        } => json(registry.remove_user_gateway(&user_id, &gateway_id).await?),
         UserGateways { user_id } => json(registry.user_gateways(&user_id).await?),
         PutToken { token } => json(registry.put_token(&token).await?),
         Token { user_id, room_id } => json(registry.token(&user_id, &room_id).await?),
-        SetFastVerifier { user_id, room_id, token_hash, verifier } => json(
-            registry.set_fast_verifier(&user_id, &room_id, &token_hash, &verifier).await?,
+        SetFastVerifier {
+            user_id,
+            room_id,
+            token_hash,
+            verifier,
+        } => json(
+            registry
+                .set_fast_verifier(&user_id, &room_id, &token_hash, &verifier)
+                .await?,
         ),
         DeleteToken { user_id, room_id } => json(registry.delete_token(&user_id, &room_id).await?),
-        Refresh { gateway, rooms, users, connections, ttl_ms } => json(
-            registry.refresh(&gateway, &Holdings { rooms, users, connections }, d(ttl_ms)).await?,
+        Refresh {
+            gateway,
+            rooms,
+            users,
+            connections,
+            ttl_ms,
+        } => json(
+            registry
+                .refresh(
+                    &gateway,
+                    &Holdings {
+                        rooms,
+                        users,
+                        connections,
+                    },
+                    d(ttl_ms),
+                )
+                .await?,
         ),
     }
 }
@@ -129,7 +215,10 @@ impl RemoteRegistry {
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
-            return Err(Error::RegistryUnavailable(format!("{}: {status}: {body}", self.endpoint)));
+            return Err(Error::RegistryUnavailable(format!(
+                "{}: {status}: {body}",
+                self.endpoint
+            )));
         }
         response
             .json()
@@ -141,25 +230,45 @@ impl RemoteRegistry {
 #[async_trait]
 impl Registry for RemoteRegistry {
     async fn upsert_gateway(&self, gateway: &GatewayRecord, ttl: Duration) -> Result<()> {
-        self.call(RegistryOp::UpsertGateway { gateway: gateway.clone(), ttl_ms: ms(ttl) }).await
+        self.call(RegistryOp::UpsertGateway {
+            gateway: gateway.clone(),
+            ttl_ms: ms(ttl),
+        })
+        .await
     }
     async fn remove_gateway(&self, gateway_id: &str) -> Result<()> {
-        self.call(RegistryOp::RemoveGateway { gateway_id: gateway_id.into() }).await
+        self.call(RegistryOp::RemoveGateway {
+            gateway_id: gateway_id.into(),
+        })
+        .await
     }
     async fn gateway(&self, gateway_id: &str) -> Result<Option<GatewayRecord>> {
-        self.call(RegistryOp::Gateway { gateway_id: gateway_id.into() }).await
+        self.call(RegistryOp::Gateway {
+            gateway_id: gateway_id.into(),
+        })
+        .await
     }
     async fn gateways(&self) -> Result<Vec<GatewayRecord>> {
         self.call(RegistryOp::Gateways).await
     }
     async fn put_connection(&self, connection: &ConnectionRecord, ttl: Duration) -> Result<()> {
-        self.call(RegistryOp::PutConnection { connection: connection.clone(), ttl_ms: ms(ttl) }).await
+        self.call(RegistryOp::PutConnection {
+            connection: connection.clone(),
+            ttl_ms: ms(ttl),
+        })
+        .await
     }
     async fn remove_connection(&self, connection_id: &str) -> Result<()> {
-        self.call(RegistryOp::RemoveConnection { connection_id: connection_id.into() }).await
+        self.call(RegistryOp::RemoveConnection {
+            connection_id: connection_id.into(),
+        })
+        .await
     }
     async fn connection(&self, connection_id: &str) -> Result<Option<ConnectionRecord>> {
-        self.call(RegistryOp::Connection { connection_id: connection_id.into() }).await
+        self.call(RegistryOp::Connection {
+            connection_id: connection_id.into(),
+        })
+        .await
     }
     async fn add_room_gateway(&self, room_id: &str, gateway_id: &str, ttl: Duration) -> Result<()> {
         self.call(RegistryOp::AddRoomGateway {
@@ -170,11 +279,17 @@ impl Registry for RemoteRegistry {
         .await
     }
     async fn remove_room_gateway(&self, room_id: &str, gateway_id: &str) -> Result<()> {
-        self.call(RegistryOp::RemoveRoomGateway { room_id: room_id.into(), gateway_id: gateway_id.into() })
-            .await
+        self.call(RegistryOp::RemoveRoomGateway {
+            room_id: room_id.into(),
+            gateway_id: gateway_id.into(),
+        })
+        .await
     }
     async fn room_gateways(&self, room_id: &str) -> Result<Vec<String>> {
-        self.call(RegistryOp::RoomGateways { room_id: room_id.into() }).await
+        self.call(RegistryOp::RoomGateways {
+            room_id: room_id.into(),
+        })
+        .await
     }
     async fn add_user_gateway(&self, user_id: &str, gateway_id: &str, ttl: Duration) -> Result<()> {
         self.call(RegistryOp::AddUserGateway {
@@ -185,17 +300,30 @@ impl Registry for RemoteRegistry {
         .await
     }
     async fn remove_user_gateway(&self, user_id: &str, gateway_id: &str) -> Result<()> {
-        self.call(RegistryOp::RemoveUserGateway { user_id: user_id.into(), gateway_id: gateway_id.into() })
-            .await
+        self.call(RegistryOp::RemoveUserGateway {
+            user_id: user_id.into(),
+            gateway_id: gateway_id.into(),
+        })
+        .await
     }
     async fn user_gateways(&self, user_id: &str) -> Result<Vec<String>> {
-        self.call(RegistryOp::UserGateways { user_id: user_id.into() }).await
+        self.call(RegistryOp::UserGateways {
+            user_id: user_id.into(),
+        })
+        .await
     }
     async fn put_token(&self, token: &TokenRecord) -> Result<()> {
-        self.call(RegistryOp::PutToken { token: token.clone() }).await
+        self.call(RegistryOp::PutToken {
+            token: token.clone(),
+        })
+        .await
     }
     async fn token(&self, user_id: &str, room_id: &str) -> Result<Option<TokenRecord>> {
-        self.call(RegistryOp::Token { user_id: user_id.into(), room_id: room_id.into() }).await
+        self.call(RegistryOp::Token {
+            user_id: user_id.into(),
+            room_id: room_id.into(),
+        })
+        .await
     }
     async fn set_fast_verifier(
         &self,
@@ -213,9 +341,18 @@ impl Registry for RemoteRegistry {
         .await
     }
     async fn delete_token(&self, user_id: &str, room_id: &str) -> Result<bool> {
-        self.call(RegistryOp::DeleteToken { user_id: user_id.into(), room_id: room_id.into() }).await
+        self.call(RegistryOp::DeleteToken {
+            user_id: user_id.into(),
+            room_id: room_id.into(),
+        })
+        .await
     }
-    async fn refresh(&self, gateway: &GatewayRecord, holdings: &Holdings, ttl: Duration) -> Result<()> {
+    async fn refresh(
+        &self,
+        gateway: &GatewayRecord,
+        holdings: &Holdings,
+        ttl: Duration,
+    ) -> Result<()> {
         self.call(RegistryOp::Refresh {
             gateway: gateway.clone(),
             rooms: holdings.rooms.clone(),
