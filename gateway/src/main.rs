@@ -7,9 +7,6 @@ use clap::{Parser, Subcommand};
 use hermes_shared::auth::{Authenticator, Claims, original_token};
 use hermes_shared::config::{Env, GatewayConfig, Mode, RegistryKind, TokenCheck};
 use hermes_shared::metrics::Metrics;
-use hermes_shared::registry::Registry;
-use hermes_shared::registry::memory::MemoryRegistry;
-use hermes_shared::registry::remote::RemoteRegistry;
 use std::sync::Arc;
 
 /// Exit status for a configuration error (EX_USAGE).
@@ -130,16 +127,14 @@ async fn token(
     passcode: Option<String>,
 ) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new());
-    let (registry, shared): (Arc<dyn Registry>, bool) = match &config.registry {
-        RegistryKind::Memory => (Arc::new(MemoryRegistry::new()), false),
-        RegistryKind::Remote { url } => (
-            Arc::new(
-                RemoteRegistry::new(url, &config.internal_secret, Duration::from_secs(5))
-                    .map_err(|e| e.to_string())?,
-            ),
-            true,
-        ),
-    };
+    let shared = !matches!(config.registry, RegistryKind::Memory);
+    let registry = hermes_shared::registry::connect(
+        &config.registry,
+        &config.internal_secret,
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let check = config.auth.token_check;
     let auth = Authenticator::new(config.auth.clone(), registry, metrics);
     let ttl = ttl.map(Duration::from_secs);

@@ -24,8 +24,6 @@ use hermes_shared::config::{GatewayConfig, Mode, RegistryKind};
 use hermes_shared::gateway_client::GatewayClient;
 use hermes_shared::ids::now_millis;
 use hermes_shared::metrics::Metrics;
-use hermes_shared::registry::memory::MemoryRegistry;
-use hermes_shared::registry::remote::RemoteRegistry;
 use hermes_shared::registry::{GatewayRecord, Registry};
 use hermes_shared::router::{LocalGateway, Router};
 use tokio::time::Instant;
@@ -68,21 +66,14 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
     });
 
     let metrics = Arc::new(Metrics::new());
-    let (registry, served): (Arc<dyn Registry>, Option<Arc<dyn Registry>>) = match &config.registry
-    {
-        RegistryKind::Memory => {
-            let memory: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
-            (memory.clone(), Some(memory))
-        }
-        RegistryKind::Remote { url } => (
-            Arc::new(RemoteRegistry::new(
-                url,
-                &config.internal_secret,
-                config.deliver_timeout,
-            )?),
-            None,
-        ),
-    };
+    let registry = hermes_shared::registry::connect(
+        &config.registry,
+        &config.internal_secret,
+        config.deliver_timeout,
+    )
+    .await?;
+    // The embedded memory registry is served to other processes (development clusters).
+    let served = matches!(config.registry, RegistryKind::Memory).then(|| registry.clone());
     let hub = Arc::new(SessionHub::new(metrics.clone(), config.dedup_window));
     let auth = Arc::new(Authenticator::new(
         config.auth.clone(),

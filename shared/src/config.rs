@@ -123,6 +123,26 @@ pub const SHUTDOWN_GRACE: &str = "HERMES_SHUTDOWN_GRACE_SECONDS";
 pub const DELIVER_TIMEOUT: &str = "HERMES_DELIVER_TIMEOUT_MS";
 pub const WORKERS: &str = "HERMES_WORKERS";
 pub const DEDUP_WINDOW: &str = "HERMES_DEDUP_WINDOW";
+pub const SCYLLA_NODES: &str = "HERMES_SCYLLA_NODES";
+pub const SCYLLA_KEYSPACE: &str = "HERMES_SCYLLA_KEYSPACE";
+pub const SCYLLA_REPLICATION: &str = "HERMES_SCYLLA_REPLICATION";
+pub const SCYLLA_CONSISTENCY: &str = "HERMES_SCYLLA_CONSISTENCY";
+pub const SCYLLA_LOCAL_DC: &str = "HERMES_SCYLLA_LOCAL_DC";
+pub const SCYLLA_USERNAME: &str = "HERMES_SCYLLA_USERNAME";
+pub const SCYLLA_PASSWORD: &str = "HERMES_SCYLLA_PASSWORD";
+pub const SCYLLA_TIMEOUT: &str = "HERMES_SCYLLA_TIMEOUT_MS";
+pub const CONSUMER_LISTEN: &str = "HERMES_CONSUMER_LISTEN";
+pub const SOURCE: &str = "HERMES_SOURCE";
+pub const AMQP_URL: &str = "HERMES_AMQP_URL";
+pub const AMQP_QUEUE: &str = "HERMES_AMQP_QUEUE";
+pub const AMQP_PREFETCH: &str = "HERMES_AMQP_PREFETCH";
+pub const SQS_QUEUE_URL: &str = "HERMES_SQS_QUEUE_URL";
+pub const SQS_DLQ_URL: &str = "HERMES_SQS_DEAD_LETTER_QUEUE_URL";
+pub const SQS_WAIT: &str = "HERMES_SQS_WAIT_SECONDS";
+pub const SQS_VISIBILITY: &str = "HERMES_SQS_VISIBILITY_TIMEOUT_SECONDS";
+pub const MAX_ATTEMPTS: &str = "HERMES_MAX_ATTEMPTS";
+pub const RETRY_DELAYS: &str = "HERMES_RETRY_DELAYS_MS";
+pub const CONCURRENCY: &str = "HERMES_CONSUMER_CONCURRENCY";
 
 /// Which registry implementation the process uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +152,153 @@ pub enum RegistryKind {
     /// The embedded registry of another Hermes process, reached over its internal API
     /// (development and tests without a database).
     Remote { url: String },
+    /// ScyllaDB (or any CQL server): production.
+    Scylla(ScyllaConfig),
+}
+
+/// CQL consistency levels accepted by `HERMES_SCYLLA_CONSISTENCY`.
+pub const CONSISTENCY_LEVELS: &[&str] = &[
+    "ONE",
+    "TWO",
+    "THREE",
+    "QUORUM",
+    "ALL",
+    "LOCAL_QUORUM",
+    "EACH_QUORUM",
+    "LOCAL_ONE",
+];
+
+/// How to reach ScyllaDB and how to use it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScyllaConfig {
+    /// Contact points, `host:port`.
+    pub nodes: Vec<String>,
+    /// Keyspace, default `hermes_<stage>` (non-alphanumerics become `_`).
+    pub keyspace: String,
+    /// The CQL replication map used when the keyspace is created.
+    pub replication: String,
+    /// One of [`CONSISTENCY_LEVELS`], for reads and writes.
+    pub consistency: String,
+    /// Datacenter to prefer (DC-aware, token-aware load balancing).
+    pub local_dc: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for ScyllaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScyllaConfig")
+            .field("nodes", &self.nodes)
+            .field("keyspace", &self.keyspace)
+            .field("replication", &self.replication)
+            .field("consistency", &self.consistency)
+            .field("local_dc", &self.local_dc)
+            .field("username", &self.username)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads `HERMES_REGISTRY` and what the chosen registry needs.
+pub fn registry_kind(s: &dyn Strings, stage: &str) -> Result<RegistryKind> {
+    match s.get(REGISTRY).as_deref() {
+        None | Some("memory") => Ok(RegistryKind::Memory),
+        Some("remote") => match s.get(REGISTRY_URL) {
+            Some(url) => Ok(RegistryKind::Remote {
+                url: url.trim_end_matches('/').to_owned(),
+            }),
+            None => Err(Error::Config(format!(
+                "{REGISTRY_URL}: required when {REGISTRY}=remote"
+            ))),
+        },
+        Some("scylla") => {
+            let nodes: Vec<String> = s
+                .get(SCYLLA_NODES)
+                .unwrap_or_else(|| "127.0.0.1:9042".into())
+                .split(',')
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect();
+            if nodes.is_empty() {
+                return Err(Error::Config(format!("{SCYLLA_NODES}: the list is empty")));
+            }
+            for n in &nodes {
+                if n.rsplit_once(':')
+                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+                {
+                    return Err(Error::Config(format!(
+                        "{SCYLLA_NODES}: {n:?} must be host:port"
+                    )));
+                }
+            }
+            let keyspace = s.get(SCYLLA_KEYSPACE).unwrap_or_else(|| {
+                let stage: String = stage
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() {
+                            c.to_ascii_lowercase()
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                format!("hermes_{stage}")
+            });
+            if keyspace.is_empty()
+                || keyspace.len() > 48
+                || !keyspace
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || !keyspace.starts_with(|c: char| c.is_ascii_alphabetic())
+            {
+                return Err(Error::Config(format!(
+                    "{SCYLLA_KEYSPACE}: {keyspace:?} must be a letter then up to 47 letters, digits or '_'"
+                )));
+            }
+            let replication = s
+                .get(SCYLLA_REPLICATION)
+                .unwrap_or_else(|| "{'class': 'SimpleStrategy', 'replication_factor': 1}".into());
+            if !(replication.trim_start().starts_with('{') && replication.trim_end().ends_with('}'))
+                || replication.contains(';')
+            {
+                return Err(Error::Config(format!(
+                    "{SCYLLA_REPLICATION}: must be a CQL map like {{'class': 'NetworkTopologyStrategy', 'dc1': 3}}"
+                )));
+            }
+            let consistency = s
+                .get(SCYLLA_CONSISTENCY)
+                .unwrap_or_else(|| "LOCAL_QUORUM".into())
+                .to_ascii_uppercase();
+            if !CONSISTENCY_LEVELS.contains(&consistency.as_str()) {
+                return Err(Error::Config(format!(
+                    "{SCYLLA_CONSISTENCY}: {consistency:?} must be one of {}",
+                    CONSISTENCY_LEVELS.join(", ")
+                )));
+            }
+            let username = s.get(SCYLLA_USERNAME);
+            let password = s.get(SCYLLA_PASSWORD);
+            if username.is_some() != password.is_some() {
+                return Err(Error::Config(format!(
+                    "{SCYLLA_USERNAME} and {SCYLLA_PASSWORD}: set both or neither"
+                )));
+            }
+            Ok(RegistryKind::Scylla(ScyllaConfig {
+                nodes,
+                keyspace,
+                replication,
+                consistency,
+                local_dc: s.get(SCYLLA_LOCAL_DC),
+                username,
+                password,
+                request_timeout: Duration::from_millis(num(s, SCYLLA_TIMEOUT, 2_000u64)?.max(1)),
+            }))
+        }
+        Some(other) => Err(Error::Config(format!(
+            "{REGISTRY}: {other:?} must be memory, remote or scylla"
+        ))),
+    }
 }
 
 /// The second-layer token check.
@@ -390,29 +557,7 @@ impl GatewayConfig {
             }
         };
 
-        let registry = match s.get(REGISTRY).as_deref() {
-            None | Some("memory") => RegistryKind::Memory,
-            Some("remote") => match s.get(REGISTRY_URL) {
-                Some(url) => RegistryKind::Remote {
-                    url: url.trim_end_matches('/').to_owned(),
-                },
-                None => {
-                    return Err(Error::Config(format!(
-                        "{REGISTRY_URL}: required when {REGISTRY}=remote"
-                    )));
-                }
-            },
-            Some("scylla") => {
-                return Err(Error::Config(format!(
-                    "{REGISTRY}: scylla is not available in this build yet; use memory or remote"
-                )));
-            }
-            Some(other) => {
-                return Err(Error::Config(format!(
-                    "{REGISTRY}: {other:?} must be memory or remote"
-                )));
-            }
-        };
+        let registry = registry_kind(s, &stage)?;
 
         let limits = SocketLimits {
             max_message_bytes: positive(s, MAX_MESSAGE_BYTES, 128 * 1024)?,
@@ -560,6 +705,7 @@ mod tests {
             (TOKEN_CHECK, "maybe", "HERMES_TOKEN_CHECK"),
             (ALLOWED_ORIGINS, "example.com", "HERMES_ALLOWED_ORIGINS"),
             (REGISTRY, "redis", "HERMES_REGISTRY"),
+            (REGISTRY, "remote", "HERMES_REGISTRY_URL"),
             (SEND_QUEUE, "0", "HERMES_SEND_QUEUE"),
         ];
         for (key, value, named) in cases {
@@ -584,6 +730,35 @@ mod tests {
         assert!(c.allowed_origins.allows(Some("https://admin.example.com")));
         assert!(!c.allowed_origins.allows(Some("https://evil.example.com")));
         assert!(c.allowed_origins.allows(None));
+    }
+
+    #[test]
+    fn scylla_registry_defaults_to_a_keyspace_per_stage() {
+        let mut env = serve_env();
+        env.insert(REGISTRY, "scylla");
+        env.insert(STAGE, "blue-green");
+        let c = GatewayConfig::from_strings(&env, Mode::Serve).expect("valid");
+        let RegistryKind::Scylla(sc) = c.registry else {
+            panic!("scylla expected")
+        };
+        assert_eq!(sc.keyspace, "hermes_blue_green");
+        assert_eq!(sc.nodes, vec!["127.0.0.1:9042".to_owned()]);
+        assert_eq!(sc.consistency, "LOCAL_QUORUM");
+        for (key, value) in [
+            (SCYLLA_NODES, "nohost"),
+            (SCYLLA_CONSISTENCY, "SOME"),
+            (SCYLLA_KEYSPACE, "9lives"),
+            (SCYLLA_REPLICATION, "{'class': 'x'}; DROP TABLE t"),
+            (SCYLLA_USERNAME, "only-user"),
+        ] {
+            let mut env = env.clone();
+            env.insert(key, value);
+            let err = GatewayConfig::from_strings(&env, Mode::Serve)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key), "{key}={value}: {err}");
+        }
     }
 
     #[test]

@@ -8,13 +8,32 @@
 
 pub mod memory;
 pub mod remote;
+pub mod scylla;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::config::RegistryKind;
 use crate::error::Result;
+
+/// Opens the registry a configuration names. `internal_secret` and `timeout` are used by
+/// the remote registry.
+pub async fn connect(
+    kind: &RegistryKind,
+    internal_secret: &str,
+    timeout: Duration,
+) -> Result<Arc<dyn Registry>> {
+    Ok(match kind {
+        RegistryKind::Memory => Arc::new(memory::MemoryRegistry::new()),
+        RegistryKind::Remote { url } => {
+            Arc::new(remote::RemoteRegistry::new(url, internal_secret, timeout)?)
+        }
+        RegistryKind::Scylla(config) => Arc::new(scylla::ScyllaRegistry::connect(config).await?),
+    })
+}
 
 /// A live gateway and where its internal API is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,8 +151,8 @@ pub trait Registry: Send + Sync + 'static {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod contract {
+#[cfg(any(test, feature = "test-support"))]
+pub mod contract {
     //! The behaviour every `Registry` implementation must have. Each implementation's
     //! tests call [`run_all`].
 
