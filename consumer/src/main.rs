@@ -1,1 +1,62 @@
-fn main() {}
+//! `hermes-consumer`: wiring only. See the library for the behaviour.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use hermes_shared::config::{ConsumerConfig, Env};
+
+/// Exit status for a configuration error (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "hermes-consumer",
+    version,
+    about = "Hermes consumer: routes RabbitMQ or SQS messages to the gateways holding their targets"
+)]
+struct Cli {}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HERMES_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("HERMES_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let Cli {} = Cli::parse();
+    init_tracing();
+    let config = match Env::load().and_then(|env| ConsumerConfig::from_strings(&env)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hermes-consumer: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let system = actix_web::rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("hermes-consumer")
+            .build()
+            .unwrap_or_else(|e| {
+                eprintln!("hermes-consumer: cannot start the runtime: {e}");
+                std::process::exit(1)
+            })
+    });
+    match system.block_on(hermes_consumer::run::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hermes-consumer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -132,6 +132,7 @@ async fn token(
         &config.registry,
         &config.internal_secret,
         Duration::from_secs(5),
+        metrics.clone(),
     )
     .await
     .map_err(|e| e.to_string())?;

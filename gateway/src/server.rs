@@ -70,6 +70,7 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
         &config.registry,
         &config.internal_secret,
         config.deliver_timeout,
+        metrics.clone(),
     )
     .await?;
     // The embedded memory registry is served to other processes (development clusters).

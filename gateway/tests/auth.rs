@@ -2,14 +2,12 @@
 //! with its status, tokens made exactly as the original Ruby code makes them, the
 //! bounded bcrypt queue, and no token in any log line.
 
-mod support;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use hermes_e2e::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use support::*;
 
 fn now() -> u64 {
     SystemTime::now()

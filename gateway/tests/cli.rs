@@ -1,12 +1,10 @@
 //! The command line: configuration errors exit 64 with one line; `token` prints a JWT
 //! that a gateway sharing the registry accepts.
 
-mod support;
-
 use std::process::Command;
 
+use hermes_e2e::*;
 use serde_json::json;
-use support::*;
 
 fn gateway_cmd() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hermes-gateway"));

@@ -1,11 +1,9 @@
 //! Two gateway processes routing to each other through `POST /internal/v1/deliver`.
 //! Gateway A holds the embedded registry; gateway B uses it remotely.
 
-mod support;
-
+use hermes_e2e::*;
 use reqwest::Method;
 use serde_json::json;
-use support::*;
 
 async fn pair() -> (Gateway, Gateway) {
     let a = Gateway::start(&[("HERMES_GATEWAY_ID", "gw-a")]).await;

@@ -1,14 +1,12 @@
 //! Limits and close codes: message size, invalid UTF-8, protocol errors, the message rate
 //! limit, the idle timeout and heartbeat, and the slow-consumer bound.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::{SinkExt, StreamExt};
+use hermes_e2e::*;
 use serde_json::json;
-use support::*;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};

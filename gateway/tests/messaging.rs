@@ -2,12 +2,10 @@
 //! connection and exclusion, the API-Gateway-compatible `@connections` API, revocation,
 //! error frames, and the admin API's own refusals.
 
-mod support;
-
 use futures_util::SinkExt;
+use hermes_e2e::*;
 use reqwest::Method;
 use serde_json::json;
-use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]

@@ -1,11 +1,9 @@
 //! Graceful shutdown on SIGTERM: unready, no new sockets, every socket closed with 1012
 //! spread over the drain window, exit 0 within the grace period.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use hermes_e2e::*;
 
 #[tokio::test]
 async fn sigterm_drains_sockets_with_1012_spread_over_the_window_and_exits() {

@@ -593,6 +593,171 @@ impl GatewayConfig {
     }
 }
 
+/// Where the consumer pulls messages from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceConfig {
+    /// RabbitMQ.
+    Amqp {
+        /// `amqp://user:pass@host:5672/vhost` (never logged: it may hold a password).
+        url: String,
+        /// The queue (declared durable if absent).
+        queue: String,
+        /// Unacknowledged messages in flight (basic.qos).
+        prefetch: u16,
+    },
+    /// Amazon SQS (or a compatible server through `AWS_ENDPOINT_URL_SQS`).
+    Sqs {
+        queue_url: String,
+        /// Where invalid messages and exhausted retries go, with the reason; when unset,
+        /// the queue's redrive policy is the only dead-letter path.
+        dead_letter_queue_url: Option<String>,
+        /// Long-polling wait (0–20 s).
+        wait: Duration,
+        /// How long a received message stays invisible; extended while routing is slow.
+        visibility: Duration,
+    },
+}
+
+/// The consumer's validated configuration.
+#[derive(Clone)]
+pub struct ConsumerConfig {
+    pub stage: String,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+    pub registry: RegistryKind,
+    pub internal_secret: String,
+    pub deliver_timeout: Duration,
+    pub source: SourceConfig,
+    /// Deliveries of one message before it is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before each retry (the last one repeats).
+    pub retry_delays: Vec<Duration>,
+    /// Messages routed at the same time.
+    pub concurrency: usize,
+}
+
+impl std::fmt::Debug for ConsumerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = match &self.source {
+            SourceConfig::Amqp {
+                queue, prefetch, ..
+            } => format!("amqp queue={queue} prefetch={prefetch}"),
+            SourceConfig::Sqs { queue_url, .. } => format!("sqs {queue_url}"),
+        };
+        f.debug_struct("ConsumerConfig")
+            .field("stage", &self.stage)
+            .field("listen", &self.listen)
+            .field("registry", &self.registry)
+            .field("source", &source)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_delays", &self.retry_delays)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerConfig {
+    /// Reads and validates the consumer's configuration.
+    pub fn from_strings(s: &dyn Strings) -> Result<Self> {
+        let stage = s.get(STAGE).unwrap_or_else(|| "production".into());
+        let source = match s.get(SOURCE).as_deref() {
+            None | Some("amqp") => {
+                let url = s
+                    .get(AMQP_URL)
+                    .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+                if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                    return Err(Error::Config(format!(
+                        "{AMQP_URL}: must start with amqp:// or amqps://"
+                    )));
+                }
+                let queue = s
+                    .get(AMQP_QUEUE)
+                    .unwrap_or_else(|| "hermes-messageQueue".into());
+                if queue.len() > 200 {
+                    return Err(Error::Config(format!("{AMQP_QUEUE}: at most 200 bytes")));
+                }
+                let prefetch: u16 = num(s, AMQP_PREFETCH, 64u16)?;
+                if prefetch == 0 {
+                    return Err(Error::Config(format!(
+                        "{AMQP_PREFETCH}: must be greater than 0"
+                    )));
+                }
+                SourceConfig::Amqp {
+                    url,
+                    queue,
+                    prefetch,
+                }
+            }
+            Some("sqs") => {
+                let queue_url = s.get(SQS_QUEUE_URL).ok_or_else(|| {
+                    Error::Config(format!("{SQS_QUEUE_URL}: required when {SOURCE}=sqs"))
+                })?;
+                let wait = secs(s, SQS_WAIT, 20)?;
+                if wait > Duration::from_secs(20) {
+                    return Err(Error::Config(format!("{SQS_WAIT}: at most 20")));
+                }
+                SourceConfig::Sqs {
+                    queue_url,
+                    dead_letter_queue_url: s.get(SQS_DLQ_URL),
+                    wait,
+                    visibility: positive_secs(s, SQS_VISIBILITY, 30)?,
+                }
+            }
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "{SOURCE}: {other:?} must be amqp or sqs"
+                )));
+            }
+        };
+        let retry_delays = match s.get(RETRY_DELAYS) {
+            None => vec![
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            ],
+            Some(list) => list
+                .split(',')
+                .map(|v| {
+                    v.trim()
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|ms| *ms > 0)
+                        .map(Duration::from_millis)
+                        .ok_or_else(|| {
+                            Error::Config(format!(
+                                "{RETRY_DELAYS}: {v:?} is not a positive number of milliseconds"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
+        if retry_delays.is_empty() || retry_delays.len() > 10 {
+            return Err(Error::Config(format!(
+                "{RETRY_DELAYS}: give 1 to 10 delays"
+            )));
+        }
+        let max_attempts: u32 = num(s, MAX_ATTEMPTS, 5u32)?;
+        if max_attempts == 0 {
+            return Err(Error::Config(format!(
+                "{MAX_ATTEMPTS}: must be greater than 0"
+            )));
+        }
+        let internal_secret = s
+            .get(INTERNAL_SECRET)
+            .ok_or_else(|| Error::Config(format!("{INTERNAL_SECRET}: required")))?;
+        Ok(Self {
+            listen: addr(s, CONSUMER_LISTEN, "127.0.0.1:8082")?,
+            registry: registry_kind(s, &stage)?,
+            stage,
+            internal_secret,
+            deliver_timeout: Duration::from_millis(num(s, DELIVER_TIMEOUT, 2_000u64)?.max(1)),
+            source,
+            max_attempts,
+            retry_delays,
+            concurrency: positive(s, CONCURRENCY, 64)?,
+        })
+    }
+}
+
 /// The host name: `HOSTNAME`, else `/etc/hostname`, else `hermes-gateway`.
 fn default_gateway_id() -> String {
     std::env::var("HOSTNAME")
@@ -759,6 +924,34 @@ mod tests {
                 .unwrap_or_default();
             assert!(err.contains(key), "{key}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn consumer_defaults_to_the_original_queue_name() {
+        let env = HashMap::from([(INTERNAL_SECRET, "internal-secret-0123456789")]);
+        let c = ConsumerConfig::from_strings(&env).expect("valid");
+        assert_eq!(
+            c.source,
+            SourceConfig::Amqp {
+                url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+                queue: "hermes-messageQueue".into(),
+                prefetch: 64
+            }
+        );
+        let mut sqs = env.clone();
+        sqs.insert(SOURCE, "sqs");
+        let err = ConsumerConfig::from_strings(&sqs)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.starts_with(SQS_QUEUE_URL), "{err}");
+        let mut bad = env.clone();
+        bad.insert(RETRY_DELAYS, "100,soon");
+        let err = ConsumerConfig::from_strings(&bad)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.starts_with(RETRY_DELAYS), "{err}");
     }
 
     #[test]

@@ -38,6 +38,12 @@ pub struct Metrics {
     pub end_to_end: Histogram,
     /// Socket closes by code.
     pub closes: IntCounterVec,
+    /// Queue messages by source and outcome.
+    pub queue_messages: IntCounterVec,
+    /// Dead-lettered messages by reason.
+    pub dead_letters: IntCounterVec,
+    /// Registry call latency by operation.
+    pub registry_duration: HistogramVec,
 }
 
 impl Default for Metrics {
@@ -110,6 +116,21 @@ impl Metrics {
                 "Socket closes by close code",
                 &["code"],
             ),
+            queue_messages: counter_vec(
+                "hermes_queue_messages_total",
+                "Queue messages by source and outcome",
+                &["source", "outcome"],
+            ),
+            dead_letters: counter_vec(
+                "hermes_dead_letters_total",
+                "Messages sent to the dead-letter queue, by reason",
+                &["reason"],
+            ),
+            registry_duration: histogram_vec(
+                "hermes_registry_duration_seconds",
+                "Registry call latency, by operation",
+                &["op"],
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.connections_open.clone()),
@@ -124,6 +145,9 @@ impl Metrics {
             Box::new(m.routing_duration.clone()),
             Box::new(m.end_to_end.clone()),
             Box::new(m.closes.clone()),
+            Box::new(m.queue_messages.clone()),
+            Box::new(m.dead_letters.clone()),
+            Box::new(m.registry_duration.clone()),
         ];
         for c in collectors {
             if let Err(error) = registry.register(c) {

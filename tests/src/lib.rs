@@ -1,9 +1,11 @@
-//! Harness of the end-to-end tests: where the real services are (set by
+//! Harness of the integration and end-to-end tests: starts the real `hermes-gateway` and
+//! `hermes-consumer` binaries, speaks WebSocket to gateways with a real client
+//! (tokio-tungstenite), and tells where the real services are (set by
 //! `scripts/services/up.sh` through `~/.cache/hermes/services.env`, read by the test
-//! command) and helpers shared by the test files in `tests/tests/`.
+//! command). Every wait is on a condition, bounded by a deadline.
 //!
-//! These tests need the services running; they fail with a message saying how to start
-//! them rather than skipping.
+//! Tests that need a service fail with a message saying how to start it rather than
+//! skipping.
 
 /// The CQL server's contact point.
 pub fn scylla_nodes() -> String {
@@ -37,4 +39,406 @@ pub fn unique(prefix: &str) -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// Settings of a ScyllaDB registry on the test CQL server in `keyspace` (single node:
+/// replication factor 1, consistency ONE).
+pub fn scylla_config(
+    keyspace: &str,
+    request_timeout: std::time::Duration,
+) -> hermes_shared::config::ScyllaConfig {
+    hermes_shared::config::ScyllaConfig {
+        nodes: scylla_nodes()
+            .split(',')
+            .map(|n| n.trim().to_owned())
+            .collect(),
+        keyspace: keyspace.to_owned(),
+        replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
+        consistency: "ONE".into(),
+        local_dc: None,
+        username: None,
+        password: None,
+        request_timeout,
+    }
+}
+
+/// Connects a ScyllaDB registry to the test CQL server in `keyspace` (created if absent),
+/// or panics saying how to start the server.
+pub async fn scylla_registry(
+    keyspace: &str,
+    request_timeout: std::time::Duration,
+) -> hermes_shared::registry::scylla::ScyllaRegistry {
+    let config = scylla_config(keyspace, request_timeout);
+    match hermes_shared::registry::scylla::ScyllaRegistry::connect(&config).await {
+        Ok(registry) => registry,
+        Err(e) => panic!(
+            "the CQL server at {} is not usable ({e}); start it with scripts/services/up.sh \
+             (or scripts/services/cassandra.sh start)",
+            config.nodes.join(",")
+        ),
+    }
+}
+
+/// Path of a workspace binary: `HERMES_<NAME>_BIN` if set, else next to the running test
+/// executable's directory (`target/debug/`), where cargo builds the workspace's binaries.
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let var = format!("{}_BIN", name.to_ascii_uppercase().replace('-', "_"));
+    if let Ok(path) = std::env::var(&var) {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/debug");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (or set {var})",
+        path.display()
+    );
+    path
+}
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+pub const INTERNAL_SECRET: &str = "test-internal-secret-0123456789";
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789-abcdef";
+/// Longest any single wait in these tests may take before it counts as a failure.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Child,
+    pub public: String,
+    pub internal: String,
+    /// Everything the process wrote to stderr (its logs).
+    pub logs: Arc<Mutex<String>>,
+    http: reqwest::Client,
+}
+
+impl Gateway {
+    /// `hermes-gateway serve` with test secrets, a cheap bcrypt cost and `env` on top.
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_mode("serve", env).await
+    }
+
+    pub async fn start_mode(mode: &str, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(binary("hermes-gateway"));
+        cmd.arg(mode)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HERMES_LISTEN", "127.0.0.1:0")
+            .env("HERMES_INTERNAL_LISTEN", "127.0.0.1:0")
+            .env("HERMES_ADMIN_KEY", ADMIN_KEY)
+            .env("HERMES_INTERNAL_SECRET", INTERNAL_SECRET)
+            .env("HERMES_JWT_SECRET", JWT_SECRET)
+            .env("HERMES_BCRYPT_COST", "4")
+            .env("HERMES_LOG", "debug")
+            .env("HERMES_WORKERS", "2")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("the gateway binary starts");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let sink = logs.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut s = sink.lock().expect("log buffer");
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let banner = tokio::time::timeout(DEADLINE, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("hermes-gateway listening ") {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            panic!(
+                "the gateway did not announce its listeners; logs:\n{}",
+                logs.lock().expect("logs")
+            )
+        });
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let field = |name: &str| {
+            banner
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .expect("banner field")
+                .to_owned()
+        };
+        let gw = Self {
+            child,
+            public: field("public"),
+            internal: field("internal"),
+            logs,
+            http: reqwest::Client::new(),
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/readyz", self.internal);
+        eventually(|| async {
+            self.http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("{}/production", self.public.replace("http://", "ws://"))
+    }
+
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.internal))
+            .bearer_auth(ADMIN_KEY)
+    }
+
+    /// Issues a token through `POST /v1/tokens`.
+    pub async fn token(&self, user: &str, room: &str) -> String {
+        let r = self
+            .admin(reqwest::Method::POST, "/v1/tokens")
+            .json(&json!({"user_id": user, "room_id": room}))
+            .send()
+            .await
+            .expect("token request");
+        assert_eq!(r.status(), 201, "POST /v1/tokens");
+        let body: Value = r.json().await.expect("json");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    /// `POST /v1/publish`, returning status and body.
+    pub async fn publish(&self, body: Value) -> (u16, Value) {
+        let r = self
+            .admin(reqwest::Method::POST, "/v1/publish")
+            .json(&body)
+            .send()
+            .await
+            .expect("publish request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Connects with `?token=` (the original clients).
+    pub async fn connect(&self, token: &str) -> Ws {
+        let url = format!("{}?token={token}", self.ws_url());
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("upgrade accepted");
+        ws
+    }
+
+    /// Connects with the `hermes.v1` subprotocol; returns the socket and its connection id.
+    pub async fn connect_modern(&self, token: &str) -> (Ws, String) {
+        let mut req = self.ws_url().into_client_request().expect("request");
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_str(&format!("hermes.v1, bearer.{token}")).expect("header"),
+        );
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("upgrade accepted");
+        assert_eq!(
+            resp.headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.to_str().unwrap_or("")),
+            Some("hermes.v1")
+        );
+        let hello = recv_json(&mut ws).await;
+        assert_eq!(hello["event"], "connected");
+        (
+            ws,
+            hello["connection_id"]
+                .as_str()
+                .expect("connection id")
+                .to_owned(),
+        )
+    }
+
+    /// Attempts an upgrade and returns the HTTP refusal (status, JSON body, Retry-After).
+    pub async fn refused(
+        &self,
+        url: String,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value, Option<String>) {
+        let mut req = url.into_client_request().expect("request");
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tungstenite::http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok(_) => panic!("the upgrade was accepted"),
+            Err(tungstenite::Error::Http(resp)) => {
+                let status = resp.status().as_u16();
+                let retry = resp
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap_or("").to_owned());
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                (status, body, retry)
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+
+    /// Value of a metric line (name with labels exactly as exported), 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.internal))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .expect("the gateway exits in time")
+            .expect("wait")
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().expect("logs").clone()
+    }
+}
+
+/// Polls `check` until it holds or the deadline passes (then panics).
+pub async fn eventually<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut wait = Duration::from_millis(5);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met before the deadline"
+        );
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// The next text frame as JSON (control frames are skipped).
+pub async fn recv_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("a frame before the deadline")
+            .expect("the socket is open")
+            .expect("no protocol error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).expect("text frames are JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// The next text frame's raw text.
+pub async fn recv_text(ws: &mut Ws) -> String {
+    loop {
+        let msg = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("a frame before the deadline")
+            .expect("the socket is open")
+            .expect("no protocol error");
+        match msg {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server's close frame; returns its code (data frames are skipped).
+pub async fn recv_close(ws: &mut Ws) -> u16 {
+    loop {
+        let msg = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("a close before the deadline");
+        match msg {
+            Some(Ok(Message::Close(frame))) => return frame.map_or(1005, |f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("socket error before a close frame: {e}"),
+            None => panic!("the socket ended without a close frame"),
+        }
+    }
+}
+
+pub async fn send_json(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.expect("send");
+}
+
+pub fn close_code(code: u16) -> CloseCode {
+    CloseCode::from(code)
 }

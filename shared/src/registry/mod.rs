@@ -6,6 +6,7 @@
 //! ScyllaDB implementation answers each call with one partition read. Rows written with a
 //! TTL disappear when the gateway that wrote them stops refreshing them.
 
+pub mod instrumented;
 pub mod memory;
 pub mod remote;
 pub mod scylla;
@@ -19,20 +20,22 @@ use serde::{Deserialize, Serialize};
 use crate::config::RegistryKind;
 use crate::error::Result;
 
-/// Opens the registry a configuration names. `internal_secret` and `timeout` are used by
-/// the remote registry.
+/// Opens the registry a configuration names, timing every call in `metrics`.
+/// `internal_secret` and `timeout` are used by the remote registry.
 pub async fn connect(
     kind: &RegistryKind,
     internal_secret: &str,
     timeout: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<Arc<dyn Registry>> {
-    Ok(match kind {
+    let inner: Arc<dyn Registry> = match kind {
         RegistryKind::Memory => Arc::new(memory::MemoryRegistry::new()),
         RegistryKind::Remote { url } => {
             Arc::new(remote::RemoteRegistry::new(url, internal_secret, timeout)?)
         }
         RegistryKind::Scylla(config) => Arc::new(scylla::ScyllaRegistry::connect(config).await?),
-    })
+    };
+    Ok(Arc::new(instrumented::Instrumented::new(inner, metrics)))
 }
 
 /// A live gateway and where its internal API is.

@@ -1,0 +1,153 @@
+//! Starting and stopping a consumer.
+//!
+//! Order: open the registry, build the router (no local gateway), serve `/metrics`,
+//! `/healthz`, `/readyz`, run the source. On SIGTERM/SIGINT the source stops taking new
+//! messages, finishes the ones in flight (acknowledging each once its outcome is known),
+//! and the process exits.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use hermes_shared::config::{ConsumerConfig, SourceConfig};
+use hermes_shared::gateway_client::GatewayClient;
+use hermes_shared::metrics::Metrics;
+use hermes_shared::router::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::{AmqpSettings, AmqpSource};
+use crate::processor::Processor;
+use crate::sqs::{SqsSettings, SqsSource};
+use crate::{Error, Result};
+
+struct Probe {
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+async fn render_metrics(p: web::Data<Probe>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(p.metrics.render())
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(p: web::Data<Probe>) -> HttpResponse {
+    if p.ready.load(Ordering::Acquire) {
+        HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
+    } else {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "not consuming"}))
+    }
+}
+
+/// Runs the consumer until SIGTERM/SIGINT.
+pub async fn run(config: ConsumerConfig) -> Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let registry = hermes_shared::registry::connect(
+        &config.registry,
+        &config.internal_secret,
+        config.deliver_timeout,
+        metrics.clone(),
+    )
+    .await?;
+    let client = GatewayClient::new(
+        &config.internal_secret,
+        config.deliver_timeout,
+        metrics.clone(),
+    )?;
+    let router = Router::new(registry, client, None, metrics.clone());
+    let processor = Arc::new(Processor::new(router, metrics.clone()));
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let listener = TcpListener::bind(config.listen).map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let bound = listener.local_addr()?;
+    let probe = web::Data::new(Probe {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(probe.clone())
+            .route("/metrics", web::get().to(render_metrics))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    let server_handle = server.handle();
+    let server_task = tokio::spawn(server);
+    println!("hermes-consumer listening http=http://{bound}");
+
+    let shutdown = CancellationToken::new();
+    let signal_token = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signal_token.cancel();
+    });
+
+    let result = match &config.source {
+        SourceConfig::Amqp {
+            url,
+            queue,
+            prefetch,
+        } => {
+            AmqpSource::new(AmqpSettings {
+                url: url.clone(),
+                queue: queue.clone(),
+                prefetch: *prefetch,
+                max_attempts: config.max_attempts,
+                retry_delays: config.retry_delays.clone(),
+                concurrency: config.concurrency,
+            })
+            .run(processor, ready, shutdown)
+            .await
+        }
+        SourceConfig::Sqs {
+            queue_url,
+            dead_letter_queue_url,
+            wait,
+            visibility,
+        } => {
+            SqsSource::new(SqsSettings {
+                queue_url: queue_url.clone(),
+                dead_letter_queue_url: dead_letter_queue_url.clone(),
+                wait: *wait,
+                visibility: *visibility,
+                max_attempts: config.max_attempts,
+                retry_delays: config.retry_delays.clone(),
+                concurrency: config.concurrency,
+            })
+            .await?
+            .run(processor, ready, shutdown)
+            .await
+        }
+    };
+    server_handle.stop(true).await;
+    let _ = server_task.await;
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
