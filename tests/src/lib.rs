@@ -7,6 +7,9 @@
 //! Tests that need a service fail with a message saying how to start it rather than
 //! skipping.
 
+pub mod consumer;
+pub use consumer::{AmqpPublisher, Consumer, env_refs, scylla_env};
+
 /// The CQL server's contact point.
 pub fn scylla_nodes() -> String {
     service_env("HERMES_TEST_SCYLLA_NODES", "127.0.0.1:9042")
@@ -326,22 +329,12 @@ impl Gateway {
 
     /// Value of a metric line (name with labels exactly as exported), 0 if absent.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.internal))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.strip_prefix(' '))
-            })
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+        metric_value(&format!("{}/metrics", self.internal), series).await
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill -9");
     }
 
     /// Sends SIGTERM.
@@ -365,6 +358,15 @@ impl Gateway {
     pub fn logs(&self) -> String {
         self.logs.lock().expect("logs").clone()
     }
+}
+
+/// Value of one series on a Prometheus endpoint, 0 if absent.
+pub async fn metric_value(url: &str, series: &str) -> f64 {
+    let text = reqwest::get(url).await.expect("metrics").text().await.expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Polls `check` until it holds or the deadline passes (then panics).

@@ -1,0 +1,213 @@
+//! The ScyllaDB registry against the real CQL server (`scripts/services/up.sh` starts one):
+//! the registry contract, idempotent schema creation, TTL expiry and a large heartbeat.
+//! Each test uses its own keyspace, dropped when the test passes (kept for inspection when
+//! it fails).
+
+use std::time::{Duration, Instant};
+
+use hermes_e2e::{scylla_registry, unique};
+use hermes_shared::registry::{ConnectionRecord, GatewayRecord, Holdings, Registry};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn scylla_registry_meets_the_registry_contract() {
+    let registry = scylla_registry(&unique("hermes_test"), TIMEOUT).await;
+    hermes_shared::registry::contract::run_all(&registry).await;
+    registry.drop_keyspace().await.expect("drop keyspace");
+}
+
+#[tokio::test]
+async fn schema_creation_is_idempotent() {
+    let keyspace = unique("hermes_test");
+    let first = scylla_registry(&keyspace, TIMEOUT).await;
+    first
+        .add_room_gateway("room", "g1", Duration::from_secs(60))
+        .await
+        .expect("write through the first registry");
+
+    // A second start against the existing schema: no error, and the data is still there.
+    let second = scylla_registry(&keyspace, TIMEOUT).await;
+    assert_eq!(second.keyspace(), keyspace);
+    assert_eq!(
+        second.room_gateways("room").await.expect("lookup"),
+        vec!["g1".to_owned()]
+    );
+    second.drop_keyspace().await.expect("drop keyspace");
+}
+
+/// Polls `gone` until it answers true, failing after `deadline`. Returns when it did.
+async fn wait_until_gone<F, Fut>(what: &str, deadline: Duration, mut gone: F) -> Instant
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if gone().await {
+            return Instant::now();
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "{what} still there {deadline:?} after its TTL should have run out"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn rows_expire_with_their_ttl() {
+    let registry = scylla_registry(&unique("hermes_test"), TIMEOUT).await;
+    let deadline = Duration::from_secs(20);
+
+    // Sub-second TTLs round up to 1 s (CQL TTLs are whole seconds; 0 would mean "forever").
+    registry
+        .add_room_gateway("short-room", "g1", Duration::from_millis(300))
+        .await
+        .expect("add room");
+    registry
+        .add_user_gateway("short-user", "g1", Duration::from_millis(300))
+        .await
+        .expect("add user");
+    wait_until_gone("room row (1 s TTL)", deadline, || async {
+        registry
+            .room_gateways("short-room")
+            .await
+            .expect("lookup")
+            .is_empty()
+    })
+    .await;
+    wait_until_gone("user row (1 s TTL)", deadline, || async {
+        registry
+            .user_gateways("short-user")
+            .await
+            .expect("lookup")
+            .is_empty()
+    })
+    .await;
+
+    // A 3 s TTL: the rows are there right after the write, gone some seconds later, and
+    // not before 2 s (CQL expiry has one-second granularity).
+    let gateway = GatewayRecord {
+        gateway_id: "g-ttl".into(),
+        internal_url: "http://127.0.0.1:1".into(),
+        started_at: 1_700_000_000_000,
+    };
+    let connection = ConnectionRecord {
+        connection_id: "c-ttl".into(),
+        room_id: "room".into(),
+        user_id: "user".into(),
+        gateway_id: "g-ttl".into(),
+        connected_at: 1_700_000_000_123,
+        source_ip: "10.0.0.1".into(),
+        user_agent: "test".into(),
+    };
+    let ttl = Duration::from_secs(3);
+    let written = Instant::now();
+    registry
+        .upsert_gateway(&gateway, ttl)
+        .await
+        .expect("gateway");
+    registry
+        .put_connection(&connection, ttl)
+        .await
+        .expect("connection");
+    assert_eq!(registry.gateway("g-ttl").await.expect("get"), Some(gateway));
+    assert_eq!(
+        registry.connection("c-ttl").await.expect("get"),
+        Some(connection)
+    );
+    let gone = wait_until_gone("gateway row (3 s TTL)", deadline, || async {
+        registry.gateway("g-ttl").await.expect("get").is_none()
+    })
+    .await;
+    wait_until_gone("connection row (3 s TTL)", deadline, || async {
+        registry.connection("c-ttl").await.expect("get").is_none()
+    })
+    .await;
+    assert!(
+        gone - written >= Duration::from_secs(2),
+        "a 3 s TTL expired after {:?}",
+        gone - written
+    );
+    registry.drop_keyspace().await.expect("drop keyspace");
+}
+
+#[tokio::test]
+async fn refresh_writes_thousands_of_rows_concurrently() {
+    let registry = scylla_registry(&unique("hermes_test"), Duration::from_secs(10)).await;
+    let gateway = GatewayRecord {
+        gateway_id: "g-big".into(),
+        internal_url: "http://10.0.0.9:8081".into(),
+        started_at: 1_700_000_000_000,
+    };
+    // HERMES_TEST_REFRESH_CONNECTIONS=20000 measures a full-size gateway.
+    let n: u64 = std::env::var("HERMES_TEST_REFRESH_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000)
+        .max(5_000);
+    let connections: Vec<ConnectionRecord> = (0..n)
+        .map(|i| ConnectionRecord {
+            connection_id: format!("conn-{i}"),
+            room_id: format!("room-{}", i % 500),
+            user_id: format!("user-{}", i % 2_000),
+            gateway_id: gateway.gateway_id.clone(),
+            connected_at: 1_700_000_000_000 + i,
+            source_ip: "10.1.2.3".into(),
+            user_agent: "load".into(),
+        })
+        .collect();
+    let holdings = Holdings {
+        rooms: (0..500).map(|i| format!("room-{i}")).collect(),
+        users: (0..2_000).map(|i| format!("user-{i}")).collect(),
+        connections,
+    };
+    let rows = 1 + holdings.rooms.len() + holdings.users.len() + holdings.connections.len();
+    let ttl = Duration::from_secs(120);
+
+    for round in ["first (cold)", "second (warm)"] {
+        let start = Instant::now();
+        registry
+            .refresh(&gateway, &holdings, ttl)
+            .await
+            .expect("refresh");
+        let took = start.elapsed();
+        println!(
+            "refresh {round}: {rows} rows ({} connections, {} rooms, {} users) in {took:?} \
+             ({:.0} rows/s)",
+            holdings.connections.len(),
+            holdings.rooms.len(),
+            holdings.users.len(),
+            rows as f64 / took.as_secs_f64()
+        );
+    }
+
+    assert_eq!(
+        registry.gateway("g-big").await.expect("gateway"),
+        Some(gateway.clone())
+    );
+    for i in [0usize, 1, 2_499, holdings.connections.len() - 1] {
+        let expected = &holdings.connections[i];
+        assert_eq!(
+            registry
+                .connection(&expected.connection_id)
+                .await
+                .expect("connection"),
+            Some(expected.clone())
+        );
+    }
+    for room in ["room-0", "room-250", "room-499"] {
+        assert_eq!(
+            registry.room_gateways(room).await.expect("room"),
+            vec!["g-big".to_owned()]
+        );
+    }
+    for user in ["user-0", "user-1999"] {
+        assert_eq!(
+            registry.user_gateways(user).await.expect("user"),
+            vec!["g-big".to_owned()]
+        );
+    }
+    registry.drop_keyspace().await.expect("drop keyspace");
+}
