@@ -362,9 +362,17 @@ impl Gateway {
 
 /// Value of one series on a Prometheus endpoint, 0 if absent.
 pub async fn metric_value(url: &str, series: &str) -> f64 {
-    let text = reqwest::get(url).await.expect("metrics").text().await.expect("text");
+    let text = reqwest::get(url)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }

@@ -1,0 +1,245 @@
+//! RabbitMQ → consumer → three gateway processes sharing a ScyllaDB registry (a real CQL
+//! server): targets on every gateway receive each message exactly once, poison goes to
+//! the dead-letter queue with its reason, and a gateway killed with SIGKILL disappears
+//! from the registry without pausing delivery to the others.
+
+use std::time::{Duration, Instant};
+
+use hermes_e2e::*;
+use serde_json::{Value, json};
+
+struct Cluster {
+    gateways: Vec<Gateway>,
+    consumer: Consumer,
+    queue: String,
+    keyspace: String,
+    publisher: AmqpPublisher,
+}
+
+async fn cluster(extra: &[(&str, &str)]) -> Cluster {
+    let keyspace = unique("e2e");
+    let queue = unique("hermes-e2e-queue");
+    let mut env = scylla_env(&keyspace);
+    for (k, v) in extra {
+        env.push(((*k).into(), (*v).into()));
+    }
+    let mut gateways = Vec::new();
+    for i in 1..=3 {
+        let mut g = env.clone();
+        g.push(("HERMES_GATEWAY_ID".into(), format!("gw-{i}")));
+        gateways.push(Gateway::start(&env_refs(&g)).await);
+    }
+    let mut publisher = AmqpPublisher::new();
+    publisher.declare(&queue).await;
+    let mut c = env.clone();
+    c.push(("HERMES_SOURCE".into(), "amqp".into()));
+    c.push(("HERMES_AMQP_URL".into(), amqp_url()));
+    c.push(("HERMES_AMQP_QUEUE".into(), queue.clone()));
+    c.push(("HERMES_RETRY_DELAYS_MS".into(), "1000,2000".into()));
+    let consumer = Consumer::start(&env_refs(&c)).await;
+    Cluster {
+        gateways,
+        consumer,
+        queue,
+        keyspace,
+        publisher,
+    }
+}
+
+impl Cluster {
+    async fn send(&mut self, message: Value) {
+        let queue = self.queue.clone();
+        self.publisher
+            .publish(&queue, message.to_string().as_bytes())
+            .await;
+    }
+
+    /// Publishes and waits until the consumer has routed it: the consumer works on many
+    /// messages at once, so this is how a test fixes their order.
+    async fn send_in_order(&mut self, message: Value) {
+        let series = "hermes_queue_messages_total{outcome=\"delivered\",source=\"amqp\"}";
+        let before = self.consumer.metric(series).await;
+        self.send(message).await;
+        let consumer = &self.consumer;
+        eventually(|| async { consumer.metric(series).await > before }).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rabbitmq_message_reaches_its_targets_on_every_gateway_exactly_once() {
+    let mut c = cluster(&[]).await;
+    // Two sockets of the room on each gateway.
+    let mut members = Vec::new();
+    for (i, gw) in c.gateways.iter().enumerate() {
+        for j in 0..2 {
+            let user = format!("user-{i}-{j}");
+            let token = gw.token(&user, "room").await;
+            let (ws, id) = gw.connect_modern(&token).await;
+            members.push((user, id, ws));
+        }
+    }
+
+    // The original message: every member, in the original format.
+    c.send(json!({"user_id": "backend", "room_id": "room", "data": {"type": "all", "n": 1}}))
+        .await;
+    for (_, _, ws) in &mut members {
+        assert_eq!(
+            recv_json(ws).await,
+            json!({"user_id": "backend", "data": {"type": "all", "n": 1}})
+        );
+    }
+
+    // To one user (held by the second gateway).
+    c.send_in_order(json!({"user_id": "backend", "room_id": "room", "to_user_id": "user-1-0", "data": {"type": "user"}})).await;
+    // To one connection (held by the third gateway).
+    let target = members[5].1.clone();
+    c.send_in_order(json!({"user_id": "backend", "room_id": "room", "connection_id": target, "data": {"type": "connection"}})).await;
+    // The room but one connection (held by the first gateway).
+    let excluded = members[0].1.clone();
+    c.send_in_order(json!({"user_id": "backend", "room_id": "room", "exclude_connection_id": excluded, "data": {"type": "excluding"}})).await;
+    // A marker to everyone: after it, nothing else may arrive.
+    c.send_in_order(json!({"user_id": "backend", "room_id": "room", "data": {"type": "marker"}}))
+        .await;
+
+    for (i, (user, _, ws)) in members.iter_mut().enumerate() {
+        let mut expected = Vec::new();
+        if user == "user-1-0" {
+            expected.push("user");
+        }
+        if i == 5 {
+            expected.push("connection");
+        }
+        if i != 0 {
+            expected.push("excluding");
+        }
+        expected.push("marker");
+        let mut got = Vec::new();
+        while got.last() != Some(&"marker".to_owned()) {
+            got.push(
+                recv_json(ws).await["data"]["type"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+        assert_eq!(
+            got, expected,
+            "socket {i} ({user}) got exactly its messages, once"
+        );
+    }
+    assert_eq!(
+        c.consumer
+            .metric("hermes_queue_messages_total{outcome=\"delivered\",source=\"amqp\"}")
+            .await,
+        5.0
+    );
+}
+
+#[tokio::test]
+async fn a_poison_message_is_dead_lettered_with_its_reason_and_delivery_goes_on() {
+    let mut c = cluster(&[]).await;
+    let gw = &c.gateways[1];
+    let mut ws = gw.connect(&gw.token("watcher", "room").await).await;
+    let queue = c.queue.clone();
+    c.publisher.publish(&queue, b"this is not json").await;
+    c.send(json!({"user_id": "backend", "room_id": 42, "data": 1}))
+        .await;
+    c.send(json!({"user_id": "backend", "room_id": "room", "data": {"type": "after-poison"}}))
+        .await;
+    assert_eq!(recv_json(&mut ws).await["data"]["type"], "after-poison");
+
+    let dlq = format!("{queue}.dead-letter");
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while dead.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "two dead letters expected, got {}",
+            dead.len()
+        );
+        match c.publisher.get(&dlq).await {
+            Some(m) => dead.push(m),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let reason = |headers: &Vec<(String, String)>| {
+        headers
+            .iter()
+            .find(|(k, _)| k == "x-hermes-dead-reason")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(dead[0].0, b"this is not json");
+    assert!(
+        reason(&dead[0].1).contains("not valid JSON"),
+        "{:?}",
+        dead[0].1
+    );
+    assert!(
+        reason(&dead[1].1).contains("`room_id` must be a string"),
+        "{:?}",
+        dead[1].1
+    );
+    assert_eq!(
+        c.consumer
+            .metric("hermes_dead_letters_total{reason=\"invalid_message\"}")
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn a_killed_gateway_leaves_the_registry_and_the_others_keep_receiving() {
+    let mut c = cluster(&[("HERMES_REGISTRY_TTL_SECONDS", "3")]).await;
+    let mut alive = Vec::new();
+    for i in [0usize, 2] {
+        let gw = &c.gateways[i];
+        alive.push(
+            gw.connect(&gw.token(&format!("alive-{i}"), "room").await)
+                .await,
+        );
+    }
+    let doomed = &c.gateways[1];
+    let _doomed_socket = doomed.connect(&doomed.token("doomed", "room").await).await;
+    c.gateways[1].kill().await;
+
+    // Keep publishing; the live gateways get every message without waiting for a retry.
+    let mut worst = Duration::ZERO;
+    for n in 0..20u64 {
+        let sent = Instant::now();
+        c.send(json!({"user_id": "backend", "room_id": "room", "data": {"n": n}}))
+            .await;
+        for ws in &mut alive {
+            assert_eq!(recv_json(ws).await["data"]["n"], n);
+        }
+        worst = worst.max(sent.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        worst < Duration::from_millis(1000),
+        "a delivery waited for a retry: {worst:?}"
+    );
+
+    // Its rows expire with their TTL.
+    let registry =
+        hermes_shared::registry::scylla::ScyllaRegistry::connect(&scylla_config(&c.keyspace))
+            .await
+            .expect("registry");
+    use hermes_shared::registry::Registry as _;
+    eventually(|| async {
+        registry.gateway("gw-2").await.is_ok_and(|g| g.is_none())
+            && registry
+                .room_gateways("room")
+                .await
+                .is_ok_and(|g| !g.contains(&"gw-2".to_owned()))
+    })
+    .await;
+}
+
+fn scylla_config(keyspace: &str) -> hermes_shared::config::ScyllaConfig {
+    let env: std::collections::HashMap<String, String> = scylla_env(keyspace).into_iter().collect();
+    match hermes_shared::config::registry_kind(&env, "production").expect("valid") {
+        hermes_shared::config::RegistryKind::Scylla(c) => c,
+        _ => unreachable!("scylla_env selects scylla"),
+    }
+}
