@@ -3,9 +3,11 @@
 #
 #   ./scripts/test.sh
 #
-# Steps: formatting, clippy, the Rust unit and integration tests (they start the real
-# hermes-gateway binary and speak WebSocket to it), then the browser tests (headless
-# Chromium from Debian driven by playwright-core). Build outputs are cached outside the
+# Steps: start the real services (Cassandra, RabbitMQ, an SQS server: scripts/services/up.sh,
+# installed from the package registries on first use), formatting, clippy, the Rust unit,
+# integration and end-to-end tests (they start the real hermes-gateway and hermes-consumer
+# binaries against those services and speak WebSocket to the gateways), then the browser
+# tests (headless Chromium from Debian driven by playwright-core). Build outputs are cached outside the
 # checkout in $CARGO_TARGET_DIR (default ~/.cache/hermes/target), so a second run skips
 # the work. The last line sums up every runner: "N passed, N failed".
 set -euo pipefail
@@ -36,8 +38,13 @@ if ! command -v cargo >/dev/null; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+step "services" scripts/services/up.sh
+# shellcheck disable=SC1091
+source "${HERMES_CACHE:-$HOME/.cache/hermes}/services.env"
+
 step "format" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+step "build" cargo build --workspace --bins --locked
 step "rust tests" cargo test --workspace --locked
 step "browser tests" env HERMES_GATEWAY_BIN="$CARGO_TARGET_DIR/debug/hermes-gateway" tests/browser/run.sh
 

@@ -7,6 +7,7 @@
 //! Tests that need a service fail with a message saying how to start it rather than
 //! skipping.
 
+pub mod cluster;
 pub mod consumer;
 pub use consumer::{AmqpPublisher, Consumer, env_refs, scylla_env};
 

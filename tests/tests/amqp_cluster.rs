@@ -5,69 +5,13 @@
 
 use std::time::{Duration, Instant};
 
+use hermes_e2e::cluster::Cluster;
 use hermes_e2e::*;
-use serde_json::{Value, json};
-
-struct Cluster {
-    gateways: Vec<Gateway>,
-    consumer: Consumer,
-    queue: String,
-    keyspace: String,
-    publisher: AmqpPublisher,
-}
-
-async fn cluster(extra: &[(&str, &str)]) -> Cluster {
-    let keyspace = unique("e2e");
-    let queue = unique("hermes-e2e-queue");
-    let mut env = scylla_env(&keyspace);
-    for (k, v) in extra {
-        env.push(((*k).into(), (*v).into()));
-    }
-    let mut gateways = Vec::new();
-    for i in 1..=3 {
-        let mut g = env.clone();
-        g.push(("HERMES_GATEWAY_ID".into(), format!("gw-{i}")));
-        gateways.push(Gateway::start(&env_refs(&g)).await);
-    }
-    let mut publisher = AmqpPublisher::new();
-    publisher.declare(&queue).await;
-    let mut c = env.clone();
-    c.push(("HERMES_SOURCE".into(), "amqp".into()));
-    c.push(("HERMES_AMQP_URL".into(), amqp_url()));
-    c.push(("HERMES_AMQP_QUEUE".into(), queue.clone()));
-    c.push(("HERMES_RETRY_DELAYS_MS".into(), "1000,2000".into()));
-    let consumer = Consumer::start(&env_refs(&c)).await;
-    Cluster {
-        gateways,
-        consumer,
-        queue,
-        keyspace,
-        publisher,
-    }
-}
-
-impl Cluster {
-    async fn send(&mut self, message: Value) {
-        let queue = self.queue.clone();
-        self.publisher
-            .publish(&queue, message.to_string().as_bytes())
-            .await;
-    }
-
-    /// Publishes and waits until the consumer has routed it: the consumer works on many
-    /// messages at once, so this is how a test fixes their order.
-    async fn send_in_order(&mut self, message: Value) {
-        let series = "hermes_queue_messages_total{outcome=\"delivered\",source=\"amqp\"}";
-        let before = self.consumer.metric(series).await;
-        self.send(message).await;
-        let consumer = &self.consumer;
-        eventually(|| async { consumer.metric(series).await > before }).await;
-    }
-}
+use serde_json::json;
 
 #[tokio::test]
 async fn a_rabbitmq_message_reaches_its_targets_on_every_gateway_exactly_once() {
-    let mut c = cluster(&[]).await;
+    let mut c = Cluster::start(&[]).await;
     // Two sockets of the room on each gateway.
     let mut members = Vec::new();
     for (i, gw) in c.gateways.iter().enumerate() {
@@ -137,7 +81,7 @@ async fn a_rabbitmq_message_reaches_its_targets_on_every_gateway_exactly_once() 
 
 #[tokio::test]
 async fn a_poison_message_is_dead_lettered_with_its_reason_and_delivery_goes_on() {
-    let mut c = cluster(&[]).await;
+    let mut c = Cluster::start(&[]).await;
     let gw = &c.gateways[1];
     let mut ws = gw.connect(&gw.token("watcher", "room").await).await;
     let queue = c.queue.clone();
@@ -190,7 +134,7 @@ async fn a_poison_message_is_dead_lettered_with_its_reason_and_delivery_goes_on(
 
 #[tokio::test]
 async fn a_killed_gateway_leaves_the_registry_and_the_others_keep_receiving() {
-    let mut c = cluster(&[("HERMES_REGISTRY_TTL_SECONDS", "3")]).await;
+    let mut c = Cluster::start(&[("HERMES_REGISTRY_TTL_SECONDS", "3")]).await;
     let mut alive = Vec::new();
     for i in [0usize, 2] {
         let gw = &c.gateways[i];
