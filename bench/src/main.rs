@@ -1,4 +1,9 @@
-//! `hermes-bench`: measurements of a real `hermes-gateway` process.
+//! `hermes-bench`: measurements of real Hermes processes.
+//!
+//! `hermes-bench queue` starts three gateways and a consumer on the real services (see
+//! `scripts/services/up.sh`) and measures RabbitMQ → consumer → gateway → socket latency
+//! at a steady rate, to users whose sockets are on gateways other than the one that
+//! created their token.
 //!
 //! `hermes-bench smoke` starts `hermes-gateway standalone` (release build), opens sockets
 //! with the full authorizer on every connect (the verdict cache is disabled), and reports
@@ -22,6 +27,18 @@ const ADMIN_KEY: &str = "bench-admin-key-0123456789";
 #[derive(Parser)]
 #[command(name = "hermes-bench")]
 enum Cli {
+    /// RabbitMQ → socket latency across a replica hop at a steady rate.
+    Queue {
+        /// Sockets (one user each), spread over the three gateways.
+        #[arg(long, default_value_t = 1000)]
+        sockets: usize,
+        /// Notifications per second, each to one user.
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        /// Seconds of publishing.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Connect latency, RSS per idle socket, publish → receipt latency, one fan-out.
     Smoke {
         /// The gateway binary (a release build).
@@ -59,11 +76,23 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let Cli::Smoke {
-        bin,
-        sockets,
-        messages,
-    } = Cli::parse();
+    match Cli::parse() {
+        Cli::Smoke {
+            bin,
+            sockets,
+            messages,
+        } => smoke(bin, sockets, messages).await,
+        Cli::Queue {
+            sockets,
+            rate,
+            seconds,
+        } => queue::run(sockets, rate, seconds).await,
+    }
+}
+
+mod queue;
+
+async fn smoke(bin: String, sockets: usize, messages: usize) -> Result<()> {
     let mut child = Command::new(&bin)
         .arg("standalone")
         .env("HERMES_LISTEN", "127.0.0.1:0")

@@ -1,13 +1,64 @@
-//! The SQS source. Placeholder: the aws-sdk-sqs implementation replaces this file.
+//! The SQS source (aws-sdk-sqs).
+//!
+//! - Client: the standard AWS environment (`AWS_REGION`, the credential chain,
+//!   `AWS_ENDPOINT_URL_SQS` / `AWS_ENDPOINT_URL` for a local SQS-compatible server).
+//! - Receiving: long polls (`WaitTimeSeconds` = `HERMES_SQS_WAIT_SECONDS`) of up to 10
+//!   messages, with the `ApproximateReceiveCount` (and `MessageGroupId`) system attributes
+//!   and all message attributes. At most `HERMES_CONSUMER_CONCURRENCY` messages are in
+//!   flight: the next receive asks only for as many as there are free slots, so polling
+//!   goes on while earlier batches are still being routed.
+//! - Each message is routed with its SQS `MessageId` as the fallback de-duplication id
+//!   (stable across redeliveries, so gateways drop a repeat).
+//! - Settling, once every message of a batch has its verdict:
+//!   - delivered → deleted (`DeleteMessageBatch`; entries the server reports as failed are
+//!     logged and left: they come back after the visibility timeout);
+//!   - transient failure → not deleted: `ChangeMessageVisibility` to the backoff delay of
+//!     the attempt (`ApproximateReceiveCount`), so it comes back later; at
+//!     `HERMES_MAX_ATTEMPTS` a copy goes to the dead-letter queue with
+//!     `hermes-dead-reason` = `attempts_exhausted: <reason>` and `hermes-attempts`, then the
+//!     original is deleted;
+//!   - invalid → copied to the dead-letter queue with its reason at once, then deleted;
+//!   - without `HERMES_SQS_DEAD_LETTER_QUEUE_URL`, invalid and exhausted messages are never
+//!     deleted: they are logged and left to the queue's own redrive policy.
+//! - Visibility: messages are received with `HERMES_SQS_VISIBILITY_TIMEOUT_SECONDS`; while a
+//!   batch is still being routed or settled, its visibility is extended every half timeout.
+//! - Failures of the SQS API itself are retried with exponential backoff (at most 30 s);
+//!   `ready` is false while receiving fails.
+//! - Shutdown: receiving stops (a pending long poll is abandoned: whatever it had taken
+//!   comes back after the visibility timeout), in-flight messages are finished and settled.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use aws_config::BehaviorVersion;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+};
+use futures_util::future::join_all;
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::processor::Processor;
+use crate::processor::{Processor, Verdict, reason};
 use crate::{Error, Result};
+
+/// The metric label of this source.
+const SOURCE: &str = "sqs";
+/// Message attribute carrying the dead-letter reason.
+pub const REASON_ATTRIBUTE: &str = "hermes-dead-reason";
+/// Message attribute carrying the number of receives so far.
+pub const ATTEMPTS_ATTRIBUTE: &str = "hermes-attempts";
+/// SQS's limits.
+const MAX_BATCH: usize = 10;
+const MAX_MESSAGE_ATTRIBUTES: usize = 10;
+const MAX_VISIBILITY_SECS: u64 = 43_200;
+/// Longest dead-letter reason kept in the attribute.
+const MAX_REASON_CHARS: usize = 1000;
 
 /// Settings of the SQS source.
 #[derive(Debug, Clone)]
@@ -21,27 +72,758 @@ pub struct SqsSettings {
     pub concurrency: usize,
 }
 
+impl SqsSettings {
+    /// The backoff before the next delivery after failed attempt number `attempt` (1-based);
+    /// the last delay repeats.
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        let index = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.retry_delays
+            .get(index)
+            .or_else(|| self.retry_delays.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
+    }
+}
+
 /// Pulls messages from SQS.
 pub struct SqsSource {
-    settings: SqsSettings,
+    client: Client,
+    settings: Arc<SqsSettings>,
+}
+
+fn broker(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Broker(format!("{context}: {e}"))
+}
+
+/// An SDK error in one line: the service's code and message when SQS answered, else the
+/// error chain (connection, timeout, credentials). Credentials are never part of either.
+fn sdk_error<E>(e: &SdkError<E>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match e {
+        SdkError::ServiceError(service) => {
+            let err = service.err();
+            format!(
+                "{}: {}",
+                err.code().unwrap_or("unknown error"),
+                err.message().unwrap_or("(no message)")
+            )
+        }
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
+/// Whole seconds for an SQS visibility timeout: rounded up, within SQS's 0–12 h.
+fn visibility_secs(d: Duration) -> i32 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i32::try_from(secs.min(MAX_VISIBILITY_SECS)).unwrap_or(i32::MAX)
 }
 
 impl SqsSource {
     /// Builds the client from the standard `AWS_*` environment.
     pub async fn new(settings: SqsSettings) -> Result<Self> {
-        Ok(Self { settings })
+        if settings.queue_url.trim().is_empty() {
+            return Err(Error::Broker("the SQS queue URL is empty".into()));
+        }
+        if settings.retry_delays.is_empty() {
+            return Err(Error::Broker("no retry delays configured".into()));
+        }
+        let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        if config.region().is_none() {
+            return Err(Error::Broker(
+                "no AWS region: set AWS_REGION (or a region in the AWS profile)".into(),
+            ));
+        }
+        Ok(Self {
+            client: Client::new(&config),
+            settings: Arc::new(settings),
+        })
     }
 
     /// Runs until `shutdown`; `ready` is true while messages are being received.
     pub async fn run(
         self,
-        _processor: Arc<Processor>,
-        _ready: Arc<AtomicBool>,
-        _shutdown: CancellationToken,
+        processor: Arc<Processor>,
+        ready: Arc<AtomicBool>,
+        shutdown: CancellationToken,
     ) -> Result<()> {
-        Err(Error::Broker(format!(
-            "the SQS source is not available yet ({})",
-            self.settings.queue_url
-        )))
+        let worker = Arc::new(Worker {
+            client: self.client,
+            settings: self.settings,
+            processor,
+        });
+        let s = &worker.settings;
+        if worker.inspect_queue().await {
+            ready.store(true, Ordering::Release);
+        }
+        tracing::info!(
+            queue_url = %s.queue_url,
+            dead_letter_queue_url = s.dead_letter_queue_url.as_deref().unwrap_or("(none)"),
+            wait_s = s.wait.as_secs(),
+            visibility_s = s.visibility.as_secs(),
+            concurrency = s.concurrency,
+            "consuming from SQS"
+        );
+
+        let slots = Arc::new(Semaphore::new(s.concurrency.max(1)));
+        let mut batches = JoinSet::new();
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            // Reap finished batches (their panics are logged, never fatal).
+            while let Some(done) = batches.try_join_next() {
+                log_join(done);
+            }
+            // Wait for a free slot, then ask for as many messages as there are free slots.
+            let first = tokio::select! {
+                () = shutdown.cancelled() => break,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let mut permits = first;
+            while permits.num_permits() < MAX_BATCH {
+                match slots.clone().try_acquire_owned() {
+                    Ok(more) => permits.merge(more),
+                    Err(_) => break,
+                }
+            }
+            let wanted = permits.num_permits();
+            let received = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = worker.receive(wanted) => r,
+            };
+            match received {
+                Ok(messages) => {
+                    ready.store(true, Ordering::Release);
+                    backoff = Duration::from_millis(250);
+                    if messages.is_empty() {
+                        continue;
+                    }
+                    // Give back the slots this batch does not use.
+                    if messages.len() < wanted {
+                        drop(permits.split(wanted - messages.len()));
+                    }
+                    let worker = worker.clone();
+                    batches.spawn(async move {
+                        worker.handle_batch(messages).await;
+                        drop(permits);
+                    });
+                }
+                Err(error) => {
+                    ready.store(false, Ordering::Release);
+                    drop(permits);
+                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "receiving from SQS failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(jitter(backoff)) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        ready.store(false, Ordering::Release);
+        if !batches.is_empty() {
+            tracing::info!(
+                batches = batches.len(),
+                "stopped receiving; finishing in-flight messages"
+            );
+        }
+        while let Some(done) = batches.join_next().await {
+            log_join(done);
+        }
+        tracing::info!("SQS source stopped");
+        Ok(())
+    }
+}
+
+fn log_join(done: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(error) = done {
+        tracing::error!(%error, "an SQS batch task failed; its messages come back after the visibility timeout");
+    }
+}
+
+/// A random delay between half and all of `d`.
+fn jitter(d: Duration) -> Duration {
+    let half = d / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+struct Worker {
+    client: Client,
+    settings: Arc<SqsSettings>,
+    processor: Arc<Processor>,
+}
+
+/// A received message, reduced to what settling it needs.
+struct Received {
+    /// Id of the entry in batch requests (unique within the batch).
+    entry_id: String,
+    receipt: String,
+    message_id: String,
+    body: String,
+    /// `ApproximateReceiveCount`: this delivery's attempt number (1 on the first).
+    attempt: u32,
+    group_id: Option<String>,
+    attributes: HashMap<String, MessageAttributeValue>,
+}
+
+impl Received {
+    fn from_message(index: usize, m: Message) -> Option<Self> {
+        let Some(receipt) = m.receipt_handle else {
+            tracing::error!(
+                message_id = m.message_id.as_deref().unwrap_or("?"),
+                "SQS returned a message without a receipt handle; it cannot be settled"
+            );
+            return None;
+        };
+        let system = m.attributes.unwrap_or_default();
+        let attempt = system
+            .get(&MessageSystemAttributeName::ApproximateReceiveCount)
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(1)
+            .max(1);
+        Some(Self {
+            entry_id: format!("m{index}"),
+            receipt,
+            message_id: m.message_id.unwrap_or_default(),
+            body: m.body.unwrap_or_default(),
+            attempt,
+            group_id: system
+                .get(&MessageSystemAttributeName::MessageGroupId)
+                .cloned(),
+            attributes: m.message_attributes.unwrap_or_default(),
+        })
+    }
+}
+
+/// What settling one message decided.
+enum Settled {
+    /// Delete it; count `outcome` once deleted.
+    Delete { outcome: &'static str },
+    /// Already left on the queue (retry later, or to the redrive policy).
+    Left,
+}
+
+impl Worker {
+    /// Reads the queue's attributes once at start: proves the queue is reachable and warns
+    /// about a missing dead-letter path. Returns whether the call succeeded.
+    async fn inspect_queue(&self) -> bool {
+        let s = &self.settings;
+        let answer = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&s.queue_url)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .attribute_names(QueueAttributeName::VisibilityTimeout)
+            .send()
+            .await;
+        let attributes = match answer {
+            Ok(out) => out.attributes.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %sdk_error(&e), queue_url = %s.queue_url, "cannot read the SQS queue's attributes");
+                return false;
+            }
+        };
+        let redrive = attributes.get(&QueueAttributeName::RedrivePolicy);
+        let max_receive = redrive
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+            .and_then(|p| match &p["maxReceiveCount"] {
+                serde_json::Value::Number(n) => n.as_u64(),
+                serde_json::Value::String(v) => v.parse().ok(),
+                _ => None,
+            });
+        match (&s.dead_letter_queue_url, max_receive) {
+            (None, None) => tracing::warn!(
+                "no dead-letter queue configured and the queue has no redrive policy: invalid \
+                 messages and exhausted retries stay on the queue and are received again and again"
+            ),
+            (None, Some(n)) => tracing::info!(
+                max_receive_count = n,
+                "no dead-letter queue configured: the queue's redrive policy dead-letters \
+                 (without a reason attribute)"
+            ),
+            (Some(_), Some(n)) if n <= u64::from(s.max_attempts) => tracing::warn!(
+                max_receive_count = n,
+                max_attempts = s.max_attempts,
+                "the queue's redrive policy moves messages before the consumer's last attempt: \
+                 set maxReceiveCount above HERMES_MAX_ATTEMPTS"
+            ),
+            _ => {}
+        }
+        true
+    }
+
+    /// One long poll for up to `max` messages.
+    async fn receive(&self, max: usize) -> Result<Vec<Message>> {
+        let s = &self.settings;
+        let max = i32::try_from(max.clamp(1, MAX_BATCH)).unwrap_or(1);
+        let call = self
+            .client
+            .receive_message()
+            .queue_url(&s.queue_url)
+            .max_number_of_messages(max)
+            .wait_time_seconds(i32::try_from(s.wait.as_secs().min(20)).unwrap_or(20))
+            .visibility_timeout(visibility_secs(s.visibility))
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .message_attribute_names("All")
+            .send();
+        // The SDK has no overall timeout by default: bound the long poll.
+        let limit = s.wait + Duration::from_secs(30);
+        match tokio::time::timeout(limit, call).await {
+            Ok(Ok(out)) => Ok(out.messages.unwrap_or_default()),
+            Ok(Err(e)) => Err(broker(
+                &format!("ReceiveMessage on {}", s.queue_url),
+                sdk_error(&e),
+            )),
+            Err(_) => Err(Error::Broker(format!(
+                "ReceiveMessage on {} took more than {} s",
+                s.queue_url,
+                limit.as_secs()
+            ))),
+        }
+    }
+
+    /// Routes a received batch, keeping it invisible meanwhile, then settles every message.
+    async fn handle_batch(&self, messages: Vec<Message>) {
+        let received: Vec<Received> = messages
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, m)| Received::from_message(i, m))
+            .collect();
+        // Messages whose visibility the extender keeps pushing back: entry id → receipt.
+        let pending: Mutex<HashMap<String, String>> = Mutex::new(
+            received
+                .iter()
+                .map(|m| (m.entry_id.clone(), m.receipt.clone()))
+                .collect(),
+        );
+        let work = async {
+            let verdicts = join_all(received.iter().map(|m| async move {
+                // An empty fallback id would make such messages duplicates of each other.
+                let id = Some(m.message_id.as_str()).filter(|id| !id.is_empty());
+                let (verdict, _) = self.processor.process(m.body.as_bytes(), id).await;
+                verdict
+            }))
+            .await;
+            let decisions = join_all(
+                received
+                    .iter()
+                    .zip(verdicts)
+                    .map(|(m, v)| self.settle(m, v, &pending)),
+            )
+            .await;
+            let to_delete: Vec<(&Received, &'static str)> = received
+                .iter()
+                .zip(decisions)
+                .filter_map(|(m, d)| match d {
+                    Settled::Delete { outcome } => Some((m, outcome)),
+                    Settled::Left => None,
+                })
+                .collect();
+            self.delete(&to_delete).await;
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            () = &mut work => {}
+            () = self.extend_visibility(&pending) => work.await,
+        }
+    }
+
+    /// Every half visibility timeout, pushes back the visibility of the pending messages.
+    /// Never returns on its own.
+    async fn extend_visibility(&self, pending: &Mutex<HashMap<String, String>>) {
+        let visibility = self.settings.visibility;
+        let half = (visibility / 2).max(Duration::from_millis(500));
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            // Held during the request, so a message released meanwhile (given its retry
+            // delay) is not pushed back again after that.
+            let pending = pending.lock().await;
+            if pending.is_empty() {
+                continue;
+            }
+            let entries: Vec<ChangeMessageVisibilityBatchRequestEntry> = pending
+                .iter()
+                .filter_map(|(id, receipt)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(id)
+                        .receipt_handle(receipt)
+                        .visibility_timeout(visibility_secs(visibility))
+                        .build()
+                        .ok()
+                })
+                .collect();
+            let answer = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.settings.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await;
+            match answer {
+                Ok(out) => {
+                    for failed in out.failed() {
+                        tracing::warn!(
+                            code = failed.code(),
+                            message = failed.message().unwrap_or(""),
+                            "cannot extend the visibility of a slow message"
+                        );
+                    }
+                    tracing::debug!(
+                        messages = out.successful().len(),
+                        "extended the visibility of slow messages"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %sdk_error(&e), "cannot extend the visibility of slow messages")
+                }
+            }
+        }
+    }
+
+    /// Decides and performs what a verdict asks, except the deletion (batched by the caller).
+    async fn settle(
+        &self,
+        m: &Received,
+        verdict: Verdict,
+        pending: &Mutex<HashMap<String, String>>,
+    ) -> Settled {
+        let s = &self.settings;
+        let p = &self.processor;
+        match verdict {
+            Verdict::Delivered(_) => Settled::Delete {
+                outcome: "delivered",
+            },
+            Verdict::Poison { reason: why } => {
+                if s.dead_letter_queue_url.is_none() {
+                    tracing::error!(
+                        message_id = %m.message_id,
+                        reason = %why,
+                        "invalid message and no dead-letter queue configured \
+                         (HERMES_SQS_DEAD_LETTER_QUEUE_URL): leaving it to the queue's redrive policy"
+                    );
+                    p.count(SOURCE, "left_to_redrive");
+                    self.release(m, s.retry_delay(m.attempt), pending).await;
+                    return Settled::Left;
+                }
+                tracing::warn!(message_id = %m.message_id, reason = %why, "dead-lettering an invalid message");
+                self.move_to_dead_letter(m, &why, reason::INVALID, pending)
+                    .await
+            }
+            Verdict::Retry { reason: why } => {
+                let delay = s.retry_delay(m.attempt);
+                if m.attempt < s.max_attempts {
+                    tracing::info!(
+                        message_id = %m.message_id,
+                        reason = %why,
+                        attempt = m.attempt,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "retrying a message later"
+                    );
+                    p.count(SOURCE, "retried");
+                    self.release(m, delay, pending).await;
+                    return Settled::Left;
+                }
+                if s.dead_letter_queue_url.is_none() {
+                    tracing::error!(
+                        message_id = %m.message_id,
+                        reason = %why,
+                        attempt = m.attempt,
+                        "a message failed its last attempt and no dead-letter queue is configured \
+                         (HERMES_SQS_DEAD_LETTER_QUEUE_URL): leaving it to the queue's redrive policy"
+                    );
+                    p.count(SOURCE, "left_to_redrive");
+                    self.release(m, delay, pending).await;
+                    return Settled::Left;
+                }
+                tracing::warn!(
+                    message_id = %m.message_id,
+                    reason = %why,
+                    attempt = m.attempt,
+                    "dead-lettering a message after its last attempt"
+                );
+                let why = format!("{}: {why}", reason::EXHAUSTED);
+                self.move_to_dead_letter(m, &why, reason::EXHAUSTED, pending)
+                    .await
+            }
+        }
+    }
+
+    /// Sends a copy to the dead-letter queue; the original is deleted only if that worked.
+    async fn move_to_dead_letter(
+        &self,
+        m: &Received,
+        why: &str,
+        label: &str,
+        pending: &Mutex<HashMap<String, String>>,
+    ) -> Settled {
+        match self.send_dead_letter(m, why).await {
+            Ok(()) => {
+                self.processor.count_dead_letter(label);
+                Settled::Delete {
+                    outcome: "dead_lettered",
+                }
+            }
+            Err(error) => {
+                tracing::warn!(
+                    message_id = %m.message_id,
+                    %error,
+                    "cannot send a message to the dead-letter queue; it comes back later"
+                );
+                self.processor.count(SOURCE, "dead_letter_failed");
+                self.release(m, self.settings.retry_delay(m.attempt), pending)
+                    .await;
+                Settled::Left
+            }
+        }
+    }
+
+    async fn send_dead_letter(&self, m: &Received, why: &str) -> Result<()> {
+        let Some(dlq) = self.settings.dead_letter_queue_url.as_deref() else {
+            return Err(Error::Broker("no dead-letter queue configured".into()));
+        };
+        let attributes = dead_letter_attributes(&m.attributes, why, m.attempt)?;
+        let mut request = self
+            .client
+            .send_message()
+            .queue_url(dlq)
+            .message_body(&m.body)
+            .set_message_attributes(Some(attributes));
+        if dlq.ends_with(".fifo") {
+            request = request
+                .message_group_id(m.group_id.as_deref().unwrap_or("hermes-dead-letter"))
+                .message_deduplication_id(&m.message_id);
+        }
+        request
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| broker(&format!("SendMessage to {dlq}"), sdk_error(&e)))
+    }
+
+    /// Stops extending a message's visibility and makes it visible again after `delay`.
+    async fn release(
+        &self,
+        m: &Received,
+        delay: Duration,
+        pending: &Mutex<HashMap<String, String>>,
+    ) {
+        pending.lock().await.remove(&m.entry_id);
+        let answer = self
+            .client
+            .change_message_visibility()
+            .queue_url(&self.settings.queue_url)
+            .receipt_handle(&m.receipt)
+            .visibility_timeout(visibility_secs(delay))
+            .send()
+            .await;
+        if let Err(e) = answer {
+            tracing::warn!(
+                message_id = %m.message_id,
+                error = %sdk_error(&e),
+                "cannot set the retry delay; the message comes back after its visibility timeout"
+            );
+        }
+    }
+
+    /// Deletes settled messages in one `DeleteMessageBatch`, counting each one's outcome.
+    async fn delete(&self, settled: &[(&Received, &'static str)]) {
+        if settled.is_empty() {
+            return;
+        }
+        let p = &self.processor;
+        let entries: Vec<DeleteMessageBatchRequestEntry> = settled
+            .iter()
+            .filter_map(|(m, _)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(&m.entry_id)
+                    .receipt_handle(&m.receipt)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        let answer = self
+            .client
+            .delete_message_batch()
+            .queue_url(&self.settings.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        let out = match answer {
+            Ok(out) => out,
+            Err(e) => {
+                tracing::warn!(
+                    error = %sdk_error(&e),
+                    messages = settled.len(),
+                    "DeleteMessageBatch failed; the messages come back after the visibility timeout"
+                );
+                for _ in settled {
+                    p.count(SOURCE, "delete_failed");
+                }
+                return;
+            }
+        };
+        for (m, outcome) in settled {
+            match out.failed().iter().find(|f| f.id() == m.entry_id) {
+                Some(failed) => {
+                    tracing::warn!(
+                        message_id = %m.message_id,
+                        code = failed.code(),
+                        message = failed.message().unwrap_or(""),
+                        "cannot delete a settled message; it comes back after the visibility timeout"
+                    );
+                    p.count(SOURCE, "delete_failed");
+                }
+                None => p.count(SOURCE, outcome),
+            }
+        }
+    }
+}
+
+/// The dead-letter copy's message attributes: the reason and the attempts, then as many of
+/// the original's as SQS's limit of 10 allows (ours replace any of the same name).
+fn dead_letter_attributes(
+    original: &HashMap<String, MessageAttributeValue>,
+    why: &str,
+    attempt: u32,
+) -> Result<HashMap<String, MessageAttributeValue>> {
+    let why: String = why.chars().take(MAX_REASON_CHARS).collect();
+    let why = if why.is_empty() {
+        "unknown".to_owned()
+    } else {
+        why
+    };
+    let mut attributes = HashMap::new();
+    attributes.insert(
+        REASON_ATTRIBUTE.to_owned(),
+        MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(why)
+            .build()
+            .map_err(|e| broker("dead-letter reason attribute", e))?,
+    );
+    attributes.insert(
+        ATTEMPTS_ATTRIBUTE.to_owned(),
+        MessageAttributeValue::builder()
+            .data_type("Number")
+            .string_value(attempt.to_string())
+            .build()
+            .map_err(|e| broker("dead-letter attempts attribute", e))?,
+    );
+    let mut names: Vec<&String> = original
+        .keys()
+        .filter(|k| !attributes.contains_key(k.as_str()))
+        .collect();
+    names.sort();
+    let mut dropped = 0usize;
+    for name in names {
+        if attributes.len() >= MAX_MESSAGE_ATTRIBUTES {
+            dropped += 1;
+            continue;
+        }
+        if let Some(value) = original.get(name) {
+            attributes.insert(name.clone(), value.clone());
+        }
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "the dead-letter copy keeps only 10 message attributes (an SQS limit)"
+        );
+    }
+    Ok(attributes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(delays: &[u64]) -> SqsSettings {
+        SqsSettings {
+            queue_url: "http://127.0.0.1:9324/123456789012/q".into(),
+            dead_letter_queue_url: None,
+            wait: Duration::from_secs(1),
+            visibility: Duration::from_secs(30),
+            max_attempts: 5,
+            retry_delays: delays.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+            concurrency: 4,
+        }
+    }
+
+    #[test]
+    fn the_retry_delay_follows_the_attempt_and_the_last_one_repeats() {
+        let s = settings(&[1000, 5000, 30000]);
+        assert_eq!(s.retry_delay(0), Duration::from_secs(1));
+        assert_eq!(s.retry_delay(1), Duration::from_secs(1));
+        assert_eq!(s.retry_delay(2), Duration::from_secs(5));
+        assert_eq!(s.retry_delay(3), Duration::from_secs(30));
+        assert_eq!(s.retry_delay(9), Duration::from_secs(30));
+        assert_eq!(s.retry_delay(u32::MAX), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn visibility_is_rounded_up_to_whole_seconds_within_sqs_limits() {
+        assert_eq!(visibility_secs(Duration::ZERO), 0);
+        assert_eq!(visibility_secs(Duration::from_millis(1)), 1);
+        assert_eq!(visibility_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(visibility_secs(Duration::from_secs(30)), 30);
+        assert_eq!(visibility_secs(Duration::from_secs(100_000)), 43_200);
+    }
+
+    fn text(v: &str) -> MessageAttributeValue {
+        MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(v)
+            .build()
+            .expect("attribute")
+    }
+
+    #[test]
+    fn dead_letter_copies_carry_the_reason_and_keep_within_ten_attributes() {
+        let mut original = HashMap::new();
+        for i in 0..12 {
+            original.insert(format!("a{i:02}"), text("x"));
+        }
+        original.insert(REASON_ATTRIBUTE.to_owned(), text("old"));
+        let long = "r".repeat(5000);
+        let a = dead_letter_attributes(&original, &long, 3).expect("attributes");
+        assert_eq!(a.len(), MAX_MESSAGE_ATTRIBUTES);
+        assert_eq!(
+            a[REASON_ATTRIBUTE].string_value().map(str::len),
+            Some(MAX_REASON_CHARS)
+        );
+        assert_eq!(a[ATTEMPTS_ATTRIBUTE].data_type(), "Number");
+        assert_eq!(a[ATTEMPTS_ATTRIBUTE].string_value(), Some("3"));
+        assert!(a.contains_key("a00") && a.contains_key("a07") && !a.contains_key("a08"));
+    }
+
+    #[test]
+    fn the_receive_count_is_the_attempt() {
+        let m = Message::builder()
+            .message_id("id-1")
+            .receipt_handle("rh")
+            .body("{}")
+            .attributes(MessageSystemAttributeName::ApproximateReceiveCount, "4")
+            .build();
+        let r = Received::from_message(2, m).expect("settleable");
+        assert_eq!((r.attempt, r.entry_id.as_str()), (4, "m2"));
+        let m = Message::builder().message_id("id-2").body("{}").build();
+        assert!(Received::from_message(0, m).is_none());
+        let m = Message::builder().receipt_handle("rh").build();
+        assert_eq!(Received::from_message(0, m).map(|r| r.attempt), Some(1));
     }
 }

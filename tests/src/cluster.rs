@@ -192,7 +192,6 @@ pub async fn exactly_once_across(
         assert_eq!(v["data"]["id"], "end", "no duplicate after the stream: {v}");
     }
     println!("{n} sockets received all {count} messages exactly once across `{restart} restart`");
-    let _ = DEADLINE;
     all_latencies
 }
 
