@@ -9,8 +9,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
-    AmqpPublisher, Consumer, DEADLINE, Gateway, Ws, amqp_url, env_refs, eventually, scylla_env,
-    unique,
+    AmqpPublisher, Consumer, Gateway, Ws, amqp_url, env_refs, eventually, scylla_env, unique,
 };
 
 /// Three gateways, one consumer, one queue, one keyspace.
