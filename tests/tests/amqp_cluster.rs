@@ -187,3 +187,61 @@ fn scylla_config(keyspace: &str) -> hermes_shared::config::ScyllaConfig {
         _ => unreachable!("scylla_env selects scylla"),
     }
 }
+
+#[tokio::test]
+async fn the_admin_api_works_across_replicas_on_the_shared_registry() {
+    let c = Cluster::start(&[]).await;
+    let (a, b, third) = (&c.gateways[0], &c.gateways[1], &c.gateways[2]);
+    // A token issued by one replica is accepted by another (bcrypt row + verifier in CQL).
+    let token = a.token("roamer", "r").await;
+    let (mut on_b, id) = b.connect_modern(&token).await;
+
+    // Publish through a third replica's admin API.
+    let (status, outcome) = third
+        .publish(json!({"user_id": "ops", "room_id": "r", "data": {"type": "x"}}))
+        .await;
+    assert_eq!((status, outcome["gateways"].as_u64()), (202, Some(1)));
+    assert_eq!(recv_json(&mut on_b).await["data"]["type"], "x");
+
+    // @connections on A for the socket B holds.
+    let r = a
+        .admin(reqwest::Method::POST, &format!("/@connections/{id}"))
+        .body("hi")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    assert_eq!(recv_text(&mut on_b).await, "hi");
+    let r = a
+        .admin(
+            reqwest::Method::GET,
+            &format!("/production/@connections/{id}"),
+        )
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+
+    // Revocation through the third replica closes the socket on B; every replica refuses it.
+    let r = third
+        .admin(reqwest::Method::DELETE, "/v1/tokens/r/roamer")
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 204);
+    assert_eq!(recv_close(&mut on_b).await, 4003);
+    for gw in &c.gateways {
+        let (status, _, _) = gw
+            .refused(format!("{}?token={token}", gw.ws_url()), &[])
+            .await;
+        assert_eq!(status, 403);
+    }
+    // Gone afterwards (once B has deregistered the socket).
+    eventually(|| async {
+        a.admin(reqwest::Method::GET, &format!("/@connections/{id}"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 410)
+    })
+    .await;
+}
