@@ -25,8 +25,19 @@ pub struct Cluster {
 pub const DELIVERED: &str = "hermes_queue_messages_total{outcome=\"delivered\",source=\"amqp\"}";
 
 impl Cluster {
-    /// Starts the cluster; `extra` is added to every process's environment.
+    /// Starts the cluster with a RabbitMQ consumer; `extra` is added to every process's
+    /// environment.
     pub async fn start(extra: &[(&str, &str)]) -> Self {
+        Self::start_with(extra, None).await
+    }
+
+    /// Starts the cluster with a consumer of `sqs_source` (its environment, see
+    /// [`crate::sqs::consumer_env`]) instead of RabbitMQ.
+    pub async fn start_sqs(extra: &[(&str, &str)], sqs_source: Vec<(String, String)>) -> Self {
+        Self::start_with(extra, Some(sqs_source)).await
+    }
+
+    async fn start_with(extra: &[(&str, &str)], sqs_source: Option<Vec<(String, String)>>) -> Self {
         let keyspace = unique("e2e");
         let queue = unique("hermes-e2e-queue");
         let mut env = scylla_env(&keyspace);
@@ -43,9 +54,14 @@ impl Cluster {
         let mut publisher = AmqpPublisher::new();
         publisher.declare(&queue).await;
         let mut c = env.clone();
-        c.push(("HERMES_SOURCE".into(), "amqp".into()));
-        c.push(("HERMES_AMQP_URL".into(), amqp_url()));
-        c.push(("HERMES_AMQP_QUEUE".into(), queue.clone()));
+        match sqs_source {
+            Some(source) => c.extend(source),
+            None => {
+                c.push(("HERMES_SOURCE".into(), "amqp".into()));
+                c.push(("HERMES_AMQP_URL".into(), amqp_url()));
+                c.push(("HERMES_AMQP_QUEUE".into(), queue.clone()));
+            }
+        }
         if !extra.iter().any(|(k, _)| *k == "HERMES_RETRY_DELAYS_MS") {
             c.push(("HERMES_RETRY_DELAYS_MS".into(), "1000,2000".into()));
         }

@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod consumer;
+pub mod sqs;
 pub use consumer::{AmqpPublisher, Consumer, env_refs, scylla_env};
 
 /// The CQL server's contact point.

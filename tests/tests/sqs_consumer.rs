@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::config::{Credentials, Region};
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
+use hermes_e2e::sqs::{queues, sqs};
 use hermes_e2e::{
     Consumer, DEADLINE, Gateway, INTERNAL_SECRET, Ws, eventually, recv_json, sqs_endpoint, unique,
 };
@@ -20,17 +19,6 @@ use hermes_shared::registry::{GatewayRecord, Registry};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A client of the test SQS server.
-async fn sqs() -> Client {
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "hermes-e2e"))
-        .endpoint_url(sqs_endpoint())
-        .load()
-        .await;
-    Client::new(&config)
-}
-
 /// One test's world: a queue and its DLQ, a gateway, a consumer of the queue.
 struct World {
     sqs: Client,
@@ -38,47 +26,6 @@ struct World {
     dlq_url: String,
     gateway: Gateway,
     consumer: Consumer,
-}
-
-/// Creates `name` (a unique queue name) and `name-dlq`; the queue's redrive policy moves a
-/// message to the DLQ after `max_receive` receives.
-async fn queues(sqs: &Client, name: &str, max_receive: u32) -> (String, String) {
-    let dlq_url = sqs
-        .create_queue()
-        .queue_name(format!("{name}-dlq"))
-        .send()
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "the SQS server at {} is not usable ({}); start it with scripts/services/sqs.sh start",
-                sqs_endpoint(),
-                aws_sdk_sqs::error::DisplayErrorContext(&e)
-            )
-        })
-        .queue_url
-        .expect("the DLQ's URL");
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("GetQueueAttributes")
-        .attributes
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .expect("the DLQ's ARN");
-    let redrive =
-        json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive.to_string()});
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(name)
-        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
-        .send()
-        .await
-        .expect("CreateQueue")
-        .queue_url
-        .expect("the queue's URL");
-    (queue_url, dlq_url)
 }
 
 impl World {
