@@ -16,24 +16,9 @@ const EXIT_CONFIG: u8 = 64;
 )]
 struct Cli {}
 
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HERMES_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("HERMES_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
-}
-
 fn main() -> ExitCode {
     let Cli {} = Cli::parse();
-    init_tracing();
+    hermes_shared::process::init_logging();
     let config = match Env::load().and_then(|env| ConsumerConfig::from_strings(&env)) {
         Ok(c) => c,
         Err(e) => {

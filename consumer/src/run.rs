@@ -90,7 +90,7 @@ pub async fn run(config: ConsumerConfig) -> Result<()> {
     let shutdown = CancellationToken::new();
     let signal_token = shutdown.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        hermes_shared::process::shutdown_signal().await;
         signal_token.cancel();
     });
 
@@ -134,20 +134,4 @@ pub async fn run(config: ConsumerConfig) -> Result<()> {
     server_handle.stop(true).await;
     let _ = server_task.await;
     result
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-            }
-        }
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -43,21 +43,6 @@ enum Command {
     },
 }
 
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HERMES_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("HERMES_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
-}
-
 fn load(mode: Mode) -> Result<GatewayConfig, String> {
     let env = Env::load().map_err(|e| e.to_string())?;
     GatewayConfig::from_strings(&env, mode).map_err(|e| e.to_string())
@@ -65,7 +50,7 @@ fn load(mode: Mode) -> Result<GatewayConfig, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    hermes_shared::process::init_logging();
     let (mode, token_args) = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => (Mode::Serve, None),
         Command::Standalone => (Mode::Standalone, None),

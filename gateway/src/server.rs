@@ -113,7 +113,7 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
     announce(&gw, bound);
 
     let heartbeat = tokio::spawn(heartbeat(gw.clone()));
-    let signal = shutdown_signal();
+    let signal = hermes_shared::process::shutdown_signal();
     tokio::pin!(signal);
     tokio::select! {
         () = &mut signal => {}
@@ -302,20 +302,4 @@ async fn drain(gw: &Gateway) {
         }
     }
     gw.hub.wait_empty().await;
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM");
-            std::future::pending::<()>().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod gateway_client;
 pub mod ids;
 pub mod metrics;
+pub mod process;
 pub mod registry;
 pub mod router;
 pub mod wire;

@@ -1,7 +1,6 @@
 //! The consumer process, the ScyllaDB settings of a test cluster, and a RabbitMQ
 //! publisher for the tests.
 
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,10 +10,9 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::{DEADLINE, INTERNAL_SECRET, binary};
+use crate::{INTERNAL_SECRET, binary, spawn_announced};
 
 /// A running `hermes-consumer` process.
 pub struct Consumer {
@@ -33,45 +31,15 @@ impl Consumer {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HERMES_INTERNAL_SECRET", INTERNAL_SECRET)
             .env("HERMES_CONSUMER_LISTEN", "127.0.0.1:0")
-            .env("HERMES_LOG", "info,hermes_consumer=debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .env("HERMES_LOG", "info,hermes_consumer=debug");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("the consumer binary starts");
-        let logs = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let sink = logs.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut s = sink.lock().expect("log buffer");
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let http = tokio::time::timeout(DEADLINE, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.strip_prefix("hermes-consumer listening http=") {
-                    return Some(rest.trim().to_owned());
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| {
-            panic!(
-                "the consumer did not start; logs:\n{}",
-                logs.lock().expect("logs")
-            )
-        });
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (child, banner, logs) = spawn_announced(cmd, "hermes-consumer listening http=").await;
+        let http = banner
+            .trim_start_matches("hermes-consumer listening http=")
+            .trim()
+            .to_owned();
         let consumer = Self { child, http, logs };
         let url = format!("{}/readyz", consumer.http);
         let client = reqwest::Client::new();

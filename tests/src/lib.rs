@@ -156,45 +156,11 @@ impl Gateway {
             .env("HERMES_JWT_SECRET", JWT_SECRET)
             .env("HERMES_BCRYPT_COST", "4")
             .env("HERMES_LOG", "debug")
-            .env("HERMES_WORKERS", "2")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .env("HERMES_WORKERS", "2");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("the gateway binary starts");
-        let logs = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let sink = logs.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut s = sink.lock().expect("log buffer");
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let banner = tokio::time::timeout(DEADLINE, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.starts_with("hermes-gateway listening ") {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| {
-            panic!(
-                "the gateway did not announce its listeners; logs:\n{}",
-                logs.lock().expect("logs")
-            )
-        });
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (child, banner, logs) = spawn_announced(cmd, "hermes-gateway listening ").await;
         let field = |name: &str| {
             banner
                 .split_whitespace()
@@ -379,6 +345,45 @@ pub async fn metric_value(url: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Spawns `cmd` (stdout and stderr piped), collects its stderr (the logs) and waits for
+/// the stdout line starting with `prefix` in which it announces where it listens.
+pub async fn spawn_announced(
+    mut cmd: Command,
+    prefix: &str,
+) -> (Child, String, Arc<Mutex<String>>) {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("the binary starts");
+    let logs = Arc::new(Mutex::new(String::new()));
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let sink = logs.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut s = sink.lock().expect("log buffer");
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let banner = tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with(prefix) {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| panic!("no `{prefix}` line; logs:\n{}", logs.lock().expect("logs")));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, banner, logs)
+}
+
 /// Polls `check` until it holds or the deadline passes (then panics).
 pub async fn eventually<F, Fut>(mut check: F)
 where
@@ -402,18 +407,7 @@ where
 
 /// The next text frame as JSON (control frames are skipped).
 pub async fn recv_json(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .expect("a frame before the deadline")
-            .expect("the socket is open")
-            .expect("no protocol error");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(&t).expect("text frames are JSON"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
+    serde_json::from_str(&recv_text(ws).await).expect("text frames are JSON")
 }
 
 /// The next text frame's raw text.
