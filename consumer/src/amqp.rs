@@ -266,7 +266,7 @@ async fn handle(
             .map(|m| m.as_str().to_owned())
     });
     let (verdict, id) = processor
-        .process(&delivery.data, fallback_id.as_deref())
+        .process(&delivery.data, fallback_id.as_deref(), None)
         .await;
 
     let settled = match &verdict {

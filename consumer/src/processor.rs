@@ -50,12 +50,15 @@ impl Processor {
     }
 
     /// Routes one message. `fallback_id` (the broker's message id) is used as the
-    /// de-duplication id when the body carries none, so a redelivery is not pushed twice.
+    /// de-duplication id when the body carries none, so a redelivery is not pushed twice;
+    /// `sent_at` (the broker's send time, ms since the epoch) stands in for a missing
+    /// `published_at`, the start of the end-to-end latency the gateways measure.
     /// Returns the verdict and the id the message was routed under.
     pub async fn process(
         &self,
         body: &[u8],
         fallback_id: Option<&str>,
+        sent_at: Option<u64>,
     ) -> (Verdict, Option<String>) {
         let mut message = match PublishMessage::parse(body) {
             Ok(m) => m,
@@ -70,6 +73,9 @@ impl Processor {
         };
         if message.id.is_none() {
             message.id = fallback_id.map(str::to_owned);
+        }
+        if message.published_at.is_none() {
+            message.published_at = sent_at;
         }
         if message.id.is_none() {
             message.id = Some(hermes_shared::ids::new_message_id());
@@ -129,9 +135,9 @@ mod tests {
     #[tokio::test]
     async fn invalid_messages_are_poison_with_a_reason() {
         let p = processor(Arc::new(MemoryRegistry::new()));
-        let (v, _) = p.process(b"{\"user_id\":\"u\"}", None).await;
+        let (v, _) = p.process(b"{\"user_id\":\"u\"}", None, None).await;
         assert!(matches!(v, Verdict::Poison { reason } if reason.contains("room_id")));
-        let (v, _) = p.process(b"\xff\xfe", None).await;
+        let (v, _) = p.process(b"\xff\xfe", None, None).await;
         assert!(matches!(v, Verdict::Poison { .. }));
     }
 
@@ -139,7 +145,11 @@ mod tests {
     async fn a_room_nobody_holds_is_delivered_to_nobody() {
         let p = processor(Arc::new(MemoryRegistry::new()));
         let (v, id) = p
-            .process(br#"{"user_id":"u","room_id":"r","data":1}"#, Some("mid-1"))
+            .process(
+                br#"{"user_id":"u","room_id":"r","data":1}"#,
+                Some("mid-1"),
+                None,
+            )
             .await;
         assert!(matches!(v, Verdict::Delivered(o) if o.gateways == 0));
         assert_eq!(id.as_deref(), Some("mid-1"));
@@ -165,8 +175,66 @@ mod tests {
             .expect("add");
         let p = processor(registry);
         let (v, _) = p
-            .process(br#"{"user_id":"u","room_id":"r","data":1,"id":"m"}"#, None)
+            .process(
+                br#"{"user_id":"u","room_id":"r","data":1,"id":"m"}"#,
+                None,
+                None,
+            )
             .await;
         assert!(matches!(v, Verdict::Retry { .. }), "{v:?}");
+    }
+
+    struct Recorder(parking_lot::Mutex<Vec<hermes_shared::wire::DeliverRequest>>);
+
+    impl hermes_shared::router::LocalDelivery for Recorder {
+        fn deliver(
+            &self,
+            request: &hermes_shared::wire::DeliverRequest,
+        ) -> hermes_shared::wire::DeliverResponse {
+            self.0.lock().push(request.clone());
+            hermes_shared::wire::DeliverResponse::default()
+        }
+        fn connection_info(&self, _: &str) -> Option<hermes_shared::wire::ConnectionInfo> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_published_at_is_taken_from_the_broker_send_time() {
+        let registry = Arc::new(MemoryRegistry::new());
+        registry
+            .add_room_gateway("r", "here", Duration::from_secs(60))
+            .await
+            .expect("add");
+        let metrics = Arc::new(Metrics::new());
+        let client = GatewayClient::new(
+            "secret-secret-secret",
+            Duration::from_millis(300),
+            metrics.clone(),
+        )
+        .expect("client");
+        let recorder = Arc::new(Recorder(parking_lot::Mutex::new(Vec::new())));
+        let local = hermes_shared::router::LocalGateway {
+            gateway_id: "here".into(),
+            delivery: recorder.clone(),
+        };
+        let p = Processor::new(
+            Router::new(registry, client, Some(local), metrics.clone()),
+            metrics,
+        );
+        p.process(
+            br#"{"user_id":"u","room_id":"r","data":1}"#,
+            None,
+            Some(1234),
+        )
+        .await;
+        p.process(
+            br#"{"user_id":"u","room_id":"r","data":1,"published_at":99}"#,
+            None,
+            Some(1234),
+        )
+        .await;
+        let seen: Vec<Option<u64>> = recorder.0.lock().iter().map(|r| r.published_at).collect();
+        assert_eq!(seen, vec![Some(1234), Some(99)]);
     }
 }

@@ -275,6 +275,8 @@ struct Received {
     /// `ApproximateReceiveCount`: this delivery's attempt number (1 on the first).
     attempt: u32,
     group_id: Option<String>,
+    /// `SentTimestamp`: when the producer sent it, ms since the epoch.
+    sent_at: Option<u64>,
     attributes: HashMap<String, MessageAttributeValue>,
 }
 
@@ -293,12 +295,16 @@ impl Received {
             .and_then(|v| v.trim().parse::<u32>().ok())
             .unwrap_or(1)
             .max(1);
+        let sent_at = system
+            .get(&MessageSystemAttributeName::SentTimestamp)
+            .and_then(|v| v.trim().parse::<u64>().ok());
         Some(Self {
             entry_id: format!("m{index}"),
             receipt,
             message_id: m.message_id.unwrap_or_default(),
             body: m.body.unwrap_or_default(),
             attempt,
+            sent_at,
             group_id: system
                 .get(&MessageSystemAttributeName::MessageGroupId)
                 .cloned(),
@@ -377,6 +383,7 @@ impl Worker {
             .visibility_timeout(visibility_secs(s.visibility))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_attribute_names("All")
             .send();
         // The SDK has no overall timeout by default: bound the long poll.
@@ -413,7 +420,10 @@ impl Worker {
             let verdicts = join_all(received.iter().map(|m| async move {
                 // An empty fallback id would make such messages duplicates of each other.
                 let id = Some(m.message_id.as_str()).filter(|id| !id.is_empty());
-                let (verdict, _) = self.processor.process(m.body.as_bytes(), id).await;
+                let (verdict, _) = self
+                    .processor
+                    .process(m.body.as_bytes(), id, m.sent_at)
+                    .await;
                 verdict
             }))
             .await;
