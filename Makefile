@@ -1,7 +1,7 @@
 # One recipe per workflow. `make help` lists them.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/hermes/target
 
-.PHONY: help run test fmt lint unit browser build release
+.PHONY: help run test fmt lint unit browser build release services chart manifests
 help: ## List the recipes
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 run: ## Run Hermes standalone (demo page on http://127.0.0.1:8080/)
@@ -20,3 +20,9 @@ build: ## Debug build of every binary
 	cargo build --workspace
 release: ## Release build of every binary
 	cargo build --workspace --release
+services: ## Start Cassandra, RabbitMQ and the SQS server for the tests
+	scripts/services/up.sh
+chart: ## helm lint + helm template for every ci/*-values.yaml
+	scripts/kube/helm.sh lint
+manifests: ## Re-render k8s/hermes.yaml from the chart
+	scripts/kube/render-manifests.sh

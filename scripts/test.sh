@@ -7,7 +7,9 @@
 # installed from the package registries on first use), formatting, clippy, the Rust unit,
 # integration and end-to-end tests (they start the real hermes-gateway and hermes-consumer
 # binaries against those services and speak WebSocket to the gateways), then the browser
-# tests (headless Chromium from Debian driven by playwright-core). Build outputs are cached outside the
+# tests (headless Chromium from Debian driven by playwright-core). The Helm chart is linted
+# and rendered with every ci/*-values.yaml (helm built from its Go module, cached) and
+# k8s/hermes.yaml is checked to be current. Build outputs are cached outside the
 # checkout in $CARGO_TARGET_DIR (default ~/.cache/hermes/target), so a second run skips
 # the work. The last line sums up every runner: "N passed, N failed".
 set -euo pipefail
@@ -46,12 +48,17 @@ step "format" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build" cargo build --workspace --bins --locked
 step "rust tests" cargo test --workspace --locked
+step "chart" scripts/kube/helm.sh lint
+step "manifests" scripts/kube/render-manifests.sh --check
 step "browser tests" env HERMES_GATEWAY_BIN="$CARGO_TARGET_DIR/debug/hermes-gateway" tests/browser/run.sh
 
-# One closing line over every runner (cargo's "test result:" lines and node's "# pass"/"# fail").
+# One closing line over every runner (cargo's "test result:" lines, helm's "helm: N passed,
+# N failed" and node's "# pass"/"# fail").
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+helm_pass=$(grep -E '^helm: [0-9]+ passed' "$log" | awk '{s+=$2} END {print s+0}')
+helm_fail=$(grep -Eo '^helm: [0-9]+ passed, [0-9]+ failed' "$log" | awk '{s+=$4} END {print s+0}')
 node_pass=$(grep -E '^# pass [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')
 node_fail=$(grep -E '^# fail [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')
 echo
-echo "$((passed + node_pass)) passed, $((failed + node_fail)) failed"
+echo "$((passed + helm_pass + node_pass)) passed, $((failed + helm_fail + node_fail)) failed"
