@@ -1,7 +1,7 @@
 # One recipe per workflow. `make help` lists them.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/hermes/target
 
-.PHONY: help run test fmt lint unit browser build release services chart manifests
+.PHONY: help run test fmt lint unit browser build release services chart manifests dry-run
 help: ## List the recipes
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 run: ## Run Hermes standalone (demo page on http://127.0.0.1:8080/)
@@ -26,3 +26,5 @@ chart: ## helm lint + helm template for every ci/*-values.yaml
 	scripts/kube/helm.sh lint
 manifests: ## Re-render k8s/hermes.yaml from the chart
 	scripts/kube/render-manifests.sh
+dry-run: ## Server-side dry run of every rendered manifest on the local kube-apiserver
+	scripts/kube/dry-run.sh

@@ -9,7 +9,9 @@
 # binaries against those services and speak WebSocket to the gateways), then the browser
 # tests (headless Chromium from Debian driven by playwright-core). The Helm chart is linted
 # and rendered with every ci/*-values.yaml (helm built from its Go module, cached) and
-# k8s/hermes.yaml is checked to be current. Build outputs are cached outside the
+# k8s/hermes.yaml is checked to be current; every rendered manifest is applied as a
+# server-side dry run to a real kube-apiserver built from its Go module
+# (scripts/kube/control-plane.sh, cached). Build outputs are cached outside the
 # checkout in $CARGO_TARGET_DIR (default ~/.cache/hermes/target), so a second run skips
 # the work. The last line sums up every runner: "N passed, N failed".
 set -euo pipefail
@@ -50,14 +52,15 @@ step "build" cargo build --workspace --bins --locked
 step "rust tests" cargo test --workspace --locked
 step "chart" scripts/kube/helm.sh lint
 step "manifests" scripts/kube/render-manifests.sh --check
+step "api server dry run" scripts/kube/dry-run.sh
 step "browser tests" env HERMES_GATEWAY_BIN="$CARGO_TARGET_DIR/debug/hermes-gateway" tests/browser/run.sh
 
 # One closing line over every runner (cargo's "test result:" lines, helm's "helm: N passed,
 # N failed" and node's "# pass"/"# fail").
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
-helm_pass=$(grep -E '^helm: [0-9]+ passed' "$log" | awk '{s+=$2} END {print s+0}')
-helm_fail=$(grep -Eo '^helm: [0-9]+ passed, [0-9]+ failed' "$log" | awk '{s+=$4} END {print s+0}')
+helm_pass=$(grep -E '^(helm|dry-run): [0-9]+ passed' "$log" | awk '{s+=$2} END {print s+0}')
+helm_fail=$(grep -Eo '^(helm|dry-run): [0-9]+ passed, [0-9]+ failed' "$log" | awk '{s+=$4} END {print s+0}')
 node_pass=$(grep -E '^# pass [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')
 node_fail=$(grep -E '^# fail [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')
 echo
