@@ -232,6 +232,15 @@ fn stage_ok(gw: &Gateway, stage: Option<&str>) -> Option<HttpResponse> {
     }
 }
 
+/// The admin key, then the stage of `/{stage}/@connections/{id}`. `None`: go ahead.
+fn check_connections_call(
+    req: &HttpRequest,
+    gw: &Gateway,
+    path: &ConnectionPath,
+) -> Option<HttpResponse> {
+    check_admin(req, gw).or_else(|| stage_ok(gw, path.stage.as_deref()))
+}
+
 /// Path parameters of `/@connections/{id}` and `/{stage}/@connections/{id}`.
 #[derive(serde::Deserialize)]
 pub struct ConnectionPath {
@@ -246,11 +255,8 @@ pub async fn post_to_connection(
     body: web::Bytes,
     gw: web::Data<Arc<Gateway>>,
 ) -> HttpResponse {
-    if let Some(denied) = check_admin(&req, &gw) {
-        return denied;
-    }
-    if let Some(r) = stage_ok(&gw, path.stage.as_deref()) {
-        return r;
+    if let Some(refused) = check_connections_call(&req, &gw, &path) {
+        return refused;
     }
     if body.len() > gw.config.limits.max_message_bytes {
         return error(
@@ -284,11 +290,8 @@ pub async fn delete_connection(
     path: web::Path<ConnectionPath>,
     gw: web::Data<Arc<Gateway>>,
 ) -> HttpResponse {
-    if let Some(denied) = check_admin(&req, &gw) {
-        return denied;
-    }
-    if let Some(r) = stage_ok(&gw, path.stage.as_deref()) {
-        return r;
+    if let Some(refused) = check_connections_call(&req, &gw, &path) {
+        return refused;
     }
     let request = DeliverRequest {
         id: None,
@@ -327,11 +330,8 @@ pub async fn get_connection(
     path: web::Path<ConnectionPath>,
     gw: web::Data<Arc<Gateway>>,
 ) -> HttpResponse {
-    if let Some(denied) = check_admin(&req, &gw) {
-        return denied;
-    }
-    if let Some(r) = stage_ok(&gw, path.stage.as_deref()) {
-        return r;
+    if let Some(refused) = check_connections_call(&req, &gw, &path) {
+        return refused;
     }
     match gw.router.connection_info(&path.id).await {
         Ok(Some(info)) => HttpResponse::Ok().json(info),

@@ -282,27 +282,6 @@ impl SessionHub {
         }
     }
 
-    /// Closes the sockets of `user_id` (in `room_id` if given). Returns how many.
-    pub fn close_user(
-        &self,
-        user_id: &str,
-        room_id: Option<&str>,
-        code: u16,
-        reason: &str,
-    ) -> usize {
-        let index = self.index.read();
-        let mut n = 0;
-        if let Some(conns) = index.users.get(user_id) {
-            for conn in conns.values() {
-                if room_id.is_none_or(|r| r == conn.record.room_id) {
-                    conn.close(code, reason);
-                    n += 1;
-                }
-            }
-        }
-        n
-    }
-
     fn for_each_target(
         &self,
         target: &Target,
@@ -338,6 +317,28 @@ impl SessionHub {
             }
         }
         gone
+    }
+}
+
+impl SessionHub {
+    /// Closes the targeted sockets with `code`; counts them and lists ids not held here.
+    fn close_targets(
+        &self,
+        target: &Target,
+        exclude: Option<&str>,
+        code: u16,
+        reason: &str,
+    ) -> DeliverResponse {
+        let mut delivered = 0usize;
+        let gone = self.for_each_target(target, exclude, |c| {
+            c.close(code, reason);
+            delivered += 1;
+        });
+        DeliverResponse {
+            delivered,
+            gone,
+            duplicate: false,
+        }
     }
 }
 
@@ -392,28 +393,16 @@ impl LocalDelivery for SessionHub {
                 }
             }
             DeliverAction::Close { code, reason } => {
-                let mut delivered = 0usize;
-                let gone = self.for_each_target(&request.target, exclude, |c| {
-                    c.close(*code, reason);
-                    delivered += 1;
-                });
-                DeliverResponse {
-                    delivered,
-                    gone,
-                    duplicate: false,
-                }
+                self.close_targets(&request.target, exclude, *code, reason)
             }
             // Revocation needs the authenticator too: see `GatewayDelivery`.
-            DeliverAction::Revoke { user_id, room_id } => DeliverResponse {
-                delivered: self.close_user(
-                    user_id,
-                    Some(room_id),
-                    close::TOKEN_REVOKED,
-                    "token revoked",
-                ),
-                gone: Vec::new(),
-                duplicate: false,
-            },
+            DeliverAction::Revoke { user_id, room_id } => {
+                let target = Target::User {
+                    user_id: user_id.clone(),
+                    room_id: Some(room_id.clone()),
+                };
+                self.close_targets(&target, None, close::TOKEN_REVOKED, "token revoked")
+            }
         }
     }
 

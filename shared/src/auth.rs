@@ -38,11 +38,17 @@ pub enum Algorithm {
 impl Algorithm {
     /// Parses `HS256`, `HS384` or `HS512`.
     pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "HS256" => Some(Self::HS256),
-            "HS384" => Some(Self::HS384),
-            "HS512" => Some(Self::HS512),
-            _ => None,
+        [Self::HS256, Self::HS384, Self::HS512]
+            .into_iter()
+            .find(|a| a.name() == name)
+    }
+
+    /// The name as it appears in a JWT header.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::HS256 => "HS256",
+            Self::HS384 => "HS384",
+            Self::HS512 => "HS512",
         }
     }
 
@@ -228,8 +234,8 @@ impl JwtCodec {
     /// Verifies signature, algorithm and expiry and returns the claims.
     pub fn verify(&self, jwt: &str) -> std::result::Result<Claims, AuthError> {
         let alg = header_algorithm(jwt)?;
-        if !self.algorithms.iter().any(|a| format!("{a:?}") == alg) {
-            let allowed: Vec<String> = self.algorithms.iter().map(|a| format!("{a:?}")).collect();
+        if !self.algorithms.iter().any(|a| a.name() == alg) {
+            let allowed: Vec<&str> = self.algorithms.iter().map(|a| a.name()).collect();
             return Err(AuthError::WrongAlgorithm(alg, allowed.join(", ")));
         }
         use jsonwebtoken::errors::ErrorKind;

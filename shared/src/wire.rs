@@ -308,11 +308,14 @@ impl ClientFrame {
             #[serde(default)]
             data: Option<Box<RawValue>>,
         }
-        let value: &RawValue = serde_json::from_str(text).map_err(|e| ClientFrameError {
+        let malformed = |e: serde_json::Error| ClientFrameError {
             code: "malformed_json",
             message: format!("the frame is not valid JSON: {e}"),
-        })?;
-        if !value.get().trim_start().starts_with('{') {
+        };
+        // One parse on the usual path; only a frame that is not an object is parsed a
+        // second time, to tell bad JSON from valid JSON of the wrong shape.
+        if !text.trim_start().starts_with('{') {
+            serde_json::from_str::<&RawValue>(text).map_err(malformed)?;
             return Err(ClientFrameError {
                 code: "not_an_object",
                 message:
@@ -320,10 +323,7 @@ impl ClientFrame {
                         .into(),
             });
         }
-        let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| ClientFrameError {
-            code: "malformed_json",
-            message: format!("the frame is not valid JSON: {e}"),
-        })?;
+        let envelope: Envelope<'_> = serde_json::from_str(text).map_err(malformed)?;
         let action = envelope
             .action
             .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
