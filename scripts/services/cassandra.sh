@@ -393,6 +393,9 @@ start() {
   # Extra JVM flags from the caller (e.g. -Xlog:gc:file=...), last so that they win.
   read -r -a extra <<<"${HERMES_CASSANDRA_JVM_OPTS:-}"
   jvm+=("${extra[@]}")
+  # A pid file left by a process that is gone (SIGKILL, a reboot) must not be read as the
+  # new process's: remove it, then wait for the new one to write it.
+  rm -f "$pidfile"
   # shellcheck disable=SC2016 # $$ is expanded by the inner bash: the pid that becomes java.
   setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$pidfile" \
     "$java" "${jvm[@]}" -cp "$lib/*" org.apache.cassandra.service.CassandraDaemon \

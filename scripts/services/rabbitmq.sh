@@ -197,6 +197,9 @@ start() {
     port_open "$port" && die "port $port on 127.0.0.1 is in use by another process (set HERMES_AMQP_PORT)"
     port_open "$dist_port" && die "port $dist_port on 127.0.0.1 is in use by another process (set HERMES_RABBITMQ_DIST_PORT)"
     write_config
+    # A pid file left by a process that is gone (SIGKILL, a reboot) must not be read as the
+    # new process's: remove it, then wait for the new one to write it.
+    rm -f "$pidfile"
     # A node killed with SIGKILL leaves its pid file behind; RabbitMQ ignores a stale one.
     (
       node_env

@@ -124,6 +124,9 @@ start() {
     if [[ -f "$log" ]] && (($(stat -c %s "$log") > 50 * 1024 * 1024)); then
       mv -f "$log" "$log.1"
     fi
+    # A pid file left by a process that is gone (SIGKILL, a reboot) must not be read as the
+    # new process's: remove it, then wait for the new one to write it.
+    rm -f "$pidfile"
     # shellcheck disable=SC2016 # $$ is the pid of the inner bash, which becomes python.
     setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$pidfile" \
       "$venv/bin/python" -m moto.server -H 127.0.0.1 -p "$port" </dev/null >>"$log" 2>&1 &
