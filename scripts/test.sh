@@ -6,8 +6,9 @@
 # Steps: start the real services (Cassandra, RabbitMQ, an SQS server: scripts/services/up.sh,
 # installed from the package registries on first use), formatting, clippy, the Rust unit,
 # integration and end-to-end tests (they start the real hermes-gateway and hermes-consumer
-# binaries against those services and speak WebSocket to the gateways), then the browser
-# tests (headless Chromium from Debian driven by playwright-core). The Helm chart is linted
+# binaries against those services and speak WebSocket to the gateways; the consumer's
+# Kubernetes tests also use the local kube-apiserver, started before them), then the
+# browser tests (headless Chromium from Debian driven by playwright-core). The Helm chart is linted
 # and rendered with every ci/*-values.yaml (helm built from its Go module, cached) and
 # k8s/hermes.yaml is checked to be current; every rendered manifest is applied as a
 # server-side dry run to a real kube-apiserver built from its Go module
@@ -45,6 +46,18 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 step "services" scripts/services/up.sh
 # shellcheck disable=SC1091
 source "${HERMES_CACHE:-$HOME/.cache/hermes}/services.env"
+
+# The Kubernetes API server (built from its Go module on first use, ~9 min cold) and helm:
+# the consumer's Kubernetes tests (tests/tests/kube_consumer.rs) run against them, and the
+# dry-run step below reuses the same API server.
+kube_tools() {
+  scripts/kube/control-plane.sh start && scripts/kube/helm.sh build
+}
+step "kubernetes api server" kube_tools
+eval "$(scripts/kube/control-plane.sh env)"
+HERMES_TEST_KUBECONFIG="$KUBECONFIG"
+HERMES_HELM="$(scripts/kube/helm.sh path)"
+export HERMES_TEST_KUBECONFIG HERMES_KUBE_SERVER HERMES_KUBECTL HERMES_HELM
 
 step "format" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings

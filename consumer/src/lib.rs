@@ -9,6 +9,7 @@
 //! It must not hold sockets: gateways do.
 
 pub mod amqp;
+pub mod kube;
 pub mod processor;
 pub mod run;
 pub mod sqs;
@@ -25,6 +26,8 @@ pub enum Error {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("kubernetes: {0}")]
+    Kube(String),
     #[error("server failed: {0}")]
     Server(#[from] std::io::Error),
 }

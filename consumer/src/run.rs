@@ -1,9 +1,10 @@
 //! Starting and stopping a consumer.
 //!
-//! Order: open the registry, build the router (no local gateway), serve `/metrics`,
-//! `/healthz`, `/readyz`, run the source. On SIGTERM/SIGINT the source stops taking new
-//! messages, finishes the ones in flight (acknowledging each once its outcome is known),
-//! and the process exits.
+//! Order: open the registry, start the Kubernetes tasks if configured (EndpointSlice view,
+//! Lease, reaper), build the router (no local gateway; the EndpointSlice view as its
+//! directory), serve `/metrics`, `/healthz`, `/readyz`, run the source. On SIGTERM/SIGINT
+//! the source stops taking new messages, finishes the ones in flight (acknowledging each
+//! once its outcome is known), the Lease is released, and the process exits.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use hermes_shared::router::Router;
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{AmqpSettings, AmqpSource};
+use crate::kube::Kube;
 use crate::processor::Processor;
 use crate::sqs::{SqsSettings, SqsSource};
 use crate::{Error, Result};
@@ -59,7 +61,16 @@ pub async fn run(config: ConsumerConfig) -> Result<()> {
         config.deliver_timeout,
         metrics.clone(),
     )?;
-    let router = Router::new(registry, client, None, metrics.clone());
+    let shutdown = CancellationToken::new();
+    let mut router = Router::new(registry.clone(), client, None, metrics.clone());
+    let kube = match &config.kube {
+        Some(kube) => {
+            let kube = Kube::start(kube, registry, metrics.clone(), shutdown.clone()).await?;
+            router = router.with_directory(kube.directory.clone());
+            Some(kube)
+        }
+        None => None,
+    };
     let processor = Arc::new(Processor::new(router, metrics.clone()));
     let ready = Arc::new(AtomicBool::new(false));
 
@@ -87,7 +98,6 @@ pub async fn run(config: ConsumerConfig) -> Result<()> {
     let server_task = tokio::spawn(server);
     println!("hermes-consumer listening http=http://{bound}");
 
-    let shutdown = CancellationToken::new();
     let signal_token = shutdown.clone();
     tokio::spawn(async move {
         hermes_shared::process::shutdown_signal().await;
@@ -108,7 +118,7 @@ pub async fn run(config: ConsumerConfig) -> Result<()> {
                 retry_delays: config.retry_delays.clone(),
                 concurrency: config.concurrency,
             })
-            .run(processor, ready, shutdown)
+            .run(processor, ready, shutdown.clone())
             .await
         }
         SourceConfig::Sqs {
@@ -127,10 +137,15 @@ pub async fn run(config: ConsumerConfig) -> Result<()> {
                 concurrency: config.concurrency,
             })
             .await?
-            .run(processor, ready, shutdown)
+            .run(processor, ready, shutdown.clone())
             .await
         }
     };
+    // The source has stopped (or failed): stop the Kubernetes tasks too, releasing the Lease.
+    shutdown.cancel();
+    if let Some(kube) = kube {
+        kube.finished().await;
+    }
     server_handle.stop(true).await;
     let _ = server_task.await;
     result

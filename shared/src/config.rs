@@ -143,6 +143,15 @@ pub const SQS_VISIBILITY: &str = "HERMES_SQS_VISIBILITY_TIMEOUT_SECONDS";
 pub const MAX_ATTEMPTS: &str = "HERMES_MAX_ATTEMPTS";
 pub const RETRY_DELAYS: &str = "HERMES_RETRY_DELAYS_MS";
 pub const CONCURRENCY: &str = "HERMES_CONSUMER_CONCURRENCY";
+pub const KUBE_GATEWAY_SERVICE: &str = "HERMES_KUBE_GATEWAY_SERVICE";
+pub const KUBE_NAMESPACE: &str = "HERMES_KUBE_NAMESPACE";
+pub const KUBE_IDENTITY: &str = "HERMES_KUBE_IDENTITY";
+pub const KUBE_LEASE_NAME: &str = "HERMES_KUBE_LEASE_NAME";
+pub const KUBE_GATEWAY_SELECTOR: &str = "HERMES_KUBE_GATEWAY_SELECTOR";
+pub const KUBE_GATEWAY_PORT: &str = "HERMES_KUBE_GATEWAY_PORT";
+pub const KUBE_LEASE_DURATION: &str = "HERMES_KUBE_LEASE_SECONDS";
+pub const KUBE_RENEW_INTERVAL: &str = "HERMES_KUBE_RENEW_SECONDS";
+pub const KUBE_REAP_INTERVAL: &str = "HERMES_KUBE_REAP_INTERVAL_SECONDS";
 
 /// Which registry implementation the process uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -634,6 +643,76 @@ pub struct ConsumerConfig {
     pub retry_delays: Vec<Duration>,
     /// Messages routed at the same time.
     pub concurrency: usize,
+    /// Kubernetes awareness (EndpointSlice view, Lease, reaper), when configured.
+    pub kube: Option<KubeConfig>,
+}
+
+/// The consumer's Kubernetes awareness. On when `HERMES_KUBE_GATEWAY_SERVICE` is set; the
+/// API server is found the usual way (in-cluster service account, else `KUBECONFIG`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeConfig {
+    /// The gateways' internal Service: its EndpointSlices carry
+    /// `kubernetes.io/service-name=<this>`.
+    pub gateway_service: String,
+    /// Namespace of the gateways and the Lease; `None`: the client's default (in-cluster:
+    /// the pod's own namespace).
+    pub namespace: Option<String>,
+    /// This consumer's name in the Lease (`holderIdentity`): the pod name in the chart.
+    pub identity: String,
+    /// The Lease whose holder runs the reaper.
+    pub lease_name: String,
+    /// Label selector of the gateway pods (`app.kubernetes.io/component=gateway,...`);
+    /// `None`: every pod of the namespace is watched.
+    pub gateway_selector: Option<String>,
+    /// Name of the internal port in the EndpointSlices (`internal`).
+    pub gateway_port: String,
+    /// How long a Lease holder is trusted without renewing (`leaseDurationSeconds`).
+    pub lease_duration: Duration,
+    /// How often the holder renews and the others try to acquire.
+    pub renew_interval: Duration,
+    /// How often the leader compares the registry's gateways with the pods.
+    pub reap_interval: Duration,
+}
+
+impl KubeConfig {
+    /// `None` unless `HERMES_KUBE_GATEWAY_SERVICE` is set.
+    pub fn from_strings(s: &dyn Strings) -> Result<Option<Self>> {
+        let Some(gateway_service) = s.get(KUBE_GATEWAY_SERVICE).filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        let lease_duration = positive_secs(s, KUBE_LEASE_DURATION, 15)?;
+        let renew_interval = positive_secs(s, KUBE_RENEW_INTERVAL, 5)?;
+        if renew_interval >= lease_duration {
+            return Err(Error::Config(format!(
+                "{KUBE_RENEW_INTERVAL}: must be shorter than {KUBE_LEASE_DURATION} ({} s), or \
+                 the Lease expires between two renewals",
+                lease_duration.as_secs()
+            )));
+        }
+        let identity = s
+            .get(KUBE_IDENTITY)
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| {
+                format!("{}-{}", default_gateway_id(), crate::ids::random_secret(6))
+            });
+        Ok(Some(Self {
+            gateway_service,
+            namespace: s.get(KUBE_NAMESPACE).filter(|v| !v.is_empty()),
+            identity,
+            lease_name: s
+                .get(KUBE_LEASE_NAME)
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "hermes-reaper".into()),
+            gateway_selector: s.get(KUBE_GATEWAY_SELECTOR).filter(|v| !v.is_empty()),
+            gateway_port: s
+                .get(KUBE_GATEWAY_PORT)
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "internal".into()),
+            lease_duration,
+            renew_interval,
+            reap_interval: positive_secs(s, KUBE_REAP_INTERVAL, 30)?,
+        }))
+    }
 }
 
 impl std::fmt::Debug for ConsumerConfig {
@@ -754,6 +833,7 @@ impl ConsumerConfig {
             max_attempts,
             retry_delays,
             concurrency: positive(s, CONCURRENCY, 64)?,
+            kube: KubeConfig::from_strings(s)?,
         })
     }
 }
@@ -924,6 +1004,45 @@ mod tests {
                 .unwrap_or_default();
             assert!(err.contains(key), "{key}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn kube_awareness_is_off_unless_the_gateway_service_is_named() {
+        let env = HashMap::from([(INTERNAL_SECRET, "internal-secret-0123456789")]);
+        assert_eq!(
+            ConsumerConfig::from_strings(&env).expect("valid").kube,
+            None
+        );
+        let mut kube = env.clone();
+        kube.insert(KUBE_GATEWAY_SERVICE, "hermes-internal");
+        kube.insert(KUBE_IDENTITY, "consumer-0");
+        let k = ConsumerConfig::from_strings(&kube)
+            .expect("valid")
+            .kube
+            .expect("on");
+        assert_eq!(k.gateway_service, "hermes-internal");
+        assert_eq!(k.identity, "consumer-0");
+        assert_eq!(k.lease_name, "hermes-reaper");
+        assert_eq!(k.gateway_port, "internal");
+        assert_eq!(k.namespace, None);
+        assert_eq!(
+            (k.lease_duration, k.renew_interval),
+            (Duration::from_secs(15), Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn a_renew_interval_not_shorter_than_the_lease_is_refused() {
+        let env = HashMap::from([
+            (INTERNAL_SECRET, "internal-secret-0123456789"),
+            (KUBE_GATEWAY_SERVICE, "hermes-internal"),
+            (KUBE_LEASE_DURATION, "5"),
+            (KUBE_RENEW_INTERVAL, "5"),
+        ]);
+        let err = ConsumerConfig::from_strings(&env)
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains(KUBE_RENEW_INTERVAL), "{err}");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Prometheus metrics, `hermes_*`. One [`Metrics`] per process, shared by `Arc`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, TextEncoder,
 };
 
 /// Latency buckets from 100 µs to 10 s.
@@ -44,6 +44,20 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Registry call latency by operation.
     pub registry_duration: HistogramVec,
+    /// Gateways skipped by the router, by reason (`terminating`).
+    pub route_skipped: IntCounterVec,
+    /// Gateway endpoints in the EndpointSlices, by state (`ready`, `not_ready`, `terminating`).
+    pub kube_gateway_endpoints: IntGaugeVec,
+    /// 1 while this consumer holds the reaper's Lease.
+    pub kube_leader: IntGauge,
+    /// Lease acquisitions by this consumer.
+    pub kube_leader_acquisitions: IntCounter,
+    /// Reaper passes, by result (`ok`, `error`).
+    pub reaper_runs: IntCounterVec,
+    /// Gateways whose rows the reaper deleted.
+    pub reaped_gateways: IntCounter,
+    /// Registry rows the reaper deleted, by kind (`gateway`, `room`, `user`, `connection`).
+    pub reaped_rows: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -131,6 +145,44 @@ impl Metrics {
                 "Registry call latency, by operation",
                 &["op"],
             ),
+            route_skipped: counter_vec(
+                "hermes_route_skipped_total",
+                "Gateways holding targets that the router skipped, by reason",
+                &["reason"],
+            ),
+            kube_gateway_endpoints: IntGaugeVec::new(
+                Opts::new(
+                    "hermes_kube_gateway_endpoints",
+                    "Gateway endpoints in the internal Service's EndpointSlices, by state",
+                ),
+                &["state"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            kube_leader: IntGauge::new(
+                "hermes_kube_leader",
+                "1 while this consumer holds the reaper's Lease",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            kube_leader_acquisitions: IntCounter::new(
+                "hermes_kube_leader_acquisitions_total",
+                "Times this consumer acquired the reaper's Lease",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            reaper_runs: counter_vec(
+                "hermes_reaper_runs_total",
+                "Reaper passes over the registry's gateways, by result",
+                &["result"],
+            ),
+            reaped_gateways: IntCounter::new(
+                "hermes_reaped_gateways_total",
+                "Gateways without a pod whose registry rows the reaper deleted",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            reaped_rows: counter_vec(
+                "hermes_reaped_rows_total",
+                "Registry rows the reaper deleted, by kind",
+                &["kind"],
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.connections_open.clone()),
@@ -148,6 +200,13 @@ impl Metrics {
             Box::new(m.queue_messages.clone()),
             Box::new(m.dead_letters.clone()),
             Box::new(m.registry_duration.clone()),
+            Box::new(m.route_skipped.clone()),
+            Box::new(m.kube_gateway_endpoints.clone()),
+            Box::new(m.kube_leader.clone()),
+            Box::new(m.kube_leader_acquisitions.clone()),
+            Box::new(m.reaper_runs.clone()),
+            Box::new(m.reaped_gateways.clone()),
+            Box::new(m.reaped_rows.clone()),
         ];
         for c in collectors {
             if let Err(error) = registry.register(c) {

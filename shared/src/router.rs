@@ -37,6 +37,28 @@ pub struct LocalGateway {
     pub delivery: Arc<dyn LocalDelivery>,
 }
 
+/// What the platform (Kubernetes EndpointSlices) says about a gateway replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    /// Ready, reachable at this internal URL.
+    Ready(String),
+    /// Its pod is terminating: the gateway is draining its sockets (closing them over its
+    /// drain window). Delivered to at this URL (else the registry's) on a best-effort basis.
+    Terminating(Option<String>),
+    /// Not known or not ready: ask the registry (its heartbeat row decides).
+    Unknown,
+}
+
+/// A live view of the gateway replicas, kept by watching the platform. The router asks it
+/// before the registry: a ready gateway's URL comes from it without a registry read; a
+/// terminating one still gets the message for the sockets it has not closed yet, but if it
+/// does not answer it is skipped rather than failed (its sockets are going away and their
+/// clients reconnect elsewhere: retrying the message for it would only delay it).
+pub trait GatewayDirectory: Send + Sync {
+    /// What is known of this gateway now (never blocks).
+    fn presence(&self, gateway_id: &str) -> Presence;
+}
+
 /// How long a gateway id → internal URL lookup is reused.
 const URL_CACHE_TTL: Duration = Duration::from_secs(2);
 
@@ -47,6 +69,16 @@ pub struct Router {
     local: Option<LocalGateway>,
     metrics: Arc<Metrics>,
     urls: Mutex<HashMap<String, (String, Instant)>>,
+    directory: Option<Arc<dyn GatewayDirectory>>,
+}
+
+/// What became of one gateway's share of a message.
+enum Delivery {
+    Answered(DeliverResponse),
+    /// The gateway is gone: these connections are gone with it.
+    Dead(Vec<String>),
+    Skipped,
+    Failed(crate::Error),
 }
 
 /// Where one gateway's share of a message goes.
@@ -55,6 +87,8 @@ enum Hop {
     Remote(String),
     /// No live gateway row: the rows pointing at it are stale.
     Dead,
+    /// Shutting down: sent to, but not answering is not a failure.
+    Draining(String),
 }
 
 impl Router {
@@ -70,7 +104,15 @@ impl Router {
             local,
             metrics,
             urls: Mutex::new(HashMap::new()),
+            directory: None,
         }
+    }
+
+    /// Consults `directory` before the registry for where gateways are and whether they
+    /// are shutting down.
+    pub fn with_directory(mut self, directory: Arc<dyn GatewayDirectory>) -> Self {
+        self.directory = Some(directory);
+        self
     }
 
     /// The registry the router reads.
@@ -142,50 +184,61 @@ impl Router {
         };
 
         let deliveries = groups.into_iter().map(|(gateway_id, req)| async move {
-            let result = match self.hop(&gateway_id).await {
-                Ok(Hop::Local) => match &self.local {
-                    Some(local) => Ok(local.delivery.deliver(&req)),
-                    None => Ok(DeliverResponse::default()),
+            let delivery = match self.hop(&gateway_id).await {
+                Ok(Hop::Local) => Delivery::Answered(match &self.local {
+                    Some(local) => local.delivery.deliver(&req),
+                    None => DeliverResponse::default(),
+                }),
+                Ok(Hop::Remote(url)) => match self.client.deliver(&gateway_id, &url, &req).await {
+                    Ok(response) => Delivery::Answered(response),
+                    Err(error) => Delivery::Failed(error),
                 },
-                Ok(Hop::Remote(url)) => self.client.deliver(&gateway_id, &url, &req).await,
+                Ok(Hop::Draining(url)) => match self.client.deliver(&gateway_id, &url, &req).await {
+                    Ok(response) => Delivery::Answered(response),
+                    Err(error) => {
+                        tracing::debug!(%error, gateway_id, "a terminating gateway did not answer; skipped");
+                        Delivery::Skipped
+                    }
+                },
                 Ok(Hop::Dead) => {
                     self.forget_dead_gateway(&gateway_id, &req.target).await;
-                    let gone = match &req.target {
+                    Delivery::Dead(match &req.target {
                         Target::Connections(ids) => ids.clone(),
                         _ => Vec::new(),
-                    };
-                    return (
-                        gateway_id,
-                        Ok(DeliverResponse {
-                            delivered: 0,
-                            gone,
-                            duplicate: false,
-                        }),
-                        false,
-                    );
+                    })
                 }
-                Err(e) => Err(e),
+                Err(error) => Delivery::Failed(error),
             };
-            (gateway_id, result, true)
+            (gateway_id, delivery)
         });
 
-        for (gateway_id, result, alive) in join_all(deliveries).await {
-            match result {
-                Ok(response) => {
-                    if alive {
-                        outcome.gateways += 1;
-                    }
+        for (gateway_id, delivery) in join_all(deliveries).await {
+            let gone = match delivery {
+                Delivery::Answered(response) => {
+                    outcome.gateways += 1;
                     outcome.delivered += response.delivered;
-                    outcome.gone += response.gone.len();
-                    for connection_id in &response.gone {
-                        if let Err(error) = self.registry.remove_connection(connection_id).await {
-                            tracing::warn!(%error, connection_id, "cannot remove a gone connection");
-                        }
-                    }
+                    response.gone
                 }
-                Err(error) => {
+                // Its rows were just removed; connections it held are gone with it.
+                Delivery::Dead(gone) => gone,
+                Delivery::Skipped => {
+                    self.metrics
+                        .route_skipped
+                        .with_label_values(&["terminating"])
+                        .inc();
+                    outcome.skipped.push(gateway_id);
+                    continue;
+                }
+                Delivery::Failed(error) => {
                     tracing::warn!(%error, gateway_id, "delivery to a gateway failed");
                     outcome.failed.push(gateway_id);
+                    continue;
+                }
+            };
+            outcome.gone += gone.len();
+            for connection_id in &gone {
+                if let Err(error) = self.registry.remove_connection(connection_id).await {
+                    tracing::warn!(%error, connection_id, "cannot remove a gone connection");
                 }
             }
         }
@@ -258,7 +311,8 @@ impl Router {
                 .local
                 .as_ref()
                 .and_then(|l| l.delivery.connection_info(connection_id))),
-            Hop::Remote(url) => {
+            // A terminating gateway still holds its sockets until its drain closes them.
+            Hop::Remote(url) | Hop::Draining(url) => {
                 self.client
                     .connection_info(&row.gateway_id, &url, connection_id)
                     .await
@@ -278,6 +332,22 @@ impl Router {
         {
             return Ok(Hop::Local);
         }
+        match self.directory.as_ref().map(|d| d.presence(gateway_id)) {
+            Some(Presence::Ready(url)) => return Ok(Hop::Remote(url)),
+            Some(Presence::Terminating(Some(url))) => return Ok(Hop::Draining(url)),
+            Some(Presence::Terminating(None)) => {
+                return Ok(match self.registry_hop(gateway_id).await? {
+                    Hop::Remote(url) => Hop::Draining(url),
+                    other => other,
+                });
+            }
+            Some(Presence::Unknown) | None => {}
+        }
+        self.registry_hop(gateway_id).await
+    }
+
+    /// Where the registry's heartbeat row says a gateway is.
+    async fn registry_hop(&self, gateway_id: &str) -> Result<Hop> {
         if let Some((url, at)) = self.urls.lock().get(gateway_id)
             && at.elapsed() < URL_CACHE_TTL
         {
@@ -492,5 +562,144 @@ mod tests {
             .await
             .expect("routed");
         assert_eq!(o.failed, vec!["far".to_owned()]);
+    }
+
+    /// A fixed directory: gateway id → presence.
+    struct Fixed(HashMap<String, Presence>);
+
+    impl GatewayDirectory for Fixed {
+        fn presence(&self, gateway_id: &str) -> Presence {
+            self.0.get(gateway_id).cloned().unwrap_or(Presence::Unknown)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_terminating_gateway_that_does_not_answer_is_skipped_not_failed_and_keeps_its_rows() {
+        let registry = Arc::new(MemoryRegistry::new());
+        let ttl = Duration::from_secs(60);
+        // Alive by its heartbeat row, but its pod is terminating and nothing answers at its
+        // URL any more.
+        registry
+            .upsert_gateway(
+                &GatewayRecord {
+                    gateway_id: "draining".into(),
+                    internal_url: "http://127.0.0.1:9".into(),
+                    started_at: 0,
+                },
+                ttl,
+            )
+            .await
+            .expect("upsert");
+        registry
+            .add_room_gateway("r", "draining", ttl)
+            .await
+            .expect("add");
+        registry
+            .add_room_gateway("r", "local", ttl)
+            .await
+            .expect("add");
+        let local = Arc::new(Recorder::default());
+        let r = router(registry.clone(), local.clone()).with_directory(Arc::new(Fixed(
+            HashMap::from([("draining".to_owned(), Presence::Terminating(None))]),
+        )));
+        let o = r
+            .publish(&message(r#"{"user_id":"u","room_id":"r","data":1}"#))
+            .await
+            .expect("routed");
+        assert_eq!(o.skipped, vec!["draining".to_owned()]);
+        assert!(o.failed.is_empty(), "skipping is not a failure: {o:?}");
+        assert_eq!((o.gateways, o.delivered), (1, 1));
+        assert_eq!(local.requests.lock().len(), 1);
+        let mut held = registry.room_gateways("r").await.expect("lookup");
+        held.sort();
+        assert_eq!(held, vec!["draining".to_owned(), "local".to_owned()]);
+    }
+
+    /// A deliver endpoint on loopback that answers every request with `delivered`.
+    async fn fake_gateway(delivered: usize) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let body = format!(r#"{{"delivered":{delivered},"gone":[]}}"#);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut seen = Vec::new();
+                    loop {
+                        let n = socket.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&seen);
+                        if let Some(head_end) = text.find("\r\n\r\n") {
+                            let length = text[..head_end]
+                                .lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case("content-length")
+                                        .then(|| v.trim().parse::<usize>().ok())?
+                                })
+                                .unwrap_or(0);
+                            if seen.len() >= head_end + 4 + length {
+                                let response = format!(
+                                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                                    body.len()
+                                );
+                                let _ = socket.write_all(response.as_bytes()).await;
+                                seen.clear();
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_terminating_gateway_still_gets_the_message_for_the_sockets_it_has_not_closed() {
+        let url = fake_gateway(3).await;
+        let registry = Arc::new(MemoryRegistry::new());
+        registry
+            .add_room_gateway("r", "draining", Duration::from_secs(60))
+            .await
+            .expect("add");
+        let r = router(registry, Arc::new(Recorder::default())).with_directory(Arc::new(Fixed(
+            HashMap::from([("draining".to_owned(), Presence::Terminating(Some(url)))]),
+        )));
+        let o = r
+            .publish(&message(r#"{"user_id":"u","room_id":"r","data":1}"#))
+            .await
+            .expect("routed");
+        assert_eq!((o.gateways, o.delivered), (1, 3), "{o:?}");
+        assert!(o.skipped.is_empty() && o.failed.is_empty(), "{o:?}");
+    }
+
+    #[tokio::test]
+    async fn a_ready_gateway_is_reached_at_the_directory_url_even_without_a_registry_row() {
+        let url = fake_gateway(7).await;
+        let registry = Arc::new(MemoryRegistry::new());
+        registry
+            .add_room_gateway("r", "pod-a", Duration::from_secs(60))
+            .await
+            .expect("add");
+        let r = router(registry.clone(), Arc::new(Recorder::default())).with_directory(Arc::new(
+            Fixed(HashMap::from([("pod-a".to_owned(), Presence::Ready(url))])),
+        ));
+        let o = r
+            .publish(&message(r#"{"user_id":"u","room_id":"r","data":1}"#))
+            .await
+            .expect("routed");
+        assert_eq!((o.gateways, o.delivered), (1, 7), "{o:?}");
+        // Without the directory the same gateway has no heartbeat row: it is dead.
+        assert_eq!(
+            registry.room_gateways("r").await.expect("lookup"),
+            vec!["pod-a".to_owned()]
+        );
     }
 }

@@ -430,6 +430,10 @@ pub struct RouteOutcome {
     /// Gateways that held targets but could not be reached (transient).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<String>,
+    /// Gateways that held targets but are shutting down (their pod is terminating: its
+    /// sockets are being closed and reconnect elsewhere), so they were not sent to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 /// Formats milliseconds since the epoch as an RFC 3339 UTC timestamp.

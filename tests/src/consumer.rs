@@ -63,6 +63,29 @@ impl Consumer {
         self.logs.lock().expect("logs").clone()
     }
 
+    /// Kills the process at once (SIGKILL), as a crash or an evicted node would, and reaps it.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill -9");
+    }
+
+    /// Sends SIGTERM without waiting (see [`Self::wait_exit`]).
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .expect("the consumer exits in time")
+            .expect("wait")
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub async fn stop(mut self) -> std::process::ExitStatus {
         if let Some(pid) = self.child.id() {

@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod consumer;
+pub mod kube;
 pub mod sqs;
 pub use consumer::{AmqpPublisher, Consumer, env_refs, scylla_env};
 

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{ConnectionRecord, GatewayRecord, Holdings, Registry, TokenRecord};
+use super::{
+    ConnectionRecord, GatewayKeys, GatewayRecord, Holdings, Reaped, Registry, TokenRecord,
+};
 use crate::error::Result;
 use crate::metrics::Metrics;
 
@@ -123,6 +125,21 @@ impl Registry for Instrumented {
     }
     async fn delete_token(&self, user_id: &str, room_id: &str) -> Result<bool> {
         self.timed("delete_token", self.inner.delete_token(user_id, room_id))
+            .await
+    }
+    async fn gateway_keys(&self, gateway_id: &str) -> Result<GatewayKeys> {
+        self.timed("gateway_keys", self.inner.gateway_keys(gateway_id))
+            .await
+    }
+    async fn clear_gateway_keys(&self, gateway_id: &str) -> Result<()> {
+        self.timed(
+            "clear_gateway_keys",
+            self.inner.clear_gateway_keys(gateway_id),
+        )
+        .await
+    }
+    async fn reap_gateway(&self, gateway_id: &str) -> Result<Reaped> {
+        self.timed("reap_gateway", self.inner.reap_gateway(gateway_id))
             .await
     }
     async fn refresh(

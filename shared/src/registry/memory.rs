@@ -1,5 +1,8 @@
 //! The in-memory registry: standalone mode, unit tests, and the registry that a
 //! standalone process can serve to other processes (see [`super::remote`]).
+//!
+//! It keeps no per-gateway index: [`Registry::gateway_keys`] scans the maps (memory can),
+//! so there is nothing to clear after a reap.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -7,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{ConnectionRecord, GatewayRecord, Registry, TokenRecord};
+use super::{ConnectionRecord, GatewayKeys, GatewayRecord, Registry, TokenRecord};
 use crate::error::Result;
 
 #[derive(Default)]
@@ -55,6 +58,18 @@ fn live(map: Option<&HashMap<String, Instant>>) -> Vec<String> {
             .collect()
     })
     .unwrap_or_default()
+}
+
+/// The keys of `map` whose live members include `gateway_id`.
+fn keys_holding(
+    map: &HashMap<String, HashMap<String, Instant>>,
+    gateway_id: &str,
+    now: Instant,
+) -> Vec<String> {
+    map.iter()
+        .filter(|(_, gws)| gws.get(gateway_id).is_some_and(|exp| *exp > now))
+        .map(|(key, _)| key.clone())
+        .collect()
 }
 
 fn remove_member(map: &mut HashMap<String, HashMap<String, Instant>>, key: &str, gateway_id: &str) {
@@ -211,6 +226,26 @@ impl Registry for MemoryRegistry {
             .tokens
             .remove(&(user_id.to_owned(), room_id.to_owned()))
             .is_some())
+    }
+
+    async fn gateway_keys(&self, gateway_id: &str) -> Result<GatewayKeys> {
+        let now = Instant::now();
+        let t = self.tables.lock();
+        Ok(GatewayKeys {
+            rooms: keys_holding(&t.room_gateways, gateway_id, now),
+            users: keys_holding(&t.user_gateways, gateway_id, now),
+            connections: t
+                .connections
+                .iter()
+                .filter(|(_, (c, exp))| c.gateway_id == gateway_id && *exp > now)
+                .map(|(id, _)| id.clone())
+                .collect(),
+        })
+    }
+
+    async fn clear_gateway_keys(&self, _gateway_id: &str) -> Result<()> {
+        // No index to clear: `gateway_keys` reads the rows themselves.
+        Ok(())
     }
 }
 

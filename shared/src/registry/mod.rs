@@ -2,9 +2,11 @@
 //! user, which gateways are alive, and the second-layer token hashes.
 //!
 //! The trait is shaped around partition lookups (room → gateways, user → gateways,
-//! connection → gateway, (user, room) → token), never around scans, so that the
-//! ScyllaDB implementation answers each call with one partition read. Rows written with a
-//! TTL disappear when the gateway that wrote them stops refreshing them.
+//! connection → gateway, (user, room) → token, gateway → its keys), never around scans, so
+//! that the ScyllaDB implementation answers each call with one partition read. Rows written
+//! with a TTL disappear when the gateway that wrote them stops refreshing them; the
+//! per-gateway index ([`Registry::gateway_keys`]) lets the Kubernetes reaper delete a dead
+//! gateway's rows at once instead ([`Registry::reap_gateway`]).
 
 pub mod instrumented;
 pub mod memory;
@@ -15,6 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RegistryKind;
@@ -74,6 +78,27 @@ pub struct TokenRecord {
     pub created_at: u64,
 }
 
+/// The keys a gateway's rows are stored under (from the per-gateway index), for the reaper.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayKeys {
+    pub rooms: Vec<String>,
+    pub users: Vec<String>,
+    pub connections: Vec<String>,
+}
+
+/// What `reap_gateway` deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaped {
+    pub gateway_row: bool,
+    pub rooms: usize,
+    pub users: usize,
+    pub connections: usize,
+}
+
+/// How many row checks and deletes one [`Registry::reap_gateway`] keeps in flight: a dead
+/// gateway may have held tens of thousands of connections, each a read and a delete.
+pub const REAP_CONCURRENCY: usize = 64;
+
 /// What a gateway refreshes on every heartbeat.
 #[derive(Debug, Clone, Default)]
 pub struct Holdings {
@@ -131,7 +156,93 @@ pub trait Registry: Send + Sync + 'static {
     /// Deletes the token row. Returns whether one existed.
     async fn delete_token(&self, user_id: &str, room_id: &str) -> Result<bool>;
 
-    /// Refreshes the TTL of a gateway's row and of everything it holds.
+    /// The rooms, users and connections a gateway holds rows for, from the per-gateway
+    /// index. How fresh the index is depends on the implementation: the Scylla registry
+    /// answers the snapshot its last heartbeat ([`Registry::refresh`]) wrote, so it misses
+    /// what was added since and may still name what was removed since; the memory registry
+    /// reads its rows. Callers check each row before acting on it.
+    async fn gateway_keys(&self, gateway_id: &str) -> Result<GatewayKeys>;
+    /// Deletes a gateway's whole index (after its rows are gone).
+    async fn clear_gateway_keys(&self, gateway_id: &str) -> Result<()>;
+
+    /// Deletes the rows of a (dead) gateway that its index names: its gateway row, its
+    /// `room_gateways` and `user_gateways` rows, and the connection rows that still name it
+    /// (a connection id put again by another gateway is left alone), then its index. Counts
+    /// the rows it found. Idempotent: a second call finds nothing. The index is cleared
+    /// last, so a call that fails part-way can simply be repeated. Rows the index does not
+    /// name (Scylla: written after the gateway's last heartbeat) are left to their TTL.
+    async fn reap_gateway(&self, gateway_id: &str) -> Result<Reaped> {
+        let keys = self.gateway_keys(gateway_id).await?;
+        // The gateway row first: it is what says "alive".
+        let gateway_row = self.gateway(gateway_id).await?.is_some();
+        if gateway_row {
+            self.remove_gateway(gateway_id).await?;
+        }
+        let (rooms, users) = (&keys.rooms, &keys.users);
+        let connections = &keys.connections;
+        // Items are indexes and the futures are boxed: a closure taking references would
+        // trip the compiler's higher-ranked lifetime check of `async_trait`'s `Send` future.
+        // Each check-then-delete answers (room, user, connection) found: 0 or 1 each.
+        let reap_one = move |i: usize| -> BoxFuture<'_, Result<(usize, usize, usize)>> {
+            if let Some(room) = rooms.get(i) {
+                Box::pin(async move {
+                    let found = self
+                        .room_gateways(room)
+                        .await?
+                        .iter()
+                        .any(|g| g == gateway_id);
+                    if found {
+                        self.remove_room_gateway(room, gateway_id).await?;
+                    }
+                    Ok((usize::from(found), 0, 0))
+                })
+            } else if let Some(user) = users.get(i - rooms.len()) {
+                Box::pin(async move {
+                    let found = self
+                        .user_gateways(user)
+                        .await?
+                        .iter()
+                        .any(|g| g == gateway_id);
+                    if found {
+                        self.remove_user_gateway(user, gateway_id).await?;
+                    }
+                    Ok((0, usize::from(found), 0))
+                })
+            } else if let Some(id) = connections.get(i - rooms.len() - users.len()) {
+                Box::pin(async move {
+                    let found = matches!(
+                        self.connection(id).await?,
+                        Some(row) if row.gateway_id == gateway_id
+                    );
+                    if found {
+                        self.remove_connection(id).await?;
+                    }
+                    Ok((0, 0, usize::from(found)))
+                })
+            } else {
+                Box::pin(async { Ok((0, 0, 0)) })
+            }
+        };
+        let (rooms, users, connections) =
+            stream::iter(0..rooms.len() + users.len() + connections.len())
+                .map(reap_one)
+                .buffer_unordered(REAP_CONCURRENCY)
+                .try_fold((0, 0, 0), |(r, u, c), (dr, du, dc)| async move {
+                    Ok((r + dr, u + du, c + dc))
+                })
+                .await?;
+        self.clear_gateway_keys(gateway_id).await?;
+        Ok(Reaped {
+            gateway_row,
+            rooms,
+            users,
+            connections,
+        })
+    }
+
+    /// The heartbeat: refreshes the TTL of a gateway's row and of everything it holds.
+    /// `holdings` is complete (everything the gateway holds now). Implementations that
+    /// keep a per-gateway index write it here (the Scylla registry overrides this).
     async fn refresh(
         &self,
         gateway: &GatewayRecord,
@@ -180,6 +291,7 @@ pub mod contract {
         room_and_user_lookups_return_holding_gateways(r).await;
         connections_are_found_by_id(r).await;
         fast_verifier_is_stored_only_for_the_same_hash(r).await;
+        reap_gateway_deletes_every_row_of_that_gateway_only(r).await;
     }
 
     async fn gateways_are_listed_until_removed(r: &dyn Registry) {
@@ -257,5 +369,113 @@ pub mod contract {
         assert!(r.delete_token("u", "r").await.expect("delete"));
         assert!(!r.delete_token("u", "r").await.expect("delete twice"));
         assert_eq!(r.token("u", "r").await.expect("get"), None);
+    }
+
+    /// Two gateways hold the same room and user and a connection each, established by
+    /// their heartbeats (`refresh`, which writes the index where there is one). A third
+    /// connection id was held by the first gateway at its last heartbeat, then put again by
+    /// the second. Reaping the first deletes exactly its rows, and reaping it again finds
+    /// nothing.
+    async fn reap_gateway_deletes_every_row_of_that_gateway_only(r: &dyn Registry) {
+        let (g1, g2) = ("reap-g1", "reap-g2");
+        let record = |g: &str| GatewayRecord {
+            gateway_id: g.into(),
+            internal_url: format!("http://{g}"),
+            started_at: 1,
+        };
+        let holdings = |g: &str, rooms: &[&str], connections: &[&str]| Holdings {
+            rooms: rooms.iter().map(|&room| room.into()).collect(),
+            users: vec!["reap-user".into()],
+            connections: connections.iter().map(|&id| conn(id, g)).collect(),
+        };
+        // g1's first heartbeat holds a room it then leaves; its next heartbeat no longer
+        // holds it (the index follows the heartbeat, not the remove).
+        r.refresh(
+            &record(g1),
+            &holdings(
+                g1,
+                &["reap-room", "reap-left"],
+                &["reap-g1-conn", "reap-moved"],
+            ),
+            TTL,
+        )
+        .await
+        .expect("heartbeat g1");
+        r.remove_room_gateway("reap-left", g1)
+            .await
+            .expect("remove room");
+        r.refresh(
+            &record(g1),
+            &holdings(g1, &["reap-room"], &["reap-g1-conn", "reap-moved"]),
+            TTL,
+        )
+        .await
+        .expect("heartbeat g1 again");
+        // Then g1 dies, and "reap-moved" is put again by g2 (its heartbeat holds it).
+        r.refresh(
+            &record(g2),
+            &holdings(g2, &["reap-room"], &["reap-g2-conn", "reap-moved"]),
+            TTL,
+        )
+        .await
+        .expect("heartbeat g2");
+
+        let keys = r.gateway_keys(g1).await.expect("keys");
+        assert_eq!(keys.rooms, vec!["reap-room".to_owned()]);
+        assert_eq!(keys.users, vec!["reap-user".to_owned()]);
+        assert!(keys.connections.contains(&"reap-g1-conn".to_owned()));
+
+        assert_eq!(
+            r.reap_gateway(g1).await.expect("reap"),
+            Reaped {
+                gateway_row: true,
+                rooms: 1,
+                users: 1,
+                connections: 1,
+            }
+        );
+        assert_eq!(r.gateway(g1).await.expect("get"), None);
+        assert_eq!(r.connection("reap-g1-conn").await.expect("get"), None);
+        assert_eq!(
+            r.room_gateways("reap-room").await.expect("lookup"),
+            vec![g2.to_owned()]
+        );
+        assert_eq!(
+            r.user_gateways("reap-user").await.expect("lookup"),
+            vec![g2.to_owned()]
+        );
+        assert_eq!(
+            r.gateway_keys(g1).await.expect("keys"),
+            GatewayKeys::default()
+        );
+
+        // The other gateway keeps everything, the moved connection included.
+        assert!(r.gateway(g2).await.expect("get").is_some());
+        assert_eq!(
+            r.connection("reap-g2-conn").await.expect("get"),
+            Some(conn("reap-g2-conn", g2))
+        );
+        assert_eq!(
+            r.connection("reap-moved").await.expect("get"),
+            Some(conn("reap-moved", g2))
+        );
+        let mut g2_connections = r.gateway_keys(g2).await.expect("keys").connections;
+        g2_connections.sort();
+        assert_eq!(g2_connections, vec!["reap-g2-conn", "reap-moved"]);
+
+        assert_eq!(
+            r.reap_gateway(g1).await.expect("reap again"),
+            Reaped::default()
+        );
+
+        // Clean up, so that later checks on the same registry start empty.
+        r.reap_gateway(g2).await.expect("reap g2");
+        assert_eq!(r.connection("reap-moved").await.expect("get"), None);
+        assert!(
+            r.room_gateways("reap-room")
+                .await
+                .expect("lookup")
+                .is_empty()
+        );
     }
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{ConnectionRecord, GatewayRecord, Holdings, Registry, TokenRecord};
+use super::{
+    ConnectionRecord, GatewayKeys, GatewayRecord, Holdings, Reaped, Registry, TokenRecord,
+};
 use crate::error::{Error, Result};
 
 /// Header carrying the internal shared secret.
@@ -82,6 +84,16 @@ pub enum RegistryOp {
     DeleteToken {
         user_id: String,
         room_id: String,
+    },
+    GatewayKeys {
+        gateway_id: String,
+    },
+    ClearGatewayKeys {
+        gateway_id: String,
+    },
+    /// Runs the whole reap in the serving process: one request instead of a few per row.
+    ReapGateway {
+        gateway_id: String,
     },
     Refresh {
         gateway: GatewayRecord,
@@ -159,6 +171,9 @@ pub async fn execute(registry: &dyn Registry, op: RegistryOp) -> Result<serde_js
                 .await?,
         ),
         DeleteToken { user_id, room_id } => json(registry.delete_token(&user_id, &room_id).await?),
+        RegistryOp::GatewayKeys { gateway_id } => json(registry.gateway_keys(&gateway_id).await?),
+        ClearGatewayKeys { gateway_id } => json(registry.clear_gateway_keys(&gateway_id).await?),
+        ReapGateway { gateway_id } => json(registry.reap_gateway(&gateway_id).await?),
         Refresh {
             gateway,
             rooms,
@@ -347,6 +362,24 @@ impl Registry for RemoteRegistry {
         })
         .await
     }
+    async fn gateway_keys(&self, gateway_id: &str) -> Result<GatewayKeys> {
+        self.call(RegistryOp::GatewayKeys {
+            gateway_id: gateway_id.into(),
+        })
+        .await
+    }
+    async fn clear_gateway_keys(&self, gateway_id: &str) -> Result<()> {
+        self.call(RegistryOp::ClearGatewayKeys {
+            gateway_id: gateway_id.into(),
+        })
+        .await
+    }
+    async fn reap_gateway(&self, gateway_id: &str) -> Result<Reaped> {
+        self.call(RegistryOp::ReapGateway {
+            gateway_id: gateway_id.into(),
+        })
+        .await
+    }
     async fn refresh(
         &self,
         gateway: &GatewayRecord,
@@ -361,5 +394,71 @@ impl Registry for RemoteRegistry {
             ttl_ms: ms(ttl),
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::memory::MemoryRegistry;
+
+    /// An operation as the client sends it and the server reads it, and its answer back.
+    async fn round_trip<T: serde::de::DeserializeOwned>(
+        registry: &dyn Registry,
+        op: RegistryOp,
+    ) -> T {
+        let wire = serde_json::to_vec(&op).expect("encode");
+        let op: RegistryOp = serde_json::from_slice(&wire).expect("decode");
+        let answer = execute(registry, op).await.expect("execute");
+        serde_json::from_value(answer).expect("answer")
+    }
+
+    #[tokio::test]
+    async fn the_reaper_operations_cross_the_wire() {
+        let registry = MemoryRegistry::new();
+        let ttl = Duration::from_secs(60);
+        registry.add_room_gateway("r", "g", ttl).await.expect("add");
+        registry.add_user_gateway("u", "g", ttl).await.expect("add");
+        let gateway_id = String::from("g");
+
+        let keys: GatewayKeys = round_trip(
+            &registry,
+            RegistryOp::GatewayKeys {
+                gateway_id: gateway_id.clone(),
+            },
+        )
+        .await;
+        assert_eq!(
+            keys,
+            GatewayKeys {
+                rooms: vec!["r".into()],
+                users: vec!["u".into()],
+                connections: vec![],
+            }
+        );
+        let reaped: Reaped = round_trip(
+            &registry,
+            RegistryOp::ReapGateway {
+                gateway_id: gateway_id.clone(),
+            },
+        )
+        .await;
+        assert_eq!(
+            reaped,
+            Reaped {
+                gateway_row: false,
+                rooms: 1,
+                users: 1,
+                connections: 0,
+            }
+        );
+        let () = round_trip(&registry, RegistryOp::ClearGatewayKeys { gateway_id }).await;
+        assert!(
+            registry
+                .room_gateways("r")
+                .await
+                .expect("lookup")
+                .is_empty()
+        );
     }
 }

@@ -1,17 +1,23 @@
 //! The ScyllaDB registry: the [`Registry`] trait over CQL (ScyllaDB, or any CQL server such
 //! as Apache Cassandra).
 //!
-//! This module owns the registry's schema (keyspace and the five tables, created
+//! This module owns the registry's schema (keyspace and the six tables, created
 //! idempotently at connect), the session (contact points, credentials, token-aware and
 //! DC-aware load balancing, the request timeout, the consistency level) and one prepared
 //! statement per operation. Every lookup is one single-partition read, except
 //! [`Registry::gateways`], which reads the small `gateways` table whole.
+//!
+//! `gateway_holdings` is the per-gateway index the Kubernetes reaper reads: a snapshot of
+//! the gateway's holdings, rewritten whole by every heartbeat ([`Registry::refresh`]) as a
+//! few shards of frozen lists under the gateway's partition. Overwriting a frozen list
+//! replaces one cell, so churn leaves no per-key tombstones behind (see `docs/registry.md`).
 //!
 //! Errors from the driver (timeouts, no reachable node, server errors, unexpected rows)
 //! become [`Error::RegistryUnavailable`] naming the operation and the table; nothing here
 //! panics on what the network returns. The driver reconnects to a restarted node by
 //! itself; while no node is reachable a call fails within the request timeout.
 
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
+use parking_lot::Mutex;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -29,7 +36,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency, Statement};
 use scylla::value::{CqlValue, Row};
 
-use super::{ConnectionRecord, GatewayRecord, Holdings, Registry, TokenRecord};
+use super::{ConnectionRecord, GatewayKeys, GatewayRecord, Holdings, Registry, TokenRecord};
 use crate::config::ScyllaConfig;
 use crate::error::{Error, Result};
 
@@ -37,6 +44,14 @@ use crate::error::{Error, Result};
 /// round trip (20,000 rows at ~1 ms each take ~0.3 s instead of 20 s), small enough not to
 /// flood the driver's per-connection request slots or the server's native-transport queue.
 pub const REFRESH_CONCURRENCY: usize = 64;
+
+/// At most this many keys (rooms, users and connections together) in one shard of a
+/// gateway's holdings snapshot, so that no cell is large (1,000 ids of ~40 bytes: ~40 kB).
+pub const SNAPSHOT_SHARD_KEYS: usize = 1_000;
+
+/// Snapshot shards fetched per page by `gateway_keys` (each up to
+/// [`SNAPSHOT_SHARD_KEYS`] keys).
+const SNAPSHOT_PAGE_ROWS: i32 = 16;
 
 /// The largest TTL CQL accepts: 20 years, in seconds.
 const MAX_TTL_SECONDS: i32 = 630_720_000;
@@ -69,6 +84,14 @@ const TABLES: &[(&str, &str)] = &[
         "user_id text, room_id text, token_hash text, fast_verifier text, created_at bigint, \
          PRIMARY KEY ((user_id, room_id))",
     ),
+    // The per-gateway index: a snapshot of what the gateway holds, written by its heartbeat
+    // in shards of at most `SNAPSHOT_SHARD_KEYS` keys. Each list is one frozen cell,
+    // replaced whole on every heartbeat: no per-key cells, so no per-key tombstones.
+    (
+        "gateway_holdings",
+        "gateway_id text, shard int, rooms frozen<list<text>>, users frozen<list<text>>, \
+         connections frozen<list<text>>, PRIMARY KEY (gateway_id, shard)",
+    ),
 ];
 
 /// One prepared statement per registry operation, prepared once at connect.
@@ -90,6 +113,10 @@ struct Statements {
     token: PreparedStatement,
     set_fast_verifier: PreparedStatement,
     delete_token: PreparedStatement,
+    put_holdings: PreparedStatement,
+    trim_holdings: PreparedStatement,
+    gateway_holdings: PreparedStatement,
+    clear_holdings: PreparedStatement,
 }
 
 /// A registry in ScyllaDB (or any CQL server).
@@ -97,6 +124,9 @@ pub struct ScyllaRegistry {
     session: Arc<Session>,
     keyspace: String,
     statements: Statements,
+    /// How many snapshot shards this process last wrote per gateway, so that a heartbeat
+    /// deletes the surplus shards only when the count went down (or is not known yet).
+    snapshot_shards: Mutex<HashMap<String, usize>>,
 }
 
 impl std::fmt::Debug for ScyllaRegistry {
@@ -362,12 +392,45 @@ impl ScyllaRegistry {
                 false,
             )
             .await?,
+            put_holdings: prepare(
+                format!(
+                    "INSERT INTO {ks}.gateway_holdings (gateway_id, shard, rooms, users, \
+                     connections) VALUES (?, ?, ?, ?, ?) USING TTL ?"
+                ),
+                true,
+            )
+            .await?,
+            // A range delete: one range tombstone, only when a gateway's snapshot shrank.
+            trim_holdings: prepare(
+                format!("DELETE FROM {ks}.gateway_holdings WHERE gateway_id = ? AND shard >= ?"),
+                true,
+            )
+            .await?,
+            gateway_holdings: {
+                let mut statement = prepare(
+                    format!(
+                        "SELECT rooms, users, connections FROM {ks}.gateway_holdings \
+                         WHERE gateway_id = ?"
+                    ),
+                    true,
+                )
+                .await?;
+                statement.set_page_size(SNAPSHOT_PAGE_ROWS);
+                statement
+            },
+            // One partition tombstone for the whole snapshot of a reaped gateway.
+            clear_holdings: prepare(
+                format!("DELETE FROM {ks}.gateway_holdings WHERE gateway_id = ?"),
+                true,
+            )
+            .await?,
         };
 
         Ok(Self {
             session: Arc::new(session),
             keyspace: ks.to_owned(),
             statements,
+            snapshot_shards: Mutex::new(HashMap::new()),
         })
     }
 
@@ -460,6 +523,61 @@ impl ScyllaRegistry {
                 format!("LWT [applied] is not a boolean: {other:?}"),
             )),
         }
+    }
+
+    /// Writes the snapshot of a gateway's holdings (the heartbeat's index): every shard,
+    /// with the rows' TTL, then deletes the shards past the last one if this process does
+    /// not know that there are none (first heartbeat here, or fewer shards than last time).
+    async fn write_snapshot(
+        &self,
+        gateway_id: &str,
+        holdings: &Holdings,
+        ttl: Duration,
+    ) -> Result<()> {
+        let (op, table) = ("refresh", "gateway_holdings");
+        let shards = snapshot_shards(holdings);
+        let ttl = ttl_seconds(ttl);
+        let count = shards.len();
+        let shards = &shards;
+        // Indexes and boxed futures, as in `refresh` (async_trait's `Send` lifetime check).
+        let write = move |i: usize| -> BoxFuture<'_, Result<()>> {
+            Box::pin(async move {
+                let Some(shard) = shards.get(i) else {
+                    return Ok(());
+                };
+                let index = i32::try_from(i).unwrap_or(i32::MAX);
+                let values = (
+                    gateway_id,
+                    index,
+                    &shard.rooms,
+                    &shard.users,
+                    &shard.connections,
+                    ttl,
+                );
+                let statement = &self.statements.put_holdings;
+                self.run(op, table, statement, values).await.map(drop)
+            })
+        };
+        stream::iter(0..count)
+            .map(write)
+            .buffer_unordered(REFRESH_CONCURRENCY)
+            .try_for_each(|()| async { Ok(()) })
+            .await?;
+        let previous = self.snapshot_shards.lock().get(gateway_id).copied();
+        if previous.is_none_or(|previous| previous > count) {
+            let first_surplus = i32::try_from(count).unwrap_or(i32::MAX);
+            self.run(
+                op,
+                table,
+                &self.statements.trim_holdings,
+                (gateway_id, first_surplus),
+            )
+            .await?;
+        }
+        self.snapshot_shards
+            .lock()
+            .insert(gateway_id.to_owned(), count);
+        Ok(())
     }
 
     async fn gateway_ids(
@@ -725,8 +843,50 @@ impl Registry for ScyllaRegistry {
         .await
     }
 
-    /// The heartbeat. The gateway row first (it is what says "alive"), then every room,
-    /// user and connection row with the new TTL, [`REFRESH_CONCURRENCY`] writes in flight.
+    /// The snapshot the gateway's last heartbeat wrote: every shard of its partition, read
+    /// a page of [`SNAPSHOT_PAGE_ROWS`] shards at a time, concatenated. Keys opened since
+    /// that heartbeat are not in it.
+    async fn gateway_keys(&self, gateway_id: &str) -> Result<GatewayKeys> {
+        let (op, table) = ("gateway_keys", "gateway_holdings");
+        type Shard = (
+            Option<Vec<String>>,
+            Option<Vec<String>>,
+            Option<Vec<String>>,
+        );
+        let shards: Vec<Shard> = self
+            .session
+            .execute_iter(self.statements.gateway_holdings.clone(), (gateway_id,))
+            .await
+            .map_err(|e| self.unavailable(op, table, e))?
+            .rows_stream::<Shard>()
+            .map_err(|e| self.unavailable(op, table, e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.unavailable(op, table, e))?;
+        let mut keys = GatewayKeys::default();
+        for (rooms, users, connections) in shards {
+            keys.rooms.extend(rooms.unwrap_or_default());
+            keys.users.extend(users.unwrap_or_default());
+            keys.connections.extend(connections.unwrap_or_default());
+        }
+        Ok(keys)
+    }
+
+    async fn clear_gateway_keys(&self, gateway_id: &str) -> Result<()> {
+        self.run(
+            "clear_gateway_keys",
+            "gateway_holdings",
+            &self.statements.clear_holdings,
+            (gateway_id,),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The heartbeat. The gateway row first (it is what says "alive"), then the snapshot of
+    /// the holdings (`gateway_holdings`, the reaper's index, before the rows it names), then
+    /// every room, user and connection row with the new TTL, [`REFRESH_CONCURRENCY`] writes
+    /// in flight.
     /// Single-partition writes in parallel rather than a multi-partition batch: each goes
     /// straight to its replicas (token-aware), no coordinator has to fan a big batch out.
     /// The first failure ends the refresh (the next heartbeat redoes it all), so a
@@ -739,6 +899,7 @@ impl Registry for ScyllaRegistry {
     ) -> Result<()> {
         self.upsert_gateway(gateway, ttl).await?;
         let gateway_id = gateway.gateway_id.as_str();
+        self.write_snapshot(gateway_id, holdings, ttl).await?;
         let (rooms, users) = (&holdings.rooms, &holdings.users);
         let connections = &holdings.connections;
         // Items are indexes and the futures are boxed: a closure taking references would
@@ -762,9 +923,88 @@ impl Registry for ScyllaRegistry {
     }
 }
 
+/// A gateway's holdings cut into snapshot shards of at most [`SNAPSHOT_SHARD_KEYS`] keys
+/// in total, in order (rooms, then users, then connection ids). Always at least one shard,
+/// empty when the gateway holds nothing, so that the snapshot says so.
+fn snapshot_shards(holdings: &Holdings) -> Vec<GatewayKeys> {
+    enum Kind {
+        Room,
+        User,
+        Connection,
+    }
+    let keys = (holdings.rooms.iter().map(|k| (Kind::Room, k)))
+        .chain(holdings.users.iter().map(|k| (Kind::User, k)))
+        .chain((holdings.connections.iter()).map(|c| (Kind::Connection, &c.connection_id)));
+    let mut shards = Vec::new();
+    let mut shard = GatewayKeys::default();
+    let mut in_shard = 0;
+    for (kind, key) in keys {
+        if in_shard == SNAPSHOT_SHARD_KEYS {
+            shards.push(std::mem::take(&mut shard));
+            in_shard = 0;
+        }
+        match kind {
+            Kind::Room => shard.rooms.push(key.clone()),
+            Kind::User => shard.users.push(key.clone()),
+            Kind::Connection => shard.connections.push(key.clone()),
+        }
+        in_shard += 1;
+    }
+    shards.push(shard);
+    shards
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_shards_hold_every_key_once_and_at_most_the_shard_size() {
+        assert_eq!(
+            snapshot_shards(&Holdings::default()),
+            vec![GatewayKeys::default()]
+        );
+        let holdings = Holdings {
+            rooms: (0..500).map(|i| format!("r{i}")).collect(),
+            users: (0..700).map(|i| format!("u{i}")).collect(),
+            connections: (0..1_800)
+                .map(|i| ConnectionRecord {
+                    connection_id: format!("c{i}"),
+                    room_id: "r0".into(),
+                    user_id: "u0".into(),
+                    gateway_id: "g".into(),
+                    connected_at: 1,
+                    source_ip: "127.0.0.1".into(),
+                    user_agent: "test".into(),
+                })
+                .collect(),
+        };
+        let shards = snapshot_shards(&holdings);
+        assert_eq!(shards.len(), 3);
+        let sizes: Vec<usize> = shards
+            .iter()
+            .map(|s| s.rooms.len() + s.users.len() + s.connections.len())
+            .collect();
+        assert_eq!(sizes, vec![1_000, 1_000, 1_000]);
+        let mut all = GatewayKeys::default();
+        for shard in shards {
+            all.rooms.extend(shard.rooms);
+            all.users.extend(shard.users);
+            all.connections.extend(shard.connections);
+        }
+        assert_eq!(all.rooms, holdings.rooms);
+        assert_eq!(all.users, holdings.users);
+        assert_eq!(
+            all.connections,
+            (0..1_800).map(|i| format!("c{i}")).collect::<Vec<_>>()
+        );
+        // Exactly full: no empty trailing shard.
+        let full = Holdings {
+            rooms: (0..1_000).map(|i| format!("r{i}")).collect(),
+            ..Holdings::default()
+        };
+        assert_eq!(snapshot_shards(&full).len(), 1);
+    }
 
     #[test]
     fn ttl_rounds_up_to_whole_seconds_and_is_at_least_one() {
