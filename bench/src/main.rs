@@ -9,6 +9,12 @@
 //! with the full authorizer on every connect (the verdict cache is disabled), and reports
 //! connect latency, resident memory per idle socket after a heartbeat cycle, publish →
 //! receipt latency to one socket, and the time to fan one message out to every socket.
+//!
+//! `hermes-bench p1` and `hermes-bench p2` measure Hermes and Centrifugo side by side
+//! (`--server hermes|centrifugo`): P1 idle sockets (RSS and CPU per socket), P2 room fan-out
+//! (deliveries/s while p99 publish → last receipt stays within 50 ms). Each prints one JSON
+//! object; `hermes-bench report` turns a directory of them into `bench/results.json` and
+//! `bench/RESULTS.md`. `scripts/bench/run.sh` runs it all.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -39,6 +45,73 @@ enum Cli {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// P1: idle sockets on one server process: RSS and CPU per socket.
+    P1 {
+        #[arg(long, value_enum)]
+        server: Kind,
+        #[command(flatten)]
+        common: Common,
+        /// Sockets to open.
+        #[arg(long, default_value_t = 19_000)]
+        sockets: usize,
+        /// Seconds over which the idle CPU is measured with every socket open.
+        #[arg(long, default_value_t = 30)]
+        idle_seconds: u64,
+        /// Seconds over which the idle CPU is measured before any socket (the baseline).
+        #[arg(long, default_value_t = 10)]
+        baseline_seconds: u64,
+    },
+    /// P2: one room of N sockets, publishes at increasing rates through the HTTP API.
+    P2 {
+        #[arg(long, value_enum)]
+        server: Kind,
+        #[command(flatten)]
+        common: Common,
+        /// Sockets in the room.
+        #[arg(long, default_value_t = 10_000)]
+        sockets: usize,
+        /// Publishes per second, tried in this order until one is not sustained.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "2,5,10,20,30,50,75,100,150,200,300"
+        )]
+        rates: Vec<u64>,
+        /// Seconds of publishing at each rate.
+        #[arg(long, default_value_t = 5)]
+        step_seconds: u64,
+        /// The p99 publish → last receipt a sustained rate must stay within.
+        #[arg(long, default_value_t = 50.0)]
+        p99_limit_ms: f64,
+    },
+    /// Writes bench/results.json and bench/RESULTS.md from the JSON lines of a run directory.
+    Report {
+        /// Directory holding p1-*.json and p2-*.json (one JSON object each) and the
+        /// files scripts/bench/run.sh writes beside them.
+        #[arg(long)]
+        runs: std::path::PathBuf,
+        /// Where results.json and RESULTS.md go.
+        #[arg(long, default_value = "bench")]
+        out: std::path::PathBuf,
+    },
+    /// (internal) a socket-holder process of p1/p2.
+    #[command(hide = true)]
+    Hold {
+        #[arg(long, value_enum)]
+        server: Kind,
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = "")]
+        token: String,
+        #[arg(long)]
+        channel: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, value_delimiter = ',')]
+        sources: Vec<std::net::IpAddr>,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
     /// Connect latency, RSS per idle socket, publish → receipt latency, one fan-out.
     Smoke {
         /// The gateway binary (a release build).
@@ -51,6 +124,40 @@ enum Cli {
         #[arg(long, default_value_t = 1000)]
         messages: usize,
     },
+}
+
+/// Options shared by p1 and p2.
+#[derive(clap::Args)]
+struct Common {
+    /// The gateway binary (a release build).
+    #[arg(
+        long,
+        default_value = "/root/.cache/hermes/target/release/hermes-gateway"
+    )]
+    hermes_bin: String,
+    /// scripts/bench/centrifugo.sh (builds, starts and stops Centrifugo).
+    #[arg(long, default_value = "scripts/bench/centrifugo.sh")]
+    centrifugo_script: String,
+    /// Server → client heartbeat interval, the same for both servers.
+    #[arg(long, default_value_t = 25)]
+    heartbeat_seconds: u64,
+    /// Source addresses of the generator's sockets, round robin.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5"
+    )]
+    sources: Vec<std::net::IpAddr>,
+}
+
+impl Common {
+    fn options(&self) -> servers::Options {
+        servers::Options {
+            hermes_bin: self.hermes_bin.clone(),
+            centrifugo_script: self.centrifugo_script.clone(),
+            heartbeat_seconds: self.heartbeat_seconds,
+        }
+    }
 }
 
 fn now_micros() -> u64 {
@@ -77,6 +184,60 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse() {
+        Cli::P1 {
+            server,
+            common,
+            sockets,
+            idle_seconds,
+            baseline_seconds,
+        } => {
+            let args = scenarios::P1Args {
+                sockets,
+                sources: common.sources.clone(),
+                idle_seconds,
+                baseline_seconds,
+            };
+            let v = scenarios::p1(server, &common.options(), &args).await?;
+            println!("{v}");
+            Ok(())
+        }
+        Cli::P2 {
+            server,
+            common,
+            sockets,
+            rates,
+            step_seconds,
+            p99_limit_ms,
+        } => {
+            let args = scenarios::P2Args {
+                sockets,
+                sources: common.sources.clone(),
+                rates,
+                step_seconds,
+                p99_limit_ms,
+            };
+            let v = scenarios::p2(server, &common.options(), &args).await?;
+            println!("{v}");
+            Ok(())
+        }
+        Cli::Report { runs, out } => report::write(&runs, &out),
+        Cli::Hold {
+            server,
+            url,
+            token,
+            channel,
+            count,
+            sources,
+            concurrency,
+        } => {
+            let target = servers::Target {
+                kind: server,
+                url,
+                token,
+                channel,
+            };
+            holder::hold(target, count, sources, concurrency).await
+        }
         Cli::Smoke {
             bin,
             sockets,
@@ -90,7 +251,13 @@ async fn main() -> Result<()> {
     }
 }
 
+mod holder;
 mod queue;
+mod report;
+mod scenarios;
+mod servers;
+
+use servers::Kind;
 
 async fn smoke(bin: String, sockets: usize, messages: usize) -> Result<()> {
     let mut child = Command::new(&bin)

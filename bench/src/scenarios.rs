@@ -1,0 +1,286 @@
+//! P1 (idle sockets) and P2 (room fan-out), the same for Hermes and Centrifugo. Each run
+//! starts a fresh server process and prints one JSON object on stdout.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::holder::{Holders, MAX_SEQ};
+use crate::servers::{Kind, Options, Server};
+use crate::{now_micros, rss_kib};
+
+/// utime + stime of a process, in clock ticks (/proc/PID/stat fields 14 and 15).
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    let rest = &stat[stat.rfind(')').context("stat")? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Ok(f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?)
+}
+
+fn clock_ticks_per_second() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// CPU microseconds per second of wall time the process used over `window`.
+async fn cpu_us_per_s(pid: u32, window: Duration) -> Result<f64> {
+    let tck = clock_ticks_per_second() as f64;
+    let c0 = cpu_ticks(pid)?;
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    let c1 = cpu_ticks(pid)?;
+    Ok((c1 - c0) as f64 * 1e6 / tck / t0.elapsed().as_secs_f64())
+}
+
+pub struct P1Args {
+    pub sockets: usize,
+    pub sources: Vec<IpAddr>,
+    pub idle_seconds: u64,
+    pub baseline_seconds: u64,
+}
+
+pub async fn p1(kind: Kind, o: &Options, a: &P1Args) -> Result<Value> {
+    let server = Server::start(kind, o).await?;
+    let pid = server.pid;
+    // Settle, then the baseline: RSS and idle CPU without any socket.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_before = rss_kib(pid)?;
+    let cpu_before = cpu_us_per_s(pid, Duration::from_secs(a.baseline_seconds)).await?;
+    let mut holders = Holders::start(&server.target, a.sockets, &a.sources).await?;
+    eprintln!(
+        "[p1 {}] {} sockets open ({} failed) in {:.1} s by {} holder processes",
+        kind.name(),
+        holders.open,
+        holders.failed,
+        holders.connect_seconds,
+        holders.processes()
+    );
+    // One heartbeat cycle (and a margin) with every socket connected.
+    tokio::time::sleep(Duration::from_secs(o.heartbeat_seconds + 3)).await;
+    let open_after_heartbeat = holders.open_now().await?;
+    let rss_after = rss_kib(pid)?;
+    let cpu_after = cpu_us_per_s(pid, Duration::from_secs(a.idle_seconds)).await?;
+    let open_at_end = holders.open_now().await?;
+    let n = holders.open.max(1) as f64;
+    let result = json!({
+        "scenario": "P1",
+        "server": kind.name(),
+        "sockets": holders.open,
+        "connect_failures": holders.failed,
+        "open_after_heartbeat": open_after_heartbeat,
+        "open_at_end": open_at_end,
+        "connect_seconds": holders.connect_seconds,
+        "holder_processes": holders.processes(),
+        "heartbeat_seconds": o.heartbeat_seconds,
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "rss_per_socket_kib": (rss_after.saturating_sub(rss_before)) as f64 / n,
+        "idle_cpu_us_per_s_before": cpu_before,
+        "idle_cpu_us_per_s_after": cpu_after,
+        "idle_seconds": a.idle_seconds,
+        "cpu_us_per_socket_s": (cpu_after - cpu_before).max(0.0) / n,
+    });
+    holders.stop().await;
+    server.stop().await?;
+    Ok(result)
+}
+
+pub struct P2Args {
+    pub sockets: usize,
+    pub sources: Vec<IpAddr>,
+    /// Publishes per second, tried in this order.
+    pub rates: Vec<u64>,
+    pub step_seconds: u64,
+    pub p99_limit_ms: f64,
+}
+
+#[derive(Default)]
+struct Receipts {
+    /// seq → (holders done, latest last receipt).
+    done: HashMap<usize, (usize, u64)>,
+}
+
+pub async fn p2(kind: Kind, o: &Options, a: &P2Args) -> Result<Value> {
+    let server = Server::start(kind, o).await?;
+    let mut holders = Holders::start(&server.target, a.sockets, &a.sources).await?;
+    eprintln!(
+        "[p2 {}] {} sockets open ({} failed) in {:.1} s",
+        kind.name(),
+        holders.open,
+        holders.failed,
+        holders.connect_seconds
+    );
+    let processes = holders.processes();
+    let receipts = Arc::new(Mutex::new(Receipts::default()));
+    let mut lines = std::mem::replace(&mut holders.lines, tokio::sync::mpsc::unbounded_channel().1);
+    let collector = {
+        let receipts = receipts.clone();
+        tokio::spawn(async move {
+            while let Some((_, line)) = lines.recv().await {
+                let Some(rest) = line.strip_prefix("done ") else {
+                    continue;
+                };
+                let mut it = rest
+                    .split_whitespace()
+                    .filter_map(|v| v.parse::<u64>().ok());
+                let (Some(seq), Some(last)) = (it.next(), it.next()) else {
+                    continue;
+                };
+                let mut r = receipts.lock().await;
+                let e = r.done.entry(seq as usize).or_insert((0, 0));
+                e.0 += 1;
+                e.1 = e.1.max(last);
+            }
+        })
+    };
+    let publisher = server.publisher();
+    // Warm-up: one message through every socket before the measured steps.
+    let mut seq = 1usize;
+    server
+        .publish(json!({"seq": seq, "sent_us": now_micros(), "warmup": true}))
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receipts.lock().await.done.get(&seq).map(|e| e.0) != Some(processes) {
+        if Instant::now() > deadline {
+            anyhow::bail!("the warm-up message did not reach every socket in 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sockets = holders.open;
+    let mut steps = Vec::new();
+    let mut best: Option<Value> = None;
+    // Highest step with no loss and the publisher on schedule, whatever its p99.
+    let mut best_any: Option<Value> = None;
+    for &rate in &a.rates {
+        let total = (rate * a.step_seconds) as usize;
+        if seq + total + 1 >= MAX_SEQ {
+            break;
+        }
+        let first = seq + 1;
+        let mut sent = HashMap::with_capacity(total);
+        let publish_errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let started = Instant::now();
+        let first_sent_us = now_micros();
+        let mut tasks = Vec::with_capacity(total);
+        for i in 0..total {
+            tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
+            seq += 1;
+            let t = now_micros();
+            sent.insert(seq, t);
+            let p = publisher.clone();
+            let errors = publish_errors.clone();
+            tasks.push(tokio::spawn(async move {
+                if p.publish(json!({"seq": seq, "sent_us": t})).await.is_err() {
+                    errors.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }));
+        }
+        let publish_seconds = started.elapsed().as_secs_f64();
+        for t in tasks {
+            let _ = t.await;
+        }
+        // Wait for the step's messages (at most 3 s after the last publish).
+        let wait_until = Instant::now() + Duration::from_secs(3);
+        loop {
+            let complete = {
+                let r = receipts.lock().await;
+                (first..=seq)
+                    .filter(|s| r.done.get(s).is_some_and(|e| e.0 == processes))
+                    .count()
+            };
+            if complete == total || Instant::now() > wait_until {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+        let mut last_receipt = first_sent_us;
+        let mut complete = 0usize;
+        {
+            let r = receipts.lock().await;
+            for s in first..=seq {
+                if let (Some(&(n, last)), Some(&t)) = (r.done.get(&s), sent.get(&s))
+                    && n == processes
+                {
+                    h.record(last.saturating_sub(t).max(1))?;
+                    last_receipt = last_receipt.max(last);
+                    complete += 1;
+                }
+            }
+        }
+        let lost = total - complete;
+        let span_s = (last_receipt.saturating_sub(first_sent_us)) as f64 / 1e6;
+        let deliveries_per_s = if span_s > 0.0 {
+            (complete * sockets) as f64 / span_s
+        } else {
+            0.0
+        };
+        let p50 = h.value_at_quantile(0.5) as f64 / 1000.0;
+        let p99 = h.value_at_quantile(0.99) as f64 / 1000.0;
+        let errors = publish_errors.load(std::sync::atomic::Ordering::SeqCst);
+        // Sustained: every message reached every socket, the publisher kept its schedule,
+        // and p99 publish → last receipt stayed within the limit.
+        let on_schedule = publish_seconds <= a.step_seconds as f64 * 1.1;
+        let delivered = lost == 0 && errors == 0 && on_schedule;
+        let sustained = delivered && p99 <= a.p99_limit_ms;
+        let step = json!({
+            "publishes_per_s": rate,
+            "offered_deliveries_per_s": rate as usize * sockets,
+            "deliveries_per_s": deliveries_per_s,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "max_ms": h.max() as f64 / 1000.0,
+            "messages": total,
+            "lost": lost,
+            "publish_errors": errors,
+            "publish_seconds": publish_seconds,
+            "sustained": sustained,
+        });
+        eprintln!("[p2 {}] {step}", kind.name());
+        steps.push(step.clone());
+        if sustained {
+            best = Some(step.clone());
+        }
+        if delivered {
+            best_any = Some(step);
+        } else {
+            // Higher rates would only lose more.
+            break;
+        }
+    }
+    collector.abort();
+    holders.stop().await;
+    server.stop().await?;
+    let best = best.unwrap_or(Value::Null);
+    let best_any = best_any.unwrap_or(Value::Null);
+    Ok(json!({
+        "scenario": "P2",
+        "server": kind.name(),
+        "sockets": sockets,
+        "step_seconds": a.step_seconds,
+        "p99_limit_ms": a.p99_limit_ms,
+        "deliveries_per_s": best["deliveries_per_s"],
+        "p50_ms": best["p50_ms"],
+        "p99_ms": best["p99_ms"],
+        "publishes_per_s": best["publishes_per_s"],
+        // Without the p99 limit: the highest step with every message delivered on schedule.
+        "max_deliveries_per_s_any_p99": best_any["deliveries_per_s"],
+        "max_step_p50_ms": best_any["p50_ms"],
+        "max_step_p99_ms": best_any["p99_ms"],
+        "max_step_publishes_per_s": best_any["publishes_per_s"],
+        "steps": steps,
+    }))
+}

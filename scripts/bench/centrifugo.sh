@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Centrifugo, the comparison server of the benchmarks, built from its Go module with the
+# Go toolchain on the machine (module proxy only, no release download), cached by version
+# outside the checkout, and run on loopback with real JWT auth.
+#
+# Usage: scripts/bench/centrifugo.sh build   build (or reuse) centrifugo, print its path
+#                                            and the time the build took
+#        scripts/bench/centrifugo.sh start   write a config, start it, wait until it
+#                                            answers, write the pid file (idempotent)
+#        scripts/bench/centrifugo.sh stop    stop the process of the pid file
+#        scripts/bench/centrifugo.sh env     print the variables a client needs
+#                                            (shell syntax, for `eval`)
+#
+# Environment:
+#   HERMES_CACHE                cache root (default ~/.cache/hermes); the binary goes to
+#                               $HERMES_CACHE/bin/centrifugo-<version>/centrifugo
+#   HERMES_CENTRIFUGO_VERSION   version to build (default below)
+#   HERMES_CENTRIFUGO_STATE     where the config, pid file and log go
+#                               (default $HERMES_CACHE/state/centrifugo)
+#   HERMES_CENTRIFUGO_ADDRESS   listen address (default 127.0.0.1)
+#   HERMES_CENTRIFUGO_PORT      HTTP port: WebSocket, API and health (default 18000)
+#   HERMES_CENTRIFUGO_PING_INTERVAL, HERMES_CENTRIFUGO_PONG_TIMEOUT
+#                               heartbeat in seconds (default 25 and 8, Centrifugo's own)
+#   Go: the default GOMODCACHE/GOCACHE are used (they persist on the machine).
+set -euo pipefail
+
+CACHE=${HERMES_CACHE:-$HOME/.cache/hermes}
+VERSION=${HERMES_CENTRIFUGO_VERSION:-v6.9.1}
+MOD=github.com/centrifugal/centrifugo/v6
+BIN_DIR=$CACHE/bin/centrifugo-$VERSION
+BIN=$BIN_DIR/centrifugo
+STATE=${HERMES_CENTRIFUGO_STATE:-$CACHE/state/centrifugo}
+ADDRESS=${HERMES_CENTRIFUGO_ADDRESS:-127.0.0.1}
+PORT=${HERMES_CENTRIFUGO_PORT:-18000}
+# Server → client heartbeat (Centrifugo's default is 25 s; the benchmarks give Hermes the same).
+PING_INTERVAL=${HERMES_CENTRIFUGO_PING_INTERVAL:-25}
+PONG_TIMEOUT=${HERMES_CENTRIFUGO_PONG_TIMEOUT:-8}
+CONFIG=$STATE/config.json
+PIDFILE=$STATE/centrifugo.pid
+LOG=$STATE/centrifugo.log
+SECRETS=$STATE/secrets.env
+# The namespace of the benchmark channels: `bench:room`, ...
+NAMESPACE=bench
+
+log() { printf '[centrifugo] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+GO=$(command -v go || true)
+[ -n "$GO" ] || GO=/usr/local/go/bin/go
+
+build() {
+  if [ -x "$BIN" ] && "$BIN" version 2>/dev/null | grep -q "${VERSION#v}"; then
+    log "reusing $BIN ($("$BIN" version 2>/dev/null | head -1))"
+    echo "$BIN"
+    return 0
+  fi
+  [ -x "$GO" ] || die "no go toolchain (looked on PATH and /usr/local/go/bin/go)"
+  mkdir -p "$BIN_DIR"
+  local start tmp gomod need have
+  start=$(date +%s.%N)
+  # go.mod of that release, from the module proxy (cached in GOMODCACHE): if it needs a
+  # newer Go than the machine's, use the approved toolchain from the module proxy.
+  gomod=$("$GO" mod download -json "$MOD@$VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
+  [ -f "$gomod" ] || die "cannot download $MOD@$VERSION"
+  need=$(awk '$1 == "go" { print $2; exit }' "$gomod")
+  have=$("$GO" env GOVERSION | sed 's/^go//')
+  if [ -n "$need" ] && [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" != "$need" ]; then
+    log "$MOD@$VERSION needs go $need, the machine has $have: GOTOOLCHAIN=go1.27.3"
+    export GOTOOLCHAIN=go1.27.3
+  fi
+  log "building centrifugo $VERSION with $("$GO" env GOVERSION) (first time: several minutes)"
+  # Build into a temporary directory and move into place, so an interrupted build never
+  # leaves a half-written binary where the cache check looks.
+  tmp=$(mktemp -d "$BIN_DIR/.build.XXXXXX")
+  # The version string is set at link time, as Centrifugo's own release build does.
+  if ! GOBIN=$tmp CGO_ENABLED=0 "$GO" install -trimpath \
+    -ldflags "-s -w -X $MOD/internal/build.Version=${VERSION#v}" "$MOD@$VERSION"; then
+    rm -rf "$tmp"
+    die "go install $MOD@$VERSION failed"
+  fi
+  mv -f "$tmp/centrifugo" "$BIN"
+  rm -rf "$tmp"
+  log "built $("$BIN" version 2>/dev/null | head -1) in $(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }') s"
+  echo "$BIN"
+}
+
+# Secrets are generated once per state directory, so `env` and `start` agree.
+secrets() {
+  mkdir -p "$STATE"
+  if [ ! -s "$SECRETS" ]; then
+    umask 077
+    {
+      echo "CENTRIFUGO_TOKEN_HMAC_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+      echo "CENTRIFUGO_API_KEY=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    } >"$SECRETS"
+  fi
+  # shellcheck disable=SC1090
+  . "$SECRETS"
+}
+
+# Centrifugo v6 layout (internal/configtypes in the module): client.token.hmac_secret_key,
+# client.allowed_origins, http_api.key, channel.namespaces, log.level, http_server.
+write_config() {
+  secrets
+  cat >"$CONFIG" <<EOF
+{
+  "log": { "level": "error" },
+  "http_server": { "address": "$ADDRESS", "port": $PORT },
+  "health": { "enabled": true },
+  "client": {
+    "token": { "hmac_secret_key": "$CENTRIFUGO_TOKEN_HMAC_SECRET" },
+    "allowed_origins": ["http://127.0.0.1", "http://localhost"],
+    "ping_interval": "${PING_INTERVAL}s",
+    "pong_timeout": "${PONG_TIMEOUT}s"
+  },
+  "http_api": { "key": "$CENTRIFUGO_API_KEY" },
+  "channel": {
+    "namespaces": [
+      { "name": "$NAMESPACE", "allow_subscribe_for_client": true }
+    ]
+  }
+}
+EOF
+}
+
+pid_alive() {
+  local pid=$1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
+    [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(readlink -f "$BIN")" ]
+}
+
+running_pid() {
+  local pid
+  [ -f "$PIDFILE" ] || return 1
+  pid=$(cat "$PIDFILE" 2>/dev/null || true)
+  if pid_alive "$pid"; then echo "$pid"; return 0; fi
+  return 1
+}
+
+start() {
+  [ -x "$BIN" ] || build >/dev/null
+  local pid
+  if pid=$(running_pid); then
+    log "already running (pid $pid)"
+    echo "$pid"
+    return 0
+  fi
+  # A pid file of a dead process is never read as the new one.
+  rm -f "$PIDFILE"
+  write_config
+  nohup "$BIN" --config "$CONFIG" >"$LOG" 2>&1 </dev/null &
+  pid=$!
+  local deadline=$((SECONDS + 30))
+  until curl -fsS "http://$ADDRESS:$PORT/health" >/dev/null 2>&1; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -20 "$LOG" >&2
+      die "centrifugo exited during start (log: $LOG)"
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      kill "$pid" 2>/dev/null || true
+      die "centrifugo does not answer on http://$ADDRESS:$PORT/health after 30 s (log: $LOG)"
+    fi
+    sleep 0.1
+  done
+  echo "$pid" >"$PIDFILE.tmp" && mv -f "$PIDFILE.tmp" "$PIDFILE"
+  log "running (pid $pid) on http://$ADDRESS:$PORT, config $CONFIG"
+  echo "$pid"
+}
+
+stop() {
+  local pid
+  if ! pid=$(running_pid); then
+    rm -f "$PIDFILE"
+    log "not running"
+    return 0
+  fi
+  kill "$pid"
+  for _ in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
+  rm -f "$PIDFILE"
+  log "stopped (pid $pid)"
+}
+
+print_env() {
+  secrets
+  local pid=""
+  pid=$(running_pid || true)
+  cat <<EOF
+CENTRIFUGO_BIN=$BIN
+CENTRIFUGO_VERSION=$VERSION
+CENTRIFUGO_PID=$pid
+CENTRIFUGO_WS_URL=ws://$ADDRESS:$PORT/connection/websocket
+CENTRIFUGO_API_URL=http://$ADDRESS:$PORT/api
+CENTRIFUGO_API_KEY=$CENTRIFUGO_API_KEY
+CENTRIFUGO_TOKEN_HMAC_SECRET=$CENTRIFUGO_TOKEN_HMAC_SECRET
+CENTRIFUGO_NAMESPACE=$NAMESPACE
+EOF
+}
+
+case "${1:-build}" in
+  build) build ;;
+  start) start ;;
+  stop) stop ;;
+  env) print_env ;;
+  *) die "usage: $0 build|start|stop|env" ;;
+esac
