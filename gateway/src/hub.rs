@@ -1,6 +1,6 @@
 //! The `SessionHub`: this gateway's sockets, indexed by connection, room and user.
 //!
-//! Delivery never blocks: each socket has its own bounded queue fed with `try_send`; a
+//! Delivery never blocks: each socket has its own bounded queue fed with `try_push`; a
 //! socket whose queue is full is closed with 1013 (try again later) instead of growing
 //! memory or slowing anyone else down. A frame is shared (`Frame` is a reference-counted
 //! string) by every socket that receives it.
@@ -17,7 +17,8 @@ use hermes_shared::wire::{
     rfc3339_millis,
 };
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::mpsc;
+
+use crate::queue;
 use tokio_util::sync::CancellationToken;
 
 use crate::close;
@@ -34,7 +35,7 @@ pub struct Connection {
     pub record: ConnectionRecord,
     /// True for `hermes.v1` subprotocol clients.
     pub modern: bool,
-    sender: mpsc::Sender<Outbound>,
+    sender: queue::Sender<Outbound>,
     /// Cancelled when the socket must close; the code and reason are in `close_with`.
     kill: CancellationToken,
     close_with: Mutex<Option<(u16, String)>>,
@@ -48,8 +49,8 @@ impl Connection {
         record: ConnectionRecord,
         modern: bool,
         queue: usize,
-    ) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
-        let (sender, receiver) = mpsc::channel(queue);
+    ) -> (Arc<Self>, queue::Receiver<Outbound>) {
+        let (sender, receiver) = queue::channel(queue);
         let now = record.connected_at;
         let conn = Arc::new(Self {
             record,
@@ -102,10 +103,10 @@ impl Connection {
     fn push(&self, frame: &Frame, published_at: Option<u64>, metrics: &Metrics) -> bool {
         match self
             .sender
-            .try_send(Outbound::Frame(frame.clone(), published_at))
+            .try_push(Outbound::Frame(frame.clone(), published_at))
         {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(queue::PushError::Full(_)) => {
                 if !self.kill.is_cancelled() {
                     metrics.send_queue_overflows.inc();
                     tracing::info!(
@@ -120,7 +121,7 @@ impl Connection {
                 self.close(close::TRY_AGAIN_LATER, "client too slow: send queue full");
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(queue::PushError::Closed(_)) => {
                 metrics
                     .messages_dropped
                     .with_label_values(&["closed"])
@@ -429,7 +430,7 @@ mod tests {
         room: &str,
         user: &str,
         queue: usize,
-    ) -> (Arc<Connection>, mpsc::Receiver<Outbound>) {
+    ) -> (Arc<Connection>, queue::Receiver<Outbound>) {
         Connection::new(
             ConnectionRecord {
                 connection_id: id.into(),
@@ -517,8 +518,8 @@ mod tests {
             Some("a"),
         ));
         assert_eq!(r.delivered, 1);
-        assert!(ra.try_recv().is_err());
-        assert!(rb.try_recv().is_ok());
+        assert!(ra.try_pop().is_none());
+        assert!(rb.try_pop().is_some());
         let r = hub.deliver(&send(
             Target::User {
                 user_id: "u".into(),
@@ -528,8 +529,8 @@ mod tests {
             None,
         ));
         assert_eq!(r.delivered, 1);
-        assert!(rc.try_recv().is_ok());
-        assert!(ra.try_recv().is_err());
+        assert!(rc.try_pop().is_some());
+        assert!(ra.try_pop().is_none());
         let r = hub.deliver(&send(
             Target::Connections(vec!["a".into(), "zz".into()]),
             None,
@@ -553,7 +554,7 @@ mod tests {
         hub.deliver(&send(room(), Some("m3"), None));
         assert!(!hub.deliver(&send(room(), Some("m1"), None)).duplicate);
         let mut n = 0;
-        while ra.try_recv().is_ok() {
+        while ra.try_pop().is_some() {
             n += 1;
         }
         assert_eq!(n, 4);
@@ -575,7 +576,7 @@ mod tests {
                 None,
                 None,
             ));
-            assert!(rf.try_recv().is_ok());
+            assert!(rf.try_pop().is_some());
         }
         assert_eq!(
             slow.requested_close().map(|c| c.0),

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod close;
 pub mod hub;
 pub mod internal;
+pub mod queue;
 pub mod server;
 pub mod session;
 pub mod standalone;

@@ -10,7 +10,6 @@ use hermes_shared::ids::{new_message_id, now_millis};
 use hermes_shared::wire::{
     ClientFrame, Frame, PublishMessage, connected_frame, error_frame, pong_frame,
 };
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::close;
@@ -68,7 +67,7 @@ pub async fn run(
     mut session: Session,
     stream: actix_ws::MessageStream,
     conn: Arc<Connection>,
-    mut outgoing: mpsc::Receiver<Outbound>,
+    mut outgoing: crate::queue::Receiver<Outbound>,
 ) {
     let limits = gw.config.limits.clone();
     let mut stream = stream
@@ -97,10 +96,8 @@ pub async fn run(
                     let (code, reason) = conn.requested_close().unwrap_or((close::NORMAL, String::new()));
                     break 'socket End::Close(code, reason);
                 }
-                out = outgoing.recv() => {
-                    let Some(Outbound::Frame(frame, published_at)) = out else {
-                        break 'socket End::Close(close::INTERNAL_ERROR, "send queue closed".into());
-                    };
+                out = outgoing.pop() => {
+                    let Outbound::Frame(frame, published_at) = out;
                     tokio::select! {
                         biased;
                         () = conn.killed() => {
