@@ -24,6 +24,9 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
+# The vendored, patched actix-http ([patch.crates-io]) is a dependency: its real source must
+# be there when the dependencies are cooked.
+COPY vendor vendor
 # Dependencies only: this layer is reused as long as the recipe (manifests, lock file) is
 # the same, so a change of Hermes' own code recompiles Hermes alone.
 RUN cargo chef cook --release --locked --recipe-path recipe.json \
