@@ -70,20 +70,12 @@ impl Consumer {
 
     /// Sends SIGTERM without waiting (see [`Self::wait_exit`]).
     pub fn terminate(&self) {
-        let pid = self.child.id().expect("running");
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        crate::sigterm(&self.child);
     }
 
     /// Waits for the process to exit.
     pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        tokio::time::timeout(limit, self.child.wait())
-            .await
-            .expect("the consumer exits in time")
-            .expect("wait")
+        crate::wait_exit(&mut self.child, limit, "the consumer").await
     }
 
     /// Sends SIGTERM and waits for the exit.

@@ -308,20 +308,12 @@ impl Gateway {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let pid = self.child.id().expect("running");
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        sigterm(&self.child);
     }
 
     /// Waits for the process to exit.
     pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        tokio::time::timeout(limit, self.child.wait())
-            .await
-            .expect("the gateway exits in time")
-            .expect("wait")
+        wait_exit(&mut self.child, limit, "the gateway").await
     }
 
     pub fn logs(&self) -> String {
@@ -448,4 +440,26 @@ pub async fn send_json(ws: &mut Ws, v: Value) {
 
 pub fn close_code(code: u16) -> CloseCode {
     CloseCode::from(code)
+}
+
+/// Sends SIGTERM to a child process.
+pub fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("running");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Waits at most `limit` for a child process (`what`, for the message) to exit.
+pub async fn wait_exit(
+    child: &mut tokio::process::Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    tokio::time::timeout(limit, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not exit within {limit:?}"))
+        .expect("wait")
 }

@@ -56,6 +56,9 @@ where
 }
 
 /// One test's namespace (with the chart's consumer access), keyspace and queue.
+/// The identities (Lease holder names) of the consumers of the Lease tests.
+const IDENTITIES: [&str; 2] = ["c1", "c2"];
+
 struct Setup {
     ns: KubeNamespace,
     access: ConsumerAccess,
@@ -137,6 +140,19 @@ impl Setup {
             panic!("no single leader named by the Lease; consumer logs:\n{logs:#?}");
         }
         leader.get().expect("set with found")
+    }
+
+    /// Starts consumers `c1` and `c2` with `timing` and waits for one of them to lead.
+    /// Returns them (in that order) and the leader's index.
+    async fn elect(&self, timing: &[(&str, &str)]) -> (Vec<Consumer>, usize) {
+        let consumers = vec![
+            self.consumer(IDENTITIES[0], timing).await,
+            self.consumer(IDENTITIES[1], timing).await,
+        ];
+        let leader = self
+            .single_leader(&[&consumers[0], &consumers[1]], &IDENTITIES)
+            .await;
+        (consumers, leader)
     }
 }
 
@@ -245,14 +261,7 @@ async fn one_consumer_leads_and_a_survivor_takes_over_after_the_leader_is_killed
         ("HERMES_KUBE_LEASE_SECONDS", "4"),
         ("HERMES_KUBE_RENEW_SECONDS", "1"),
     ];
-    let identities = ["c1", "c2"];
-    let mut consumers = vec![
-        s.consumer(identities[0], &timing).await,
-        s.consumer(identities[1], &timing).await,
-    ];
-    let leader = s
-        .single_leader(&[&consumers[0], &consumers[1]], &identities)
-        .await;
+    let (mut consumers, leader) = s.elect(&timing).await;
     let survivor = 1 - leader;
     assert_eq!(consumers[leader].metric(ACQUISITIONS).await, 1.0);
     assert_eq!(consumers[survivor].metric(ACQUISITIONS).await, 0.0);
@@ -272,7 +281,7 @@ async fn one_consumer_leads_and_a_survivor_takes_over_after_the_leader_is_killed
     // the kill: the survivor must have seen the record unchanged for a whole lease duration.
     // Checked with 1 s of slack.
     let limit = Duration::from_secs(LEASE + 2 * RENEW + 1);
-    let survivor_id = identities[1 - leader];
+    let survivor_id = IDENTITIES[1 - leader];
     let polling = killed.elapsed();
     let took = within(limit + Duration::from_secs(10), TICK, || async {
         survivor.metric(LEADER).await == 1.0 && s.holder().await.as_deref() == Some(survivor_id)
@@ -309,15 +318,8 @@ async fn a_leader_that_stops_releases_the_lease_for_an_immediate_takeover() {
         ("HERMES_KUBE_LEASE_SECONDS", "30"),
         ("HERMES_KUBE_RENEW_SECONDS", "1"),
     ];
-    let identities = ["c1", "c2"];
-    let mut consumers = vec![
-        s.consumer(identities[0], &timing).await,
-        s.consumer(identities[1], &timing).await,
-    ];
-    let leader = s
-        .single_leader(&[&consumers[0], &consumers[1]], &identities)
-        .await;
-    let survivor_id = identities[1 - leader];
+    let (mut consumers, leader) = s.elect(&timing).await;
+    let survivor_id = IDENTITIES[1 - leader];
     let mut stopping = consumers.remove(leader);
     let survivor = consumers.remove(0);
 
