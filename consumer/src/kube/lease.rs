@@ -123,15 +123,13 @@ impl Elector {
                         tracing::warn!(lease = %self.name, "lost the Lease to another consumer");
                     }
                 }
-                Err(Timeout) => {
-                    tracing::warn!(lease = %self.name, "the Lease round timed out");
-                    if last_renewed.is_some_and(|at| at.elapsed() >= renew_deadline) {
-                        tracing::warn!(lease = %self.name, "could not renew the Lease in time: stepping down");
-                        last_renewed = None;
+                Err(error) => {
+                    match error {
+                        Timeout => tracing::warn!(lease = %self.name, "the Lease round timed out"),
+                        Kube(error) => {
+                            tracing::warn!(%error, lease = %self.name, "cannot read or write the Lease")
+                        }
                     }
-                }
-                Err(Kube(error)) => {
-                    tracing::warn!(%error, lease = %self.name, "cannot read or write the Lease");
                     if last_renewed.is_some_and(|at| at.elapsed() >= renew_deadline) {
                         tracing::warn!(lease = %self.name, "could not renew the Lease in time: stepping down");
                         last_renewed = None;
