@@ -4,9 +4,17 @@
 //! report each benchmark message once every one of their sockets has received it.
 //!
 //! Holder protocol, one line each way:
-//! - stdout `ready <open> <failed>` once every connect was tried;
+//! - stdout `conn <ok> <failed> <first_start_us> <last_ok_us> <latencies_us,...>` then
+//!   `ready <open> <failed>` once every connect was tried;
 //! - stdout `done <seq> <last_receipt_us>` when all of its sockets received message `seq`;
-//! - stdin `status` → stdout `open <n>`; stdin closed → the holder exits.
+//! - stdin `status` → stdout `open <n>`;
+//! - stdin `storm` → every socket is dropped at once (TCP closed, no close frame), then all
+//!   `count` are reconnected with `storm_concurrency` in flight → stdout
+//!   `storm <ok> <failed> <first_start_us> <last_ok_us> <latencies_us,...>`;
+//! - stdin closed → the holder exits.
+//!
+//! A connect's latency runs from the TCP connect to the 101 (Hermes) or to the reply to
+//! Centrifugo's `connect` command (its JWT check); an empty channel skips the subscribe.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -18,7 +26,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -44,6 +52,15 @@ fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(64 * 1024))
 }
 
+/// One connect from the driver (P4's warm-up: the token's first, bcrypt, verify).
+pub async fn open_once(t: &Target, source: IpAddr) -> Result<()> {
+    let ws = tokio::time::timeout(Duration::from_secs(10), open(t, source))
+        .await
+        .context("warm-up connect timed out")??;
+    drop(ws);
+    Ok(())
+}
+
 /// Opens one socket from `source` and joins the benchmark room / channel.
 async fn open(t: &Target, source: IpAddr) -> Result<Ws> {
     let mut request = t.url.as_str().into_client_request()?;
@@ -54,6 +71,9 @@ async fn open(t: &Target, source: IpAddr) -> Result<Ws> {
     let port = request.uri().port_u16().unwrap_or(80);
     let addr: SocketAddr = format!("{host}:{port}").parse()?;
     let socket = TcpSocket::new_v4()?;
+    // Closed with a RST: no TIME_WAIT left behind to slow the port search of later binds
+    // (a run opens up to 38,000 sockets from 4 source addresses).
+    socket.set_zero_linger()?;
     socket.bind(SocketAddr::new(source, 0))?;
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
@@ -65,6 +85,9 @@ async fn open(t: &Target, source: IpAddr) -> Result<Ws> {
             serde_json::json!({"id": 1, "connect": {"token": t.token, "name": "hermes-bench"}});
         ws.send(Message::text(connect.to_string())).await?;
         expect_reply(&mut ws, 1).await?;
+        if t.channel.is_empty() {
+            return Ok(ws);
+        }
         let sub = serde_json::json!({"id": 2, "subscribe": {"channel": t.channel}});
         ws.send(Message::text(sub.to_string())).await?;
         expect_reply(&mut ws, 2).await?;
@@ -109,8 +132,110 @@ struct Counters {
     open: AtomicUsize,
 }
 
+/// Outcome of one batch of connects in a holder.
+struct Batch {
+    ok: usize,
+    failed: usize,
+    first_start_us: u64,
+    last_ok_us: u64,
+    latencies_us: Vec<u64>,
+    first_error: Option<String>,
+}
+
+impl Batch {
+    fn line(&self, tag: &str) -> String {
+        let lat = if self.latencies_us.is_empty() {
+            "-".to_owned()
+        } else {
+            self.latencies_us
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        format!(
+            "{tag} {} {} {} {} {lat}\n",
+            self.ok, self.failed, self.first_start_us, self.last_ok_us
+        )
+    }
+}
+
+/// What every socket task of a holder shares.
+#[derive(Clone)]
+struct Shared {
+    t: Arc<Target>,
+    counters: Arc<Counters>,
+    out: mpsc::UnboundedSender<String>,
+    /// Bumped to drop every open socket at once.
+    stop: watch::Receiver<u64>,
+}
+
+/// Opens `count` sockets, `concurrency` in flight, each handed to a reader task.
+async fn connect_all(sh: &Shared, count: usize, sources: &[IpAddr], concurrency: usize) -> Batch {
+    let failed = AtomicUsize::new(0);
+    let ok = AtomicUsize::new(0);
+    let last_ok = AtomicU64::new(0);
+    let first_error = std::sync::Mutex::new(None::<String>);
+    let latencies = std::sync::Mutex::new(Vec::with_capacity(count));
+    let first_start_us = now_micros();
+    futures_util::stream::iter(0..count)
+        .for_each_concurrent(concurrency, |i| {
+            let sh = sh.clone();
+            let source = sources[i % sources.len()];
+            let (failed, ok, last_ok, first_error, latencies) =
+                (&failed, &ok, &last_ok, &first_error, &latencies);
+            async move {
+                let started = std::time::Instant::now();
+                let r = tokio::time::timeout(Duration::from_secs(10), open(&sh.t, source))
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("connect timed out after 10 s")));
+                match r {
+                    Ok(ws) => {
+                        let us = started.elapsed().as_micros() as u64;
+                        last_ok.fetch_max(now_micros(), Ordering::SeqCst);
+                        ok.fetch_add(1, Ordering::SeqCst);
+                        latencies
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(us.max(1));
+                        sh.counters.open.fetch_add(1, Ordering::SeqCst);
+                        tokio::spawn(read_loop(
+                            ws,
+                            sh.t.kind,
+                            sh.counters.clone(),
+                            sh.out.clone(),
+                            sh.stop.clone(),
+                        ));
+                    }
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        let mut first = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                        if first.is_none() {
+                            *first = Some(format!("{e:#}"));
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+    Batch {
+        ok: ok.into_inner(),
+        failed: failed.into_inner(),
+        first_start_us,
+        last_ok_us: last_ok.into_inner(),
+        latencies_us: latencies.into_inner().unwrap_or_else(|p| p.into_inner()),
+        first_error: first_error.into_inner().unwrap_or_else(|p| p.into_inner()),
+    }
+}
+
 /// `hermes-bench hold`: the body of a holder process.
-pub async fn hold(t: Target, count: usize, sources: Vec<IpAddr>, concurrency: usize) -> Result<()> {
+pub async fn hold(
+    t: Target,
+    count: usize,
+    sources: Vec<IpAddr>,
+    concurrency: usize,
+    storm_concurrency: usize,
+) -> Result<()> {
     let counters = Arc::new(Counters {
         count: (0..MAX_SEQ).map(|_| AtomicU32::new(0)).collect(),
         last: (0..MAX_SEQ).map(|_| AtomicU64::new(0)).collect(),
@@ -128,45 +253,23 @@ pub async fn hold(t: Target, count: usize, sources: Vec<IpAddr>, concurrency: us
             }
         }
     });
-    let t = Arc::new(t);
-    let failed = AtomicUsize::new(0);
-    let first_error = std::sync::Mutex::new(None::<String>);
-    futures_util::stream::iter(0..count)
-        .for_each_concurrent(concurrency, |i| {
-            let t = t.clone();
-            let counters = counters.clone();
-            let out = out_tx.clone();
-            let source = sources[i % sources.len()];
-            let failed = &failed;
-            let first_error = &first_error;
-            async move {
-                match open(&t, source).await {
-                    Ok(ws) => {
-                        counters.open.fetch_add(1, Ordering::SeqCst);
-                        tokio::spawn(read_loop(ws, t.kind, counters, out));
-                    }
-                    Err(e) => {
-                        failed.fetch_add(1, Ordering::SeqCst);
-                        let mut first = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                        if first.is_none() {
-                            *first = Some(format!("{e:#}"));
-                        }
-                    }
-                }
-            }
-        })
-        .await;
+    let (stop_tx, stop_rx) = watch::channel(0u64);
+    let sh = Shared {
+        t: Arc::new(t),
+        counters: counters.clone(),
+        out: out_tx.clone(),
+        stop: stop_rx,
+    };
+    let batch = connect_all(&sh, count, &sources, concurrency).await;
     let open_now = counters.open.load(Ordering::SeqCst);
     counters
         .expected
         .store(u32::try_from(open_now)?, Ordering::SeqCst);
-    if let Some(e) = first_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+    if let Some(e) = &batch.first_error {
         eprintln!("hermes-bench hold: first connect error: {e}");
     }
-    let _ = out_tx.send(format!(
-        "ready {open_now} {}\n",
-        failed.load(Ordering::SeqCst)
-    ));
+    let _ = out_tx.send(batch.line("conn"));
+    let _ = out_tx.send(format!("ready {open_now} {}\n", batch.failed));
     let (in_tx, mut in_rx) = mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
         for line in std::io::stdin().lines() {
@@ -177,11 +280,34 @@ pub async fn hold(t: Target, count: usize, sources: Vec<IpAddr>, concurrency: us
         }
     });
     while let Some(line) = in_rx.recv().await {
-        if line.trim() == "status" {
-            let _ = out_tx.send(format!("open {}\n", counters.open.load(Ordering::SeqCst)));
+        match line.trim() {
+            "status" => {
+                let _ = out_tx.send(format!("open {}\n", counters.open.load(Ordering::SeqCst)));
+            }
+            "storm" => {
+                // Drop every socket at once, wait until their tasks are gone, reconnect all.
+                stop_tx.send_modify(|g| *g += 1);
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while counters.open.load(Ordering::SeqCst) > 0
+                    && std::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let sh = Shared {
+                    stop: stop_tx.subscribe(),
+                    ..sh.clone()
+                };
+                let batch = connect_all(&sh, count, &sources, storm_concurrency).await;
+                if let Some(e) = &batch.first_error {
+                    eprintln!("hermes-bench hold: first storm reconnect error: {e}");
+                }
+                let _ = out_tx.send(batch.line("storm"));
+            }
+            _ => {}
         }
     }
     drop(out_tx);
+    drop(sh);
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     std::process::exit(0);
 }
@@ -191,8 +317,15 @@ async fn read_loop(
     kind: Kind,
     counters: Arc<Counters>,
     out: mpsc::UnboundedSender<String>,
+    mut stop: watch::Receiver<u64>,
 ) {
-    while let Some(Ok(m)) = ws.next().await {
+    stop.mark_unchanged();
+    loop {
+        let m = tokio::select! {
+            m = ws.next() => m,
+            _ = stop.changed() => break,
+        };
+        let Some(Ok(m)) = m else { break };
         let Message::Text(text) = m else { continue };
         for frame in text.lines() {
             if kind == Kind::Centrifugo && frame == "{}" {
@@ -215,6 +348,32 @@ async fn read_loop(
     counters.open.fetch_sub(1, Ordering::SeqCst);
 }
 
+/// A holder's `conn` or `storm` line, parsed.
+pub struct BatchReport {
+    pub ok: usize,
+    pub failed: usize,
+    pub first_start_us: u64,
+    pub last_ok_us: u64,
+    pub latencies_us: Vec<u64>,
+}
+
+fn parse_batch(rest: &str) -> Result<BatchReport> {
+    let mut it = rest.split_whitespace();
+    let mut num = || -> Result<u64> { Ok(it.next().context("short batch line")?.parse()?) };
+    let (ok, failed, first_start_us, last_ok_us) = (num()?, num()?, num()?, num()?);
+    let latencies_us = match it.next() {
+        None | Some("-") => Vec::new(),
+        Some(l) => l.split(',').map(str::parse).collect::<Result<_, _>>()?,
+    };
+    Ok(BatchReport {
+        ok: usize::try_from(ok)?,
+        failed: usize::try_from(failed)?,
+        first_start_us,
+        last_ok_us,
+        latencies_us,
+    })
+}
+
 /// The holder processes of one run, as seen from the driver.
 pub struct Holders {
     children: Vec<(Child, ChildStdin)>,
@@ -222,11 +381,25 @@ pub struct Holders {
     pub open: usize,
     pub failed: usize,
     pub connect_seconds: f64,
+    /// Each holder's initial connects.
+    pub batches: Vec<BatchReport>,
 }
 
 impl Holders {
     /// Starts enough holders for `sockets` and waits until every connect was tried.
     pub async fn start(t: &Target, sockets: usize, sources: &[IpAddr]) -> Result<Self> {
+        Self::start_with(t, sockets, sources, 64, 64).await
+    }
+
+    /// As `start`, with `concurrency` connects in flight per holder (and
+    /// `storm_concurrency` for a later `storm`).
+    pub async fn start_with(
+        t: &Target,
+        sockets: usize,
+        sources: &[IpAddr],
+        concurrency: usize,
+        storm_concurrency: usize,
+    ) -> Result<Self> {
         let exe = std::env::current_exe()?;
         let processes = sockets.div_ceil(PER_PROCESS).max(1);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -251,6 +424,10 @@ impl Holders {
                 .arg(&t.channel)
                 .arg("--count")
                 .arg(n.to_string())
+                .arg("--concurrency")
+                .arg(concurrency.to_string())
+                .arg("--storm-concurrency")
+                .arg(storm_concurrency.to_string())
                 .arg("--sources")
                 .arg(
                     own.iter()
@@ -282,6 +459,7 @@ impl Holders {
             open: 0,
             failed: 0,
             connect_seconds: 0.0,
+            batches: Vec::new(),
         };
         let mut ready = 0;
         while ready < processes {
@@ -289,7 +467,9 @@ impl Holders {
                 .await
                 .context("holders did not get ready in 300 s")?
                 .context("a holder exited")?;
-            if let Some(rest) = line.strip_prefix("ready ") {
+            if let Some(rest) = line.strip_prefix("conn ") {
+                h.batches.push(parse_batch(rest)?);
+            } else if let Some(rest) = line.strip_prefix("ready ") {
                 let mut it = rest.split_whitespace().map(|v| v.parse::<usize>());
                 h.open += it.next().context("open")??;
                 h.failed += it.next().context("failed")??;
@@ -323,6 +503,25 @@ impl Holders {
             }
         }
         Ok(open)
+    }
+
+    /// Every holder drops all its sockets at once and reconnects them; one report each.
+    pub async fn storm(&mut self) -> Result<Vec<BatchReport>> {
+        for (_, stdin) in &mut self.children {
+            stdin.write_all(b"storm\n").await?;
+            stdin.flush().await?;
+        }
+        let mut out = Vec::new();
+        while out.len() < self.children.len() {
+            let (_, line) = tokio::time::timeout(Duration::from_secs(300), self.lines.recv())
+                .await
+                .context("the storm did not end in 300 s")?
+                .context("a holder exited")?;
+            if let Some(rest) = line.strip_prefix("storm ") {
+                out.push(parse_batch(rest)?);
+            }
+        }
+        Ok(out)
     }
 
     pub async fn stop(self) {

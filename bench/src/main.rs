@@ -14,7 +14,8 @@
 //! (`--server hermes|centrifugo`): P1 idle sockets (RSS and CPU per socket), P2 room fan-out
 //! (deliveries/s while p99 publish → last receipt stays within 50 ms). Each prints one JSON
 //! object; `hermes-bench report` turns a directory of them into `bench/results.json` and
-//! `bench/RESULTS.md`. `scripts/bench/run.sh` runs it all.
+//! `bench/RESULTS.md`. `hermes-bench p4` measures connects/s with the full auth and a
+//! reconnect storm. `scripts/bench/run.sh` runs it all.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -84,9 +85,28 @@ enum Cli {
         #[arg(long, default_value_t = 50.0)]
         p99_limit_ms: f64,
     },
+    /// P4: connects/s with the full auth (p50/p99 per connect), then a reconnect storm.
+    P4 {
+        #[arg(long, value_enum)]
+        server: Kind,
+        #[command(flatten)]
+        common: Common,
+        /// Clients: connected at the measured rate, then all dropped and reconnected.
+        #[arg(long, default_value_t = 19_000)]
+        sockets: usize,
+        /// Connects in flight per holder process while the rate is measured.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Reconnects in flight per holder process in the storm.
+        #[arg(long, default_value_t = 512)]
+        storm_concurrency: usize,
+        /// Seconds between the connects and the storm.
+        #[arg(long, default_value_t = 3)]
+        settle_seconds: u64,
+    },
     /// Writes bench/results.json and bench/RESULTS.md from the JSON lines of a run directory.
     Report {
-        /// Directory holding p1-*.json and p2-*.json (one JSON object each) and the
+        /// Directory holding p1-*.json, p2-*.json and p4-*.json (one JSON object each) and the
         /// files scripts/bench/run.sh writes beside them.
         #[arg(long)]
         runs: std::path::PathBuf,
@@ -94,7 +114,7 @@ enum Cli {
         #[arg(long, default_value = "bench")]
         out: std::path::PathBuf,
     },
-    /// (internal) a socket-holder process of p1/p2.
+    /// (internal) a socket-holder process of p1/p2/p4.
     #[command(hide = true)]
     Hold {
         #[arg(long, value_enum)]
@@ -111,6 +131,9 @@ enum Cli {
         sources: Vec<std::net::IpAddr>,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Reconnects in flight after `storm` on stdin.
+        #[arg(long, default_value_t = 64)]
+        storm_concurrency: usize,
     },
     /// Connect latency, RSS per idle socket, publish → receipt latency, one fan-out.
     Smoke {
@@ -126,7 +149,7 @@ enum Cli {
     },
 }
 
-/// Options shared by p1 and p2.
+/// Options shared by p1, p2 and p4.
 #[derive(clap::Args)]
 struct Common {
     /// The gateway binary (a release build).
@@ -220,6 +243,25 @@ async fn main() -> Result<()> {
             println!("{v}");
             Ok(())
         }
+        Cli::P4 {
+            server,
+            common,
+            sockets,
+            concurrency,
+            storm_concurrency,
+            settle_seconds,
+        } => {
+            let args = scenarios::P4Args {
+                sockets,
+                sources: common.sources.clone(),
+                concurrency,
+                storm_concurrency,
+                settle_seconds,
+            };
+            let v = scenarios::p4(server, &common.options(), &args).await?;
+            println!("{v}");
+            Ok(())
+        }
         Cli::Report { runs, out } => report::write(&runs, &out),
         Cli::Hold {
             server,
@@ -229,6 +271,7 @@ async fn main() -> Result<()> {
             count,
             sources,
             concurrency,
+            storm_concurrency,
         } => {
             let target = servers::Target {
                 kind: server,
@@ -236,7 +279,7 @@ async fn main() -> Result<()> {
                 token,
                 channel,
             };
-            holder::hold(target, count, sources, concurrency).await
+            holder::hold(target, count, sources, concurrency, storm_concurrency).await
         }
         Cli::Smoke {
             bin,

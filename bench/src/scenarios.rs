@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use crate::holder::{Holders, MAX_SEQ};
+use crate::holder::{self, BatchReport, Holders, MAX_SEQ};
 use crate::servers::{Kind, Options, Server};
 use crate::{now_micros, rss_kib};
 
@@ -283,4 +283,103 @@ pub async fn p2(kind: Kind, o: &Options, a: &P2Args) -> Result<Value> {
         "max_step_publishes_per_s": best_any["publishes_per_s"],
         "steps": steps,
     }))
+}
+
+pub struct P4Args {
+    pub sockets: usize,
+    pub sources: Vec<IpAddr>,
+    /// Connects in flight per holder while the rate is measured.
+    pub concurrency: usize,
+    /// Reconnects in flight per holder in the storm.
+    pub storm_concurrency: usize,
+    pub settle_seconds: u64,
+}
+
+/// Merged `conn` / `storm` reports: (ok, failed, first start → last success in s, histogram).
+fn merge(batches: &[BatchReport]) -> Result<(usize, usize, f64, Histogram<u64>)> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let (mut ok, mut failed) = (0, 0);
+    let first = batches.iter().map(|b| b.first_start_us).min().unwrap_or(0);
+    let last = batches.iter().map(|b| b.last_ok_us).max().unwrap_or(0);
+    for b in batches {
+        ok += b.ok;
+        failed += b.failed;
+        for &us in &b.latencies_us {
+            h.record(us.max(1))?;
+        }
+    }
+    Ok((ok, failed, last.saturating_sub(first) as f64 / 1e6, h))
+}
+
+/// P4: `sockets` clients connect (`concurrency` in flight per holder, one token that has
+/// already had its first verify), then all are dropped at once and reconnect.
+pub async fn p4(kind: Kind, o: &Options, a: &P4Args) -> Result<Value> {
+    let server = Server::start(kind, o).await?;
+    // Connect only: no subscribe after Centrifugo's `connect` (Hermes joins through the token).
+    let mut target = server.target.clone();
+    target.channel = String::new();
+    // The token's first verify (Hermes: JWT + bcrypt) happens here, outside the measurement.
+    holder::open_once(&target, a.sources[0]).await?;
+    let mut holders = Holders::start_with(
+        &target,
+        a.sockets,
+        &a.sources,
+        a.concurrency,
+        a.storm_concurrency,
+    )
+    .await?;
+    let (ok, failed, seconds, h) = merge(&holders.batches)?;
+    let connects_per_s = if seconds > 0.0 {
+        ok as f64 / seconds
+    } else {
+        0.0
+    };
+    eprintln!(
+        "[p4 {}] {ok} connects ({failed} failed) in {seconds:.2} s: {connects_per_s:.0}/s, p50 {:.2} ms p99 {:.2} ms",
+        kind.name(),
+        ms(&h, 0.5),
+        ms(&h, 0.99)
+    );
+    tokio::time::sleep(Duration::from_secs(a.settle_seconds)).await;
+    let open_before_storm = holders.open_now().await?;
+    let storm = holders.storm().await?;
+    let (storm_ok, storm_failed, storm_seconds, sh) = merge(&storm)?;
+    eprintln!(
+        "[p4 {}] storm: {storm_ok} reconnects ({storm_failed} failed) in {storm_seconds:.2} s, p50 {:.2} ms p99 {:.2} ms",
+        kind.name(),
+        ms(&sh, 0.5),
+        ms(&sh, 0.99)
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let open_after_storm = holders.open_now().await?;
+    let result = json!({
+        "scenario": "P4",
+        "server": kind.name(),
+        "sockets": a.sockets,
+        "holder_processes": holders.processes(),
+        "concurrency_per_holder": a.concurrency,
+        "connects": ok,
+        "connect_failures": failed,
+        "connect_seconds": seconds,
+        "connects_per_s": connects_per_s,
+        "p50_ms": ms(&h, 0.5),
+        "p99_ms": ms(&h, 0.99),
+        "max_ms": h.max() as f64 / 1000.0,
+        "open_before_storm": open_before_storm,
+        "storm_concurrency_per_holder": a.storm_concurrency,
+        "storm_reconnects": storm_ok,
+        "storm_failures": storm_failed,
+        "storm_seconds": storm_seconds,
+        "storm_p50_ms": ms(&sh, 0.5),
+        "storm_p99_ms": ms(&sh, 0.99),
+        "storm_max_ms": sh.max() as f64 / 1000.0,
+        "open_after_storm": open_after_storm,
+    });
+    holders.stop().await;
+    server.stop().await?;
+    Ok(result)
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
 }
