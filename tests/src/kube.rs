@@ -18,7 +18,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -595,24 +594,4 @@ async fn client_of(path: &Path) -> Client {
         .await
         .unwrap_or_else(|e| panic!("cannot use {}: {e}", path.display()));
     Client::try_from(config).expect("a Kubernetes client")
-}
-
-/// Polls `check` every `every` until it holds (returns how long that took) or `limit`
-/// passes (`None`). For measuring how long something takes, where [`crate::eventually`]'s
-/// backoff would blur the time.
-pub async fn within<F, Fut>(limit: Duration, every: Duration, mut check: F) -> Option<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = tokio::time::Instant::now();
-    loop {
-        if check().await {
-            return Some(started.elapsed());
-        }
-        if started.elapsed() >= limit {
-            return None;
-        }
-        tokio::time::sleep(every).await;
-    }
 }

@@ -378,23 +378,38 @@ pub async fn spawn_announced(
 }
 
 /// Polls `check` until it holds or the deadline passes (then panics).
-pub async fn eventually<F, Fut>(mut check: F)
+pub async fn eventually<F, Fut>(check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let mut wait = Duration::from_millis(5);
+    assert!(
+        within(DEADLINE, Duration::from_millis(200), check)
+            .await
+            .is_some(),
+        "condition not met before the deadline"
+    );
+}
+
+/// Polls `check` until it holds (returns how long that took) or `limit` passes (`None`):
+/// at once, then after 5 ms, doubling the wait up to `every`. A small `every` measures how
+/// long something takes to within that much.
+pub async fn within<F, Fut>(limit: Duration, every: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = tokio::time::Instant::now();
+    let mut wait = Duration::from_millis(5).min(every);
     loop {
         if check().await {
-            return;
+            return Some(started.elapsed());
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met before the deadline"
-        );
+        if started.elapsed() >= limit {
+            return None;
+        }
         tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_millis(200));
+        wait = (wait * 2).min(every);
     }
 }
 

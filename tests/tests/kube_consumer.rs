@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use hermes_e2e::kube::{ConsumerAccess, Endpoint, KubeNamespace, node_ip, within};
+use hermes_e2e::kube::{ConsumerAccess, Endpoint, KubeNamespace, node_ip};
 use hermes_e2e::*;
 use hermes_shared::registry::Registry;
 use serde_json::json;
