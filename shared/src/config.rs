@@ -441,7 +441,7 @@ impl GatewayConfig {
         let internal_listen = addr(s, INTERNAL_LISTEN, "127.0.0.1:8081")?;
         let gateway_id = match s.get(GATEWAY_ID) {
             Some(id) => id,
-            None => default_gateway_id(),
+            None => host_name("hermes-gateway"),
         };
         if gateway_id.is_empty() || gateway_id.len() > 253 {
             return Err(Error::Config(format!(
@@ -693,7 +693,11 @@ impl KubeConfig {
             .get(KUBE_IDENTITY)
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| {
-                format!("{}-{}", default_gateway_id(), crate::ids::random_secret(6))
+                format!(
+                    "{}-{}",
+                    host_name("hermes-consumer"),
+                    crate::ids::random_secret(6)
+                )
             });
         Ok(Some(Self {
             gateway_service,
@@ -838,8 +842,8 @@ impl ConsumerConfig {
     }
 }
 
-/// The host name: `HOSTNAME`, else `/etc/hostname`, else `hermes-gateway`.
-fn default_gateway_id() -> String {
+/// The host name: `HOSTNAME`, else `/etc/hostname`, else `fallback`.
+fn host_name(fallback: &str) -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
@@ -849,7 +853,7 @@ fn default_gateway_id() -> String {
                 .map(|h| h.trim().to_owned())
                 .filter(|h| !h.is_empty())
         })
-        .unwrap_or_else(|| "hermes-gateway".into())
+        .unwrap_or_else(|| fallback.into())
 }
 
 fn addr(s: &dyn Strings, key: &str, default: &str) -> Result<SocketAddr> {
