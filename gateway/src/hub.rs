@@ -1,14 +1,15 @@
 //! The `SessionHub`: this gateway's sockets, indexed by connection, room and user.
 //!
-//! Delivery never blocks: each socket has its own bounded queue fed with `try_push`; a
-//! socket whose queue is full is closed with 1013 (try again later) instead of growing
-//! memory or slowing anyone else down. A frame is shared (`Frame` is a reference-counted
-//! string) by every socket that receives it.
+//! Delivery never blocks: each socket has its own bounded queue (`ws::Outbox`, which its
+//! connection writes from); a socket whose queue is full is closed with 1013 (try again
+//! later) instead of growing memory or slowing anyone else down. A message is encoded into
+//! a WebSocket frame once, and every socket that receives it queues the same bytes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use actix_web::web::Bytes;
 use hermes_shared::metrics::Metrics;
 use hermes_shared::registry::{ConnectionRecord, Holdings};
 use hermes_shared::router::LocalDelivery;
@@ -17,25 +18,18 @@ use hermes_shared::wire::{
     rfc3339_millis,
 };
 use parking_lot::{Mutex, RwLock};
-
-use crate::queue;
 use tokio_util::sync::CancellationToken;
 
 use crate::close;
-
-/// What the hub hands to a socket's task.
-#[derive(Debug)]
-pub enum Outbound {
-    /// A text frame, with the producer's publish time (ms) for the end-to-end metric.
-    Frame(Frame, Option<u64>),
-}
+use crate::ws::{self, Outbox, OutboxBody, PushError};
 
 /// One open socket, as the hub sees it.
 pub struct Connection {
     pub record: ConnectionRecord,
     /// True for `hermes.v1` subprotocol clients.
     pub modern: bool,
-    sender: queue::Sender<Outbound>,
+    /// The socket's outgoing frames (the response body the connection writes from).
+    pub outbox: Outbox,
     /// Cancelled when the socket must close; the code and reason are in `close_with`.
     kill: CancellationToken,
     close_with: Mutex<Option<(u16, String)>>,
@@ -44,23 +38,24 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Creates a connection and the receiving end of its send queue.
+    /// Creates a connection and the response body its frames are written from.
     pub fn new(
         record: ConnectionRecord,
         modern: bool,
         queue: usize,
-    ) -> (Arc<Self>, queue::Receiver<Outbound>) {
-        let (sender, receiver) = queue::channel(queue);
+        metrics: Option<Arc<Metrics>>,
+    ) -> (Arc<Self>, OutboxBody) {
+        let (outbox, body) = Outbox::new(queue, metrics);
         let now = record.connected_at;
         let conn = Arc::new(Self {
             record,
             modern,
-            sender,
+            outbox,
             kill: CancellationToken::new(),
             close_with: Mutex::new(None),
             last_active: AtomicU64::new(now),
         });
-        (conn, receiver)
+        (conn, body)
     }
 
     pub fn id(&self) -> &str {
@@ -95,18 +90,15 @@ impl Connection {
 
     /// Queues a frame for this socket alone (an error frame, say).
     pub fn send_frame(&self, frame: &Frame, metrics: &Metrics) -> bool {
-        self.push(frame, None, metrics)
+        self.push(ws::text_frame(frame.as_str()), None, metrics)
     }
 
-    /// Queues a frame without waiting. Returns false (and closes the socket with 1013)
-    /// when the queue is full.
-    fn push(&self, frame: &Frame, published_at: Option<u64>, metrics: &Metrics) -> bool {
-        match self
-            .sender
-            .try_push(Outbound::Frame(frame.clone(), published_at))
-        {
+    /// Queues an encoded frame without waiting. Returns false (and closes the socket with
+    /// 1013) when the queue is full.
+    fn push(&self, frame: Bytes, published_at: Option<u64>, metrics: &Metrics) -> bool {
+        match self.outbox.push(frame, published_at) {
             Ok(()) => true,
-            Err(queue::PushError::Full(_)) => {
+            Err(PushError::Full) => {
                 if !self.kill.is_cancelled() {
                     metrics.send_queue_overflows.inc();
                     tracing::info!(
@@ -121,7 +113,7 @@ impl Connection {
                 self.close(close::TRY_AGAIN_LATER, "client too slow: send queue full");
                 false
             }
-            Err(queue::PushError::Closed(_)) => {
+            Err(PushError::Closed) => {
                 metrics
                     .messages_dropped
                     .with_label_values(&["closed"])
@@ -380,9 +372,11 @@ impl LocalDelivery for SessionHub {
                         duplicate: true,
                     };
                 }
+                // Encoded once: every socket queues the same bytes.
+                let encoded = ws::text_frame(frame.as_str());
                 let mut delivered = 0usize;
                 let gone = self.for_each_target(&request.target, exclude, |c| {
-                    if c.push(frame, request.published_at, &self.metrics) {
+                    if c.push(encoded.clone(), request.published_at, &self.metrics) {
                         delivered += 1;
                     }
                 });
@@ -425,12 +419,7 @@ impl LocalDelivery for SessionHub {
 mod tests {
     use super::*;
 
-    fn conn(
-        id: &str,
-        room: &str,
-        user: &str,
-        queue: usize,
-    ) -> (Arc<Connection>, queue::Receiver<Outbound>) {
+    fn conn(id: &str, room: &str, user: &str, queue: usize) -> (Arc<Connection>, OutboxBody) {
         Connection::new(
             ConnectionRecord {
                 connection_id: id.into(),
@@ -443,6 +432,7 @@ mod tests {
             },
             true,
             queue,
+            None,
         )
     }
 

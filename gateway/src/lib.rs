@@ -12,12 +12,12 @@ pub mod admin;
 pub mod close;
 pub mod hub;
 pub mod internal;
-pub mod queue;
 pub mod server;
 pub mod session;
 pub mod standalone;
 pub mod state;
 pub mod upgrade;
+pub mod ws;
 
 /// Errors of the gateway library.
 #[derive(Debug, thiserror::Error)]

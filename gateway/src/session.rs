@@ -1,11 +1,9 @@
-//! One task per socket: a `select!` over the hub's kill signal, the socket's bounded
-//! outgoing queue, incoming frames and a heartbeat tick.
+//! One task per socket: a `select!` over the hub's kill signal, the end of the connection,
+//! incoming frames and a heartbeat tick. Outgoing pushes bypass it (see `ws::Outbox`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
-use futures_util::StreamExt as _;
 use hermes_shared::ids::{new_message_id, now_millis};
 use hermes_shared::wire::{
     ClientFrame, Frame, PublishMessage, connected_frame, error_frame, pong_frame,
@@ -13,10 +11,13 @@ use hermes_shared::wire::{
 use tokio::time::Instant;
 
 use crate::close;
-use crate::hub::{Connection, Outbound};
+use crate::hub::Connection;
 use crate::state::Gateway;
+use actix_http::ws::CloseReason;
 
-/// How long a close frame may wait behind a full outgoing buffer.
+use crate::ws::{Inbound, InboundError, Incoming, PushError};
+
+/// How long a closed socket's peer has to read its close frame before the connection is cut.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Messages per second with a burst, refilled continuously.
@@ -61,19 +62,11 @@ enum End {
     Vanished,
 }
 
-/// Runs a socket until it closes, then deregisters it.
-pub async fn run(
-    gw: Arc<Gateway>,
-    mut session: Session,
-    stream: actix_ws::MessageStream,
-    conn: Arc<Connection>,
-    mut outgoing: crate::queue::Receiver<Outbound>,
-) {
+/// Runs a socket until it closes, then deregisters it. Pushes from the hub do not pass
+/// through here: they go straight into the socket's outbox, which its connection writes from.
+pub async fn run(gw: Arc<Gateway>, mut incoming: Incoming, conn: Arc<Connection>) {
     let limits = gw.config.limits.clone();
-    let mut stream = stream
-        .max_frame_size(limits.max_message_bytes)
-        .aggregate_continuations()
-        .max_continuation_size(limits.max_message_bytes);
+    let outbox = conn.outbox.clone();
     let mut tick =
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -83,9 +76,9 @@ pub async fn run(
 
     let end = 'socket: {
         if conn.modern {
-            let r = conn.record.clone();
+            let r = &conn.record;
             let frame = connected_frame(&r.connection_id, &r.user_id, &r.room_id);
-            if session.text(frame.text()).await.is_err() {
+            if outbox.push_text(frame.as_str()).is_err() {
                 break 'socket End::Vanished;
             }
         }
@@ -96,65 +89,41 @@ pub async fn run(
                     let (code, reason) = conn.requested_close().unwrap_or((close::NORMAL, String::new()));
                     break 'socket End::Close(code, reason);
                 }
-                out = outgoing.pop() => {
-                    let Outbound::Frame(frame, published_at) = out;
-                    tokio::select! {
-                        biased;
-                        () = conn.killed() => {
-                            let (code, reason) = conn.requested_close().unwrap_or((close::NORMAL, String::new()));
-                            break 'socket End::Close(code, reason);
-                        }
-                        sent = session.text(frame.text()) => {
-                            if sent.is_err() {
-                                break 'socket End::Vanished;
-                            }
-                        }
-                    }
-                    if let Some(at) = published_at {
-                        let ms = now_millis().saturating_sub(at);
-                        gw.metrics.end_to_end.observe(ms as f64 / 1000.0);
-                    }
-                }
-                incoming = stream.next() => {
+                () = outbox.gone() => break 'socket End::Vanished,
+                incoming = incoming.next() => {
                     let message = match incoming {
                         None => break 'socket End::Vanished,
-                        Some(Err(error)) => break 'socket protocol_end(&error),
+                        Some(Err(error)) => break 'socket protocol_end(error),
                         Some(Ok(m)) => m,
                     };
                     last_frame = Instant::now();
                     conn.touch(now_millis());
-                    match message {
-                        AggregatedMessage::Text(text) => {
-                            if !bucket.take() {
-                                gw.metrics.messages_received.with_label_values(&["rate_limited"]).inc();
-                                break 'socket End::Close(close::POLICY_VIOLATION, "message rate limit exceeded".into());
-                            }
-                            if let Some(reply) = handle_text(&gw, &conn, &text)
-                                && session.text(reply.text()).await.is_err()
-                            {
-                                break 'socket End::Vanished;
-                            }
-                        }
-                        AggregatedMessage::Binary(_) => {
+                    let limited = !matches!(message, Inbound::Pong(_) | Inbound::Close(_)) && !bucket.take();
+                    if limited {
+                        gw.metrics.messages_received.with_label_values(&["rate_limited"]).inc();
+                        break 'socket End::Close(close::POLICY_VIOLATION, "message rate limit exceeded".into());
+                    }
+                    let sent = match message {
+                        Inbound::Text(text) => match handle_text(&gw, &conn, &text) {
+                            Some(reply) => outbox.push_text(reply.as_str()),
+                            None => Ok(()),
+                        },
+                        Inbound::Binary(_) => {
                             gw.metrics.messages_received.with_label_values(&["binary"]).inc();
-                            if !bucket.take() {
-                                break 'socket End::Close(close::POLICY_VIOLATION, "message rate limit exceeded".into());
-                            }
                             let reply = error_frame("binary_not_supported", "send text frames with JSON like {\"action\":\"sendMessage\",\"data\":...}");
-                            if session.text(reply.text()).await.is_err() {
-                                break 'socket End::Vanished;
-                            }
+                            outbox.push_text(reply.as_str())
                         }
-                        AggregatedMessage::Ping(bytes) => {
-                            if !bucket.take() {
-                                break 'socket End::Close(close::POLICY_VIOLATION, "message rate limit exceeded".into());
-                            }
-                            if session.pong(&bytes).await.is_err() {
-                                break 'socket End::Vanished;
-                            }
+                        Inbound::Ping(bytes) => outbox.pong(&bytes),
+                        Inbound::Pong(_) => {
+                            awaiting_pong = None;
+                            Ok(())
                         }
-                        AggregatedMessage::Pong(_) => awaiting_pong = None,
-                        AggregatedMessage::Close(reason) => break 'socket End::PeerClosed(reason),
+                        Inbound::Close(reason) => break 'socket End::PeerClosed(reason),
+                    };
+                    match sent {
+                        Ok(()) => {}
+                        Err(PushError::Full) => break 'socket End::Close(close::TRY_AGAIN_LATER, "client too slow: send queue full".into()),
+                        Err(PushError::Closed) => break 'socket End::Vanished,
                     }
                 }
                 _ = tick.tick() => {
@@ -164,8 +133,10 @@ pub async fn run(
                     if awaiting_pong.is_some_and(|at| at.elapsed() >= limits.pong_timeout) {
                         break 'socket End::Close(close::GOING_AWAY, "no pong: connection presumed dead".into());
                     }
-                    if session.ping(b"").await.is_err() {
-                        break 'socket End::Vanished;
+                    match outbox.ping() {
+                        Ok(()) => {}
+                        Err(PushError::Full) => break 'socket End::Close(close::TRY_AGAIN_LATER, "client too slow: send queue full".into()),
+                        Err(PushError::Closed) => break 'socket End::Vanished,
                     }
                     awaiting_pong.get_or_insert_with(Instant::now);
                 }
@@ -175,20 +146,13 @@ pub async fn run(
 
     let code = match end {
         End::Close(code, reason) => {
-            let reason = CloseReason {
-                code: CloseCode::from(code),
-                description: Some(reason),
-            };
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close(Some(reason))).await;
+            outbox.close(Some(code), &reason);
             code
         }
         End::PeerClosed(reason) => {
             let code = reason.as_ref().map_or(1005, |r| u16::from(r.code));
-            let echo = reason.map(|r| CloseReason {
-                code: r.code,
-                description: None,
-            });
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close(echo)).await;
+            // Echo the peer's code (RFC 6455 §5.5.1); a close without one gets none back.
+            outbox.close(reason.map(|r| u16::from(r.code)), "");
             code
         }
         End::Vanished => 1006,
@@ -198,21 +162,30 @@ pub async fn run(
         .with_label_values(&[&code.to_string()])
         .inc();
     deregister(&gw, &conn).await;
+    if code != 1006 {
+        // The close frame is queued behind what the client has not read yet. A client that
+        // reads it closes the connection; one that never reads is cut off.
+        if tokio::time::timeout(CLOSE_TIMEOUT, outbox.gone())
+            .await
+            .is_err()
+        {
+            outbox.abort();
+        }
+    }
 }
 
 /// The close an incoming protocol error deserves (RFC 6455 §7.4.1).
-fn protocol_end(error: &ProtocolError) -> End {
+fn protocol_end(error: InboundError) -> End {
     match error {
-        ProtocolError::Overflow => End::Close(close::MESSAGE_TOO_BIG, "message too big".into()),
-        ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => End::Close(
+        InboundError::TooBig => End::Close(close::MESSAGE_TOO_BIG, "message too big".into()),
+        InboundError::InvalidUtf8 => End::Close(
             close::INVALID_PAYLOAD,
             "text frame is not valid UTF-8".into(),
         ),
-        ProtocolError::Io(e) if e.to_string().contains("maximum continuation size") => {
-            End::Close(close::MESSAGE_TOO_BIG, "message too big".into())
+        InboundError::Io => End::Vanished,
+        InboundError::Protocol(other) => {
+            End::Close(close::PROTOCOL_ERROR, format!("protocol error: {other}"))
         }
-        ProtocolError::Io(_) => End::Vanished,
-        other => End::Close(close::PROTOCOL_ERROR, format!("protocol error: {other}")),
     }
 }
 

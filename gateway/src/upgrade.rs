@@ -15,6 +15,7 @@ use hermes_shared::registry::ConnectionRecord;
 
 use crate::hub::Connection;
 use crate::state::Gateway;
+use crate::ws::{self, Incoming};
 
 /// The subprotocol Hermes speaks.
 pub const PROTOCOL: &str = "hermes.v1";
@@ -163,9 +164,8 @@ pub async fn websocket(
         return r;
     }
 
-    let (response, session, stream) = match actix_ws::handle_with_protocols(&req, body, &[PROTOCOL])
-    {
-        Ok(parts) => parts,
+    let handshake = match ws::handshake(&req, creds.modern.then_some(PROTOCOL)) {
+        Ok(handshake) => handshake,
         Err(error) => {
             gw.metrics
                 .connects
@@ -199,7 +199,19 @@ pub async fn websocket(
             .map(|ua| ua.chars().take(512).collect())
             .unwrap_or_default(),
     };
-    let (conn, outgoing) = Connection::new(record, creds.modern, gw.config.limits.send_queue);
+    let (conn, outbox_body) = Connection::new(
+        record,
+        creds.modern,
+        gw.config.limits.send_queue,
+        Some(gw.metrics.clone()),
+    );
+    let response = match ws::upgraded(handshake, outbox_body) {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::warn!(%error, "cannot build the upgrade response");
+            return error_response(500, "internal", "the upgrade response could not be built");
+        }
+    };
     if let Err(error) = register(&gw, &conn).await {
         tracing::warn!(%error, "cannot register a connection");
         gw.hub.remove(&conn);
@@ -218,7 +230,8 @@ pub async fn websocket(
     }
     gw.metrics.connects.with_label_values(&["accepted"]).inc();
     tracing::debug!(connection_id = conn.id(), room_id = %conn.record.room_id, "connected");
-    actix_web::rt::spawn(crate::session::run(gw, session, stream, conn, outgoing));
+    let incoming = Incoming::new(body.into_inner(), gw.config.limits.max_message_bytes);
+    actix_web::rt::spawn(crate::session::run(gw, incoming, conn));
     response
 }
 
