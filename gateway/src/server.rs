@@ -40,18 +40,25 @@ pub struct Bound {
     pub internal: SocketAddr,
 }
 
-fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    let listener = TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| Error::Bind { addr, source })?;
-    Ok(listener)
+/// A listening socket with room for `backlog` pending connections (std's `bind` gives 128,
+/// which a reconnect storm overflows: dropped SYNs come back only after a 1 s retransmit).
+fn bind(addr: SocketAddr, backlog: usize) -> Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let open = || -> std::io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    };
+    open().map_err(|source| Error::Bind { addr, source })
 }
 
 /// Runs a gateway until SIGTERM/SIGINT and a completed drain.
 pub async fn run(config: GatewayConfig) -> Result<()> {
-    let public_listener = bind(config.listen)?;
-    let internal_listener = bind(config.internal_listen)?;
+    let public_listener = bind(config.listen, config.listen_backlog)?;
+    let internal_listener = bind(config.internal_listen, config.listen_backlog)?;
     let bound = Bound {
         public: public_listener.local_addr()?,
         internal: internal_listener.local_addr()?,
@@ -302,4 +309,26 @@ async fn drain(gw: &Gateway) {
         }
     }
     gw.hub.wait_empty().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// More pending connections than std's backlog of 128 all complete their handshake
+    /// before anything is accepted (a dropped SYN would come back only after 1 s).
+    #[tokio::test]
+    async fn the_listener_queues_as_many_pending_connections_as_configured() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"), 1024).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connects = (0..400).map(|_| tokio::net::TcpStream::connect(addr));
+        let all = futures_util::future::join_all(connects);
+        let streams = tokio::time::timeout(Duration::from_millis(800), all)
+            .await
+            .expect("every connect completes without a SYN retransmit");
+        assert!(streams.iter().all(Result::is_ok));
+        drop(listener);
+    }
 }

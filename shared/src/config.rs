@@ -122,6 +122,7 @@ pub const DRAIN: &str = "HERMES_DRAIN_SECONDS";
 pub const SHUTDOWN_GRACE: &str = "HERMES_SHUTDOWN_GRACE_SECONDS";
 pub const DELIVER_TIMEOUT: &str = "HERMES_DELIVER_TIMEOUT_MS";
 pub const WORKERS: &str = "HERMES_WORKERS";
+pub const LISTEN_BACKLOG: &str = "HERMES_LISTEN_BACKLOG";
 pub const DEDUP_WINDOW: &str = "HERMES_DEDUP_WINDOW";
 pub const SCYLLA_NODES: &str = "HERMES_SCYLLA_NODES";
 pub const SCYLLA_KEYSPACE: &str = "HERMES_SCYLLA_KEYSPACE";
@@ -371,6 +372,9 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     pub deliver_timeout: Duration,
     pub workers: usize,
+    /// Pending connections the kernel queues per listener before it drops SYNs (capped by
+    /// net.core.somaxconn); a reconnect storm needs more than the usual 128.
+    pub listen_backlog: usize,
     pub dedup_window: usize,
 }
 
@@ -597,6 +601,7 @@ impl GatewayConfig {
             shutdown_grace: positive_secs(s, SHUTDOWN_GRACE, 25)?,
             deliver_timeout: Duration::from_millis(num(s, DELIVER_TIMEOUT, 2_000u64)?.max(1)),
             workers: positive(s, WORKERS, cpus)?,
+            listen_backlog: positive(s, LISTEN_BACKLOG, 4096)?.min(i32::MAX as usize),
             dedup_window: num(s, DEDUP_WINDOW, 4096usize)?,
         })
     }
