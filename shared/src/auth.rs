@@ -314,8 +314,10 @@ pub struct BcryptPool {
 type Job = Box<dyn FnOnce() + Send>;
 
 impl BcryptPool {
-    /// Starts `workers` threads sharing a queue of `capacity` jobs.
-    pub fn new(workers: usize, capacity: usize) -> Self {
+    /// Starts `workers` threads sharing a queue of `capacity` jobs, each at nice value
+    /// `nice` (0: unchanged). Linux schedules threads, not processes: the bcrypt threads
+    /// yield to the socket workers under contention and use idle cores at full speed.
+    pub fn new(workers: usize, capacity: usize, nice: i32) -> Self {
         let (sender, receiver) = std::sync::mpsc::sync_channel::<Job>(capacity);
         let receiver = Arc::new(std::sync::Mutex::new(receiver));
         let queued = Arc::new(AtomicUsize::new(0));
@@ -325,6 +327,12 @@ impl BcryptPool {
             let spawned = std::thread::Builder::new()
                 .name(format!("hermes-bcrypt-{n}"))
                 .spawn(move || {
+                    if nice > 0 {
+                        let me = rustix::thread::gettid();
+                        if let Err(error) = rustix::process::setpriority_process(Some(me), nice) {
+                            tracing::warn!(%error, nice, "cannot lower a bcrypt thread's priority");
+                        }
+                    }
                     loop {
                         let job = match receiver.lock() {
                             Ok(rx) => rx.recv(),
@@ -469,7 +477,11 @@ pub struct Authenticator {
 impl Authenticator {
     pub fn new(config: AuthConfig, registry: Arc<dyn Registry>, metrics: Arc<Metrics>) -> Self {
         let codec = JwtCodec::new(&config.jwt_secret, &config.algorithms, config.leeway);
-        let pool = BcryptPool::new(config.bcrypt_workers, config.bcrypt_queue);
+        let pool = BcryptPool::new(
+            config.bcrypt_workers,
+            config.bcrypt_queue,
+            config.bcrypt_nice,
+        );
         let cache = VerdictCache {
             entries: Mutex::new(HashMap::new()),
             ttl: config.cache_ttl,
@@ -657,6 +669,7 @@ mod tests {
             bcrypt_cost: 4,
             bcrypt_workers: 1,
             bcrypt_queue: 4,
+            bcrypt_nice: 0,
             cache_ttl: Duration::from_secs(60),
             cache_capacity: 100,
         }
@@ -827,8 +840,26 @@ mod tests {
     }
 
     #[test]
+    fn bcrypt_threads_run_at_the_configured_nice_value() {
+        let nice_of_worker = |nice| {
+            BcryptPool::new(1, 1, nice)
+                .submit(|| {
+                    rustix::process::getpriority_process(Some(rustix::thread::gettid()))
+                        .expect("getpriority")
+                })
+                .expect("the worker is free")
+                .blocking_recv()
+                .expect("the job ran")
+        };
+        let inherited =
+            rustix::process::getpriority_process(Some(rustix::thread::gettid())).expect("own");
+        assert_eq!(nice_of_worker(0), inherited);
+        assert_eq!(nice_of_worker(10), inherited.max(10));
+    }
+
+    #[test]
     fn full_bcrypt_queue_refuses_at_once() {
-        let pool = BcryptPool::new(1, 1);
+        let pool = BcryptPool::new(1, 1, 0);
         let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let running = pool

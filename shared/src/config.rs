@@ -109,6 +109,7 @@ pub const TOKEN_TTL: &str = "HERMES_TOKEN_TTL_SECONDS";
 pub const BCRYPT_COST: &str = "HERMES_BCRYPT_COST";
 pub const BCRYPT_WORKERS: &str = "HERMES_BCRYPT_WORKERS";
 pub const BCRYPT_QUEUE: &str = "HERMES_BCRYPT_QUEUE";
+pub const BCRYPT_NICE: &str = "HERMES_BCRYPT_NICE";
 pub const AUTH_CACHE_TTL: &str = "HERMES_AUTH_CACHE_TTL_SECONDS";
 pub const AUTH_CACHE_CAPACITY: &str = "HERMES_AUTH_CACHE_CAPACITY";
 pub const MAX_MESSAGE_BYTES: &str = "HERMES_MAX_MESSAGE_BYTES";
@@ -406,6 +407,9 @@ pub struct AuthConfig {
     pub bcrypt_cost: u32,
     pub bcrypt_workers: usize,
     pub bcrypt_queue: usize,
+    /// Nice value of the bcrypt threads (0..=19): under contention the sockets' threads
+    /// run first, so a flood of first connects does not slow deliveries down.
+    pub bcrypt_nice: i32,
     pub cache_ttl: Duration,
     pub cache_capacity: usize,
 }
@@ -518,6 +522,12 @@ impl GatewayConfig {
                 "{BCRYPT_COST}: must be between 4 and 31"
             )));
         }
+        let bcrypt_nice = num(s, BCRYPT_NICE, 10i32)?;
+        if !(0..=19).contains(&bcrypt_nice) {
+            return Err(Error::Config(format!(
+                "{BCRYPT_NICE}: must be between 0 (no change) and 19"
+            )));
+        }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let auth = AuthConfig {
             jwt_secret,
@@ -529,6 +539,7 @@ impl GatewayConfig {
             bcrypt_cost,
             bcrypt_workers: positive(s, BCRYPT_WORKERS, cpus.div_ceil(2))?,
             bcrypt_queue: positive(s, BCRYPT_QUEUE, 64)?,
+            bcrypt_nice,
             cache_ttl: secs(s, AUTH_CACHE_TTL, 300)?,
             cache_capacity: num(s, AUTH_CACHE_CAPACITY, 100_000usize)?,
         };
