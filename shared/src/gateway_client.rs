@@ -23,7 +23,9 @@ impl GatewayClient {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(2)))
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(32)
+            // At least the consumer's concurrency: a smaller pool closes connections that the next
+            // burst has to open again (a handshake on the delivery path).
+            .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .build()
             .map_err(|e| Error::Config(format!("cannot build the gateway client: {e}")))?;
