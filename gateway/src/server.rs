@@ -252,11 +252,17 @@ fn internal_server(
             )
     })
     .workers(1)
+    // Longer than the router client's idle timeout (`GatewayClient`, 60 s): the client always
+    // drops an idle connection before the server can close it under a request in flight.
+    .keep_alive(Duration::from_secs(INTERNAL_KEEP_ALIVE_SECS))
     .disable_signals()
     .listen(listener)?
     .run();
     Ok(server)
 }
+
+/// Keep-alive of the internal listener, seconds.
+pub const INTERNAL_KEEP_ALIVE_SECS: u64 = 120;
 
 /// Refreshes this gateway's registry rows; the gateway is ready after the first success.
 async fn heartbeat(gw: Arc<Gateway>) {

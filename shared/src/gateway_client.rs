@@ -22,7 +22,9 @@ impl GatewayClient {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(2)))
-            .pool_idle_timeout(Duration::from_secs(90))
+            // Shorter than the gateways' internal keep-alive (120 s): a pooled connection is
+            // never reused just as the server closes it ("error sending request").
+            .pool_idle_timeout(Duration::from_secs(60))
             // At least the consumer's concurrency: a smaller pool closes connections that the next
             // burst has to open again (a handshake on the delivery path).
             .pool_max_idle_per_host(256)
