@@ -13,6 +13,17 @@
 //!   `storm <ok> <failed> <first_start_us> <last_ok_us> <latencies_us,...>`;
 //! - stdin closed → the holder exits.
 //!
+//! With `--latency` (P3, P5) every received frame carrying `"sent_us":T` (µs since the epoch,
+//! stamped by the driver at send time) is also recorded, receipt time − T, in the holder's HDR
+//! histogram (per delivery, not per message):
+//! - stdin `lat-reset` → the histogram and the receipt count are cleared → stdout `lat-reset`;
+//! - stdin `wait <n> <timeout_ms>` → stdout `reached <received>` once the holder has received
+//!   `n` such frames since the last reset, or when the timeout passes;
+//! - stdin `lat` → stdout `lat <received> <histogram, V2 serialization, base64>`.
+//!
+//! With `--targets FILE` each socket has its own target: line *i* of the file is
+//! `<url> <token>` (`-` for no token) for socket *i* of this holder.
+//!
 //! A connect's latency runs from the TCP connect to the 101 (Hermes) or to the reply to
 //! Centrifugo's `connect` command (its JWT check); an empty channel skips the subscribe.
 
@@ -35,6 +46,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::now_micros;
 use crate::servers::{Kind, Target};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 
 /// Message sequence numbers a run may use (slots of the receipt counters).
 pub const MAX_SEQ: usize = 1 << 16;
@@ -62,7 +78,7 @@ pub async fn open_once(t: &Target, source: IpAddr) -> Result<()> {
 }
 
 /// Opens one socket from `source` and joins the benchmark room / channel.
-async fn open(t: &Target, source: IpAddr) -> Result<Ws> {
+pub(crate) async fn open(t: &Target, source: IpAddr) -> Result<Ws> {
     let mut request = t.url.as_str().into_client_request()?;
     request
         .headers_mut()
@@ -125,11 +141,109 @@ fn seq_of(frame: &str) -> Option<usize> {
     digits.parse().ok()
 }
 
+/// `"sent_us":T` of a delivered frame (the same cheap scan as [`seq_of`]).
+fn sent_us_of(frame: &str) -> Option<u64> {
+    let at = frame.find("\"sent_us\":")? + 10;
+    let digits: &str = frame[at..].split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
+}
+
 struct Counters {
     count: Vec<AtomicU32>,
     last: Vec<AtomicU64>,
     expected: AtomicU32,
     open: AtomicUsize,
+    /// `--latency`: receipt − `sent_us` of every frame carrying it, since the last reset.
+    latency: Option<Latency>,
+}
+
+struct Latency {
+    histogram: std::sync::Mutex<Histogram<u64>>,
+    received: AtomicU64,
+    /// A `wait` in progress: the count that wakes it.
+    target: AtomicU64,
+    reached: tokio::sync::Notify,
+}
+
+impl Latency {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            histogram: std::sync::Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
+            received: AtomicU64::new(0),
+            target: AtomicU64::new(u64::MAX),
+            reached: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn record(&self, sent_us: u64) {
+        let us = now_micros().saturating_sub(sent_us).clamp(1, 600_000_000);
+        let _ = self
+            .histogram
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(us);
+        let n = self.received.fetch_add(1, Ordering::SeqCst) + 1;
+        if n >= self.target.load(Ordering::SeqCst) {
+            self.reached.notify_one();
+        }
+    }
+
+    fn reset(&self) {
+        self.histogram
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reset();
+        self.received.store(0, Ordering::SeqCst);
+    }
+
+    /// Waits until `n` frames were received since the last reset, at most `limit`.
+    async fn wait(&self, n: u64, limit: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let reached = self.reached.notified();
+            tokio::pin!(reached);
+            // Registered before the check: a receipt in between still wakes this wait.
+            reached.as_mut().enable();
+            self.target.store(n, Ordering::SeqCst);
+            let got = self.received.load(Ordering::SeqCst);
+            if got >= n {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, reached).await.is_err() {
+                break;
+            }
+        }
+        self.target.store(u64::MAX, Ordering::SeqCst);
+        self.received.load(Ordering::SeqCst)
+    }
+
+    fn dump(&self) -> Result<String> {
+        let h = self
+            .histogram
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut bytes = Vec::new();
+        V2Serializer::new()
+            .serialize(&h, &mut bytes)
+            .map_err(|e| anyhow::anyhow!("serialize the histogram: {e:?}"))?;
+        Ok(format!(
+            "lat {} {}\n",
+            self.received.load(Ordering::SeqCst),
+            BASE64.encode(bytes)
+        ))
+    }
+}
+
+/// A holder's `lat` line, parsed: (frames received, their latency histogram in µs).
+pub fn parse_lat(rest: &str) -> Result<(u64, Histogram<u64>)> {
+    let mut it = rest.split_whitespace();
+    let received = it.next().context("short lat line")?.parse()?;
+    let bytes = BASE64.decode(it.next().context("short lat line")?)?;
+    let h: Histogram<u64> = Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| anyhow::anyhow!("deserialize a histogram: {e:?}"))?;
+    Ok((received, h))
 }
 
 /// Outcome of one batch of connects in a holder.
@@ -164,6 +278,8 @@ impl Batch {
 #[derive(Clone)]
 struct Shared {
     t: Arc<Target>,
+    /// `--targets`: socket *i*'s own target (else every socket uses `t`).
+    per_socket: Option<Arc<Vec<Target>>>,
     counters: Arc<Counters>,
     out: mpsc::UnboundedSender<String>,
     /// Bumped to drop every open socket at once.
@@ -185,8 +301,12 @@ async fn connect_all(sh: &Shared, count: usize, sources: &[IpAddr], concurrency:
             let (failed, ok, last_ok, first_error, latencies) =
                 (&failed, &ok, &last_ok, &first_error, &latencies);
             async move {
+                let t = match &sh.per_socket {
+                    Some(all) => all.get(i).unwrap_or(&sh.t),
+                    None => &sh.t,
+                };
                 let started = std::time::Instant::now();
-                let r = tokio::time::timeout(Duration::from_secs(10), open(&sh.t, source))
+                let r = tokio::time::timeout(Duration::from_secs(10), open(t, source))
                     .await
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("connect timed out after 10 s")));
                 match r {
@@ -228,6 +348,53 @@ async fn connect_all(sh: &Shared, count: usize, sources: &[IpAddr], concurrency:
     }
 }
 
+/// Reads a `--targets` file: `<url> <token>` per line (`-` for no token).
+pub(crate) fn read_targets(path: &std::path::Path, template: &Target) -> Result<Vec<Target>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read the targets file {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(n, l)| {
+            let mut it = l.split_whitespace();
+            let (Some(url), Some(token), None) = (it.next(), it.next(), it.next()) else {
+                bail!(
+                    "{} line {}: expected `<url> <token>`",
+                    path.display(),
+                    n + 1
+                );
+            };
+            Ok(Target {
+                url: url.to_owned(),
+                token: if token == "-" { "" } else { token }.to_owned(),
+                ..template.clone()
+            })
+        })
+        .collect()
+}
+
+/// Writes a `--targets` file for one holder (the driver's side of [`read_targets`]).
+pub fn write_targets(path: &std::path::Path, targets: &[Target]) -> Result<()> {
+    let mut text = String::new();
+    for t in targets {
+        if t.url.contains(char::is_whitespace) || t.token.contains(char::is_whitespace) {
+            bail!("a target holds whitespace: {}", t.url);
+        }
+        let token = if t.token.is_empty() { "-" } else { &t.token };
+        text.push_str(&format!("{} {token}\n", t.url));
+    }
+    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+}
+
+/// Options of a holder beyond one shared target.
+#[derive(Clone, Debug, Default)]
+pub struct HoldExtra {
+    /// A file of per-socket targets (its line count is the socket count).
+    pub targets: Option<std::path::PathBuf>,
+    /// Record receipt − `sent_us` of every frame (see the module docs).
+    pub latency: bool,
+}
+
 /// `hermes-bench hold`: the body of a holder process.
 pub async fn hold(
     t: Target,
@@ -235,12 +402,35 @@ pub async fn hold(
     sources: Vec<IpAddr>,
     concurrency: usize,
     storm_concurrency: usize,
+    extra: HoldExtra,
 ) -> Result<()> {
+    if sources.is_empty() {
+        bail!("--sources is empty");
+    }
+    let per_socket = match &extra.targets {
+        Some(path) => {
+            let all = read_targets(path, &t)?;
+            if all.len() != count {
+                bail!(
+                    "{} holds {} targets for --count {count}",
+                    path.display(),
+                    all.len()
+                );
+            }
+            Some(Arc::new(all))
+        }
+        None => None,
+    };
     let counters = Arc::new(Counters {
         count: (0..MAX_SEQ).map(|_| AtomicU32::new(0)).collect(),
         last: (0..MAX_SEQ).map(|_| AtomicU64::new(0)).collect(),
         expected: AtomicU32::new(u32::MAX),
         open: AtomicUsize::new(0),
+        latency: if extra.latency {
+            Some(Latency::new()?)
+        } else {
+            None
+        },
     });
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
     // Plain threads for stdin/stdout (tokio's io-std feature is not enabled in this workspace).
@@ -256,6 +446,7 @@ pub async fn hold(
     let (stop_tx, stop_rx) = watch::channel(0u64);
     let sh = Shared {
         t: Arc::new(t),
+        per_socket,
         counters: counters.clone(),
         out: out_tx.clone(),
         stop: stop_rx,
@@ -280,6 +471,36 @@ pub async fn hold(
         }
     });
     while let Some(line) = in_rx.recv().await {
+        let mut words = line.split_whitespace();
+        match (words.next().unwrap_or(""), &counters.latency) {
+            ("lat-reset", Some(lat)) => {
+                lat.reset();
+                let _ = out_tx.send("lat-reset\n".into());
+                continue;
+            }
+            ("lat", Some(lat)) => {
+                let line = lat.dump().unwrap_or_else(|e| {
+                    eprintln!("hermes-bench hold: {e:#}");
+                    "lat 0 -\n".into()
+                });
+                let _ = out_tx.send(line);
+                continue;
+            }
+            ("wait", Some(_)) => {
+                let n = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                let ms = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                let counters = counters.clone();
+                let out = out_tx.clone();
+                tokio::spawn(async move {
+                    if let Some(lat) = &counters.latency {
+                        let got = lat.wait(n, Duration::from_millis(ms)).await;
+                        let _ = out.send(format!("reached {got}\n"));
+                    }
+                });
+                continue;
+            }
+            _ => {}
+        }
         match line.trim() {
             "status" => {
                 let _ = out_tx.send(format!("open {}\n", counters.open.load(Ordering::SeqCst)));
@@ -335,6 +556,11 @@ async fn read_loop(
                 }
                 continue;
             }
+            if let Some(lat) = &counters.latency
+                && let Some(sent) = sent_us_of(frame)
+            {
+                lat.record(sent);
+            }
             let Some(seq) = seq_of(frame) else { continue };
             let slot = seq % MAX_SEQ;
             counters.last[slot].fetch_max(now_micros(), Ordering::SeqCst);
@@ -383,6 +609,44 @@ pub struct Holders {
     pub connect_seconds: f64,
     /// Each holder's initial connects.
     pub batches: Vec<BatchReport>,
+    /// The socket indexes of each holder (socket *i* uses per-socket target *i*).
+    pub ranges: Vec<std::ops::Range<usize>>,
+    /// Sockets each holder opened.
+    pub open_per_holder: Vec<usize>,
+    /// The directory of the per-socket target files, removed on drop.
+    _scratch: Option<Scratch>,
+}
+
+/// A directory removed (with its files) when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// How [`Holders::start_opts`] starts the holders.
+pub struct HolderOpts {
+    /// Connects in flight per holder.
+    pub concurrency: usize,
+    /// Reconnects in flight per holder in a `storm`.
+    pub storm_concurrency: usize,
+    /// One target per socket (`sockets` of them), else every socket uses the shared one.
+    pub per_socket: Option<Vec<Target>>,
+    /// Per-delivery latency histograms (`lat-reset`, `wait`, `lat`).
+    pub latency: bool,
+}
+
+impl Default for HolderOpts {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            storm_concurrency: 64,
+            per_socket: None,
+            latency: false,
+        }
+    }
 }
 
 impl Holders {
@@ -400,6 +664,45 @@ impl Holders {
         concurrency: usize,
         storm_concurrency: usize,
     ) -> Result<Self> {
+        let opts = HolderOpts {
+            concurrency,
+            storm_concurrency,
+            ..HolderOpts::default()
+        };
+        Self::start_opts(t, sockets, sources, opts).await
+    }
+
+    /// Starts enough holders for `sockets` as `o` says and waits until every connect was
+    /// tried.
+    pub async fn start_opts(
+        t: &Target,
+        sockets: usize,
+        sources: &[IpAddr],
+        o: HolderOpts,
+    ) -> Result<Self> {
+        if sources.is_empty() {
+            bail!("no source address");
+        }
+        if let Some(all) = &o.per_socket
+            && all.len() != sockets
+        {
+            bail!("{} per-socket targets for {sockets} sockets", all.len());
+        }
+        let (concurrency, storm_concurrency) = (o.concurrency, o.storm_concurrency);
+        let scratch = match o.per_socket {
+            Some(_) => {
+                let dir = std::env::temp_dir().join(format!(
+                    "hermes-bench-{}-{}",
+                    std::process::id(),
+                    now_micros()
+                ));
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("create {}", dir.display()))?;
+                Some(Scratch(dir))
+            }
+            None => None,
+        };
+        let mut ranges = Vec::new();
         let exe = std::env::current_exe()?;
         let processes = sockets.div_ceil(PER_PROCESS).max(1);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -408,7 +711,19 @@ impl Holders {
         let mut left = sockets;
         for p in 0..processes {
             let n = left.div_ceil(processes - p);
+            let first = sockets - left;
             left -= n;
+            ranges.push(first..first + n);
+            let mut extra: Vec<std::ffi::OsString> = Vec::new();
+            if let (Some(all), Some(Scratch(dir))) = (&o.per_socket, &scratch) {
+                let path = dir.join(format!("targets-{p}.txt"));
+                write_targets(&path, &all[first..first + n])?;
+                extra.push("--targets".into());
+                extra.push(path.into_os_string());
+            }
+            if o.latency {
+                extra.push("--latency".into());
+            }
             // Each holder starts at a different source address.
             let mut own: Vec<IpAddr> = sources.to_vec();
             own.rotate_left(p % sources.len().max(1));
@@ -435,6 +750,7 @@ impl Holders {
                         .collect::<Vec<_>>()
                         .join(","),
                 )
+                .args(&extra)
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .kill_on_drop(true)
@@ -460,10 +776,13 @@ impl Holders {
             failed: 0,
             connect_seconds: 0.0,
             batches: Vec::new(),
+            ranges,
+            open_per_holder: vec![0; processes],
+            _scratch: scratch,
         };
         let mut ready = 0;
         while ready < processes {
-            let (_, line) = tokio::time::timeout(Duration::from_secs(300), h.lines.recv())
+            let (p, line) = tokio::time::timeout(Duration::from_secs(300), h.lines.recv())
                 .await
                 .context("holders did not get ready in 300 s")?
                 .context("a holder exited")?;
@@ -471,7 +790,11 @@ impl Holders {
                 h.batches.push(parse_batch(rest)?);
             } else if let Some(rest) = line.strip_prefix("ready ") {
                 let mut it = rest.split_whitespace().map(|v| v.parse::<usize>());
-                h.open += it.next().context("open")??;
+                let open = it.next().context("open")??;
+                h.open += open;
+                if let Some(slot) = h.open_per_holder.get_mut(p) {
+                    *slot = open;
+                }
                 h.failed += it.next().context("failed")??;
                 ready += 1;
             }
@@ -482,6 +805,11 @@ impl Holders {
 
     pub fn processes(&self) -> usize {
         self.children.len()
+    }
+
+    /// The holder processes' ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(|(c, _)| c.id()).collect()
     }
 
     /// Sockets still open across the holders.
@@ -522,6 +850,79 @@ impl Holders {
             }
         }
         Ok(out)
+    }
+
+    /// Writes `line` to every holder's stdin.
+    async fn tell_all(&mut self, line: &str) -> Result<()> {
+        for (_, stdin) in &mut self.children {
+            stdin.write_all(line.as_bytes()).await?;
+            stdin.write_all(b"\n").await?;
+            stdin.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// The next holder line whose first word is `prefix` (others are dropped): (holder, rest).
+    async fn next_answer(&mut self, prefix: &str, limit: Duration) -> Result<(usize, String)> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (p, line) = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .with_context(|| format!("no `{prefix}` answer from the holders"))?
+                .context("a holder exited")?;
+            let mut words = line.splitn(2, ' ');
+            if words.next() == Some(prefix) {
+                return Ok((p, words.next().unwrap_or("").to_owned()));
+            }
+        }
+    }
+
+    /// `--latency` holders: clears every latency histogram and receipt count.
+    pub async fn lat_reset(&mut self) -> Result<()> {
+        self.tell_all("lat-reset").await?;
+        for _ in 0..self.children.len() {
+            self.next_answer("lat-reset", Duration::from_secs(30))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `--latency` holders: waits until holder *p* has received `expected[p]` frames since
+    /// the last reset, or `limit` passed; the total received.
+    pub async fn wait_received(&mut self, expected: &[u64], limit: Duration) -> Result<u64> {
+        let ms = limit.as_millis();
+        for (p, (_, stdin)) in self.children.iter_mut().enumerate() {
+            let n = expected.get(p).copied().unwrap_or(0);
+            stdin
+                .write_all(format!("wait {n} {ms}\n").as_bytes())
+                .await?;
+            stdin.flush().await?;
+        }
+        let mut total = 0;
+        for _ in 0..self.children.len() {
+            let (_, rest) = self
+                .next_answer("reached", limit + Duration::from_secs(30))
+                .await?;
+            total += rest.trim().parse::<u64>()?;
+        }
+        Ok(total)
+    }
+
+    /// `--latency` holders: frames received since the last reset and their merged
+    /// receipt − `sent_us` histogram (µs).
+    pub async fn latencies(&mut self) -> Result<(u64, Histogram<u64>)> {
+        self.tell_all("lat").await?;
+        let mut merged = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+        let mut received = 0;
+        for _ in 0..self.children.len() {
+            let (_, rest) = self.next_answer("lat", Duration::from_secs(30)).await?;
+            let (n, h) = parse_lat(&rest)?;
+            received += n;
+            merged
+                .add(&h)
+                .map_err(|e| anyhow::anyhow!("merge histograms: {e:?}"))?;
+        }
+        Ok((received, merged))
     }
 
     pub async fn stop(self) {

@@ -1,10 +1,5 @@
 //! `hermes-bench`: measurements of real Hermes processes.
 //!
-//! `hermes-bench queue` starts three gateways and a consumer on the real services (see
-//! `scripts/services/up.sh`) and measures RabbitMQ → consumer → gateway → socket latency
-//! at a steady rate, to users whose sockets are on gateways other than the one that
-//! created their token.
-//!
 //! `hermes-bench smoke` starts `hermes-gateway standalone` (release build), opens sockets
 //! with the full authorizer on every connect (the verdict cache is disabled), and reports
 //! connect latency, resident memory per idle socket after a heartbeat cycle, publish →
@@ -15,7 +10,11 @@
 //! (deliveries/s while p99 publish → last receipt stays within 50 ms). Each prints one JSON
 //! object; `hermes-bench report` turns a directory of them into `bench/results.json` and
 //! `bench/RESULTS.md`. `hermes-bench p4` measures connects/s with the full auth and a
-//! reconnect storm. `scripts/bench/run.sh` runs it all.
+//! reconnect storm. `hermes-bench p3` measures queue → socket latency at a steady rate to
+//! single users (Hermes: RabbitMQ → `hermes-consumer` → `hermes-gateway` in another process,
+//! on the real services of `scripts/services/up.sh`; Centrifugo: its HTTP API, having no
+//! RabbitMQ consumer), `hermes-bench p5` the delivery p99 during a flood of first-time
+//! connects against its baseline. `scripts/bench/run.sh` runs it all.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,18 +33,6 @@ const ADMIN_KEY: &str = "bench-admin-key-0123456789";
 #[derive(Parser)]
 #[command(name = "hermes-bench")]
 enum Cli {
-    /// RabbitMQ → socket latency across a replica hop at a steady rate.
-    Queue {
-        /// Sockets (one user each), spread over the three gateways.
-        #[arg(long, default_value_t = 1000)]
-        sockets: usize,
-        /// Notifications per second, each to one user.
-        #[arg(long, default_value_t = 500)]
-        rate: u64,
-        /// Seconds of publishing.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-    },
     /// P1: idle sockets on one server process: RSS and CPU per socket.
     P1 {
         #[arg(long, value_enum)]
@@ -104,9 +91,168 @@ enum Cli {
         #[arg(long, default_value_t = 3)]
         settle_seconds: u64,
     },
+    /// P7: N server processes of 19,000 sockets each in one room; fan-out with all of them
+    /// against one (Hermes: gateways on a shared ScyllaDB registry; Centrifugo: Redis engine).
+    P7 {
+        #[arg(long, value_enum)]
+        server: Kind,
+        #[command(flatten)]
+        common: Common,
+        /// Server processes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Sockets per server process (≤ 19,000: 20,000 open files per process).
+        #[arg(long, default_value_t = 19_000)]
+        sockets_per_node: usize,
+        /// Offered deliveries per second (publishes/s × sockets) of the ramp's steps, tried
+        /// in this order, the same with one process as with all of them.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "10000,25000,50000,100000,150000,200000,250000,300000,400000,500000,600000,800000,1000000,1200000,1500000"
+        )]
+        offered: Vec<f64>,
+        /// Seconds of publishing at each step.
+        #[arg(long, default_value_t = 5)]
+        step_seconds: u64,
+        /// Seconds after a step's last publish within which its messages must reach every
+        /// socket (later ones count as lost and end the ramp).
+        #[arg(long, default_value_t = 10)]
+        drain_seconds: u64,
+        /// The p99 publish → last receipt of the detail figures `*_within_p99_limit`.
+        #[arg(long, default_value_t = 50.0)]
+        p99_limit_ms: f64,
+        /// Hermes: HERMES_REGISTRY_TTL_SECONDS of the gateways. Their heartbeat rewrites every
+        /// row they hold every third of it; Cassandra shares the 2 cores, so the default keeps
+        /// that rewrite (19,000 rows per gateway) out of the measurement.
+        #[arg(long, default_value_t = 900)]
+        registry_ttl_seconds: u64,
+        /// Hermes: CQL contact points of the registry.
+        #[arg(
+            long,
+            env = "HERMES_TEST_SCYLLA_NODES",
+            default_value = "127.0.0.1:9042"
+        )]
+        scylla_nodes: String,
+    },
+    /// P3: queue → socket latency, notifications to single users at a steady rate.
+    P3 {
+        #[arg(long, value_enum)]
+        server: Kind,
+        #[command(flatten)]
+        common: Common,
+        /// Sockets, one user each.
+        #[arg(long, default_value_t = 19_000)]
+        sockets: usize,
+        /// Notifications per second, each to one user.
+        #[arg(long, default_value_t = 5_000)]
+        rate: u64,
+        /// Seconds of measured publishing.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Seconds of publishing at the same rate before the measurement.
+        #[arg(long, default_value_t = 3)]
+        warmup_seconds: u64,
+        /// Seconds to wait for the last notifications after the publishing.
+        #[arg(long, default_value_t = 10)]
+        drain_seconds: u64,
+        /// Hermes: the consumer binary (a release build).
+        #[arg(
+            long,
+            default_value = "/root/.cache/hermes/target/release/hermes-consumer"
+        )]
+        consumer_bin: String,
+        /// Hermes: CQL contact points of the registry.
+        #[arg(
+            long,
+            env = "HERMES_TEST_SCYLLA_NODES",
+            default_value = "127.0.0.1:9042"
+        )]
+        scylla_nodes: String,
+        /// Hermes: the RabbitMQ URL.
+        #[arg(
+            long,
+            env = "HERMES_TEST_AMQP_URL",
+            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        )]
+        amqp_url: String,
+        /// Hermes: the registry keyspace (created if absent, reused by later runs).
+        #[arg(long, default_value = "hermes_bench_p3")]
+        keyspace: String,
+        /// Hermes: the queue (declared durable, purged before the run).
+        #[arg(long, default_value = "hermes-bench-p3")]
+        queue: String,
+        /// Hermes: HERMES_REGISTRY_TTL_SECONDS of the gateway. Its heartbeat rewrites every
+        /// row it holds every third of it; Cassandra shares the 2 cores here, so the default
+        /// keeps that rewrite (2 rows per socket) out of the measurement.
+        #[arg(long, default_value_t = 900)]
+        registry_ttl_seconds: u64,
+        /// Hermes: token requests in flight while the users' tokens are issued.
+        #[arg(long, default_value_t = 32)]
+        token_concurrency: usize,
+        /// Centrifugo: HTTP publishes in flight at most.
+        #[arg(long, default_value_t = 256)]
+        in_flight: usize,
+    },
+    /// P5: delivery p99 in a room during a flood of first-time connects, against a baseline.
+    P5 {
+        #[arg(long, value_enum)]
+        server: Kind,
+        #[command(flatten)]
+        common: Common,
+        /// Sockets in the room.
+        #[arg(long, default_value_t = 2_000)]
+        sockets: usize,
+        /// Publishes per second into the room (HTTP API), in both windows.
+        #[arg(long, default_value_t = 20)]
+        rate: u64,
+        /// Seconds of each measured window (baseline, then during the flood).
+        #[arg(long, default_value_t = 10)]
+        window_seconds: u64,
+        /// Seconds of publishing before the baseline.
+        #[arg(long, default_value_t = 2)]
+        warmup_seconds: u64,
+        /// Seconds the flood runs before its window starts.
+        #[arg(long, default_value_t = 2)]
+        ramp_seconds: u64,
+        /// Hermes: first-time tokens (distinct users, bcrypt hash without fast verifier)
+        /// issued before the measurement; each is used by one successful connect.
+        #[arg(long, default_value_t = 500)]
+        flood_tokens: usize,
+        /// Flood connects in flight.
+        #[arg(long, default_value_t = 256)]
+        flood_concurrency: usize,
+        /// Pause before a flood connect refused with 503 (or failed) is retried.
+        #[arg(long, default_value_t = 200)]
+        flood_retry_ms: u64,
+        /// Flood connect attempts per second at most, retries included (0: no limit, only
+        /// --flood-concurrency in flight).
+        #[arg(long, default_value_t = 0)]
+        flood_rate: u64,
+    },
+    /// (internal) the first-time connect flood of p5.
+    #[command(hide = true)]
+    Flood {
+        #[arg(long, value_enum)]
+        server: Kind,
+        /// Centrifugo: the WebSocket URL (Hermes: the URLs are in --targets).
+        #[arg(long)]
+        url: String,
+        /// Hermes: `<url> <token>` per line, one per first-time connect.
+        #[arg(long)]
+        targets: Option<std::path::PathBuf>,
+        #[arg(long, value_delimiter = ',')]
+        sources: Vec<std::net::IpAddr>,
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 200)]
+        retry_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+    },
     /// Writes bench/results.json and bench/RESULTS.md from the JSON lines of a run directory.
     Report {
-        /// Directory holding p1-*.json, p2-*.json and p4-*.json (one JSON object each) and the
+        /// Directory holding the runs' p<N>-<server>-<i>.json (one JSON object each) and the
         /// files scripts/bench/run.sh writes beside them.
         #[arg(long)]
         runs: std::path::PathBuf,
@@ -114,7 +260,7 @@ enum Cli {
         #[arg(long, default_value = "bench")]
         out: std::path::PathBuf,
     },
-    /// (internal) a socket-holder process of p1/p2/p4.
+    /// (internal) a socket-holder process of the scenarios.
     #[command(hide = true)]
     Hold {
         #[arg(long, value_enum)]
@@ -134,6 +280,31 @@ enum Cli {
         /// Reconnects in flight after `storm` on stdin.
         #[arg(long, default_value_t = 64)]
         storm_concurrency: usize,
+        /// Per-socket targets: `<url> <token>` per line, `count` lines.
+        #[arg(long)]
+        targets: Option<std::path::PathBuf>,
+        /// Record the receipt latency of every frame carrying `sent_us`.
+        #[arg(long)]
+        latency: bool,
+    },
+    /// The floor under a fan-out on this box: N loopback TCP pairs, one write and one read
+    /// per pair, no server (see bench/src/floor.rs).
+    Floor {
+        /// Socket pairs (two descriptors each: at most 9,900 under a 20,000 limit).
+        #[arg(long, default_value_t = 9_500)]
+        pairs: usize,
+        /// Fan-outs measured.
+        #[arg(long, default_value_t = 100)]
+        rounds: usize,
+        /// Threads sharing the writes (the server side).
+        #[arg(long, default_value_t = 1)]
+        writers: usize,
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5"
+        )]
+        sources: Vec<std::net::IpAddr>,
     },
     /// Connect latency, RSS per idle socket, publish → receipt latency, one fan-out.
     Smoke {
@@ -262,6 +433,108 @@ async fn main() -> Result<()> {
             println!("{v}");
             Ok(())
         }
+        Cli::P7 {
+            server,
+            common,
+            nodes,
+            sockets_per_node,
+            offered,
+            step_seconds,
+            drain_seconds,
+            p99_limit_ms,
+            registry_ttl_seconds,
+            scylla_nodes,
+        } => {
+            let args = p7::P7Args {
+                nodes,
+                sockets_per_node,
+                sources: common.sources.clone(),
+                offered,
+                step_seconds,
+                drain_seconds,
+                p99_limit_ms,
+                registry_ttl_seconds,
+                scylla_nodes,
+            };
+            let v = p7::p7(server, &common.options(), &args).await?;
+            println!("{v}");
+            Ok(())
+        }
+        Cli::P3 {
+            server,
+            common,
+            sockets,
+            rate,
+            seconds,
+            warmup_seconds,
+            drain_seconds,
+            consumer_bin,
+            scylla_nodes,
+            amqp_url,
+            keyspace,
+            queue,
+            registry_ttl_seconds,
+            token_concurrency,
+            in_flight,
+        } => {
+            let args = p3::P3Args {
+                sockets,
+                sources: common.sources.clone(),
+                rate,
+                seconds,
+                warmup_seconds,
+                drain_seconds,
+                consumer_bin,
+                scylla_nodes,
+                amqp_url,
+                keyspace,
+                queue,
+                registry_ttl_seconds,
+                in_flight,
+                token_concurrency,
+            };
+            let v = p3::p3(server, &common.options(), &args).await?;
+            println!("{v}");
+            Ok(())
+        }
+        Cli::P5 {
+            server,
+            common,
+            sockets,
+            rate,
+            window_seconds,
+            warmup_seconds,
+            ramp_seconds,
+            flood_tokens,
+            flood_concurrency,
+            flood_retry_ms,
+            flood_rate,
+        } => {
+            let args = p5::P5Args {
+                sockets,
+                sources: common.sources.clone(),
+                rate,
+                window_seconds,
+                warmup_seconds,
+                ramp_seconds,
+                flood_tokens,
+                flood_concurrency,
+                flood_retry_ms,
+                flood_rate,
+            };
+            let v = p5::p5(server, &common.options(), &args).await?;
+            println!("{v}");
+            Ok(())
+        }
+        Cli::Flood {
+            server,
+            url,
+            targets,
+            sources,
+            concurrency,
+            retry_ms,
+            rate,
+        } => p5::flood(server, url, targets, sources, concurrency, retry_ms, rate).await,
         Cli::Report { runs, out } => report::write(&runs, &out),
         Cli::Hold {
             server,
@@ -272,6 +545,8 @@ async fn main() -> Result<()> {
             sources,
             concurrency,
             storm_concurrency,
+            targets,
+            latency,
         } => {
             let target = servers::Target {
                 kind: server,
@@ -279,23 +554,39 @@ async fn main() -> Result<()> {
                 token,
                 channel,
             };
-            holder::hold(target, count, sources, concurrency, storm_concurrency).await
+            let extra = holder::HoldExtra { targets, latency };
+            holder::hold(
+                target,
+                count,
+                sources,
+                concurrency,
+                storm_concurrency,
+                extra,
+            )
+            .await
+        }
+        Cli::Floor {
+            pairs,
+            rounds,
+            writers,
+            sources,
+        } => {
+            println!("{}", floor::run(pairs, rounds, writers, sources).await?);
+            Ok(())
         }
         Cli::Smoke {
             bin,
             sockets,
             messages,
         } => smoke(bin, sockets, messages).await,
-        Cli::Queue {
-            sockets,
-            rate,
-            seconds,
-        } => queue::run(sockets, rate, seconds).await,
     }
 }
 
+mod floor;
 mod holder;
-mod queue;
+mod p3;
+mod p5;
+mod p7;
 mod report;
 mod scenarios;
 mod servers;

@@ -23,15 +23,19 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 fn runs(dir: &Path, scenario: &str, server: &str) -> Result<Vec<Value>> {
+    runs_named(dir, &format!("{}-{server}-", scenario.to_ascii_lowercase()))
+}
+
+/// The JSON objects of `<prefix>*.json` in `dir`, in name order.
+fn runs_named(dir: &Path, prefix: &str) -> Result<Vec<Value>> {
     let mut out = Vec::new();
-    let prefix = format!("{}-{server}-", scenario.to_ascii_lowercase());
     let mut names: Vec<_> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".json"))
+                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".json"))
         })
         .collect();
     names.sort();
@@ -120,6 +124,46 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
         "storm_p99_ms",
         "open_after_storm",
     ];
+    const P7_KEYS: [&str; 2] = ["sockets_total", "deliveries_per_s"];
+    const P7_EXTRA: [&str; 12] = [
+        "one_node_deliveries_per_s",
+        "ratio_3_vs_1",
+        "one_node_sockets",
+        "p50_ms",
+        "p99_ms",
+        "publishes_per_s",
+        "one_node_p50_ms",
+        "one_node_p99_ms",
+        "one_node_publishes_per_s",
+        "connect_failures",
+        "deliveries_per_s_within_p99_limit",
+        "one_node_deliveries_per_s_within_p99_limit",
+    ];
+    const P3_KEYS: [&str; 2] = ["p50_ms", "p99_ms"];
+    const P3_EXTRA: [&str; 8] = [
+        "sockets",
+        "rate",
+        "achieved_rate",
+        "messages",
+        "lost",
+        "p90_ms",
+        "p999_ms",
+        "max_ms",
+    ];
+    const P5_KEYS: [&str; 1] = ["p99_ratio"];
+    const P5_EXTRA: [&str; 11] = [
+        "sockets",
+        "rate",
+        "baseline_p50_ms",
+        "baseline_p99_ms",
+        "flood_p50_ms",
+        "flood_p99_ms",
+        "p50_ratio",
+        "flood_ok",
+        "flood_refused",
+        "flood_failed",
+        "flood_connects_per_s",
+    ];
     let date = sh("date -u +%Y-%m-%dT%H:%M:%SZ");
     let cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-");
     let machine = format!(
@@ -134,7 +178,10 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
     for (name, keys, extra) in [
         ("P1", &P1_KEYS[..], &P1_EXTRA[..]),
         ("P2", &P2_KEYS[..], &P2_EXTRA[..]),
+        ("P3", &P3_KEYS[..], &P3_EXTRA[..]),
         ("P4", &P4_KEYS[..], &P4_EXTRA[..]),
+        ("P5", &P5_KEYS[..], &P5_EXTRA[..]),
+        ("P7", &P7_KEYS[..], &P7_EXTRA[..]),
     ] {
         let mut per = Map::new();
         for s in SERVERS {
@@ -150,7 +197,17 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
         }
         scenarios.insert(name.into(), Value::Object(per));
     }
-    let results = json!({"date": date, "machine": machine, "scenarios": scenarios});
+    const FLOOR_KEYS: [&str; 5] = [
+        "pairs",
+        "fanout_p50_ms",
+        "fanout_p99_ms",
+        "writes_only_p50_ms",
+        "us_per_delivery_p50",
+    ];
+    let floor_runs = runs_named(dir, "floor-")?;
+    let floor = medians(&floor_runs, &FLOOR_KEYS);
+    all_runs.insert("floor".into(), Value::Array(floor_runs.clone()));
+    let results = json!({"date": date, "machine": machine, "scenarios": scenarios, "floor": floor});
     std::fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&results)? + "\n",
@@ -195,6 +252,8 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
         ("P2", "deliveries_per_s", "≥ 200,000 and ≥ 2× Centrifugo"),
         ("P2", "p50_ms", ""),
         ("P2", "p99_ms", "≤ 50 ms"),
+        ("P3", "p50_ms", "≤ 2 ms"),
+        ("P3", "p99_ms", "≤ 10 ms"),
         (
             "P4",
             "connects_per_s",
@@ -203,6 +262,13 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
         ("P4", "p99_ms", "≤ 50 ms"),
         ("P4", "storm_seconds", "≤ 5 s"),
         ("P4", "storm_failures", "0"),
+        ("P5", "p99_ratio", "≤ 1.5"),
+        ("P7", "sockets_total", "57,000 held by 3 processes"),
+        (
+            "P7",
+            "deliveries_per_s",
+            "3 processes against 1: `ratio_3_vs_1` in the details",
+        ),
     ];
     for (sc, k, target) in rows {
         let h = &s[sc]["hermes"][k];
@@ -216,10 +282,23 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
         )?;
     }
     writeln!(md)?;
+    if !floor_runs.is_empty() {
+        let f = &results["floor"];
+        writeln!(
+            md,
+            "The box's own floor under a fan-out (`hermes-bench floor`, no server, median of {} runs): {} loopback TCP pairs, one 64-byte `write` per pair from one thread and one blocking `read` per pair on another: first write → last read p50 **{} ms**, p99 {} ms; the writes alone p50 {} ms ({} µs per delivery). Any server's P2 fan-out to 10,000 sockets on this box costs at least that much, before WebSocket framing, task wake-ups and the generator's own work.\n",
+            f["runs"],
+            fmt(&f["pairs"]),
+            fmt(&f["fanout_p50_ms"]),
+            fmt(&f["fanout_p99_ms"]),
+            fmt(&f["writes_only_p50_ms"]),
+            fmt(&f["us_per_delivery_p50"]),
+        )?;
+    }
     writeln!(md, "Details (medians):\n")?;
     writeln!(md, "| scenario | server | detail |")?;
     writeln!(md, "|---|---|---|")?;
-    for sc in ["P1", "P2", "P4"] {
+    for sc in ["P1", "P2", "P3", "P4", "P5", "P7"] {
         for sv in SERVERS {
             writeln!(md, "| {sc} | {sv} | `{}` |", s[sc][sv]["detail_medians"])?;
         }
@@ -237,19 +316,6 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
         "\n## Other load on the machine during the runs\n\nThe box is shared: `/proc/loadavg` and the count of other heavy processes (cargo, rustc, java, beam, chromium, other test binaries) before each run:\n\n```\n{}\n```",
         load.trim()
     )?;
-    writeln!(md, "\n## Not measured yet\n")?;
-    writeln!(
-        md,
-        "- P3 queue → socket (RabbitMQ → consumer → another gateway → socket at 5,000/s among 19,000 sockets)."
-    )?;
-    writeln!(
-        md,
-        "- P5 bcrypt isolation (delivery p99 during a first-connect flood)."
-    )?;
-    writeln!(
-        md,
-        "- P7 scale (3 gateways, 57,000 sockets; fan-out with 3 gateways against 1)."
-    )?;
     writeln!(md, "\n## Every run\n")?;
     for (k, v) in &all_runs {
         writeln!(md, "### {k}\n")?;
@@ -257,6 +323,7 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
             let mut r = r.clone();
             if let Some(o) = r.as_object_mut() {
                 o.remove("steps");
+                o.remove("one_node_steps");
             }
             writeln!(md, "- `{r}`")?;
         }

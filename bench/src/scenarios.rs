@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::holder::{self, BatchReport, Holders, MAX_SEQ};
-use crate::servers::{Kind, Options, Server};
+use crate::servers::{Kind, Options, Publisher, Server};
 use crate::{now_micros, rss_kib};
 
 /// utime + stime of a process, in clock ticks (/proc/PID/stat fields 14 and 15).
@@ -106,28 +106,31 @@ pub struct P2Args {
     pub p99_limit_ms: f64,
 }
 
+/// Receipts of the benchmark messages: the holders' `done` lines, collected from one or
+/// more groups of holders (P2: one server; P7: one group per server process).
 #[derive(Default)]
-struct Receipts {
+pub struct Receipts {
     /// seq → (holders done, latest last receipt).
-    done: HashMap<usize, (usize, u64)>,
+    done: Arc<Mutex<HashMap<usize, (usize, u64)>>>,
+    collectors: Vec<tokio::task::JoinHandle<()>>,
 }
 
-pub async fn p2(kind: Kind, o: &Options, a: &P2Args) -> Result<Value> {
-    let server = Server::start(kind, o).await?;
-    let mut holders = Holders::start(&server.target, a.sockets, &a.sources).await?;
-    eprintln!(
-        "[p2 {}] {} sockets open ({} failed) in {:.1} s",
-        kind.name(),
-        holders.open,
-        holders.failed,
-        holders.connect_seconds
-    );
-    let processes = holders.processes();
-    let receipts = Arc::new(Mutex::new(Receipts::default()));
-    let mut lines = std::mem::replace(&mut holders.lines, tokio::sync::mpsc::unbounded_channel().1);
-    let collector = {
-        let receipts = receipts.clone();
-        tokio::spawn(async move {
+impl Drop for Receipts {
+    fn drop(&mut self) {
+        for c in &self.collectors {
+            c.abort();
+        }
+    }
+}
+
+impl Receipts {
+    /// Takes over the holders' output lines (`holders.lines` is left empty: their `status`
+    /// answers no longer reach the driver) and records every `done` line.
+    pub fn collect(&mut self, holders: &mut Holders) {
+        let mut lines =
+            std::mem::replace(&mut holders.lines, tokio::sync::mpsc::unbounded_channel().1);
+        let done = self.done.clone();
+        self.collectors.push(tokio::spawn(async move {
             while let Some((_, line)) = lines.recv().await {
                 let Some(rest) = line.strip_prefix("done ") else {
                     continue;
@@ -138,67 +141,136 @@ pub async fn p2(kind: Kind, o: &Options, a: &P2Args) -> Result<Value> {
                 let (Some(seq), Some(last)) = (it.next(), it.next()) else {
                     continue;
                 };
-                let mut r = receipts.lock().await;
-                let e = r.done.entry(seq as usize).or_insert((0, 0));
+                let mut r = done.lock().await;
+                let e = r.entry(seq as usize).or_insert((0, 0));
                 e.0 += 1;
                 e.1 = e.1.max(last);
             }
-        })
-    };
-    let publisher = server.publisher();
-    // Warm-up: one message through every socket before the measured steps.
-    let mut seq = 1usize;
-    server
-        .publish(json!({"seq": seq, "sent_us": now_micros(), "warmup": true}))
-        .await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while receipts.lock().await.done.get(&seq).map(|e| e.0) != Some(processes) {
-        if Instant::now() > deadline {
-            anyhow::bail!("the warm-up message did not reach every socket in 10 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        }));
     }
-    let sockets = holders.open;
+
+    /// Publishes message `seq` (a warm-up, outside any measurement) and waits until all
+    /// `processes` holders reported it.
+    pub async fn warm_up(
+        &self,
+        publisher: &Publisher,
+        seq: usize,
+        processes: usize,
+        limit: Duration,
+    ) -> Result<()> {
+        publisher
+            .publish(json!({"seq": seq, "sent_us": now_micros(), "warmup": true}))
+            .await?;
+        let deadline = Instant::now() + limit;
+        while self.done.lock().await.get(&seq).map(|e| e.0) != Some(processes) {
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "the warm-up message did not reach every socket in {} s",
+                    limit.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+/// What a publish ramp tries: P2 and P7.
+pub struct RampArgs {
+    /// Publishes per second, tried in this order.
+    pub rates: Vec<f64>,
+    pub step_seconds: u64,
+    pub p99_limit_ms: f64,
+    /// How long after a step's last publish its messages may still arrive (P2: 3 s); one
+    /// that has not reached every socket by then counts as lost.
+    pub drain: Duration,
+}
+
+/// The steps of a ramp and the two steps it reports.
+pub struct Ramp {
+    pub steps: Vec<Value>,
+    /// The highest step that was sustained: every message reached every socket, the
+    /// publisher kept its schedule and the p99 stayed within the limit (or null).
+    pub best: Value,
+    /// The highest step in which every message reached every socket on schedule, whatever
+    /// its p99 (or null).
+    pub best_any: Value,
+}
+
+/// An integral number as a JSON integer, anything else as a float.
+fn num(x: f64) -> Value {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        json!(x as i64)
+    } else {
+        json!(x)
+    }
+}
+
+/// Publishes to the `sockets` sockets of `processes` holders at each rate in turn,
+/// `step_seconds` per rate, each payload `{"seq", "sent_us"}` stamped at send time, and
+/// measures every message from its send to its receipt on the last socket. Stops after the
+/// first step that loses a message or falls behind its schedule. `seq` is the last sequence
+/// number used so far (it is advanced).
+pub async fn ramp(
+    label: &str,
+    publisher: &Publisher,
+    receipts: &Receipts,
+    processes: usize,
+    sockets: usize,
+    seq: &mut usize,
+    a: &RampArgs,
+) -> Result<Ramp> {
     let mut steps = Vec::new();
     let mut best: Option<Value> = None;
     // Highest step with no loss and the publisher on schedule, whatever its p99.
     let mut best_any: Option<Value> = None;
     for &rate in &a.rates {
-        let total = (rate * a.step_seconds) as usize;
-        if seq + total + 1 >= MAX_SEQ {
+        if !(rate.is_finite() && rate > 0.0) {
+            continue;
+        }
+        let total = ((rate * a.step_seconds as f64).round() as usize).max(1);
+        if *seq + total + 1 >= MAX_SEQ {
             break;
         }
-        let first = seq + 1;
+        let first = *seq + 1;
         let mut sent = HashMap::with_capacity(total);
         let publish_errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+        let interval = Duration::from_secs_f64(1.0 / rate);
         let started = Instant::now();
         let first_sent_us = now_micros();
         let mut tasks = Vec::with_capacity(total);
         for i in 0..total {
             tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
-            seq += 1;
+            *seq += 1;
+            let s = *seq;
             let t = now_micros();
-            sent.insert(seq, t);
+            sent.insert(s, t);
             let p = publisher.clone();
             let errors = publish_errors.clone();
+            let first_error = first_error.clone();
             tasks.push(tokio::spawn(async move {
-                if p.publish(json!({"seq": seq, "sent_us": t})).await.is_err() {
+                if let Err(e) = p.publish(json!({"seq": s, "sent_us": t})).await {
                     errors.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    first_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert_with(|| format!("{e:#}"));
                 }
             }));
         }
+        let last = *seq;
         let publish_seconds = started.elapsed().as_secs_f64();
         for t in tasks {
             let _ = t.await;
         }
-        // Wait for the step's messages (at most 3 s after the last publish).
-        let wait_until = Instant::now() + Duration::from_secs(3);
+        // Wait for the step's messages (at most `drain` after the last publish).
+        let wait_until = Instant::now() + a.drain;
         loop {
             let complete = {
-                let r = receipts.lock().await;
-                (first..=seq)
-                    .filter(|s| r.done.get(s).is_some_and(|e| e.0 == processes))
+                let r = receipts.done.lock().await;
+                (first..=last)
+                    .filter(|s| r.get(s).is_some_and(|e| e.0 == processes))
                     .count()
             };
             if complete == total || Instant::now() > wait_until {
@@ -210,13 +282,13 @@ pub async fn p2(kind: Kind, o: &Options, a: &P2Args) -> Result<Value> {
         let mut last_receipt = first_sent_us;
         let mut complete = 0usize;
         {
-            let r = receipts.lock().await;
-            for s in first..=seq {
-                if let (Some(&(n, last)), Some(&t)) = (r.done.get(&s), sent.get(&s))
+            let r = receipts.done.lock().await;
+            for s in first..=last {
+                if let (Some(&(n, at)), Some(&t)) = (r.get(&s), sent.get(&s))
                     && n == processes
                 {
-                    h.record(last.saturating_sub(t).max(1))?;
-                    last_receipt = last_receipt.max(last);
+                    h.record(at.saturating_sub(t).max(1))?;
+                    last_receipt = last_receipt.max(at);
                     complete += 1;
                 }
             }
@@ -236,10 +308,13 @@ pub async fn p2(kind: Kind, o: &Options, a: &P2Args) -> Result<Value> {
         let on_schedule = publish_seconds <= a.step_seconds as f64 * 1.1;
         let delivered = lost == 0 && errors == 0 && on_schedule;
         let sustained = delivered && p99 <= a.p99_limit_ms;
-        let step = json!({
-            "publishes_per_s": rate,
-            "offered_deliveries_per_s": rate as usize * sockets,
+        let mut step = json!({
+            "publishes_per_s": num(rate),
+            "offered_deliveries_per_s": num((rate * sockets as f64).round()),
             "deliveries_per_s": deliveries_per_s,
+            // Over at least the step's length: a step of a few messages is not credited with
+            // the speed of one message's fan-out (P7).
+            "window_deliveries_per_s": (complete * sockets) as f64 / span_s.max(a.step_seconds as f64),
             "p50_ms": p50,
             "p99_ms": p99,
             "max_ms": h.max() as f64 / 1000.0,
@@ -247,9 +322,13 @@ pub async fn p2(kind: Kind, o: &Options, a: &P2Args) -> Result<Value> {
             "lost": lost,
             "publish_errors": errors,
             "publish_seconds": publish_seconds,
+            "delivered": delivered,
             "sustained": sustained,
         });
-        eprintln!("[p2 {}] {step}", kind.name());
+        if let Some(e) = first_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            step["first_publish_error"] = json!(e);
+        }
+        eprintln!("[{label}] {step}");
         steps.push(step.clone());
         if sustained {
             best = Some(step.clone());
@@ -261,11 +340,51 @@ pub async fn p2(kind: Kind, o: &Options, a: &P2Args) -> Result<Value> {
             break;
         }
     }
-    collector.abort();
+    Ok(Ramp {
+        steps,
+        best: best.unwrap_or(Value::Null),
+        best_any: best_any.unwrap_or(Value::Null),
+    })
+}
+
+pub async fn p2(kind: Kind, o: &Options, a: &P2Args) -> Result<Value> {
+    let server = Server::start(kind, o).await?;
+    let mut holders = Holders::start(&server.target, a.sockets, &a.sources).await?;
+    eprintln!(
+        "[p2 {}] {} sockets open ({} failed) in {:.1} s",
+        kind.name(),
+        holders.open,
+        holders.failed,
+        holders.connect_seconds
+    );
+    let processes = holders.processes();
+    let mut receipts = Receipts::default();
+    receipts.collect(&mut holders);
+    let publisher = server.publisher();
+    // Warm-up: one message through every socket before the measured steps.
+    let mut seq = 1usize;
+    receipts
+        .warm_up(&publisher, seq, processes, Duration::from_secs(10))
+        .await?;
+    let sockets = holders.open;
+    let ramp_args = RampArgs {
+        rates: a.rates.iter().map(|&r| r as f64).collect(),
+        step_seconds: a.step_seconds,
+        p99_limit_ms: a.p99_limit_ms,
+        drain: Duration::from_secs(3),
+    };
+    let label = format!("p2 {}", kind.name());
+    let Ramp {
+        steps,
+        best,
+        best_any,
+    } = ramp(
+        &label, &publisher, &receipts, processes, sockets, &mut seq, &ramp_args,
+    )
+    .await?;
+    drop(receipts);
     holders.stop().await;
     server.stop().await?;
-    let best = best.unwrap_or(Value::Null);
-    let best_any = best_any.unwrap_or(Value::Null);
     Ok(json!({
         "scenario": "P2",
         "server": kind.name(),

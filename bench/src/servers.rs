@@ -13,6 +13,8 @@ use sha2::Sha256;
 use tokio::process::{Child, Command};
 
 pub const ADMIN_KEY: &str = "bench-admin-key-0123456789";
+/// `HERMES_INTERNAL_SECRET` of the Hermes processes (P5 reads the registry through it).
+pub const INTERNAL_SECRET: &str = "bench-internal-secret-0123456789";
 /// The Hermes room / Centrifugo channel every benchmark socket joins.
 pub const HERMES_ROOM: &str = "bench";
 pub const CENTRIFUGO_CHANNEL: &str = "bench:room";
@@ -71,16 +73,12 @@ impl Server {
         }
     }
 
-    /// Publishes `data` to the benchmark room / channel; errors on a refusal.
-    pub async fn publish(&self, data: Value) -> Result<()> {
-        publish(
-            &self.http,
-            self.kind,
-            &self.publish_url,
-            &self.api_key,
-            data,
-        )
-        .await
+    /// Hermes: the internal listener's base URL (admin API, `/internal/v1/*`).
+    pub fn hermes_internal_url(&self) -> Option<&str> {
+        match self.kind {
+            Kind::Hermes => self.publish_url.strip_suffix("/v1/publish"),
+            Kind::Centrifugo => None,
+        }
     }
 
     pub fn publisher(&self) -> Publisher {
@@ -115,8 +113,48 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// A publisher to `url` (Hermes: an admin `/v1/publish`; Centrifugo: an `/api/publish`)
+    /// with `key` (Hermes: the admin key; Centrifugo: the HTTP API key).
+    pub fn new(kind: Kind, url: String, key: String) -> Self {
+        // Idle connections are dropped before the server's keep-alive (actix: 5 s) ends
+        // them: a request on a connection the server is closing fails with a reset.
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap_or_default();
+        Publisher {
+            http,
+            kind,
+            url,
+            key,
+        }
+    }
+
+    /// Publishes `data` to the benchmark room / channel; errors on a refusal.
     pub async fn publish(&self, data: Value) -> Result<()> {
         publish(&self.http, self.kind, &self.url, &self.key, data).await
+    }
+
+    /// Centrifugo: publishes `data` to `channel` (P3: a user's own channel).
+    pub async fn publish_to_channel(&self, channel: &str, data: Value) -> Result<()> {
+        if self.kind != Kind::Centrifugo {
+            bail!("publish_to_channel is Centrifugo's");
+        }
+        let r = self
+            .http
+            .post(&self.url)
+            .header("X-API-Key", &self.key)
+            .json(&json!({"channel": channel, "data": data}))
+            .send()
+            .await?;
+        if r.status() != 200 {
+            bail!("centrifugo publish answered {}", r.status());
+        }
+        let v: Value = r.json().await?;
+        if v.get("error").is_some() {
+            bail!("centrifugo publish refused: {v}");
+        }
+        Ok(())
     }
 }
 
@@ -164,6 +202,7 @@ async fn start_hermes(o: &Options) -> Result<Server> {
         .env("HERMES_LISTEN", "127.0.0.1:0")
         .env("HERMES_INTERNAL_LISTEN", "127.0.0.1:0")
         .env("HERMES_ADMIN_KEY", ADMIN_KEY)
+        .env("HERMES_INTERNAL_SECRET", INTERNAL_SECRET)
         .env(
             "HERMES_PING_INTERVAL_SECONDS",
             o.heartbeat_seconds.to_string(),
@@ -279,6 +318,36 @@ async fn start_centrifugo(o: &Options) -> Result<Server> {
         child: None,
         script: o.centrifugo_script.clone(),
     })
+}
+
+/// Centrifugo's connection-token HMAC secret (`centrifugo.sh env`).
+pub async fn centrifugo_secret(script: &str) -> Result<String> {
+    let out = Command::new(script)
+        .arg("env")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .with_context(|| format!("run {script} env"))?;
+    if !out.status.success() {
+        bail!("{script} env failed");
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("CENTRIFUGO_TOKEN_HMAC_SECRET="))
+        .map(str::to_owned)
+        .context("no CENTRIFUGO_TOKEN_HMAC_SECRET from centrifugo.sh env")
+}
+
+/// A Centrifugo connection token: HS256 over `claims` (with `sub` and `exp` in them).
+pub fn hs256_jwt_claims(secret: &str, claims: &Value) -> Result<String> {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signing_input = format!("{header}.{claims}");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+        .map_err(|e| anyhow::anyhow!("hmac key: {e}"))?;
+    mac.update(signing_input.as_bytes());
+    let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    Ok(format!("{signing_input}.{sig}"))
 }
 
 /// A Centrifugo connection token: HS256 over `{"sub", "exp"}`.

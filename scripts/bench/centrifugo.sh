@@ -7,7 +7,14 @@
 #                                            and the time the build took
 #        scripts/bench/centrifugo.sh start   write a config, start it, wait until it
 #                                            answers, write the pid file (idempotent)
-#        scripts/bench/centrifugo.sh stop    stop the process of the pid file
+#        scripts/bench/centrifugo.sh stop    stop the process of the pid file (and the
+#                                            nodes and Redis of start-cluster)
+#        scripts/bench/centrifugo.sh start-cluster
+#                                            P7: HERMES_CENTRIFUGO_NODES nodes on consecutive
+#                                            ports from the HTTP port, with the Redis engine on a
+#                                            fresh Redis (scripts/bench/redis.sh restart); prints
+#                                            `redis <url>`, then `node <i> <pid> <ws url>
+#                                            <api url>` per node
 #        scripts/bench/centrifugo.sh env     print the variables a client needs
 #                                            (shell syntax, for `eval`)
 #
@@ -21,9 +28,11 @@
 #   HERMES_CENTRIFUGO_PORT      HTTP port: WebSocket, API and health (default 18000)
 #   HERMES_CENTRIFUGO_PING_INTERVAL, HERMES_CENTRIFUGO_PONG_TIMEOUT
 #                               heartbeat in seconds (default 25 and 8, Centrifugo's own)
+#   HERMES_CENTRIFUGO_NODES     nodes of start-cluster (default 3); Redis: see redis.sh
 #   Go: the default GOMODCACHE/GOCACHE are used (they persist on the machine).
 set -euo pipefail
 
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${HERMES_CACHE:-$HOME/.cache/hermes}
 VERSION=${HERMES_CENTRIFUGO_VERSION:-v6.9.1}
 MOD=github.com/centrifugal/centrifugo/v6
@@ -35,6 +44,7 @@ PORT=${HERMES_CENTRIFUGO_PORT:-18000}
 # Server → client heartbeat (Centrifugo's default is 25 s; the benchmarks give Hermes the same).
 PING_INTERVAL=${HERMES_CENTRIFUGO_PING_INTERVAL:-25}
 PONG_TIMEOUT=${HERMES_CENTRIFUGO_PONG_TIMEOUT:-8}
+NODES=${HERMES_CENTRIFUGO_NODES:-3}
 CONFIG=$STATE/config.json
 PIDFILE=$STATE/centrifugo.pid
 LOG=$STATE/centrifugo.log
@@ -99,13 +109,16 @@ secrets() {
 }
 
 # Centrifugo v6 layout (internal/configtypes in the module): client.token.hmac_secret_key,
-# client.allowed_origins, http_api.key, channel.namespaces, log.level, http_server.
-write_config() {
+# client.allowed_origins, http_api.key, channel.namespaces, log.level, http_server; the
+# cluster adds engine (configtypes.Engine: type, redis.address).
+write_config() { # [config file] [port] [engine line, with its trailing comma]
+  local file=${1:-$CONFIG} port=${2:-$PORT} engine=${3:-}
   secrets
-  cat >"$CONFIG" <<EOF
+  cat >"$file" <<EOF
 {
   "log": { "level": "error" },
-  "http_server": { "address": "$ADDRESS", "port": $PORT },
+  "http_server": { "address": "$ADDRESS", "port": $port },
+  $engine
   "health": { "enabled": true },
   "client": {
     "token": { "hmac_secret_key": "$CENTRIFUGO_TOKEN_HMAC_SECRET" },
@@ -184,6 +197,66 @@ stop() {
   log "stopped (pid $pid)"
 }
 
+# The nodes of start-cluster: config, pid file and log per node in the state directory.
+stop_cluster() {
+  local f pid stopped=0
+  for f in "$STATE"/cluster-*.pid; do
+    [ -e "$f" ] || continue
+    pid=$(cat "$f" 2>/dev/null || true)
+    if pid_alive "$pid"; then
+      kill "$pid"
+      for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+      done
+      if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
+      stopped=$((stopped + 1))
+    fi
+    rm -f "$f"
+  done
+  [ "$stopped" -eq 0 ] || log "stopped $stopped cluster nodes"
+  if [ -f "${HERMES_REDIS_STATE:-$CACHE/state/redis}/redis.pid" ]; then
+    "$HERE/redis.sh" stop
+  fi
+}
+
+start_cluster() {
+  [ -x "$BIN" ] || build >/dev/null
+  [ "$NODES" -ge 1 ] 2>/dev/null || die "HERMES_CENTRIFUGO_NODES must be a number ≥ 1"
+  stop
+  stop_cluster
+  # A fresh, empty broker for every cluster.
+  "$HERE/redis.sh" restart >/dev/null
+  local redis_url i port pid conf nlog deadline
+  redis_url=$("$HERE/redis.sh" env | sed -n 's/^HERMES_REDIS_URL=//p')
+  [ -n "$redis_url" ] || die "no HERMES_REDIS_URL from redis.sh env"
+  echo "redis $redis_url"
+  for i in $(seq 0 $((NODES - 1))); do
+    port=$((PORT + i))
+    conf=$STATE/cluster-$i.json
+    nlog=$STATE/cluster-$i.log
+    rm -f "$STATE/cluster-$i.pid"
+    write_config "$conf" "$port" "\"engine\": { \"type\": \"redis\", \"redis\": { \"address\": [\"$redis_url\"] } },"
+    nohup "$BIN" --config "$conf" >"$nlog" 2>&1 </dev/null &
+    pid=$!
+    deadline=$((SECONDS + 30))
+    until curl -fsS "http://$ADDRESS:$port/health" >/dev/null 2>&1; do
+      if ! kill -0 "$pid" 2>/dev/null; then
+        tail -20 "$nlog" >&2
+        die "cluster node $i exited during start (log: $nlog)"
+      fi
+      if [ "$SECONDS" -ge "$deadline" ]; then
+        kill "$pid" 2>/dev/null || true
+        die "cluster node $i does not answer on http://$ADDRESS:$port/health after 30 s (log: $nlog)"
+      fi
+      sleep 0.1
+    done
+    echo "$pid" >"$STATE/cluster-$i.pid"
+    log "cluster node $i running (pid $pid) on http://$ADDRESS:$port, engine redis at $redis_url"
+    echo "node $i $pid ws://$ADDRESS:$port/connection/websocket http://$ADDRESS:$port/api"
+  done
+}
+
 print_env() {
   secrets
   local pid=""
@@ -203,7 +276,11 @@ EOF
 case "${1:-build}" in
   build) build ;;
   start) start ;;
-  stop) stop ;;
+  stop)
+    stop
+    stop_cluster
+    ;;
+  start-cluster) start_cluster ;;
   env) print_env ;;
-  *) die "usage: $0 build|start|stop|env" ;;
+  *) die "usage: $0 build|start|stop|start-cluster|env" ;;
 esac

@@ -1,0 +1,638 @@
+//! P3: queue → socket. Notifications to single users among N sockets (each socket its own
+//! user) at a steady rate, latency from the send (`sent_us` in the payload) to the receipt
+//! on the user's socket, over every notification.
+//!
+//! - Hermes: RabbitMQ → `hermes-consumer` → `hermes-gateway serve` (another process) →
+//!   socket, both processes on the ScyllaDB/Cassandra registry of `scripts/services/up.sh`.
+//!   The publisher is pipelined: one AMQP channel in confirm mode, each publish's confirm
+//!   awaited by a separate task, so the schedule never waits for the broker.
+//! - Centrifugo has no RabbitMQ consumer (v6.9.1: PostgreSQL outbox, Kafka, NATS JetStream,
+//!   Redis Streams, Google Pub/Sub, AWS SQS, Azure Service Bus): its nearest path is the
+//!   server HTTP API, `POST /api/publish` into each user's own channel (`bench:<user>`,
+//!   subscribed server-side through the connection JWT's `channels` claim), many requests
+//!   in flight over kept-alive connections.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::holder::{HolderOpts, Holders};
+use crate::now_micros;
+use crate::servers::{self, ADMIN_KEY, INTERNAL_SECRET, Kind, Options, Server, Target};
+
+/// The JWT secret of P3's gateway.
+const JWT_SECRET: &str = "bench-jwt-secret-0123456789-abcdef";
+/// The room every P3 user's token is issued for.
+const ROOM: &str = "p3";
+/// The sender of every notification.
+const SENDER: &str = "p3-backend";
+
+pub struct P3Args {
+    pub sockets: usize,
+    pub sources: Vec<IpAddr>,
+    /// Notifications per second.
+    pub rate: u64,
+    /// Seconds of measured publishing.
+    pub seconds: u64,
+    /// Seconds of publishing at the same rate before the measurement.
+    pub warmup_seconds: u64,
+    /// Seconds to wait for the last notifications after the publishing ends.
+    pub drain_seconds: u64,
+    pub consumer_bin: String,
+    pub scylla_nodes: String,
+    pub amqp_url: String,
+    pub keyspace: String,
+    pub queue: String,
+    /// Hermes: HERMES_REGISTRY_TTL_SECONDS of the gateway.
+    pub registry_ttl_seconds: u64,
+    /// Centrifugo: HTTP publishes in flight at most.
+    pub in_flight: usize,
+    /// Hermes: `POST /v1/tokens` in flight while the tokens are issued.
+    pub token_concurrency: usize,
+}
+
+fn user(i: usize) -> String {
+    format!("p3-u{i}")
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Notification `n` goes to user `(n × stride) mod sockets`: consecutive notifications land
+/// on sockets of every holder, and each user gets the same share.
+fn stride(sockets: usize) -> usize {
+    let mut s = 7919;
+    while gcd(s, sockets) != 1 {
+        s += 1;
+    }
+    s
+}
+
+/// The user index of notification `n`.
+fn target_of(n: u64, stride: usize, sockets: usize) -> usize {
+    ((n as u128 * stride as u128) % sockets.max(1) as u128) as usize
+}
+
+/// Notifications `first..first + count` per holder.
+fn expected(first: u64, count: u64, stride: usize, h: &Holders, sockets: usize) -> Vec<u64> {
+    let mut out = vec![0u64; h.ranges.len()];
+    for n in first..first + count {
+        let u = target_of(n, stride, sockets);
+        if let Some(p) = h.ranges.iter().position(|r| r.contains(&u)) {
+            out[p] += 1;
+        }
+    }
+    out
+}
+
+/// Calls `send(n)` for `n` in `first..first + count` at `rate` per second (each call is
+/// awaited: it must only hand the message off). Returns the seconds from the first send to
+/// the return of the last.
+async fn schedule<F, Fut>(first: u64, count: u64, rate: u64, mut send: F) -> Result<f64>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let started = Instant::now();
+    for i in 0..count {
+        let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+        if Instant::now() < due {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        send(first + i).await?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Starts `cmd` (stdout piped, stderr to ours) and waits for its stdout line starting with
+/// `prefix`.
+pub(crate) async fn spawn_announced(
+    mut cmd: Command,
+    prefix: &str,
+    limit: Duration,
+) -> Result<(Child, String)> {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().context("start the process")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let banner = tokio::time::timeout(limit, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with(prefix) {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .with_context(|| format!("no `{prefix}` line within {limit:?}"))?;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, banner))
+}
+
+/// Polls `url` until it answers 200 (readiness has no other signal).
+pub(crate) async fn wait_ready(http: &reqwest::Client, url: &str, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if http.get(url).send().await.is_ok_and(|r| r.status() == 200) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{url} did not answer 200 within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+pub async fn p3(kind: Kind, o: &Options, a: &P3Args) -> Result<Value> {
+    if a.sockets == 0 || a.rate == 0 || a.seconds == 0 {
+        bail!("--sockets, --rate and --seconds must be at least 1");
+    }
+    if a.sources.is_empty() {
+        bail!("--sources is empty");
+    }
+    match kind {
+        Kind::Hermes => hermes(o, a).await,
+        Kind::Centrifugo => centrifugo(o, a).await,
+    }
+}
+
+/// What the two paths share once the sockets are open: warm-up, measured window, drain.
+struct Measured {
+    messages: u64,
+    publish_seconds: f64,
+    received: u64,
+    histogram: Histogram<u64>,
+    warmup_received: u64,
+    /// CPU % (of one core) of each watched process over the measured publishing.
+    cpu_percent: Value,
+}
+
+/// utime + stime of a process in clock ticks, 0 if it is gone.
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields are counted after the command name's closing parenthesis.
+    let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}
+
+/// Processes whose command name is `comm` (RabbitMQ's `beam.smp`, Cassandra's `java`).
+pub(crate) fn pids_named(comm: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .collect()
+}
+
+/// Named groups of processes whose CPU is measured over the publishing window.
+type Watch = Vec<(&'static str, Vec<u32>)>;
+
+fn ticks(watch: &Watch) -> Vec<u64> {
+    watch
+        .iter()
+        .map(|(_, pids)| pids.iter().map(|&p| cpu_ticks(p)).sum())
+        .collect()
+}
+
+/// Runs the warm-up and the measured window with `send` and collects the latencies.
+/// `settle` is awaited after each schedule, before the receipts are waited for.
+async fn measure<F, Fut, S, SFut>(
+    a: &P3Args,
+    holders: &mut Holders,
+    stride: usize,
+    mut send: F,
+    mut settle: S,
+    watch: &Watch,
+) -> Result<Measured>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = Result<()>>,
+    S: FnMut() -> SFut,
+    SFut: Future<Output = ()>,
+{
+    let warm = a.rate * a.warmup_seconds;
+    schedule(0, warm, a.rate, &mut send).await?;
+    settle().await;
+    let warmup_received = holders
+        .wait_received(
+            &expected(0, warm, stride, holders, a.sockets),
+            Duration::from_secs(a.drain_seconds),
+        )
+        .await?;
+    holders.lat_reset().await?;
+    let total = a.rate * a.seconds;
+    let (t0, c0) = (Instant::now(), ticks(watch));
+    let publish_seconds = schedule(warm, total, a.rate, &mut send).await?;
+    let (wall, c1) = (t0.elapsed().as_secs_f64(), ticks(watch));
+    // Clock ticks are 1/100 s on Linux (CLK_TCK).
+    let cpu_percent: serde_json::Map<String, Value> = watch
+        .iter()
+        .zip(c0.iter().zip(&c1))
+        .map(|((name, _), (a, b))| {
+            let pct = b.saturating_sub(*a) as f64 / wall.max(1e-9);
+            ((*name).to_owned(), json!((pct * 10.0).round() / 10.0))
+        })
+        .collect();
+    settle().await;
+    let want = expected(warm, total, stride, holders, a.sockets);
+    holders
+        .wait_received(&want, Duration::from_secs(a.drain_seconds))
+        .await?;
+    let (received, histogram) = holders.latencies().await?;
+    Ok(Measured {
+        messages: total,
+        publish_seconds,
+        received,
+        histogram,
+        warmup_received,
+        cpu_percent: Value::Object(cpu_percent),
+    })
+}
+
+fn result(kind: Kind, a: &P3Args, holders: &Holders, m: &Measured, extra: Value) -> Value {
+    let h = &m.histogram;
+    let mut v = json!({
+        "scenario": "P3",
+        "server": kind.name(),
+        "sockets": holders.open,
+        "connect_failures": holders.failed,
+        "connect_seconds": holders.connect_seconds,
+        "rate": a.rate,
+        "seconds": a.seconds,
+        "warmup_seconds": a.warmup_seconds,
+        "warmup_received": m.warmup_received,
+        "messages": m.messages,
+        "publish_seconds": m.publish_seconds,
+        "achieved_rate": if m.publish_seconds > 0.0 { m.messages as f64 / m.publish_seconds } else { 0.0 },
+        "received": m.received,
+        "lost": m.messages.saturating_sub(m.received),
+        "p50_ms": ms(h, 0.5),
+        "p90_ms": ms(h, 0.9),
+        "p99_ms": ms(h, 0.99),
+        "p999_ms": ms(h, 0.999),
+        "max_ms": h.max() as f64 / 1000.0,
+        "cpu_percent_while_publishing": m.cpu_percent,
+    });
+    if let (Value::Object(v), Value::Object(e)) = (&mut v, extra) {
+        v.extend(e);
+    }
+    v
+}
+
+async fn hermes(o: &Options, a: &P3Args) -> Result<Value> {
+    let registry = [
+        ("HERMES_REGISTRY", "scylla"),
+        ("HERMES_SCYLLA_NODES", a.scylla_nodes.as_str()),
+        ("HERMES_SCYLLA_KEYSPACE", a.keyspace.as_str()),
+        ("HERMES_SCYLLA_CONSISTENCY", "ONE"),
+        ("HERMES_INTERNAL_SECRET", INTERNAL_SECRET),
+        ("HERMES_LOG", "warn"),
+    ];
+    let mut cmd = Command::new(&o.hermes_bin);
+    cmd.arg("serve")
+        .envs(registry)
+        .env("HERMES_LISTEN", "127.0.0.1:0")
+        .env("HERMES_INTERNAL_LISTEN", "127.0.0.1:0")
+        .env("HERMES_GATEWAY_ID", "bench-p3-gateway")
+        .env(
+            "HERMES_REGISTRY_TTL_SECONDS",
+            a.registry_ttl_seconds.to_string(),
+        )
+        .env("HERMES_ADMIN_KEY", ADMIN_KEY)
+        .env("HERMES_JWT_SECRET", JWT_SECRET)
+        // P3 measures delivery, not auth: cheap hashes so that 19,000 tokens issue in seconds.
+        .env("HERMES_BCRYPT_COST", "4")
+        .env(
+            "HERMES_PING_INTERVAL_SECONDS",
+            o.heartbeat_seconds.to_string(),
+        );
+    let (gateway, banner) =
+        spawn_announced(cmd, "hermes-gateway listening ", Duration::from_secs(120))
+            .await
+            .context("hermes-gateway serve")?;
+    let field = |n: &str| {
+        banner
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{n}=")))
+            .map(str::to_owned)
+            .with_context(|| format!("no {n}= in the banner {banner:?}"))
+    };
+    let public = field("public")?.replace("http://", "ws://");
+    let internal = field("internal")?;
+    let http = reqwest::Client::new();
+    wait_ready(
+        &http,
+        &format!("{internal}/readyz"),
+        Duration::from_secs(60),
+    )
+    .await?;
+
+    // The queue, empty, before the consumer takes from it.
+    let amqp = Connection::connect(&a.amqp_url, ConnectionProperties::default())
+        .await
+        .with_context(|| "connect to RabbitMQ (scripts/services/up.sh)".to_string())?;
+    let channel = amqp.create_channel().await?;
+    channel
+        .queue_declare(
+            a.queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_purge(a.queue.as_str().into(), QueuePurgeOptions::default())
+        .await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+
+    let mut cmd = Command::new(&a.consumer_bin);
+    cmd.envs(registry)
+        .env("HERMES_SOURCE", "amqp")
+        .env("HERMES_AMQP_URL", &a.amqp_url)
+        .env("HERMES_AMQP_QUEUE", &a.queue)
+        .env("HERMES_CONSUMER_LISTEN", "127.0.0.1:0");
+    let (consumer, banner) = spawn_announced(
+        cmd,
+        "hermes-consumer listening http=",
+        Duration::from_secs(120),
+    )
+    .await
+    .context("hermes-consumer")?;
+    let consumer_http = banner
+        .trim_start_matches("hermes-consumer listening http=")
+        .trim()
+        .to_owned();
+    wait_ready(
+        &http,
+        &format!("{consumer_http}/readyz"),
+        Duration::from_secs(60),
+    )
+    .await?;
+
+    // One token per user (bcrypt cost 4), then one socket each.
+    let started = Instant::now();
+    let tokens: Vec<Result<String>> = futures_util::stream::iter(0..a.sockets)
+        .map(|i| {
+            let (http, internal) = (http.clone(), internal.clone());
+            async move {
+                let r = http
+                    .post(format!("{internal}/v1/tokens"))
+                    .bearer_auth(ADMIN_KEY)
+                    .json(&json!({"user_id": user(i), "room_id": ROOM}))
+                    .send()
+                    .await?;
+                if r.status() != 201 {
+                    bail!("POST /v1/tokens answered {}", r.status());
+                }
+                let v: Value = r.json().await?;
+                Ok(v["token"].as_str().context("no token")?.to_owned())
+            }
+        })
+        .buffered(a.token_concurrency.max(1))
+        .collect()
+        .await;
+    let token_seconds = started.elapsed().as_secs_f64();
+    let mut targets = Vec::with_capacity(a.sockets);
+    for t in tokens {
+        let token = t.context("issue the users' tokens")?;
+        targets.push(Target {
+            kind: Kind::Hermes,
+            url: format!("{public}/production?token={token}"),
+            token,
+            channel: ROOM.into(),
+        });
+    }
+    eprintln!(
+        "[p3 hermes] {} tokens in {token_seconds:.1} s",
+        targets.len()
+    );
+    let template = targets[0].clone();
+    let mut holders = Holders::start_opts(
+        &template,
+        a.sockets,
+        &a.sources,
+        HolderOpts {
+            per_socket: Some(targets),
+            latency: true,
+            ..HolderOpts::default()
+        },
+    )
+    .await?;
+    eprintln!(
+        "[p3 hermes] {} sockets open ({} failed) in {:.1} s",
+        holders.open, holders.failed, holders.connect_seconds
+    );
+
+    // Confirms are awaited by their own task, in order, while the schedule goes on.
+    let (confirm_tx, mut confirm_rx) =
+        tokio::sync::mpsc::unbounded_channel::<lapin::PublisherConfirm>();
+    let acked = Arc::new(AtomicU64::new(0));
+    let nacked = Arc::new(AtomicU64::new(0));
+    let confirmer = {
+        let (acked, nacked) = (acked.clone(), nacked.clone());
+        tokio::spawn(async move {
+            while let Some(c) = confirm_rx.recv().await {
+                match c.await {
+                    Ok(c) if c.is_ack() => acked.fetch_add(1, Ordering::SeqCst),
+                    _ => nacked.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        })
+    };
+    let stride = stride(a.sockets);
+    let sockets = a.sockets;
+    let queue = a.queue.clone();
+    let send = |n: u64| {
+        let (channel, queue, confirm_tx) = (&channel, queue.as_str(), &confirm_tx);
+        async move {
+            let u = target_of(n, stride, sockets);
+            let body = json!({
+                "user_id": SENDER,
+                "room_id": ROOM,
+                "to_user_id": user(u),
+                "id": format!("p3-{n}"),
+                "data": {"n": n, "sent_us": now_micros()},
+            })
+            .to_string();
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .context("basic.publish")?;
+            let _ = confirm_tx.send(confirm);
+            Ok(())
+        }
+    };
+    let watch: Watch = vec![
+        ("gateway", gateway.id().into_iter().collect()),
+        ("consumer", consumer.id().into_iter().collect()),
+        ("rabbitmq", pids_named("beam.smp")),
+        ("cassandra", pids_named("java")),
+        ("holders", holders.pids()),
+        ("driver", vec![std::process::id()]),
+    ];
+    // Confirms come in on their own: nothing to settle before the drain.
+    let m = measure(a, &mut holders, stride, send, || async {}, &watch).await;
+    drop(confirm_tx);
+    let confirmed = tokio::time::timeout(Duration::from_secs(30), confirmer)
+        .await
+        .is_ok();
+    let m = m?;
+    let out = result(
+        Kind::Hermes,
+        a,
+        &holders,
+        &m,
+        json!({
+            "path": "RabbitMQ -> hermes-consumer -> hermes-gateway (another process) -> socket",
+            "registry": "scylla",
+            "registry_ttl_seconds": a.registry_ttl_seconds,
+            "bcrypt_cost": 4,
+            "token_seconds": token_seconds,
+            "confirms_acked": acked.load(Ordering::SeqCst),
+            "confirms_nacked": nacked.load(Ordering::SeqCst),
+            "confirms_complete": confirmed,
+        }),
+    );
+    holders.stop().await;
+    drop(consumer);
+    drop(gateway);
+    let _ = amqp.close(200, "bench done".into()).await;
+    Ok(out)
+}
+
+async fn centrifugo(o: &Options, a: &P3Args) -> Result<Value> {
+    let server = Server::start(Kind::Centrifugo, o).await?;
+    let secret = servers::centrifugo_secret(&o.centrifugo_script).await?;
+    let exp = now_micros() / 1_000_000 + 3600;
+    let mut targets = Vec::with_capacity(a.sockets);
+    for i in 0..a.sockets {
+        let claims =
+            json!({"sub": user(i), "exp": exp, "channels": [format!("bench:{}", user(i))]});
+        targets.push(Target {
+            kind: Kind::Centrifugo,
+            url: server.target.url.clone(),
+            token: servers::hs256_jwt_claims(&secret, &claims)?,
+            // Subscribed server-side through the token: no subscribe command.
+            channel: String::new(),
+        });
+    }
+    let template = targets[0].clone();
+    let mut holders = Holders::start_opts(
+        &template,
+        a.sockets,
+        &a.sources,
+        HolderOpts {
+            per_socket: Some(targets),
+            latency: true,
+            ..HolderOpts::default()
+        },
+    )
+    .await?;
+    eprintln!(
+        "[p3 centrifugo] {} sockets open ({} failed) in {:.1} s",
+        holders.open, holders.failed, holders.connect_seconds
+    );
+    let publisher = server.publisher();
+    let permits = Arc::new(tokio::sync::Semaphore::new(a.in_flight.max(1)));
+    let errors = Arc::new(AtomicU64::new(0));
+    let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stride = stride(a.sockets);
+    let sockets = a.sockets;
+    let send = |n: u64| {
+        let (publisher, permits, errors, tasks) = (
+            publisher.clone(),
+            permits.clone(),
+            errors.clone(),
+            tasks.clone(),
+        );
+        async move {
+            let permit = permits.acquire_owned().await?;
+            let u = target_of(n, stride, sockets);
+            let data = json!({"n": n, "sent_us": now_micros()});
+            let task = tokio::spawn(async move {
+                let channel = format!("bench:{}", user(u));
+                let r = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    publisher.publish_to_channel(&channel, data),
+                )
+                .await;
+                if !matches!(r, Ok(Ok(()))) {
+                    errors.fetch_add(1, Ordering::SeqCst);
+                }
+                drop(permit);
+            });
+            tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+            Ok(())
+        }
+    };
+    // Every request of a window has answered before its drain is waited for.
+    let settle = || {
+        let pending: Vec<_> = std::mem::take(&mut *tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        async move {
+            for t in pending {
+                let _ = t.await;
+            }
+        }
+    };
+    let watch: Watch = vec![
+        ("centrifugo", vec![server.pid]),
+        ("holders", holders.pids()),
+        ("driver", vec![std::process::id()]),
+    ];
+    let m = measure(a, &mut holders, stride, send, settle, &watch).await?;
+    let out = result(
+        Kind::Centrifugo,
+        a,
+        &holders,
+        &m,
+        json!({
+            "path": "HTTP API POST /api/publish -> Centrifugo -> socket (no queue: Centrifugo has no RabbitMQ consumer)",
+            "in_flight_max": a.in_flight,
+            "publish_errors": errors.load(Ordering::SeqCst),
+        }),
+    );
+    holders.stop().await;
+    server.stop().await?;
+    Ok(out)
+}
