@@ -54,6 +54,8 @@ NAMESPACE=bench
 
 log() { printf '[centrifugo] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=scripts/bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 GO=$(command -v go || true)
 [ -n "$GO" ] || GO=/usr/local/go/bin/go
@@ -136,20 +138,6 @@ write_config() { # [config file] [port] [engine line, with its trailing comma]
 EOF
 }
 
-pid_alive() {
-  local pid=$1
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
-    [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(readlink -f "$BIN")" ]
-}
-
-running_pid() {
-  local pid
-  [ -f "$PIDFILE" ] || return 1
-  pid=$(cat "$PIDFILE" 2>/dev/null || true)
-  if pid_alive "$pid"; then echo "$pid"; return 0; fi
-  return 1
-}
-
 start() {
   [ -x "$BIN" ] || build >/dev/null
   local pid
@@ -163,38 +151,10 @@ start() {
   write_config
   nohup "$BIN" --config "$CONFIG" >"$LOG" 2>&1 </dev/null &
   pid=$!
-  local deadline=$((SECONDS + 30))
-  until curl -fsS "http://$ADDRESS:$PORT/health" >/dev/null 2>&1; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -20 "$LOG" >&2
-      die "centrifugo exited during start (log: $LOG)"
-    fi
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      kill "$pid" 2>/dev/null || true
-      die "centrifugo does not answer on http://$ADDRESS:$PORT/health after 30 s (log: $LOG)"
-    fi
-    sleep 0.1
-  done
+  await_up "$pid" "$LOG" "centrifugo on http://$ADDRESS:$PORT" curl -fsS "http://$ADDRESS:$PORT/health"
   echo "$pid" >"$PIDFILE.tmp" && mv -f "$PIDFILE.tmp" "$PIDFILE"
   log "running (pid $pid) on http://$ADDRESS:$PORT, config $CONFIG"
   echo "$pid"
-}
-
-stop() {
-  local pid
-  if ! pid=$(running_pid); then
-    rm -f "$PIDFILE"
-    log "not running"
-    return 0
-  fi
-  kill "$pid"
-  for _ in $(seq 100); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
-  rm -f "$PIDFILE"
-  log "stopped (pid $pid)"
 }
 
 # The nodes of start-cluster: config, pid file and log per node in the state directory.
@@ -204,12 +164,7 @@ stop_cluster() {
     [ -e "$f" ] || continue
     pid=$(cat "$f" 2>/dev/null || true)
     if pid_alive "$pid"; then
-      kill "$pid"
-      for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-      done
-      if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
+      terminate "$pid"
       stopped=$((stopped + 1))
     fi
     rm -f "$f"
@@ -227,7 +182,7 @@ start_cluster() {
   stop_cluster
   # A fresh, empty broker for every cluster.
   "$HERE/redis.sh" restart >/dev/null
-  local redis_url i port pid conf nlog deadline
+  local redis_url i port pid conf nlog
   redis_url=$("$HERE/redis.sh" env | sed -n 's/^HERMES_REDIS_URL=//p')
   [ -n "$redis_url" ] || die "no HERMES_REDIS_URL from redis.sh env"
   echo "redis $redis_url"
@@ -239,18 +194,7 @@ start_cluster() {
     write_config "$conf" "$port" "\"engine\": { \"type\": \"redis\", \"redis\": { \"address\": [\"$redis_url\"] } },"
     nohup "$BIN" --config "$conf" >"$nlog" 2>&1 </dev/null &
     pid=$!
-    deadline=$((SECONDS + 30))
-    until curl -fsS "http://$ADDRESS:$port/health" >/dev/null 2>&1; do
-      if ! kill -0 "$pid" 2>/dev/null; then
-        tail -20 "$nlog" >&2
-        die "cluster node $i exited during start (log: $nlog)"
-      fi
-      if [ "$SECONDS" -ge "$deadline" ]; then
-        kill "$pid" 2>/dev/null || true
-        die "cluster node $i does not answer on http://$ADDRESS:$port/health after 30 s (log: $nlog)"
-      fi
-      sleep 0.1
-    done
+    await_up "$pid" "$nlog" "cluster node $i on http://$ADDRESS:$port" curl -fsS "http://$ADDRESS:$port/health"
     echo "$pid" >"$STATE/cluster-$i.pid"
     log "cluster node $i running (pid $pid) on http://$ADDRESS:$port, engine redis at $redis_url"
     echo "node $i $pid ws://$ADDRESS:$port/connection/websocket http://$ADDRESS:$port/api"

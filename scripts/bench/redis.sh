@@ -29,6 +29,8 @@ LOG=$STATE/redis.log
 
 log() { printf '[redis] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=scripts/bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 build() {
   if [ ! -x "$BIN" ] || [ ! -x "$CLI" ]; then
@@ -63,20 +65,6 @@ EOF
 
 answers() { "$CLI" -h "$ADDRESS" -p "$PORT" ping 2>/dev/null | grep -q PONG; }
 
-pid_alive() {
-  local pid=$1
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
-    [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(readlink -f "$BIN")" ]
-}
-
-running_pid() {
-  local pid
-  [ -f "$PIDFILE" ] || return 1
-  pid=$(cat "$PIDFILE" 2>/dev/null || true)
-  if pid_alive "$pid"; then echo "$pid"; return 0; fi
-  return 1
-}
-
 start() {
   [ -x "$BIN" ] || build >/dev/null
   local pid
@@ -94,38 +82,10 @@ start() {
   : >"$LOG"
   nohup "$BIN" "$CONFIG" >/dev/null 2>&1 </dev/null &
   pid=$!
-  local deadline=$((SECONDS + 30))
-  until answers; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -20 "$LOG" >&2
-      die "redis-server exited during start (log: $LOG)"
-    fi
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      kill "$pid" 2>/dev/null || true
-      die "redis-server does not answer PING on $ADDRESS:$PORT after 30 s (log: $LOG)"
-    fi
-    sleep 0.05
-  done
+  await_up "$pid" "$LOG" "redis-server on $ADDRESS:$PORT" answers
   echo "$pid" >"$PIDFILE.tmp" && mv -f "$PIDFILE.tmp" "$PIDFILE"
   log "running (pid $pid) on redis://$ADDRESS:$PORT"
   echo "$pid"
-}
-
-stop() {
-  local pid
-  if ! pid=$(running_pid); then
-    rm -f "$PIDFILE"
-    log "not running"
-    return 0
-  fi
-  kill "$pid"
-  for _ in $(seq 100); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
-  rm -f "$PIDFILE"
-  log "stopped (pid $pid)"
 }
 
 case "${1:-build}" in
