@@ -22,7 +22,18 @@ cd "$repo"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hermes/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Incremental artefacts only help edit-compile loops; in a shared cache they grow without
+# bound (22 GB seen here).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 mkdir -p "$CARGO_TARGET_DIR"
+# Every checkout path leaves its own copies of the test binaries in the shared cache; past
+# HERMES_TARGET_MAX_GB (default 20) the debug profile is dropped and rebuilt (a few minutes)
+# rather than letting the disk fill (68 GB and "No space left on device" seen here).
+debug_gb=$(( $(du -sk "$CARGO_TARGET_DIR/debug" 2>/dev/null | cut -f1 || echo 0) / 1048576 ))
+if [ "$debug_gb" -ge "${HERMES_TARGET_MAX_GB:-20}" ]; then
+  echo "test.sh: $CARGO_TARGET_DIR/debug holds ${debug_gb} GB; removing it before the build"
+  rm -rf "$CARGO_TARGET_DIR/debug"
+fi
 log="$(mktemp -t hermes-test.XXXXXX)"
 trap 'rm -f "$log"' EXIT
 

@@ -33,7 +33,9 @@ use tokio::process::{Child, Command};
 
 use crate::holder::{HolderOpts, Holders};
 use crate::now_micros;
-use crate::servers::{self, ADMIN_KEY, INTERNAL_SECRET, Kind, Options, Server, Target};
+use crate::servers::{
+    self, ADMIN_KEY, INTERNAL_SECRET, Kind, Options, Server, Target, banner_field, wait_ready,
+};
 
 /// The JWT secret of P3's gateway.
 const JWT_SECRET: &str = "bench-jwt-secret-0123456789-abcdef";
@@ -147,20 +149,6 @@ pub(crate) async fn spawn_announced(
     .with_context(|| format!("no `{prefix}` line within {limit:?}"))?;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok((child, banner))
-}
-
-/// Polls `url` until it answers 200 (readiness has no other signal).
-pub(crate) async fn wait_ready(http: &reqwest::Client, url: &str, limit: Duration) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if http.get(url).send().await.is_ok_and(|r| r.status() == 200) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{url} did not answer 200 within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
@@ -344,13 +332,7 @@ async fn hermes(o: &Options, a: &P3Args) -> Result<Value> {
         spawn_announced(cmd, "hermes-gateway listening ", Duration::from_secs(120))
             .await
             .context("hermes-gateway serve")?;
-    let field = |n: &str| {
-        banner
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{n}=")))
-            .map(str::to_owned)
-            .with_context(|| format!("no {n}= in the banner {banner:?}"))
-    };
+    let field = |n: &str| banner_field(&banner, n);
     let public = field("public")?.replace("http://", "ws://");
     let internal = field("internal")?;
     let http = reqwest::Client::new();
@@ -441,22 +423,7 @@ async fn hermes(o: &Options, a: &P3Args) -> Result<Value> {
         "[p3 hermes] {} tokens in {token_seconds:.1} s",
         targets.len()
     );
-    let template = targets[0].clone();
-    let mut holders = Holders::start_opts(
-        &template,
-        a.sockets,
-        &a.sources,
-        HolderOpts {
-            per_socket: Some(targets),
-            latency: true,
-            ..HolderOpts::default()
-        },
-    )
-    .await?;
-    eprintln!(
-        "[p3 hermes] {} sockets open ({} failed) in {:.1} s",
-        holders.open, holders.failed, holders.connect_seconds
-    );
+    let mut holders = open_sockets("hermes", targets, a).await?;
 
     // Confirms are awaited by their own task, in order, while the schedule goes on.
     let (confirm_tx, mut confirm_rx) =
@@ -557,22 +524,7 @@ async fn centrifugo(o: &Options, a: &P3Args) -> Result<Value> {
             channel: String::new(),
         });
     }
-    let template = targets[0].clone();
-    let mut holders = Holders::start_opts(
-        &template,
-        a.sockets,
-        &a.sources,
-        HolderOpts {
-            per_socket: Some(targets),
-            latency: true,
-            ..HolderOpts::default()
-        },
-    )
-    .await?;
-    eprintln!(
-        "[p3 centrifugo] {} sockets open ({} failed) in {:.1} s",
-        holders.open, holders.failed, holders.connect_seconds
-    );
+    let mut holders = open_sockets("centrifugo", targets, a).await?;
     let publisher = server.publisher();
     let permits = Arc::new(tokio::sync::Semaphore::new(a.in_flight.max(1)));
     let errors = Arc::new(AtomicU64::new(0));
@@ -635,4 +587,25 @@ async fn centrifugo(o: &Options, a: &P3Args) -> Result<Value> {
     holders.stop().await;
     server.stop().await?;
     Ok(out)
+}
+
+/// Opens one socket per target (its own user) through the holders, with per-frame latency.
+async fn open_sockets(server: &str, targets: Vec<Target>, a: &P3Args) -> Result<Holders> {
+    let template = targets.first().context("no sockets to open")?.clone();
+    let holders = Holders::start_opts(
+        &template,
+        a.sockets,
+        &a.sources,
+        HolderOpts {
+            per_socket: Some(targets),
+            latency: true,
+            ..HolderOpts::default()
+        },
+    )
+    .await?;
+    eprintln!(
+        "[p3 {server}] {} sockets open ({} failed) in {:.1} s",
+        holders.open, holders.failed, holders.connect_seconds
+    );
+    Ok(holders)
 }

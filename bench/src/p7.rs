@@ -31,7 +31,8 @@ use crate::holder::Holders;
 use crate::rss_kib;
 use crate::scenarios::{Ramp, RampArgs, Receipts, ramp};
 use crate::servers::{
-    ADMIN_KEY, CENTRIFUGO_CHANNEL, HERMES_ROOM, Kind, Options, Publisher, Target, USER, hs256_jwt,
+    ADMIN_KEY, CENTRIFUGO_CHANNEL, HERMES_ROOM, Kind, Options, Publisher, Target, USER,
+    banner_field, hs256_jwt,
 };
 
 const JWT_SECRET: &str = "bench-jwt-secret-0123456789-abcdef";
@@ -393,13 +394,7 @@ async fn start_gateway(
         );
     };
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let field = |n: &str| {
-        banner
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{n}=")))
-            .map(str::to_owned)
-            .with_context(|| format!("no {n}= in the banner {banner:?}"))
-    };
+    let field = |n: &str| banner_field(&banner, n);
     let public = field("public")?.replace("http://", "ws://");
     let internal = field("internal")?;
     // Ready: registered in the registry (its first heartbeat went through).

@@ -210,33 +210,18 @@ async fn start_hermes(o: &Options) -> Result<Server> {
         .env("HERMES_LOG", "warn");
     let (child, banner, _logs) =
         hermes_e2e::spawn_announced(cmd, "hermes-gateway listening ").await;
-    let field = |n: &str| {
-        banner
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{n}=")))
-            .map(str::to_owned)
-            .with_context(|| format!("no {n}= in the banner {banner:?}"))
-    };
+    let field = |n: &str| banner_field(&banner, n);
     let public = field("public")?.replace("http://", "ws://");
     let internal = field("internal")?;
     let pid = child.id().context("the gateway's pid")?;
     let http = reqwest::Client::new();
     // Ready, then one token for the benchmark user and room (JWT + bcrypt second layer).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let ok = http
-            .get(format!("{internal}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200);
-        if ok {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("hermes is not ready after 20 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(
+        &http,
+        &format!("{internal}/readyz"),
+        Duration::from_secs(20),
+    )
+    .await?;
     let v: Value = http
         .post(format!("{internal}/v1/tokens"))
         .bearer_auth(ADMIN_KEY)
@@ -361,4 +346,27 @@ pub fn hs256_jwt(secret: &str, sub: &str, ttl_seconds: u64) -> Result<String> {
     mac.update(signing_input.as_bytes());
     let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
     Ok(format!("{signing_input}.{sig}"))
+}
+
+/// A `name=value` word of a process's banner line (`hermes-gateway listening public=...`).
+pub fn banner_field(banner: &str, name: &str) -> Result<String> {
+    banner
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        .map(str::to_owned)
+        .with_context(|| format!("no {name}= in the banner {banner:?}"))
+}
+
+/// Polls `url` until it answers 200 (readiness has no other signal).
+pub async fn wait_ready(http: &reqwest::Client, url: &str, limit: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if http.get(url).send().await.is_ok_and(|r| r.status() == 200) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{url} did not answer 200 within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
