@@ -16,6 +16,8 @@ use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+use crate::ms;
+
 const MESSAGE: usize = 64;
 
 pub async fn run(
@@ -105,7 +107,6 @@ fn rounds_of(
     }
     drop(go_tx);
     let _ = reader.join();
-    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Ok(json!({
         "scenario": "floor",
         "pairs": pairs,

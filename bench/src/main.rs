@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
@@ -371,6 +371,7 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS")
 }
 
+/// The value at quantile `q` of a histogram of microseconds, in milliseconds.
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
@@ -630,17 +631,7 @@ async fn smoke(bin: String, sockets: usize, messages: usize) -> Result<()> {
     let token = |user: &'static str, room: &'static str| {
         let http = http.clone();
         let internal = internal.clone();
-        async move {
-            let v: Value = http
-                .post(format!("{internal}/v1/tokens"))
-                .bearer_auth(ADMIN_KEY)
-                .json(&json!({"user_id": user, "room_id": room}))
-                .send()
-                .await?
-                .json()
-                .await?;
-            anyhow::Ok(v["token"].as_str().context("token")?.to_owned())
-        }
+        async move { servers::issue_token(&http, &internal, user, room).await }
     };
     // Let the process settle before the baseline.
     tokio::time::sleep(Duration::from_millis(500)).await;

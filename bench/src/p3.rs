@@ -32,9 +32,11 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::holder::{HolderOpts, Holders};
+use crate::ms;
 use crate::now_micros;
 use crate::servers::{
-    self, ADMIN_KEY, INTERNAL_SECRET, Kind, Options, Server, Target, banner_field, wait_ready,
+    self, ADMIN_KEY, INTERNAL_SECRET, Kind, Options, Server, Target, banner_field, issue_token,
+    wait_ready,
 };
 
 /// The JWT secret of P3's gateway.
@@ -149,10 +151,6 @@ pub(crate) async fn spawn_announced(
     .with_context(|| format!("no `{prefix}` line within {limit:?}"))?;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok((child, banner))
-}
-
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
 }
 
 pub async fn p3(kind: Kind, o: &Options, a: &P3Args) -> Result<Value> {
@@ -391,19 +389,7 @@ async fn hermes(o: &Options, a: &P3Args) -> Result<Value> {
     let tokens: Vec<Result<String>> = futures_util::stream::iter(0..a.sockets)
         .map(|i| {
             let (http, internal) = (http.clone(), internal.clone());
-            async move {
-                let r = http
-                    .post(format!("{internal}/v1/tokens"))
-                    .bearer_auth(ADMIN_KEY)
-                    .json(&json!({"user_id": user(i), "room_id": ROOM}))
-                    .send()
-                    .await?;
-                if r.status() != 201 {
-                    bail!("POST /v1/tokens answered {}", r.status());
-                }
-                let v: Value = r.json().await?;
-                Ok(v["token"].as_str().context("no token")?.to_owned())
-            }
+            async move { issue_token(&http, &internal, &user(i), ROOM).await }
         })
         .buffered(a.token_concurrency.max(1))
         .collect()

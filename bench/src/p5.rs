@@ -30,6 +30,7 @@ use tokio::process::Command;
 use tokio_tungstenite::tungstenite;
 
 use crate::holder::{self, HolderOpts, Holders};
+use crate::ms;
 use crate::now_micros;
 use crate::servers::{self, ADMIN_KEY, INTERNAL_SECRET, Kind, Options, Server, Target};
 
@@ -56,10 +57,6 @@ pub struct P5Args {
     pub flood_retry_ms: u64,
     /// Flood connect attempts per second at most (0: as fast as the in-flight limit allows).
     pub flood_rate: u64,
-}
-
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
 }
 
 /// One measured window: `rate × seconds` publishes (`n` from `first`), then every delivery's

@@ -32,7 +32,7 @@ use crate::rss_kib;
 use crate::scenarios::{Ramp, RampArgs, Receipts, ramp};
 use crate::servers::{
     ADMIN_KEY, CENTRIFUGO_CHANNEL, HERMES_ROOM, Kind, Options, Publisher, Target, USER,
-    banner_field, hs256_jwt,
+    banner_field, hs256_jwt, issue_token,
 };
 
 const JWT_SECRET: &str = "bench-jwt-secret-0123456789-abcdef";
@@ -461,19 +461,7 @@ async fn start_hermes(o: &Options, a: &P7Args) -> Result<Cluster> {
     }
     // One token for the benchmark user and room, issued on gateway 1: its bcrypt hash and
     // fast verifier are in the shared registry, so every gateway accepts it.
-    let token = async {
-        let v: Value = http
-            .post(format!("{}/v1/tokens", urls[0].1))
-            .bearer_auth(ADMIN_KEY)
-            .json(&json!({"user_id": USER, "room_id": HERMES_ROOM}))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        anyhow::Ok(v["token"].as_str().context("token")?.to_owned())
-    }
-    .await;
+    let token = issue_token(&http, &urls[0].1, USER, HERMES_ROOM).await;
     let token = match token {
         Ok(t) => t,
         Err(e) => {

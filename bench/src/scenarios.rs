@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::holder::{self, BatchReport, Holders, MAX_SEQ};
+use crate::ms;
 use crate::servers::{Kind, Options, Publisher, Server};
 use crate::{now_micros, rss_kib};
 
@@ -497,8 +498,4 @@ pub async fn p4(kind: Kind, o: &Options, a: &P4Args) -> Result<Value> {
     holders.stop().await;
     server.stop().await?;
     Ok(result)
-}
-
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
 }

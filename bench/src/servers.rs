@@ -140,21 +140,7 @@ impl Publisher {
         if self.kind != Kind::Centrifugo {
             bail!("publish_to_channel is Centrifugo's");
         }
-        let r = self
-            .http
-            .post(&self.url)
-            .header("X-API-Key", &self.key)
-            .json(&json!({"channel": channel, "data": data}))
-            .send()
-            .await?;
-        if r.status() != 200 {
-            bail!("centrifugo publish answered {}", r.status());
-        }
-        let v: Value = r.json().await?;
-        if v.get("error").is_some() {
-            bail!("centrifugo publish refused: {v}");
-        }
-        Ok(())
+        centrifugo_publish(&self.http, &self.url, &self.key, channel, data).await
     }
 }
 
@@ -178,22 +164,56 @@ async fn publish(
             }
         }
         Kind::Centrifugo => {
-            let r = http
-                .post(url)
-                .header("X-API-Key", key)
-                .json(&json!({"channel": CENTRIFUGO_CHANNEL, "data": data}))
-                .send()
-                .await?;
-            if r.status() != 200 {
-                bail!("centrifugo publish answered {}", r.status());
-            }
-            let v: Value = r.json().await?;
-            if v.get("error").is_some() {
-                bail!("centrifugo publish refused: {v}");
-            }
+            centrifugo_publish(http, url, key, CENTRIFUGO_CHANNEL, data).await?;
         }
     }
     Ok(())
+}
+
+/// `POST /api/publish` of `data` to `channel`; errors on a refusal (Centrifugo answers 200
+/// with an `error` object).
+async fn centrifugo_publish(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    channel: &str,
+    data: Value,
+) -> Result<()> {
+    let r = http
+        .post(url)
+        .header("X-API-Key", key)
+        .json(&json!({"channel": channel, "data": data}))
+        .send()
+        .await?;
+    if r.status() != 200 {
+        bail!("centrifugo publish answered {}", r.status());
+    }
+    let v: Value = r.json().await?;
+    if v.get("error").is_some() {
+        bail!("centrifugo publish refused: {v}");
+    }
+    Ok(())
+}
+
+/// A Hermes token for `user_id` in `room_id` from the admin API (`POST /v1/tokens` on the
+/// internal listener at `internal`).
+pub async fn issue_token(
+    http: &reqwest::Client,
+    internal: &str,
+    user_id: &str,
+    room_id: &str,
+) -> Result<String> {
+    let r = http
+        .post(format!("{internal}/v1/tokens"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"user_id": user_id, "room_id": room_id}))
+        .send()
+        .await?;
+    if r.status() != 201 {
+        bail!("POST /v1/tokens answered {}", r.status());
+    }
+    let v: Value = r.json().await?;
+    Ok(v["token"].as_str().context("no token")?.to_owned())
 }
 
 async fn start_hermes(o: &Options) -> Result<Server> {
@@ -222,16 +242,7 @@ async fn start_hermes(o: &Options) -> Result<Server> {
         Duration::from_secs(20),
     )
     .await?;
-    let v: Value = http
-        .post(format!("{internal}/v1/tokens"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"user_id": USER, "room_id": HERMES_ROOM}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let token = v["token"].as_str().context("token")?.to_owned();
+    let token = issue_token(&http, &internal, USER, HERMES_ROOM).await?;
     Ok(Server {
         kind: Kind::Hermes,
         pid,
