@@ -120,10 +120,8 @@ pub async fn run(gw: Arc<Gateway>, mut incoming: Incoming, conn: Arc<Connection>
                         }
                         Inbound::Close(reason) => break 'socket End::PeerClosed(reason),
                     };
-                    match sent {
-                        Ok(()) => {}
-                        Err(PushError::Full) => break 'socket End::Close(close::TRY_AGAIN_LATER, "client too slow: send queue full".into()),
-                        Err(PushError::Closed) => break 'socket End::Vanished,
+                    if let Err(error) = sent {
+                        break 'socket unsent(error);
                     }
                 }
                 _ = tick.tick() => {
@@ -133,10 +131,8 @@ pub async fn run(gw: Arc<Gateway>, mut incoming: Incoming, conn: Arc<Connection>
                     if awaiting_pong.is_some_and(|at| at.elapsed() >= limits.pong_timeout) {
                         break 'socket End::Close(close::GOING_AWAY, "no pong: connection presumed dead".into());
                     }
-                    match outbox.ping() {
-                        Ok(()) => {}
-                        Err(PushError::Full) => break 'socket End::Close(close::TRY_AGAIN_LATER, "client too slow: send queue full".into()),
-                        Err(PushError::Closed) => break 'socket End::Vanished,
+                    if let Err(error) = outbox.ping() {
+                        break 'socket unsent(error);
                     }
                     awaiting_pong.get_or_insert_with(Instant::now);
                 }
@@ -171,6 +167,17 @@ pub async fn run(gw: Arc<Gateway>, mut incoming: Incoming, conn: Arc<Connection>
         {
             outbox.abort();
         }
+    }
+}
+
+/// How the socket ends when a frame of its own (a reply, a ping) cannot be queued.
+fn unsent(error: PushError) -> End {
+    match error {
+        PushError::Full => End::Close(
+            close::TRY_AGAIN_LATER,
+            "client too slow: send queue full".into(),
+        ),
+        PushError::Closed => End::Vanished,
     }
 }
 
