@@ -10,6 +10,7 @@
 //! It must not hold sockets, HTTP servers or queue clients: those belong to the binaries.
 
 pub mod auth;
+pub mod batch;
 pub mod config;
 pub mod error;
 pub mod gateway_client;

@@ -211,3 +211,50 @@ async fn refresh_writes_thousands_of_rows_concurrently() {
     }
     registry.drop_keyspace().await.expect("drop keyspace");
 }
+
+/// Lookups made at the same moment share CQL requests (`WHERE key IN ?`): each caller must
+/// still get exactly its own key's gateways — several, one, or none — duplicates included.
+#[tokio::test]
+async fn concurrent_lookups_each_get_their_own_keys_gateways() {
+    let registry = scylla_registry(&unique("hermes_test"), TIMEOUT).await;
+    let ttl = Duration::from_secs(600);
+    // User i is held by gateways g0..g(i % 3) (user 0: g0; user 2: g0, g1, g2); users from
+    // 300 on are held nowhere. Rooms the same.
+    for i in 0..300 {
+        for g in 0..=(i % 3) {
+            let (user, room, gateway) = (format!("u{i}"), format!("r{i}"), format!("g{g}"));
+            registry
+                .add_user_gateway(&user, &gateway, ttl)
+                .await
+                .expect("add user row");
+            registry
+                .add_room_gateway(&room, &gateway, ttl)
+                .await
+                .expect("add room row");
+        }
+    }
+    let expected = |i: usize| -> Vec<String> {
+        if i >= 300 {
+            return Vec::new();
+        }
+        (0..=(i % 3)).map(|g| format!("g{g}")).collect()
+    };
+    // 1,000 lookups at once (every key twice, some unknown): far more than one batch.
+    let lookups = (0..1000).map(|n| {
+        let (registry, i) = (&registry, n % 500);
+        async move {
+            let (user, room) = (format!("u{i}"), format!("r{i}"));
+            let (users, rooms) =
+                tokio::join!(registry.user_gateways(&user), registry.room_gateways(&room));
+            let (mut users, mut rooms) = (users.expect("user lookup"), rooms.expect("room lookup"));
+            users.sort();
+            rooms.sort();
+            (i, users, rooms)
+        }
+    });
+    for (i, users, rooms) in futures_util::future::join_all(lookups).await {
+        assert_eq!(users, expected(i), "gateways of user u{i}");
+        assert_eq!(rooms, expected(i), "gateways of room r{i}");
+    }
+    registry.drop_keyspace().await.expect("drop keyspace");
+}

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
 use parking_lot::Mutex;
@@ -37,6 +38,7 @@ use scylla::statement::{Consistency, SerialConsistency, Statement};
 use scylla::value::{CqlValue, Row};
 
 use super::{ConnectionRecord, GatewayKeys, GatewayRecord, Holdings, Registry, TokenRecord};
+use crate::batch::Batcher;
 use crate::config::ScyllaConfig;
 use crate::error::{Error, Result};
 
@@ -127,6 +129,63 @@ pub struct ScyllaRegistry {
     /// How many snapshot shards this process last wrote per gateway, so that a heartbeat
     /// deletes the surplus shards only when the count went down (or is not known yet).
     snapshot_shards: Mutex<HashMap<String, usize>>,
+    /// Room → gateways and user → gateways lookups, batched (see [`lookups`]).
+    room_lookups: Lookups,
+    user_lookups: Lookups,
+}
+
+/// A batcher of gateway-id lookups by partition key.
+type Lookups = Batcher<String, Result<Vec<String>>>;
+
+/// Keys per lookup request at most.
+const LOOKUP_BATCH: usize = 64;
+/// Lookup requests in flight at once per table; callers beyond wait and go in the next batch.
+const LOOKUPS_IN_FLIGHT: usize = 4;
+
+/// Batches concurrent lookups of `statement` (`SELECT key, gateway_id ... WHERE key IN ?`):
+/// a lone lookup is sent at once; those that arrive while `LOOKUPS_IN_FLIGHT` requests are
+/// out share the next one. Every caller gets its own key's rows, or the request's error.
+/// Under load this turns thousands of single-partition requests per second into a few
+/// hundred multi-partition ones (measured in docs/consumer.md).
+fn lookups(session: Arc<Session>, statement: PreparedStatement, what: String) -> Lookups {
+    Batcher::new(
+        LOOKUP_BATCH,
+        LOOKUPS_IN_FLIGHT,
+        Arc::new(move |keys: Vec<String>| {
+            let (session, statement, what) = (session.clone(), statement.clone(), what.clone());
+            async move {
+                let mut unique = keys.clone();
+                unique.sort_unstable();
+                unique.dedup();
+                let found = async {
+                    let rows = session
+                        .execute_unpaged(&statement, (&unique,))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .into_rows_result()
+                        .map_err(|e| e.to_string())?;
+                    let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
+                    for row in rows.rows::<(String, String)>().map_err(|e| e.to_string())? {
+                        let (key, gateway_id) = row.map_err(|e| e.to_string())?;
+                        by_key.entry(key).or_default().push(gateway_id);
+                    }
+                    Ok::<_, String>(by_key)
+                }
+                .await;
+                match found {
+                    Ok(by_key) => keys
+                        .iter()
+                        .map(|k| Ok(by_key.get(k).cloned().unwrap_or_default()))
+                        .collect(),
+                    Err(e) => keys
+                        .iter()
+                        .map(|_| Err(Error::RegistryUnavailable(format!("{what}: {e}"))))
+                        .collect(),
+                }
+            }
+            .boxed()
+        }),
+    )
 }
 
 impl std::fmt::Debug for ScyllaRegistry {
@@ -334,8 +393,10 @@ impl ScyllaRegistry {
                 true,
             )
             .await?,
+            // Lookups go out in batches of concurrent callers (`lookups`): one request for
+            // many partitions instead of one each.
             room_gateways: prepare(
-                format!("SELECT gateway_id FROM {ks}.room_gateways WHERE room_id = ?"),
+                format!("SELECT room_id, gateway_id FROM {ks}.room_gateways WHERE room_id IN ?"),
                 true,
             )
             .await?,
@@ -353,7 +414,7 @@ impl ScyllaRegistry {
             )
             .await?,
             user_gateways: prepare(
-                format!("SELECT gateway_id FROM {ks}.user_gateways WHERE user_id = ?"),
+                format!("SELECT user_id, gateway_id FROM {ks}.user_gateways WHERE user_id IN ?"),
                 true,
             )
             .await?,
@@ -426,10 +487,23 @@ impl ScyllaRegistry {
             .await?,
         };
 
+        let session = Arc::new(session);
+        let room_lookups = lookups(
+            session.clone(),
+            statements.room_gateways.clone(),
+            format!("scylla room_gateways ({ks}.room_gateways)"),
+        );
+        let user_lookups = lookups(
+            session.clone(),
+            statements.user_gateways.clone(),
+            format!("scylla user_gateways ({ks}.user_gateways)"),
+        );
         Ok(Self {
-            session: Arc::new(session),
+            session,
             keyspace: ks.to_owned(),
             statements,
+            room_lookups,
+            user_lookups,
             snapshot_shards: Mutex::new(HashMap::new()),
         })
     }
@@ -580,15 +654,12 @@ impl ScyllaRegistry {
         Ok(())
     }
 
-    async fn gateway_ids(
-        &self,
-        op: &str,
-        table: &str,
-        statement: &PreparedStatement,
-        key: &str,
-    ) -> Result<Vec<String>> {
-        let rows: Vec<(String,)> = self.rows(op, table, statement, (key,)).await?;
-        Ok(rows.into_iter().map(|(g,)| g).collect())
+    /// The gateway ids under `key`, through the table's batcher.
+    async fn lookup(&self, lookups: &Lookups, table: &str, key: &str) -> Result<Vec<String>> {
+        lookups
+            .submit(key.to_owned())
+            .await
+            .unwrap_or_else(|| Err(self.unavailable(table, table, "the lookup was lost")))
     }
 }
 
@@ -738,13 +809,8 @@ impl Registry for ScyllaRegistry {
     }
 
     async fn room_gateways(&self, room_id: &str) -> Result<Vec<String>> {
-        self.gateway_ids(
-            "room_gateways",
-            "room_gateways",
-            &self.statements.room_gateways,
-            room_id,
-        )
-        .await
+        self.lookup(&self.room_lookups, "room_gateways", room_id)
+            .await
     }
 
     async fn add_user_gateway(&self, user_id: &str, gateway_id: &str, ttl: Duration) -> Result<()> {
@@ -770,13 +836,8 @@ impl Registry for ScyllaRegistry {
     }
 
     async fn user_gateways(&self, user_id: &str) -> Result<Vec<String>> {
-        self.gateway_ids(
-            "user_gateways",
-            "user_gateways",
-            &self.statements.user_gateways,
-            user_id,
-        )
-        .await
+        self.lookup(&self.user_lookups, "user_gateways", user_id)
+            .await
     }
 
     async fn put_token(&self, t: &TokenRecord) -> Result<()> {
