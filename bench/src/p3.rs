@@ -53,8 +53,10 @@ pub struct P3Args {
     pub rate: u64,
     /// Seconds of measured publishing.
     pub seconds: u64,
-    /// Seconds of publishing at the same rate before the measurement.
+    /// Seconds of publishing at the same rate before each measurement.
     pub warmup_seconds: u64,
+    /// Rates measured before `rate`, in this order, on the same sockets.
+    pub ramp: Vec<u64>,
     /// Seconds to wait for the last notifications after the publishing ends.
     pub drain_seconds: u64,
     pub consumer_bin: String,
@@ -108,7 +110,7 @@ fn expected(first: u64, count: u64, stride: usize, h: &Holders, sockets: usize) 
 /// Calls `send(n)` for `n` in `first..first + count` at `rate` per second (each call is
 /// awaited: it must only hand the message off). Returns the seconds from the first send to
 /// the return of the last.
-async fn schedule<F, Fut>(first: u64, count: u64, rate: u64, mut send: F) -> Result<f64>
+pub(crate) async fn schedule<F, Fut>(first: u64, count: u64, rate: u64, mut send: F) -> Result<f64>
 where
     F: FnMut(u64) -> Fut,
     Fut: Future<Output = Result<()>>,
@@ -154,8 +156,8 @@ pub(crate) async fn spawn_announced(
 }
 
 pub async fn p3(kind: Kind, o: &Options, a: &P3Args) -> Result<Value> {
-    if a.sockets == 0 || a.rate == 0 || a.seconds == 0 {
-        bail!("--sockets, --rate and --seconds must be at least 1");
+    if a.sockets == 0 || a.rate == 0 || a.seconds == 0 || a.ramp.contains(&0) {
+        bail!("--sockets, --rate, --ramp's rates and --seconds must be at least 1");
     }
     if a.sources.is_empty() {
         bail!("--sources is empty");
@@ -168,6 +170,9 @@ pub async fn p3(kind: Kind, o: &Options, a: &P3Args) -> Result<Value> {
 
 /// What the two paths share once the sockets are open: warm-up, measured window, drain.
 struct Measured {
+    rate: u64,
+    /// The number of the next step's first notification.
+    next: u64,
     messages: u64,
     publish_seconds: f64,
     received: u64,
@@ -205,19 +210,81 @@ pub(crate) fn pids_named(comm: &str) -> Vec<u32> {
 }
 
 /// Named groups of processes whose CPU is measured over the publishing window.
-type Watch = Vec<(&'static str, Vec<u32>)>;
+pub(crate) type Watch = Vec<(&'static str, Vec<u32>)>;
 
-fn ticks(watch: &Watch) -> Vec<u64> {
+pub(crate) fn ticks(watch: &Watch) -> Vec<u64> {
     watch
         .iter()
         .map(|(_, pids)| pids.iter().map(|&p| cpu_ticks(p)).sum())
         .collect()
 }
 
+/// CPU % (of one core) of each watched group since `c0` (its `ticks`), `wall` seconds ago.
+pub(crate) fn cpu_percent(watch: &Watch, c0: &[u64], wall: f64) -> Value {
+    let c1 = ticks(watch);
+    // Clock ticks are 1/100 s on Linux (CLK_TCK).
+    let cpu: serde_json::Map<String, Value> = watch
+        .iter()
+        .zip(c0.iter().zip(&c1))
+        .map(|((name, _), (a, b))| {
+            let pct = b.saturating_sub(*a) as f64 / wall.max(1e-9);
+            ((*name).to_owned(), json!((pct * 10.0).round() / 10.0))
+        })
+        .collect();
+    Value::Object(cpu)
+}
+
+/// One rate of the ramp: its notifications are numbered from `first` (ids stay unique
+/// across steps, so no gateway drops one as a duplicate).
+#[derive(Clone, Copy)]
+struct Step {
+    rate: u64,
+    first: u64,
+}
+
+/// Measures every rate of `a.ramp` (ascending, each with its own warm-up), then `a.rate`:
+/// the ramp's results are the `at_<rate>_*` keys of `extra`; the target rate's is returned.
+async fn ramp<F, Fut, S, SFut>(
+    a: &P3Args,
+    holders: &mut Holders,
+    stride: usize,
+    mut send: F,
+    mut settle: S,
+    watch: &Watch,
+    extra: &mut serde_json::Map<String, Value>,
+) -> Result<Measured>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = Result<()>>,
+    S: FnMut() -> SFut,
+    SFut: Future<Output = ()>,
+{
+    let mut first = 0;
+    for &rate in a.ramp.iter().filter(|&&r| r != a.rate) {
+        let step = Step { rate, first };
+        let m = measure(a, step, holders, stride, &mut send, &mut settle, watch).await?;
+        let h = &m.histogram;
+        extra.insert(format!("at_{rate}_p50_ms"), json!(ms(h, 0.5)));
+        extra.insert(format!("at_{rate}_p99_ms"), json!(ms(h, 0.99)));
+        extra.insert(
+            format!("at_{rate}_lost"),
+            json!(m.messages.saturating_sub(m.received)),
+        );
+        extra.insert(format!("at_{rate}_cpu_percent"), m.cpu_percent.clone());
+        first = m.next;
+    }
+    let step = Step {
+        rate: a.rate,
+        first,
+    };
+    measure(a, step, holders, stride, send, settle, watch).await
+}
+
 /// Runs the warm-up and the measured window with `send` and collects the latencies.
 /// `settle` is awaited after each schedule, before the receipts are waited for.
 async fn measure<F, Fut, S, SFut>(
     a: &P3Args,
+    step: Step,
     holders: &mut Holders,
     stride: usize,
     mut send: F,
@@ -230,46 +297,48 @@ where
     S: FnMut() -> SFut,
     SFut: Future<Output = ()>,
 {
-    let warm = a.rate * a.warmup_seconds;
-    schedule(0, warm, a.rate, &mut send).await?;
+    let Step { rate, first } = step;
+    holders.lat_reset().await?;
+    let warm = rate * a.warmup_seconds;
+    schedule(first, warm, rate, &mut send).await?;
     settle().await;
     let warmup_received = holders
         .wait_received(
-            &expected(0, warm, stride, holders, a.sockets),
+            &expected(first, warm, stride, holders, a.sockets),
             Duration::from_secs(a.drain_seconds),
         )
         .await?;
     holders.lat_reset().await?;
-    let total = a.rate * a.seconds;
+    let total = rate * a.seconds;
     let (t0, c0) = (Instant::now(), ticks(watch));
-    let publish_seconds = schedule(warm, total, a.rate, &mut send).await?;
-    let (wall, c1) = (t0.elapsed().as_secs_f64(), ticks(watch));
-    // Clock ticks are 1/100 s on Linux (CLK_TCK).
-    let cpu_percent: serde_json::Map<String, Value> = watch
-        .iter()
-        .zip(c0.iter().zip(&c1))
-        .map(|((name, _), (a, b))| {
-            let pct = b.saturating_sub(*a) as f64 / wall.max(1e-9);
-            ((*name).to_owned(), json!((pct * 10.0).round() / 10.0))
-        })
-        .collect();
+    let publish_seconds = schedule(first + warm, total, rate, &mut send).await?;
+    let cpu_percent = cpu_percent(watch, &c0, t0.elapsed().as_secs_f64());
     settle().await;
-    let want = expected(warm, total, stride, holders, a.sockets);
+    let want = expected(first + warm, total, stride, holders, a.sockets);
     holders
         .wait_received(&want, Duration::from_secs(a.drain_seconds))
         .await?;
     let (received, histogram) = holders.latencies().await?;
     Ok(Measured {
+        rate,
+        next: first + warm + total,
         messages: total,
         publish_seconds,
         received,
         histogram,
         warmup_received,
-        cpu_percent: Value::Object(cpu_percent),
+        cpu_percent,
     })
 }
 
-fn result(kind: Kind, a: &P3Args, holders: &Holders, m: &Measured, extra: Value) -> Value {
+fn result(
+    kind: Kind,
+    a: &P3Args,
+    holders: &Holders,
+    m: &Measured,
+    extra: Value,
+    steps: serde_json::Map<String, Value>,
+) -> Value {
     let h = &m.histogram;
     let mut v = json!({
         "scenario": "P3",
@@ -277,7 +346,7 @@ fn result(kind: Kind, a: &P3Args, holders: &Holders, m: &Measured, extra: Value)
         "sockets": holders.open,
         "connect_failures": holders.failed,
         "connect_seconds": holders.connect_seconds,
-        "rate": a.rate,
+        "rate": m.rate,
         "seconds": a.seconds,
         "warmup_seconds": a.warmup_seconds,
         "warmup_received": m.warmup_received,
@@ -295,6 +364,7 @@ fn result(kind: Kind, a: &P3Args, holders: &Holders, m: &Measured, extra: Value)
     });
     if let (Value::Object(v), Value::Object(e)) = (&mut v, extra) {
         v.extend(e);
+        v.extend(steps);
     }
     v
 }
@@ -465,7 +535,17 @@ async fn hermes(o: &Options, a: &P3Args) -> Result<Value> {
         ("driver", vec![std::process::id()]),
     ];
     // Confirms come in on their own: nothing to settle before the drain.
-    let m = measure(a, &mut holders, stride, send, || async {}, &watch).await;
+    let mut steps = serde_json::Map::new();
+    let m = ramp(
+        a,
+        &mut holders,
+        stride,
+        send,
+        || async {},
+        &watch,
+        &mut steps,
+    )
+    .await;
     drop(confirm_tx);
     let confirmed = tokio::time::timeout(Duration::from_secs(30), confirmer)
         .await
@@ -486,6 +566,7 @@ async fn hermes(o: &Options, a: &P3Args) -> Result<Value> {
             "confirms_nacked": nacked.load(Ordering::SeqCst),
             "confirms_complete": confirmed,
         }),
+        steps,
     );
     holders.stop().await;
     drop(consumer);
@@ -558,7 +639,8 @@ async fn centrifugo(o: &Options, a: &P3Args) -> Result<Value> {
         ("holders", holders.pids()),
         ("driver", vec![std::process::id()]),
     ];
-    let m = measure(a, &mut holders, stride, send, settle, &watch).await?;
+    let mut steps = serde_json::Map::new();
+    let m = ramp(a, &mut holders, stride, send, settle, &watch, &mut steps).await?;
     let out = result(
         Kind::Centrifugo,
         a,
@@ -569,6 +651,7 @@ async fn centrifugo(o: &Options, a: &P3Args) -> Result<Value> {
             "in_flight_max": a.in_flight,
             "publish_errors": errors.load(Ordering::SeqCst),
         }),
+        steps,
     );
     holders.stop().await;
     server.stop().await?;

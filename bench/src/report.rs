@@ -187,7 +187,23 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
         for s in SERVERS {
             let r = runs(dir, name, s)?;
             let mut m = medians(&r, keys);
-            if let (Value::Object(m), Value::Object(e)) = (&mut m, medians(&r, extra)) {
+            // P3's ramp: one `at_<rate>_*` key per lower rate measured, as the runs name them.
+            let ramp: Vec<String> = r
+                .first()
+                .and_then(Value::as_object)
+                .map(|o| {
+                    o.keys()
+                        .filter(|k| k.starts_with("at_") && !k.ends_with("cpu_percent"))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            let extra: Vec<&str> = extra
+                .iter()
+                .copied()
+                .chain(ramp.iter().map(String::as_str))
+                .collect();
+            if let (Value::Object(m), Value::Object(e)) = (&mut m, medians(&r, &extra)) {
                 let mut detail = e;
                 detail.remove("runs");
                 m.insert("detail_medians".into(), Value::Object(detail));
@@ -204,10 +220,21 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
         "writes_only_p50_ms",
         "us_per_delivery_p50",
     ];
+    const QUEUE_FLOOR_KEYS: [&str; 6] = [
+        "rate",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "rabbitmq_cpu_percent",
+        "publisher_and_consumer_cpu_percent",
+    ];
     let floor_runs = runs_named(dir, "floor-")?;
     let floor = medians(&floor_runs, &FLOOR_KEYS);
     all_runs.insert("floor".into(), Value::Array(floor_runs.clone()));
-    let results = json!({"date": date, "machine": machine, "scenarios": scenarios, "floor": floor});
+    let queue_floor_runs = runs_named(dir, "queue-floor-")?;
+    let queue_floor = medians(&queue_floor_runs, &QUEUE_FLOOR_KEYS);
+    all_runs.insert("queue_floor".into(), Value::Array(queue_floor_runs.clone()));
+    let results = json!({"date": date, "machine": machine, "scenarios": scenarios, "floor": floor, "queue_floor": queue_floor});
     std::fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&results)? + "\n",
@@ -293,6 +320,20 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
             fmt(&f["fanout_p99_ms"]),
             fmt(&f["writes_only_p50_ms"]),
             fmt(&f["us_per_delivery_p50"]),
+        )?;
+    }
+    if !queue_floor_runs.is_empty() {
+        let f = &results["queue_floor"];
+        writeln!(
+            md,
+            "The box's own floor under P3 (`hermes-bench queue-floor`, no server, median of {} runs): P3's publisher into RabbitMQ at {}/s (persistent, publisher confirms) and one AMQP consumer that only acknowledges: publish → consumer p50 **{} ms**, p99 {} ms, p99.9 {} ms, while RabbitMQ took {} % of a core and the publisher with that consumer {} %. A RabbitMQ-fed server's P3 latency starts there, on what CPU is left.\n",
+            f["runs"],
+            fmt(&f["rate"]),
+            fmt(&f["p50_ms"]),
+            fmt(&f["p99_ms"]),
+            fmt(&f["p999_ms"]),
+            fmt(&f["rabbitmq_cpu_percent"]),
+            fmt(&f["publisher_and_consumer_cpu_percent"]),
         )?;
     }
     writeln!(md, "Details (medians):\n")?;

@@ -1,0 +1,211 @@
+//! The floor under P3 on this box: RabbitMQ alone. The same publisher as P3 (the same JSON
+//! body, persistent, one channel in confirm mode, confirms awaited off the schedule) at the
+//! same rate, and the least any consumer must do: one AMQP consumer with P3's prefetch
+//! that reads each message's `sent_us` and acknowledges it. No registry, no gateway, no
+//! WebSocket. Any RabbitMQ-fed server's P3 latency on this box is at least this, and the CPU
+//! it reports (the broker, and this process as publisher plus consumer) is not available to
+//! the server.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::{Value, json};
+
+use crate::p3::{Watch, cpu_percent, pids_named, schedule, ticks};
+use crate::{ms, now_micros};
+
+pub struct QueueFloorArgs {
+    pub amqp_url: String,
+    pub queue: String,
+    pub rate: u64,
+    pub seconds: u64,
+    pub warmup_seconds: u64,
+    /// The consumer's `basic.qos` prefetch (the Hermes consumer's default).
+    pub prefetch: u16,
+}
+
+/// The counts and latencies the consumer task shares with the driver.
+#[derive(Default)]
+struct Tally {
+    received: AtomicU64,
+    measured: std::sync::Mutex<Option<Histogram<u64>>>,
+}
+
+pub async fn run(a: &QueueFloorArgs) -> Result<Value> {
+    if a.rate == 0 || a.seconds == 0 {
+        bail!("--rate and --seconds must be at least 1");
+    }
+    let publisher = Connection::connect(&a.amqp_url, ConnectionProperties::default())
+        .await
+        .context("connect to RabbitMQ (scripts/services/up.sh)")?;
+    let channel = publisher.create_channel().await?;
+    channel
+        .queue_declare(
+            a.queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_purge(a.queue.as_str().into(), QueuePurgeOptions::default())
+        .await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+
+    // The consumer: its own connection, as a separate consumer process would have.
+    let consumer_conn = Connection::connect(&a.amqp_url, ConnectionProperties::default())
+        .await
+        .context("connect the consumer")?;
+    let consumer_channel = consumer_conn.create_channel().await?;
+    consumer_channel
+        .basic_qos(a.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut deliveries = consumer_channel
+        .basic_consume(
+            a.queue.as_str().into(),
+            "hermes-bench-queue-floor".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let tally = Arc::new(Tally::default());
+    let consumer = {
+        let tally = tally.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = deliveries.next().await {
+                let now = now_micros();
+                let sent = serde_json::from_slice::<Value>(&d.data)
+                    .ok()
+                    .and_then(|v| v["data"]["sent_us"].as_u64());
+                if let (Some(sent), Some(h)) = (
+                    sent,
+                    tally
+                        .measured
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .as_mut(),
+                ) {
+                    let _ = h.record(now.saturating_sub(sent).max(1));
+                }
+                tally.received.fetch_add(1, Ordering::SeqCst);
+                if d.ack(BasicAckOptions::default()).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+
+    let (confirm_tx, mut confirm_rx) =
+        tokio::sync::mpsc::unbounded_channel::<lapin::PublisherConfirm>();
+    let nacked = Arc::new(AtomicU64::new(0));
+    let confirmer = {
+        let nacked = nacked.clone();
+        tokio::spawn(async move {
+            while let Some(c) = confirm_rx.recv().await {
+                if !matches!(c.await, Ok(c) if c.is_ack()) {
+                    nacked.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    let queue = a.queue.as_str();
+    let send = |n: u64| {
+        let (channel, confirm_tx) = (&channel, &confirm_tx);
+        async move {
+            // P3's body, to a user of a 19,000-socket population.
+            let body = json!({
+                "user_id": "p3-backend",
+                "room_id": "p3",
+                "to_user_id": format!("p3-u{}", n % 19_000),
+                "id": format!("p3-{n}"),
+                "data": {"n": n, "sent_us": now_micros()},
+            })
+            .to_string();
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .context("basic.publish")?;
+            let _ = confirm_tx.send(confirm);
+            Ok(())
+        }
+    };
+
+    let wait_received = |want: u64| {
+        let tally = tally.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while tally.received.load(Ordering::SeqCst) < want {
+                if Instant::now() > deadline {
+                    bail!(
+                        "the consumer got {} of {want} messages within 30 s",
+                        tally.received.load(Ordering::SeqCst)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(())
+        }
+    };
+
+    let warm = a.rate * a.warmup_seconds;
+    schedule(0, warm, a.rate, &send).await?;
+    wait_received(warm).await?;
+    *tally.measured.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some(Histogram::new_with_bounds(1, 60_000_000, 3)?);
+    let watch: Watch = vec![
+        ("rabbitmq", pids_named("beam.smp")),
+        ("publisher_and_consumer", vec![std::process::id()]),
+    ];
+    let total = a.rate * a.seconds;
+    let (t0, c0) = (Instant::now(), ticks(&watch));
+    let publish_seconds = schedule(warm, total, a.rate, &send).await?;
+    let cpu = cpu_percent(&watch, &c0, t0.elapsed().as_secs_f64());
+    wait_received(warm + total).await?;
+    drop(confirm_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(30), confirmer).await;
+    let h = tally
+        .measured
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .context("no histogram")?;
+    consumer.abort();
+    let _ = consumer_conn.close(200, "bench done".into()).await;
+    let _ = publisher.close(200, "bench done".into()).await;
+    Ok(json!({
+        "scenario": "queue_floor",
+        "path": "RabbitMQ (persistent, publisher confirms) -> one AMQP consumer that acks; no server",
+        "rate": a.rate,
+        "seconds": a.seconds,
+        "prefetch": a.prefetch,
+        "messages": total,
+        "received": h.len(),
+        "achieved_rate": total as f64 / publish_seconds.max(1e-9),
+        "confirms_nacked": nacked.load(Ordering::SeqCst),
+        "p50_ms": ms(&h, 0.5),
+        "p90_ms": ms(&h, 0.9),
+        "p99_ms": ms(&h, 0.99),
+        "p999_ms": ms(&h, 0.999),
+        "max_ms": h.max() as f64 / 1000.0,
+        "rabbitmq_cpu_percent": cpu["rabbitmq"],
+        "publisher_and_consumer_cpu_percent": cpu["publisher_and_consumer"],
+        "cpu_percent_while_publishing": cpu,
+    }))
+}
