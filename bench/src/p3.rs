@@ -72,7 +72,7 @@ pub struct P3Args {
     pub token_concurrency: usize,
 }
 
-fn user(i: usize) -> String {
+pub(crate) fn user(i: usize) -> String {
     format!("p3-u{i}")
 }
 
@@ -88,6 +88,106 @@ fn stride(sockets: usize) -> usize {
         s += 1;
     }
     s
+}
+
+/// P3's publisher: one channel in confirm mode on a durable queue. Each publish's confirm is
+/// awaited by a separate task, in order, so the schedule never waits for the broker.
+pub(crate) struct Publisher {
+    channel: lapin::Channel,
+    queue: String,
+    confirms: tokio::sync::mpsc::UnboundedSender<lapin::PublisherConfirm>,
+    acked: Arc<AtomicU64>,
+    nacked: Arc<AtomicU64>,
+    confirmer: tokio::task::JoinHandle<()>,
+}
+
+/// What became of a publisher's messages.
+pub(crate) struct Confirms {
+    pub acked: u64,
+    pub nacked: u64,
+    /// Every confirm came within 30 s of the last publish.
+    pub complete: bool,
+}
+
+impl Publisher {
+    /// Declares `queue` (durable) on a new channel of `connection`, purges it and puts the
+    /// channel in confirm mode.
+    pub(crate) async fn new(connection: &Connection, queue: &str) -> Result<Self> {
+        let channel = connection.create_channel().await?;
+        channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_purge(queue.into(), QueuePurgeOptions::default())
+            .await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let (confirms, mut rx) = tokio::sync::mpsc::unbounded_channel::<lapin::PublisherConfirm>();
+        let acked = Arc::new(AtomicU64::new(0));
+        let nacked = Arc::new(AtomicU64::new(0));
+        let confirmer = {
+            let (acked, nacked) = (acked.clone(), nacked.clone());
+            tokio::spawn(async move {
+                while let Some(c) = rx.recv().await {
+                    match c.await {
+                        Ok(c) if c.is_ack() => acked.fetch_add(1, Ordering::SeqCst),
+                        _ => nacked.fetch_add(1, Ordering::SeqCst),
+                    };
+                }
+            })
+        };
+        Ok(Self {
+            channel,
+            queue: queue.to_owned(),
+            confirms,
+            acked,
+            nacked,
+            confirmer,
+        })
+    }
+
+    /// Publishes notification `n` to `to_user`, persistent, its `sent_us` stamped now.
+    pub(crate) async fn publish(&self, n: u64, to_user: &str) -> Result<()> {
+        let body = json!({
+            "user_id": SENDER,
+            "room_id": ROOM,
+            "to_user_id": to_user,
+            "id": format!("p3-{n}"),
+            "data": {"n": n, "sent_us": now_micros()},
+        })
+        .to_string();
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .context("basic.publish")?;
+        let _ = self.confirms.send(confirm);
+        Ok(())
+    }
+
+    /// Waits up to 30 s for the confirms still out.
+    pub(crate) async fn finish(self) -> Confirms {
+        drop(self.confirms);
+        let complete = tokio::time::timeout(Duration::from_secs(30), self.confirmer)
+            .await
+            .is_ok();
+        Confirms {
+            acked: self.acked.load(Ordering::SeqCst),
+            nacked: self.nacked.load(Ordering::SeqCst),
+            complete,
+        }
+    }
 }
 
 /// The user index of notification `n`.
@@ -415,20 +515,7 @@ async fn hermes(o: &Options, a: &P3Args) -> Result<Value> {
     let amqp = Connection::connect(&a.amqp_url, ConnectionProperties::default())
         .await
         .with_context(|| "connect to RabbitMQ (scripts/services/up.sh)".to_string())?;
-    let channel = amqp.create_channel().await?;
-    channel
-        .queue_declare(
-            a.queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_purge(a.queue.as_str().into(), QueuePurgeOptions::default())
-        .await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let publisher = Publisher::new(&amqp, &a.queue).await?;
 
     let mut cmd = Command::new(&a.consumer_bin);
     cmd.envs(registry)
@@ -481,49 +568,14 @@ async fn hermes(o: &Options, a: &P3Args) -> Result<Value> {
     );
     let mut holders = open_sockets("hermes", targets, a).await?;
 
-    // Confirms are awaited by their own task, in order, while the schedule goes on.
-    let (confirm_tx, mut confirm_rx) =
-        tokio::sync::mpsc::unbounded_channel::<lapin::PublisherConfirm>();
-    let acked = Arc::new(AtomicU64::new(0));
-    let nacked = Arc::new(AtomicU64::new(0));
-    let confirmer = {
-        let (acked, nacked) = (acked.clone(), nacked.clone());
-        tokio::spawn(async move {
-            while let Some(c) = confirm_rx.recv().await {
-                match c.await {
-                    Ok(c) if c.is_ack() => acked.fetch_add(1, Ordering::SeqCst),
-                    _ => nacked.fetch_add(1, Ordering::SeqCst),
-                };
-            }
-        })
-    };
     let stride = stride(a.sockets);
     let sockets = a.sockets;
-    let queue = a.queue.clone();
     let send = |n: u64| {
-        let (channel, queue, confirm_tx) = (&channel, queue.as_str(), &confirm_tx);
+        let publisher = &publisher;
         async move {
-            let u = target_of(n, stride, sockets);
-            let body = json!({
-                "user_id": SENDER,
-                "room_id": ROOM,
-                "to_user_id": user(u),
-                "id": format!("p3-{n}"),
-                "data": {"n": n, "sent_us": now_micros()},
-            })
-            .to_string();
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    BasicProperties::default().with_delivery_mode(2),
-                )
+            publisher
+                .publish(n, &user(target_of(n, stride, sockets)))
                 .await
-                .context("basic.publish")?;
-            let _ = confirm_tx.send(confirm);
-            Ok(())
         }
     };
     let watch: Watch = vec![
@@ -546,10 +598,7 @@ async fn hermes(o: &Options, a: &P3Args) -> Result<Value> {
         &mut steps,
     )
     .await;
-    drop(confirm_tx);
-    let confirmed = tokio::time::timeout(Duration::from_secs(30), confirmer)
-        .await
-        .is_ok();
+    let confirms = publisher.finish().await;
     let m = m?;
     let out = result(
         Kind::Hermes,
@@ -562,9 +611,9 @@ async fn hermes(o: &Options, a: &P3Args) -> Result<Value> {
             "registry_ttl_seconds": a.registry_ttl_seconds,
             "bcrypt_cost": 4,
             "token_seconds": token_seconds,
-            "confirms_acked": acked.load(Ordering::SeqCst),
-            "confirms_nacked": nacked.load(Ordering::SeqCst),
-            "confirms_complete": confirmed,
+            "confirms_acked": confirms.acked,
+            "confirms_nacked": confirms.nacked,
+            "confirms_complete": confirms.complete,
         }),
         steps,
     );

@@ -13,15 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 use serde_json::{Value, json};
 
-use crate::p3::{Watch, cpu_percent, pids_named, schedule, ticks};
+use crate::p3::{Publisher, Watch, cpu_percent, pids_named, schedule, ticks, user};
 use crate::{ms, now_micros};
 
 pub struct QueueFloorArgs {
@@ -45,23 +42,10 @@ pub async fn run(a: &QueueFloorArgs) -> Result<Value> {
     if a.rate == 0 || a.seconds == 0 {
         bail!("--rate and --seconds must be at least 1");
     }
-    let publisher = Connection::connect(&a.amqp_url, ConnectionProperties::default())
+    let connection = Connection::connect(&a.amqp_url, ConnectionProperties::default())
         .await
         .context("connect to RabbitMQ (scripts/services/up.sh)")?;
-    let channel = publisher.create_channel().await?;
-    channel
-        .queue_declare(
-            a.queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_purge(a.queue.as_str().into(), QueuePurgeOptions::default())
-        .await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let publisher = Publisher::new(&connection, &a.queue).await?;
 
     // The consumer: its own connection, as a separate consumer process would have.
     let consumer_conn = Connection::connect(&a.amqp_url, ConnectionProperties::default())
@@ -106,45 +90,10 @@ pub async fn run(a: &QueueFloorArgs) -> Result<Value> {
         })
     };
 
-    let (confirm_tx, mut confirm_rx) =
-        tokio::sync::mpsc::unbounded_channel::<lapin::PublisherConfirm>();
-    let nacked = Arc::new(AtomicU64::new(0));
-    let confirmer = {
-        let nacked = nacked.clone();
-        tokio::spawn(async move {
-            while let Some(c) = confirm_rx.recv().await {
-                if !matches!(c.await, Ok(c) if c.is_ack()) {
-                    nacked.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        })
-    };
-    let queue = a.queue.as_str();
+    // P3's body, to the users of a 19,000-socket population in turn.
     let send = |n: u64| {
-        let (channel, confirm_tx) = (&channel, &confirm_tx);
-        async move {
-            // P3's body, to a user of a 19,000-socket population.
-            let body = json!({
-                "user_id": "p3-backend",
-                "room_id": "p3",
-                "to_user_id": format!("p3-u{}", n % 19_000),
-                "id": format!("p3-{n}"),
-                "data": {"n": n, "sent_us": now_micros()},
-            })
-            .to_string();
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    BasicProperties::default().with_delivery_mode(2),
-                )
-                .await
-                .context("basic.publish")?;
-            let _ = confirm_tx.send(confirm);
-            Ok(())
-        }
+        let publisher = &publisher;
+        async move { publisher.publish(n, &user((n % 19_000) as usize)).await }
     };
 
     let wait_received = |want: u64| {
@@ -178,8 +127,7 @@ pub async fn run(a: &QueueFloorArgs) -> Result<Value> {
     let publish_seconds = schedule(warm, total, a.rate, &send).await?;
     let cpu = cpu_percent(&watch, &c0, t0.elapsed().as_secs_f64());
     wait_received(warm + total).await?;
-    drop(confirm_tx);
-    let _ = tokio::time::timeout(Duration::from_secs(30), confirmer).await;
+    let confirms = publisher.finish().await;
     let h = tally
         .measured
         .lock()
@@ -188,7 +136,7 @@ pub async fn run(a: &QueueFloorArgs) -> Result<Value> {
         .context("no histogram")?;
     consumer.abort();
     let _ = consumer_conn.close(200, "bench done".into()).await;
-    let _ = publisher.close(200, "bench done".into()).await;
+    let _ = connection.close(200, "bench done".into()).await;
     Ok(json!({
         "scenario": "queue_floor",
         "path": "RabbitMQ (persistent, publisher confirms) -> one AMQP consumer that acks; no server",
@@ -198,7 +146,7 @@ pub async fn run(a: &QueueFloorArgs) -> Result<Value> {
         "messages": total,
         "received": h.len(),
         "achieved_rate": total as f64 / publish_seconds.max(1e-9),
-        "confirms_nacked": nacked.load(Ordering::SeqCst),
+        "confirms_nacked": confirms.nacked,
         "p50_ms": ms(&h, 0.5),
         "p90_ms": ms(&h, 0.9),
         "p99_ms": ms(&h, 0.99),
