@@ -85,8 +85,8 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     }
 }
 
-/// Gives a driver's slot back if it ends without doing so (its batch panicked); a
-/// replacement takes over whatever is still pending.
+/// A driver's slot, given back when the driver ends, normally or because its batch
+/// panicked; if items are still pending then, a replacement takes them over.
 struct Slot<T: Send + 'static, R: Send + 'static> {
     inner: Option<Arc<Inner<T, R>>>,
 }
@@ -108,17 +108,15 @@ impl<T: Send + 'static, R: Send + 'static> Drop for Slot<T, R> {
     }
 }
 
-/// Runs batches until nothing is pending, then gives its slot back.
+/// Runs batches until nothing is pending; its `Slot` then gives the slot back.
 async fn drive<T: Send + 'static, R: Send + 'static>(inner: Arc<Inner<T, R>>) {
-    let mut slot = Slot {
+    let _slot = Slot {
         inner: Some(inner.clone()),
     };
     loop {
         let batch: Vec<(T, oneshot::Sender<R>)> = {
             let mut s = inner.state.lock();
             if s.pending.is_empty() {
-                s.in_flight -= 1;
-                slot.inner = None;
                 return;
             }
             let n = s.pending.len().min(inner.max_batch);

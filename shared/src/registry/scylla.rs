@@ -134,6 +134,26 @@ pub struct ScyllaRegistry {
     user_lookups: Lookups,
 }
 
+/// Runs `statement` unpaged and deserializes every row as `R`; the error is the driver's text.
+async fn fetch_rows<R>(
+    session: &Session,
+    statement: &PreparedStatement,
+    values: impl SerializeRow,
+) -> std::result::Result<Vec<R>, String>
+where
+    R: for<'f> scylla::deserialize::row::DeserializeRow<'f, 'f>,
+{
+    let result = session
+        .execute_unpaged(statement, values)
+        .await
+        .map_err(|e| e.to_string())?;
+    let rows = result.into_rows_result().map_err(|e| e.to_string())?;
+    rows.rows::<R>()
+        .map_err(|e| e.to_string())?
+        .collect::<Result<Vec<R>, _>>()
+        .map_err(|e| e.to_string())
+}
+
 /// A batcher of gateway-id lookups by partition key.
 type Lookups = Batcher<String, Result<Vec<String>>>;
 
@@ -157,26 +177,17 @@ fn lookups(session: Arc<Session>, statement: PreparedStatement, what: String) ->
                 let mut unique = keys.clone();
                 unique.sort_unstable();
                 unique.dedup();
-                let found = async {
-                    let rows = session
-                        .execute_unpaged(&statement, (&unique,))
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .into_rows_result()
-                        .map_err(|e| e.to_string())?;
-                    let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
-                    for row in rows.rows::<(String, String)>().map_err(|e| e.to_string())? {
-                        let (key, gateway_id) = row.map_err(|e| e.to_string())?;
-                        by_key.entry(key).or_default().push(gateway_id);
-                    }
-                    Ok::<_, String>(by_key)
-                }
-                .await;
+                let found = fetch_rows::<(String, String)>(&session, &statement, (&unique,)).await;
                 match found {
-                    Ok(by_key) => keys
-                        .iter()
-                        .map(|k| Ok(by_key.get(k).cloned().unwrap_or_default()))
-                        .collect(),
+                    Ok(rows) => {
+                        let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
+                        for (key, gateway_id) in rows {
+                            by_key.entry(key).or_default().push(gateway_id);
+                        }
+                        keys.iter()
+                            .map(|k| Ok(by_key.get(k).cloned().unwrap_or_default()))
+                            .collect()
+                    }
                     Err(e) => keys
                         .iter()
                         .map(|_| Err(Error::RegistryUnavailable(format!("{what}: {e}"))))
@@ -557,13 +568,8 @@ impl ScyllaRegistry {
     where
         R: for<'f> scylla::deserialize::row::DeserializeRow<'f, 'f>,
     {
-        let result = self.run(op, table, statement, values).await?;
-        let rows = result
-            .into_rows_result()
-            .map_err(|e| self.unavailable(op, table, e))?;
-        rows.rows::<R>()
-            .map_err(|e| self.unavailable(op, table, e))?
-            .collect::<Result<Vec<R>, _>>()
+        fetch_rows(&self.session, statement, values)
+            .await
             .map_err(|e| self.unavailable(op, table, e))
     }
 
