@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite;
 use crate::holder::{self, HolderOpts, Holders};
 use crate::ms;
 use crate::now_micros;
-use crate::servers::{self, ADMIN_KEY, INTERNAL_SECRET, Kind, Options, Server, Target};
+use crate::servers::{self, INTERNAL_SECRET, Kind, Options, Server, Target};
 
 /// The room of Hermes's flood tokens (not the measured room).
 const FLOOD_ROOM: &str = "p5-flood";
@@ -138,18 +138,13 @@ async fn first_time_tokens(server: &Server, count: usize) -> Result<Vec<Target>>
             // The issue hashes on the bcrypt pool: a full queue answers 503, then retry.
             let deadline = Instant::now() + Duration::from_secs(120);
             let token = loop {
-                let r = http
-                    .post(format!("{internal}/v1/tokens"))
-                    .bearer_auth(ADMIN_KEY)
-                    .json(&json!({"user_id": user, "room_id": FLOOD_ROOM}))
-                    .send()
-                    .await?;
-                if r.status() == 201 {
-                    let v: Value = r.json().await?;
-                    break v["token"].as_str().context("no token")?.to_owned();
+                if let Some(token) =
+                    servers::request_token(&http, &internal, &user, FLOOD_ROOM).await?
+                {
+                    break token;
                 }
-                if r.status() != 503 || Instant::now() > deadline {
-                    bail!("POST /v1/tokens answered {}", r.status());
+                if Instant::now() > deadline {
+                    bail!("POST /v1/tokens answered 503 Service Unavailable");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             };

@@ -203,17 +203,33 @@ pub async fn issue_token(
     user_id: &str,
     room_id: &str,
 ) -> Result<String> {
+    request_token(http, internal, user_id, room_id)
+        .await?
+        .context("POST /v1/tokens answered 503 Service Unavailable")
+}
+
+/// One `POST /v1/tokens`: the token on 201, `None` on 503 (the gateway's bcrypt queue is
+/// full: the caller may retry), an error on any other answer.
+pub async fn request_token(
+    http: &reqwest::Client,
+    internal: &str,
+    user_id: &str,
+    room_id: &str,
+) -> Result<Option<String>> {
     let r = http
         .post(format!("{internal}/v1/tokens"))
         .bearer_auth(ADMIN_KEY)
         .json(&json!({"user_id": user_id, "room_id": room_id}))
         .send()
         .await?;
-    if r.status() != 201 {
-        bail!("POST /v1/tokens answered {}", r.status());
+    match r.status().as_u16() {
+        201 => {
+            let v: Value = r.json().await?;
+            Ok(Some(v["token"].as_str().context("no token")?.to_owned()))
+        }
+        503 => Ok(None),
+        _ => bail!("POST /v1/tokens answered {}", r.status()),
     }
-    let v: Value = r.json().await?;
-    Ok(v["token"].as_str().context("no token")?.to_owned())
 }
 
 async fn start_hermes(o: &Options) -> Result<Server> {
