@@ -62,7 +62,8 @@ pub async fn run(config: ConsumerConfig) -> Result<()> {
         metrics.clone(),
     )?;
     let shutdown = CancellationToken::new();
-    let mut router = Router::new(registry.clone(), client, None, metrics.clone());
+    let mut router = Router::new(registry.clone(), client, None, metrics.clone())
+        .with_route_to_all_up_to(config.route_to_all_max_gateways);
     let kube = match &config.kube {
         Some(kube) => {
             let kube = Kube::start(kube, registry, metrics.clone(), shutdown.clone()).await?;

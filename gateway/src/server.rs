@@ -25,7 +25,7 @@ use hermes_shared::gateway_client::GatewayClient;
 use hermes_shared::ids::now_millis;
 use hermes_shared::metrics::Metrics;
 use hermes_shared::registry::{GatewayRecord, Registry};
-use hermes_shared::router::{LocalGateway, Router};
+use hermes_shared::router::{LocalGateway, NEW_GATEWAY_GRACE, Router};
 use tokio::time::Instant;
 
 use crate::hub::SessionHub;
@@ -264,7 +264,8 @@ fn internal_server(
 /// Keep-alive of the internal listener, seconds.
 pub const INTERNAL_KEEP_ALIVE_SECS: u64 = 120;
 
-/// Refreshes this gateway's registry rows; the gateway is ready after the first success.
+/// Refreshes this gateway's registry rows; the gateway accepts sockets and is ready
+/// [`NEW_GATEWAY_GRACE`] after the first success.
 async fn heartbeat(gw: Arc<Gateway>) {
     let period = (gw.config.registry_ttl / 3).max(Duration::from_millis(200));
     let mut tick = tokio::time::interval(period);
@@ -286,6 +287,12 @@ async fn heartbeat(gw: Arc<Gateway>) {
                     tracing::info!("registry reachable again");
                 }
                 failures = 0;
+                if !gw.is_accepting() {
+                    // Routers that send to every listed gateway list this one only after
+                    // its row exists: hold no socket before they all can have seen it.
+                    tokio::time::sleep(NEW_GATEWAY_GRACE).await;
+                    gw.set_accepting();
+                }
                 gw.set_ready(true);
             }
             Err(error) => {

@@ -25,6 +25,9 @@ pub struct Gateway {
     pub record: GatewayRecord,
     /// False while starting and once draining.
     ready: AtomicBool,
+    /// Set once, [`hermes_shared::router::NEW_GATEWAY_GRACE`] after the gateway row was
+    /// first written: sockets are accepted from then on (until draining).
+    accepting: AtomicBool,
     /// Cancelled when the gateway starts draining.
     pub draining: CancellationToken,
 }
@@ -48,6 +51,7 @@ impl Gateway {
             router,
             record,
             ready: AtomicBool::new(false),
+            accepting: AtomicBool::new(false),
             draining: CancellationToken::new(),
         }
     }
@@ -58,6 +62,16 @@ impl Gateway {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Whether sockets are accepted yet: every router that sends to all listed gateways
+    /// lists this one by now.
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+
+    pub fn set_accepting(&self) {
+        self.accepting.store(true, Ordering::Release);
     }
 }
 

@@ -124,6 +124,17 @@ pub async fn websocket(
             .insert(header::RETRY_AFTER, HeaderValue::from(1));
         return r;
     }
+    if !gw.is_accepting() {
+        gw.metrics.connects.with_label_values(&["starting"]).inc();
+        let mut r = error_response(
+            503,
+            "starting",
+            "this gateway is starting; connect again in a second",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1));
+        return r;
+    }
     let origin = req
         .headers()
         .get(header::ORIGIN)

@@ -85,3 +85,29 @@ async fn a_draining_gateway_refuses_new_sockets() {
     assert_eq!(recv_close(&mut held).await, 1012);
     assert!(gw.wait_exit(Duration::from_secs(8)).await.success());
 }
+
+/// Routers that send to every listed gateway must list a gateway before it holds a socket:
+/// one whose row was never written (its registry is unreachable) accepts none.
+#[tokio::test]
+async fn a_gateway_accepts_no_socket_before_its_row_is_written() {
+    let gw = Gateway::spawn(
+        "serve",
+        &[
+            ("HERMES_REGISTRY", "remote"),
+            // The discard port: nothing listens there, so no heartbeat succeeds.
+            ("HERMES_REGISTRY_URL", "http://127.0.0.1:9"),
+        ],
+    )
+    .await;
+    let (status, body, retry) = gw
+        .refused(format!("{}?token=anything", gw.ws_url()), &[])
+        .await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "starting", "{body}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert_eq!(
+        gw.metric(r#"hermes_connects_total{result="starting"}"#)
+            .await,
+        1.0
+    );
+}

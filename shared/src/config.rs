@@ -145,6 +145,7 @@ pub const SQS_VISIBILITY: &str = "HERMES_SQS_VISIBILITY_TIMEOUT_SECONDS";
 pub const MAX_ATTEMPTS: &str = "HERMES_MAX_ATTEMPTS";
 pub const RETRY_DELAYS: &str = "HERMES_RETRY_DELAYS_MS";
 pub const CONCURRENCY: &str = "HERMES_CONSUMER_CONCURRENCY";
+pub const ROUTE_TO_ALL_MAX_GATEWAYS: &str = "HERMES_ROUTE_TO_ALL_MAX_GATEWAYS";
 pub const KUBE_GATEWAY_SERVICE: &str = "HERMES_KUBE_GATEWAY_SERVICE";
 pub const KUBE_NAMESPACE: &str = "HERMES_KUBE_NAMESPACE";
 pub const KUBE_IDENTITY: &str = "HERMES_KUBE_IDENTITY";
@@ -659,6 +660,9 @@ pub struct ConsumerConfig {
     pub retry_delays: Vec<Duration>,
     /// Messages routed at the same time.
     pub concurrency: usize,
+    /// Room and user messages go to every live gateway, without a registry lookup, while
+    /// there are at most this many (0: always look up).
+    pub route_to_all_max_gateways: usize,
     /// Kubernetes awareness (EndpointSlice view, Lease, reaper), when configured.
     pub kube: Option<KubeConfig>,
 }
@@ -853,6 +857,7 @@ impl ConsumerConfig {
             max_attempts,
             retry_delays,
             concurrency: positive(s, CONCURRENCY, 64)?,
+            route_to_all_max_gateways: num(s, ROUTE_TO_ALL_MAX_GATEWAYS, 2usize)?,
             kube: KubeConfig::from_strings(s)?,
         })
     }

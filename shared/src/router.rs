@@ -3,11 +3,14 @@
 //! `POST /internal/v1/deliver` for the others, concurrently), and clean up what it
 //! learns is gone.
 //!
-//! Cost per message is O(gateways holding targets): never O(members), never
-//! O(all gateways) (except token revocation, which must reach every replica's cache).
+//! Cost per message is O(gateways holding targets): never O(members), and O(all gateways)
+//! only when there are so few of them that asking each is cheaper than finding out which
+//! hold the target (see [`Router::with_route_to_all_up_to`]) and for token revocation,
+//! which must reach every replica's cache.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -62,6 +65,33 @@ pub trait GatewayDirectory: Send + Sync {
 /// How long a gateway id → internal URL lookup is reused.
 const URL_CACHE_TTL: Duration = Duration::from_secs(2);
 
+/// How long a router trusts its list of live gateways when it sends a message to all of
+/// them instead of looking up its targets ([`Router::with_route_to_all_up_to`]). The age is
+/// counted from before the list was asked for, so it bounds how late the list can be.
+pub const GATEWAY_LIST_VALIDITY: Duration = Duration::from_millis(500);
+
+/// How long a gateway waits after its row is first written before it accepts sockets:
+/// longer than [`GATEWAY_LIST_VALIDITY`], so every router that sends to all listed gateways
+/// lists it before it can hold a socket (twice as long: room for the clocks' rates).
+pub const NEW_GATEWAY_GRACE: Duration = Duration::from_millis(1_000);
+
+/// The live gateways, as last read, for routing a message to all of them.
+struct GatewayList {
+    /// Taken just before the registry was asked.
+    asked_at: Instant,
+    ids: Arc<[String]>,
+}
+
+/// Routing to every live gateway while there are at most `max` of them.
+struct RouteToAll {
+    max: usize,
+    list: Mutex<Option<GatewayList>>,
+    /// One router task refreshes the list at a time; the others use the valid one.
+    refreshing: AtomicBool,
+    /// Serializes the refreshes of callers that have no valid list to use.
+    refresh: tokio::sync::Mutex<()>,
+}
+
 /// Routes messages to the gateways that hold their targets.
 pub struct Router {
     registry: Arc<dyn Registry>,
@@ -70,6 +100,23 @@ pub struct Router {
     metrics: Arc<Metrics>,
     urls: Mutex<HashMap<String, (String, Instant)>>,
     directory: Option<Arc<dyn GatewayDirectory>>,
+    to_all: Option<RouteToAll>,
+}
+
+/// The claim on refreshing the gateway list, given back when dropped (also when the
+/// routing future is dropped half-way).
+struct Refreshing<'a>(&'a AtomicBool);
+
+impl<'a> Refreshing<'a> {
+    fn claim(flag: &'a AtomicBool) -> Option<Self> {
+        (!flag.swap(true, Ordering::AcqRel)).then_some(Self(flag))
+    }
+}
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// What became of one gateway's share of a message.
@@ -105,7 +152,26 @@ impl Router {
             metrics,
             urls: Mutex::new(HashMap::new()),
             directory: None,
+            to_all: None,
         }
+    }
+
+    /// Sends room and user messages to every live gateway, without looking up which hold
+    /// the target, while there are at most `max` live gateways (0: never). With one or two
+    /// gateways, a registry read per message costs more than the deliveries it saves (a
+    /// gateway that holds no target answers from one hash lookup). A new gateway accepts
+    /// sockets only [`NEW_GATEWAY_GRACE`] after its row is written, and this router uses a
+    /// list for at most [`GATEWAY_LIST_VALIDITY`]: a gateway holding a socket is always
+    /// listed. A gateway that fails to answer is a failure only if the registry says it
+    /// holds the target.
+    pub fn with_route_to_all_up_to(mut self, max: usize) -> Self {
+        self.to_all = (max > 0).then(|| RouteToAll {
+            max,
+            list: Mutex::new(None),
+            refreshing: AtomicBool::new(false),
+            refresh: tokio::sync::Mutex::new(()),
+        });
+        self
     }
 
     /// Consults `directory` before the registry for where gateways are and whether they
@@ -145,8 +211,18 @@ impl Router {
             id: request.id.clone().unwrap_or_default(),
             ..RouteOutcome::default()
         };
+        // Room and user messages go to every live gateway when there are few of them.
+        let everyone = match &request.target {
+            Target::Connections(_) => None,
+            Target::Room { .. } | Target::User { .. } => self.all_gateways().await,
+        };
         // Gateway id → the request it receives.
         let groups: Vec<(String, DeliverRequest)> = match &request.target {
+            _ if everyone.is_some() => everyone
+                .iter()
+                .flat_map(|ids| ids.iter())
+                .map(|g| (g.clone(), request.clone()))
+                .collect(),
             Target::Room { room_id } => self
                 .registry
                 .room_gateways(room_id)
@@ -212,6 +288,7 @@ impl Router {
             (gateway_id, delivery)
         });
 
+        let mut failures = Vec::new();
         for (gateway_id, delivery) in join_all(deliveries).await {
             let gone = match delivery {
                 Delivery::Answered(response) => {
@@ -230,8 +307,7 @@ impl Router {
                     continue;
                 }
                 Delivery::Failed(error) => {
-                    tracing::warn!(%error, gateway_id, "delivery to a gateway failed");
-                    outcome.failed.push(gateway_id);
+                    failures.push((gateway_id, error));
                     continue;
                 }
             };
@@ -242,10 +318,80 @@ impl Router {
                 }
             }
         }
+        if everyone.is_some() && !failures.is_empty() {
+            // Sent to all: only a gateway that holds the target has failed it.
+            let holders = self.holders(&request.target).await?;
+            failures.retain(|(g, _)| holders.contains(g));
+        }
+        for (gateway_id, error) in failures {
+            tracing::warn!(%error, gateway_id, "delivery to a gateway failed");
+            outcome.failed.push(gateway_id);
+        }
         self.metrics
             .routing_duration
             .observe(started.elapsed().as_secs_f64());
         Ok(outcome)
+    }
+
+    /// The gateways the registry says hold a room's or a user's sockets.
+    async fn holders(&self, target: &Target) -> Result<Vec<String>> {
+        match target {
+            Target::Room { room_id } => self.registry.room_gateways(room_id).await,
+            Target::User { user_id, .. } => self.registry.user_gateways(user_id).await,
+            Target::Connections(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// The live gateways, when this router sends to all of them and there are at most its
+    /// maximum; `None`: look the targets up instead.
+    async fn all_gateways(&self) -> Option<Arc<[String]>> {
+        let to_all = self.to_all.as_ref()?;
+        let current = |within: Duration| {
+            to_all
+                .list
+                .lock()
+                .as_ref()
+                .filter(|l| l.asked_at.elapsed() < within)
+                .map(|l| l.ids.clone())
+        };
+        if let Some(ids) = current(GATEWAY_LIST_VALIDITY / 2) {
+            return (ids.len() <= to_all.max).then_some(ids);
+        }
+        if let Some(ids) = current(GATEWAY_LIST_VALIDITY) {
+            // Getting old: one caller refreshes it, the others still use it.
+            let Some(_refreshing) = Refreshing::claim(&to_all.refreshing) else {
+                return (ids.len() <= to_all.max).then_some(ids);
+            };
+            self.refresh_gateway_list(to_all).await;
+        } else {
+            let _one_at_a_time = to_all.refresh.lock().await;
+            if current(GATEWAY_LIST_VALIDITY).is_none() {
+                self.refresh_gateway_list(to_all).await;
+            }
+        }
+        current(GATEWAY_LIST_VALIDITY).filter(|ids| ids.len() <= to_all.max)
+    }
+
+    /// Reads the live gateways; their URLs go to the URL cache. On failure the list is
+    /// left as it was (it goes out of date, and messages are looked up instead).
+    async fn refresh_gateway_list(&self, to_all: &RouteToAll) {
+        let asked_at = Instant::now();
+        match self.registry.gateways().await {
+            Ok(gateways) => {
+                let mut urls = self.urls.lock();
+                for g in &gateways {
+                    urls.insert(g.gateway_id.clone(), (g.internal_url.clone(), asked_at));
+                }
+                drop(urls);
+                *to_all.list.lock() = Some(GatewayList {
+                    asked_at,
+                    ids: gateways.into_iter().map(|g| g.gateway_id).collect(),
+                });
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot list the live gateways; looking targets up")
+            }
+        }
     }
 
     /// Sends a request to every live gateway (token revocation reaches every cache).
@@ -562,6 +708,89 @@ mod tests {
             .await
             .expect("routed");
         assert_eq!(o.failed, vec!["far".to_owned()]);
+    }
+
+    async fn live(registry: &MemoryRegistry, gateway_id: &str, internal_url: &str) {
+        registry
+            .upsert_gateway(
+                &GatewayRecord {
+                    gateway_id: gateway_id.into(),
+                    internal_url: internal_url.into(),
+                    started_at: 0,
+                },
+                Duration::from_secs(60),
+            )
+            .await
+            .expect("upsert");
+    }
+
+    #[tokio::test]
+    async fn with_few_gateways_a_user_message_reaches_each_without_a_lookup() {
+        let registry = Arc::new(MemoryRegistry::new());
+        let far = fake_gateway(2).await;
+        live(&registry, "local", "http://unused").await;
+        live(&registry, "far", &far).await;
+        // No user_gateways row at all: only sending to every gateway reaches them.
+        let local = Arc::new(Recorder::default());
+        let r = router(registry, local.clone()).with_route_to_all_up_to(2);
+        let o = r
+            .publish(&message(
+                r#"{"user_id":"u","room_id":"r","data":1,"to_user_id":"v"}"#,
+            ))
+            .await
+            .expect("routed");
+        assert_eq!((o.gateways, o.delivered), (2, 3), "{o:?}");
+        assert_eq!(local.requests.lock().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn with_more_gateways_than_the_maximum_targets_are_looked_up() {
+        let registry = Arc::new(MemoryRegistry::new());
+        let far = fake_gateway(2).await;
+        live(&registry, "local", "http://unused").await;
+        live(&registry, "far", &far).await;
+        registry
+            .add_user_gateway("v", "far", Duration::from_secs(60))
+            .await
+            .expect("add");
+        let local = Arc::new(Recorder::default());
+        let r = router(registry, local.clone()).with_route_to_all_up_to(1);
+        let o = r
+            .publish(&message(
+                r#"{"user_id":"u","room_id":"r","data":1,"to_user_id":"v"}"#,
+            ))
+            .await
+            .expect("routed");
+        assert_eq!((o.gateways, o.delivered), (1, 2), "{o:?}");
+        assert!(
+            local.requests.lock().is_empty(),
+            "the local gateway holds no target"
+        );
+    }
+
+    #[tokio::test]
+    async fn sent_to_all_an_unreachable_gateway_fails_the_message_only_if_it_holds_the_target() {
+        let registry = Arc::new(MemoryRegistry::new());
+        live(&registry, "local", "http://unused").await;
+        live(&registry, "far", "http://127.0.0.1:9").await;
+        registry
+            .add_room_gateway("held-far", "far", Duration::from_secs(60))
+            .await
+            .expect("add");
+        let r = router(registry, Arc::new(Recorder::default())).with_route_to_all_up_to(2);
+        let elsewhere = r
+            .publish(&message(
+                r#"{"user_id":"u","room_id":"held-here","data":1}"#,
+            ))
+            .await
+            .expect("routed");
+        assert!(elsewhere.failed.is_empty(), "{elsewhere:?}");
+        assert_eq!(elsewhere.delivered, 1);
+        let there = r
+            .publish(&message(r#"{"user_id":"u","room_id":"held-far","data":1}"#))
+            .await
+            .expect("routed");
+        assert_eq!(there.failed, vec!["far".to_owned()]);
     }
 
     /// A fixed directory: gateway id → presence.

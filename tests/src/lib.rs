@@ -146,6 +146,13 @@ impl Gateway {
     }
 
     pub async fn start_mode(mode: &str, env: &[(&str, &str)]) -> Self {
+        let gw = Self::spawn(mode, env).await;
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// Starts `hermes-gateway <mode>` and returns once it listens, ready or not.
+    pub async fn spawn(mode: &str, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(binary("hermes-gateway"));
         cmd.arg(mode)
             .env_clear()
@@ -169,15 +176,13 @@ impl Gateway {
                 .expect("banner field")
                 .to_owned()
         };
-        let gw = Self {
+        Self {
             child,
             public: field("public"),
             internal: field("internal"),
             logs,
             http: reqwest::Client::new(),
-        };
-        gw.wait_ready().await;
-        gw
+        }
     }
 
     /// Waits until `/readyz` answers 200.
