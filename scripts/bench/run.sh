@@ -227,7 +227,9 @@ cat >"$DIR/method.md" <<EOF
   goes to user *n*·*s* mod $P3_SOCKETS (*s* coprime with it): every user gets the same share and
   consecutive notifications reach sockets of every holder. Hermes: RabbitMQ → one
   \`hermes-consumer\` → one \`hermes-gateway serve\` in another process → socket (release
-  builds, consumer defaults: prefetch 64, 64 routed at once), both on a ScyllaDB registry in
+  builds, consumer defaults: prefetch 64, 64 routed at once, and with one live gateway no
+  registry read per notification: \`HERMES_ROUTE_TO_ALL_MAX_GATEWAYS=2\` sends it to every
+  gateway, see docs/architecture.md), both on a ScyllaDB registry in
   the test Cassandra 5 (same box, consistency ONE, keyspace \`hermes_bench_p3\` reused by every
   run) and RabbitMQ on the same box (durable queue \`hermes-bench-p3\`, purged before each run).
   Each message is \`{"user_id": "p3-backend", "room_id": "p3", "to_user_id": "p3-u<k>", "id":
