@@ -163,6 +163,15 @@ impl Dedup {
         self.order.push_back(id.to_owned());
         false
     }
+
+    /// Forgets an id just remembered (it reached no socket). It is at or near the back.
+    fn forget(&mut self, id: &str) {
+        if self.seen.remove(id)
+            && let Some(at) = self.order.iter().rposition(|o| o == id)
+        {
+            self.order.remove(at);
+        }
+    }
 }
 
 /// The gateway's sockets.
@@ -381,6 +390,14 @@ impl LocalDelivery for SessionHub {
                     }
                 });
                 self.metrics.messages_delivered.inc_by(delivered as u64);
+                if delivered == 0
+                    && let Some(id) = &request.id
+                {
+                    // Nothing here got it: a retry may still reach sockets that arrive
+                    // meanwhile (a router that sends to every gateway reaches gateways
+                    // without targets on every attempt).
+                    self.dedup.lock().forget(id);
+                }
                 DeliverResponse {
                     delivered,
                     gone,
@@ -527,6 +544,24 @@ mod tests {
             None,
         ));
         assert_eq!((r.delivered, r.gone), (1, vec!["zz".to_owned()]));
+    }
+
+    #[test]
+    fn a_message_id_that_reached_no_socket_is_not_remembered() {
+        let hub = SessionHub::new(Arc::new(Metrics::new()), 8);
+        let room = || Target::Room {
+            room_id: "r".into(),
+        };
+        let first = hub.deliver(&send(room(), Some("m1"), None));
+        assert_eq!((first.delivered, first.duplicate), (0, false));
+        // A socket of the room arrives before the retry: the retry reaches it, once.
+        let (a, mut ra) = conn("a", "r", "u", 8);
+        hub.insert(a);
+        let retry = hub.deliver(&send(room(), Some("m1"), None));
+        assert_eq!((retry.delivered, retry.duplicate), (1, false));
+        assert!(hub.deliver(&send(room(), Some("m1"), None)).duplicate);
+        assert!(ra.try_pop().is_some());
+        assert!(ra.try_pop().is_none());
     }
 
     #[test]
