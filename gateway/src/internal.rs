@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
+use hermes_shared::gateway_client::DELIVER_BATCH_MAX;
 use hermes_shared::registry::Registry;
 use hermes_shared::registry::remote::{RegistryOp, SECRET_HEADER, execute};
 use hermes_shared::router::LocalDelivery;
-use hermes_shared::wire::DeliverRequest;
+use hermes_shared::wire::{DeliverRequest, DeliverResponse};
 use subtle::ConstantTimeEq;
 
 use crate::admin::error;
@@ -76,6 +77,60 @@ pub async fn deliver(
         .with_label_values(&["server", "200"])
         .inc();
     HttpResponse::Ok().json(response)
+}
+
+/// `POST /internal/v1/deliver-batch`: a JSON array of deliver requests (at most
+/// [`DELIVER_BATCH_MAX`]), answered with one deliver response per request, in order.
+pub async fn deliver_batch(
+    req: HttpRequest,
+    body: web::Bytes,
+    gw: web::Data<Arc<Gateway>>,
+) -> HttpResponse {
+    if let Some(denied) = check_secret(&req, &gw) {
+        gw.metrics
+            .deliver_requests
+            .with_label_values(&["server", "401"])
+            .inc();
+        return denied;
+    }
+    let requests: Vec<DeliverRequest> = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            gw.metrics
+                .deliver_requests
+                .with_label_values(&["server", "400"])
+                .inc();
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                &format!("invalid deliver batch: {e}"),
+            );
+        }
+    };
+    if requests.len() > DELIVER_BATCH_MAX {
+        gw.metrics
+            .deliver_requests
+            .with_label_values(&["server", "400"])
+            .inc();
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            &format!(
+                "a deliver batch holds at most {DELIVER_BATCH_MAX} requests, not {}",
+                requests.len()
+            ),
+        );
+    }
+    let delivery = GatewayDelivery {
+        hub: gw.hub.clone(),
+        auth: gw.auth.clone(),
+    };
+    let responses: Vec<DeliverResponse> = requests.iter().map(|r| delivery.deliver(r)).collect();
+    gw.metrics
+        .deliver_requests
+        .with_label_values(&["server", "200"])
+        .inc();
+    HttpResponse::Ok().json(responses)
 }
 
 /// `GET /internal/v1/connections/{id}`.

@@ -21,7 +21,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use hermes_shared::auth::Authenticator;
 use hermes_shared::config::{GatewayConfig, Mode, RegistryKind};
-use hermes_shared::gateway_client::GatewayClient;
+use hermes_shared::gateway_client::{DELIVER_BATCH_MAX, GatewayClient};
 use hermes_shared::ids::now_millis;
 use hermes_shared::metrics::Metrics;
 use hermes_shared::registry::{GatewayRecord, Registry};
@@ -233,6 +233,11 @@ fn internal_server(
             .route("/healthz", web::get().to(internal::healthz))
             .route("/readyz", web::get().to(internal::readyz))
             .route("/internal/v1/deliver", web::post().to(internal::deliver))
+            .service(
+                web::resource("/internal/v1/deliver-batch")
+                    .app_data(web::PayloadConfig::new(body_limit * DELIVER_BATCH_MAX))
+                    .route(web::post().to(internal::deliver_batch)),
+            )
             .route(
                 "/internal/v1/connections/{id}",
                 web::get().to(internal::connection),

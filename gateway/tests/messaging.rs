@@ -339,3 +339,72 @@ async fn metrics_health_and_readiness_are_served_without_auth() {
         assert_eq!(r.status(), 200, "{path}");
     }
 }
+
+/// `POST /internal/v1/deliver-batch`: every request of the array is delivered and answered,
+/// in order; a batch over the limit or a wrong secret is refused whole.
+#[tokio::test]
+async fn a_deliver_batch_is_delivered_and_answered_request_by_request() {
+    let gw = Gateway::start(&[]).await;
+    let mut alice = gw.connect(&gw.token("alice", "batch-room").await).await;
+    let mut bob = gw.connect(&gw.token("bob", "batch-room").await).await;
+    let send = |id: &str, user: &str, data: &str| {
+        json!({"id": id, "target": {"user": {"user_id": user, "room_id": "batch-room"}},
+               "action": {"kind": "send", "frame": json!({"user_id": "s", "data": data}).to_string()}})
+    };
+    let batch = json!([
+        send("b1", "alice", "one"),
+        send("b2", "nobody", "lost"),
+        send("b3", "bob", "three"),
+        send("b1", "alice", "again")
+    ]);
+    let http = reqwest::Client::new();
+    let post = |body: serde_json::Value, secret: &'static str| {
+        http.post(format!("{}/internal/v1/deliver-batch", gw.internal))
+            .header("x-hermes-internal-secret", secret)
+            .json(&body)
+            .send()
+    };
+    let r = post(batch, INTERNAL_SECRET).await.expect("post");
+    assert_eq!(r.status(), 200);
+    let answers: serde_json::Value = r.json().await.expect("json");
+    let delivered: Vec<_> = answers
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|a| (a["delivered"].as_u64(), a["duplicate"].as_bool()))
+        .collect();
+    assert_eq!(
+        delivered,
+        vec![
+            (Some(1), Some(false)),
+            (Some(0), Some(false)),
+            (Some(1), Some(false)),
+            (Some(0), Some(true)),
+        ]
+    );
+    assert_eq!(
+        recv_json(&mut alice).await,
+        json!({"user_id": "s", "data": "one"})
+    );
+    assert_eq!(
+        recv_json(&mut bob).await,
+        json!({"user_id": "s", "data": "three"})
+    );
+
+    let too_many = serde_json::Value::Array(vec![send("x", "alice", "x"); 33]);
+    let r = post(too_many, INTERNAL_SECRET).await.expect("post");
+    assert_eq!(r.status(), 400);
+    let r = post(json!([send("y", "alice", "y")]), "wrong")
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 401);
+    // Nothing of the refused batches reached a socket: the next frame is the next message.
+    let r = post(json!([send("z", "alice", "next")]), INTERNAL_SECRET)
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        recv_json(&mut alice).await,
+        json!({"user_id": "s", "data": "next"})
+    );
+}

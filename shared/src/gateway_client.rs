@@ -1,5 +1,6 @@
 //! The client of a gateway's internal API (`POST /internal/v1/deliver`,
-//! `GET /internal/v1/connections/{id}`), over kept-alive connections.
+//! `POST /internal/v1/deliver-batch`, `GET /internal/v1/connections/{id}`), over kept-alive
+//! connections.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,9 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::registry::remote::SECRET_HEADER;
 use crate::wire::{ConnectionInfo, DeliverRequest, DeliverResponse};
+
+/// Requests in one `POST /internal/v1/deliver-batch` at most.
+pub const DELIVER_BATCH_MAX: usize = 32;
 
 /// Calls other gateways' internal APIs.
 #[derive(Clone)]
@@ -45,12 +49,54 @@ impl GatewayClient {
         base_url: &str,
         request: &DeliverRequest,
     ) -> Result<DeliverResponse> {
-        let url = format!("{base_url}/internal/v1/deliver");
+        self.post(
+            gateway_id,
+            &format!("{base_url}/internal/v1/deliver"),
+            request,
+        )
+        .await
+    }
+
+    /// Delivers several requests in one call (`POST /internal/v1/deliver-batch`, at most
+    /// [`DELIVER_BATCH_MAX`]): one answer per request, in their order.
+    pub async fn deliver_batch(
+        &self,
+        gateway_id: &str,
+        base_url: &str,
+        requests: &[DeliverRequest],
+    ) -> Result<Vec<DeliverResponse>> {
+        let answers: Vec<DeliverResponse> = self
+            .post(
+                gateway_id,
+                &format!("{base_url}/internal/v1/deliver-batch"),
+                requests,
+            )
+            .await?;
+        if answers.len() != requests.len() {
+            return Err(Error::GatewayUnreachable {
+                gateway_id: gateway_id.to_owned(),
+                reason: format!(
+                    "bad answer: {} answers to {} requests",
+                    answers.len(),
+                    requests.len()
+                ),
+            });
+        }
+        Ok(answers)
+    }
+
+    /// POSTs `body` as JSON with the shared secret and decodes the JSON answer.
+    async fn post<B: serde::Serialize + ?Sized, A: serde::de::DeserializeOwned>(
+        &self,
+        gateway_id: &str,
+        url: &str,
+        body: &B,
+    ) -> Result<A> {
         let result = self
             .http
-            .post(&url)
+            .post(url)
             .header(SECRET_HEADER, &*self.secret)
-            .json(request)
+            .json(body)
             .send()
             .await;
         let response = match result {

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use parking_lot::Mutex;
 
+use crate::batch::{BatchFn, Batcher};
 use crate::error::Result;
-use crate::gateway_client::GatewayClient;
+use crate::gateway_client::{DELIVER_BATCH_MAX, GatewayClient};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::wire::{
@@ -101,7 +102,17 @@ pub struct Router {
     urls: Mutex<HashMap<String, (String, Instant)>>,
     directory: Option<Arc<dyn GatewayDirectory>>,
     to_all: Option<RouteToAll>,
+    /// (gateway id, URL) → the batcher of deliveries to it.
+    batchers: Mutex<HashMap<(String, String), DeliveryBatcher>>,
 }
+
+type DeliveryBatcher = Batcher<DeliverRequest, Result<DeliverResponse>>;
+
+/// Delivery requests to one gateway in flight at once (the rest wait and go out together).
+const DELIVERIES_IN_FLIGHT: usize = 4;
+
+/// Gateways the router keeps a delivery batcher for before it forgets them all.
+const MAX_DELIVERY_BATCHERS: usize = 256;
 
 /// The claim on refreshing the gateway list, given back when dropped (also when the
 /// routing future is dropped half-way).
@@ -153,6 +164,7 @@ impl Router {
             urls: Mutex::new(HashMap::new()),
             directory: None,
             to_all: None,
+            batchers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -265,11 +277,11 @@ impl Router {
                     Some(local) => local.delivery.deliver(&req),
                     None => DeliverResponse::default(),
                 }),
-                Ok(Hop::Remote(url)) => match self.client.deliver(&gateway_id, &url, &req).await {
+                Ok(Hop::Remote(url)) => match self.deliver_remote(&gateway_id, &url, req).await {
                     Ok(response) => Delivery::Answered(response),
                     Err(error) => Delivery::Failed(error),
                 },
-                Ok(Hop::Draining(url)) => match self.client.deliver(&gateway_id, &url, &req).await {
+                Ok(Hop::Draining(url)) => match self.deliver_remote(&gateway_id, &url, req).await {
                     Ok(response) => Delivery::Answered(response),
                     Err(error) => {
                         tracing::debug!(%error, gateway_id, "a terminating gateway did not answer; skipped");
@@ -331,6 +343,70 @@ impl Router {
             .routing_duration
             .observe(started.elapsed().as_secs_f64());
         Ok(outcome)
+    }
+
+    /// Delivers to another gateway. Concurrent deliveries to one gateway share requests:
+    /// at most [`DELIVERIES_IN_FLIGHT`] at once, and what arrives meanwhile goes out as one
+    /// `POST /internal/v1/deliver-batch` (a delivery alone still goes out at once, alone).
+    async fn deliver_remote(
+        &self,
+        gateway_id: &str,
+        url: &str,
+        request: DeliverRequest,
+    ) -> Result<DeliverResponse> {
+        let batcher = self.delivery_batcher(gateway_id, url);
+        batcher.submit(request).await.unwrap_or_else(|| {
+            Err(crate::Error::GatewayUnreachable {
+                gateway_id: gateway_id.to_owned(),
+                reason: "its delivery batch was lost".into(),
+            })
+        })
+    }
+
+    /// The batcher of deliveries to one gateway at one URL.
+    fn delivery_batcher(&self, gateway_id: &str, url: &str) -> DeliveryBatcher {
+        let key = (gateway_id.to_owned(), url.to_owned());
+        let mut batchers = self.batchers.lock();
+        if let Some(b) = batchers.get(&key) {
+            return b.clone();
+        }
+        // Gateways come and go (new pods, new ids): forget them all now and then. A batcher
+        // still in use lives on in its callers until they are done.
+        if batchers.len() >= MAX_DELIVERY_BATCHERS {
+            batchers.clear();
+        }
+        let client = self.client.clone();
+        let (g, u) = key.clone();
+        let run: BatchFn<DeliverRequest, Result<DeliverResponse>> =
+            Arc::new(move |requests: Vec<DeliverRequest>| {
+                let (client, g, u) = (client.clone(), g.clone(), u.clone());
+                Box::pin(async move {
+                    if let [one] = requests.as_slice() {
+                        return vec![client.deliver(&g, &u, one).await];
+                    }
+                    match client.deliver_batch(&g, &u, &requests).await {
+                        Ok(answers) => answers.into_iter().map(Ok).collect(),
+                        Err(error) => {
+                            let reason = match error {
+                                crate::Error::GatewayUnreachable { reason, .. } => reason,
+                                other => other.to_string(),
+                            };
+                            requests
+                                .iter()
+                                .map(|_| {
+                                    Err(crate::Error::GatewayUnreachable {
+                                        gateway_id: g.clone(),
+                                        reason: reason.clone(),
+                                    })
+                                })
+                                .collect()
+                        }
+                    }
+                })
+            });
+        let batcher = Batcher::new(DELIVER_BATCH_MAX, DELIVERIES_IN_FLIGHT, run);
+        batchers.insert(key, batcher.clone());
+        batcher
     }
 
     /// The gateways the registry says hold a room's or a user's sockets.
@@ -550,6 +626,7 @@ mod tests {
     use super::*;
     use crate::registry::memory::MemoryRegistry;
     use crate::registry::{ConnectionRecord, GatewayRecord};
+    use std::sync::atomic::AtomicUsize;
 
     #[derive(Default)]
     struct Recorder {
@@ -846,15 +923,23 @@ mod tests {
 
     /// A deliver endpoint on loopback that answers every request with `delivered`.
     async fn fake_gateway(delivered: usize) -> String {
+        fake_gateway_counting(delivered).await.0
+    }
+
+    /// A deliver endpoint on loopback: a request is answered with `delivered`, a batch with
+    /// as many such answers as it holds requests. Counts the HTTP requests it answered.
+    async fn fake_gateway_counting(delivered: usize) -> (String, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let body = format!(r#"{{"delivered":{delivered},"gone":[]}}"#);
+        let answer = format!(r#"{{"delivered":{delivered},"gone":[]}}"#);
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
         tokio::spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             while let Ok((mut socket, _)) = listener.accept().await {
-                let body = body.clone();
+                let (answer, counter) = (answer.clone(), counter.clone());
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 64 * 1024];
                     let mut seen = Vec::new();
@@ -864,30 +949,73 @@ mod tests {
                             return;
                         }
                         seen.extend_from_slice(&buf[..n]);
-                        let text = String::from_utf8_lossy(&seen);
-                        if let Some(head_end) = text.find("\r\n\r\n") {
-                            let length = text[..head_end]
-                                .lines()
-                                .find_map(|l| {
-                                    let (k, v) = l.split_once(':')?;
-                                    k.eq_ignore_ascii_case("content-length")
-                                        .then(|| v.trim().parse::<usize>().ok())?
-                                })
-                                .unwrap_or(0);
-                            if seen.len() >= head_end + 4 + length {
-                                let response = format!(
-                                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                                    body.len()
-                                );
-                                let _ = socket.write_all(response.as_bytes()).await;
-                                seen.clear();
-                            }
+                        let text = String::from_utf8_lossy(&seen).into_owned();
+                        let Some(head_end) = text.find("\r\n\r\n") else {
+                            continue;
+                        };
+                        let length = text[..head_end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if seen.len() < head_end + 4 + length {
+                            continue;
                         }
+                        let body = &seen[head_end + 4..head_end + 4 + length];
+                        let reply = if text.starts_with("POST /internal/v1/deliver-batch ") {
+                            let items: Vec<serde_json::Value> =
+                                serde_json::from_slice(body).expect("a JSON array");
+                            format!("[{}]", vec![answer.as_str(); items.len()].join(","))
+                        } else {
+                            answer.clone()
+                        };
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
+                            reply.len()
+                        );
+                        let _ = socket.write_all(response.as_bytes()).await;
+                        seen.clear();
                     }
                 });
             }
         });
-        url
+        (url, requests)
+    }
+
+    #[tokio::test]
+    async fn concurrent_deliveries_to_one_gateway_share_requests_and_each_gets_its_answer() {
+        let (url, requests) = fake_gateway_counting(1).await;
+        let registry = Arc::new(MemoryRegistry::new());
+        live(&registry, "far", &url).await;
+        for i in 0..200 {
+            registry
+                .add_user_gateway(&format!("v{i}"), "far", Duration::from_secs(60))
+                .await
+                .expect("add");
+        }
+        let r = router(registry, Arc::new(Recorder::default()));
+        let messages: Vec<PublishMessage> = (0..200)
+            .map(|i| {
+                message(&format!(
+                    r#"{{"user_id":"u","room_id":"r","data":{i},"to_user_id":"v{i}"}}"#
+                ))
+            })
+            .collect();
+        let outcomes = join_all(messages.iter().map(|m| r.publish(m))).await;
+        for o in outcomes {
+            let o = o.expect("routed");
+            assert_eq!((o.gateways, o.delivered), (1, 1), "{o:?}");
+            assert!(o.failed.is_empty(), "{o:?}");
+        }
+        let requests = requests.load(Ordering::SeqCst);
+        assert!(
+            requests <= 200 / 4,
+            "200 concurrent deliveries took {requests} requests"
+        );
     }
 
     #[tokio::test]
