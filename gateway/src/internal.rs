@@ -40,43 +40,62 @@ fn check_secret(req: &HttpRequest, gw: &Gateway) -> Option<HttpResponse> {
     }
 }
 
+/// The body of a deliver call, once its secret is checked and its JSON parsed; else the
+/// refusal (401 or 400, counted in `hermes_deliver_requests_total`).
+fn deliver_body<T: serde::de::DeserializeOwned>(
+    req: &HttpRequest,
+    body: &[u8],
+    gw: &Gateway,
+    what: &str,
+) -> Result<T, Box<HttpResponse>> {
+    let refused = |status: &str| {
+        gw.metrics
+            .deliver_requests
+            .with_label_values(&["server", status])
+            .inc();
+    };
+    if let Some(denied) = check_secret(req, gw) {
+        refused("401");
+        return Err(Box::new(denied));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        refused("400");
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            &format!("invalid {what}: {e}"),
+        ))
+    })
+}
+
+/// Delivers to this gateway's sockets and counts the answered call.
+fn deliver_here(gw: &Gateway, requests: &[DeliverRequest]) -> Vec<DeliverResponse> {
+    let delivery = GatewayDelivery {
+        hub: gw.hub.clone(),
+        auth: gw.auth.clone(),
+    };
+    let responses = requests.iter().map(|r| delivery.deliver(r)).collect();
+    gw.metrics
+        .deliver_requests
+        .with_label_values(&["server", "200"])
+        .inc();
+    responses
+}
+
 /// `POST /internal/v1/deliver`.
 pub async fn deliver(
     req: HttpRequest,
     body: web::Bytes,
     gw: web::Data<Arc<Gateway>>,
 ) -> HttpResponse {
-    if let Some(denied) = check_secret(&req, &gw) {
-        gw.metrics
-            .deliver_requests
-            .with_label_values(&["server", "401"])
-            .inc();
-        return denied;
+    match deliver_body::<DeliverRequest>(&req, &body, &gw, "deliver request") {
+        Ok(request) => HttpResponse::Ok().json(
+            deliver_here(&gw, std::slice::from_ref(&request))
+                .pop()
+                .unwrap_or_default(),
+        ),
+        Err(refusal) => *refusal,
     }
-    let request: DeliverRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            gw.metrics
-                .deliver_requests
-                .with_label_values(&["server", "400"])
-                .inc();
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                &format!("invalid deliver request: {e}"),
-            );
-        }
-    };
-    let delivery = GatewayDelivery {
-        hub: gw.hub.clone(),
-        auth: gw.auth.clone(),
-    };
-    let response = delivery.deliver(&request);
-    gw.metrics
-        .deliver_requests
-        .with_label_values(&["server", "200"])
-        .inc();
-    HttpResponse::Ok().json(response)
 }
 
 /// `POST /internal/v1/deliver-batch`: a JSON array of deliver requests (at most
@@ -86,26 +105,9 @@ pub async fn deliver_batch(
     body: web::Bytes,
     gw: web::Data<Arc<Gateway>>,
 ) -> HttpResponse {
-    if let Some(denied) = check_secret(&req, &gw) {
-        gw.metrics
-            .deliver_requests
-            .with_label_values(&["server", "401"])
-            .inc();
-        return denied;
-    }
-    let requests: Vec<DeliverRequest> = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            gw.metrics
-                .deliver_requests
-                .with_label_values(&["server", "400"])
-                .inc();
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                &format!("invalid deliver batch: {e}"),
-            );
-        }
+    let requests = match deliver_body::<Vec<DeliverRequest>>(&req, &body, &gw, "deliver batch") {
+        Ok(requests) => requests,
+        Err(refusal) => return *refusal,
     };
     if requests.len() > DELIVER_BATCH_MAX {
         gw.metrics
@@ -121,16 +123,7 @@ pub async fn deliver_batch(
             ),
         );
     }
-    let delivery = GatewayDelivery {
-        hub: gw.hub.clone(),
-        auth: gw.auth.clone(),
-    };
-    let responses: Vec<DeliverResponse> = requests.iter().map(|r| delivery.deliver(r)).collect();
-    gw.metrics
-        .deliver_requests
-        .with_label_values(&["server", "200"])
-        .inc();
-    HttpResponse::Ok().json(responses)
+    HttpResponse::Ok().json(deliver_here(&gw, &requests))
 }
 
 /// `GET /internal/v1/connections/{id}`.

@@ -79,6 +79,15 @@ fn error_response(status: u16, code: &str, message: &str) -> HttpResponse {
         .json(serde_json::json!({"error": {"code": code, "message": message}}))
 }
 
+/// A 503 with `Retry-After: 1`, counted under `code`.
+fn unavailable(gw: &Gateway, code: &str, message: &str) -> HttpResponse {
+    gw.metrics.connects.with_label_values(&[code]).inc();
+    let mut r = error_response(503, code, message);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(1));
+    r
+}
+
 fn refusal(gw: &Gateway, error: &AuthError) -> HttpResponse {
     gw.metrics.connects.with_label_values(&[error.code()]).inc();
     tracing::info!(
@@ -118,22 +127,14 @@ pub async fn websocket(
         );
     }
     if gw.draining.is_cancelled() {
-        gw.metrics.connects.with_label_values(&["draining"]).inc();
-        let mut r = error_response(503, "draining", "this gateway is restarting; connect again");
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(1));
-        return r;
+        return unavailable(&gw, "draining", "this gateway is restarting; connect again");
     }
     if !gw.is_accepting() {
-        gw.metrics.connects.with_label_values(&["starting"]).inc();
-        let mut r = error_response(
-            503,
+        return unavailable(
+            &gw,
             "starting",
             "this gateway is starting; connect again in a second",
         );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(1));
-        return r;
     }
     let origin = req
         .headers()
@@ -226,18 +227,11 @@ pub async fn websocket(
     if let Err(error) = register(&gw, &conn).await {
         tracing::warn!(%error, "cannot register a connection");
         gw.hub.remove(&conn);
-        gw.metrics
-            .connects
-            .with_label_values(&["registry_unavailable"])
-            .inc();
-        let mut r = error_response(
-            503,
+        return unavailable(
+            &gw,
             "registry_unavailable",
             "the connection registry is unavailable; retry shortly",
         );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(1));
-        return r;
     }
     gw.metrics.connects.with_label_values(&["accepted"]).inc();
     tracing::debug!(connection_id = conn.id(), room_id = %conn.record.room_id, "connected");

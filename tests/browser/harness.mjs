@@ -31,10 +31,24 @@ const LISTENING = /^hermes-gateway listening public=(\S+) internal=(\S+)$/;
 const START_TIMEOUT_MS = 30_000;
 const STOP_GRACE_MS = 15_000;
 
+/** Polls `/readyz` until it answers 200 (at most START_TIMEOUT_MS). */
+async function waitReady(internalUrl, child, logTail) {
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  for (;;) {
+    const ok = await fetch(internalUrl + '/readyz').then((r) => r.status === 200, () => false);
+    if (ok) return;
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`gateway not ready within ${START_TIMEOUT_MS} ms\n--- gateway stderr (tail) ---\n${logTail.join('\n')}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
 /**
  * Start `hermes-gateway standalone`. `listen` defaults to 127.0.0.1:0 (pass the old
  * address to restart on the same port). Resolves once the process printed its
- * `hermes-gateway listening public=... internal=...` line.
+ * `hermes-gateway listening public=... internal=...` line and its `/readyz` answers 200.
  */
 export async function startGateway({ listen = '127.0.0.1:0', internalListen = '127.0.0.1:0', env = {} } = {}) {
   if (!existsSync(GATEWAY_BIN)) throw new Error(`gateway binary not found: ${GATEWAY_BIN} (set HERMES_GATEWAY_BIN)`);
@@ -84,6 +98,9 @@ export async function startGateway({ listen = '127.0.0.1:0', internalListen = '1
 
   const publicUrl = addresses.publicUrl.replace(/\/$/, '');
   const internalUrl = addresses.internalUrl.replace(/\/$/, '');
+  // Sockets are accepted once /readyz answers 200 (1 s after the gateway registered;
+  // upgrades before that get 503 `starting`).
+  await waitReady(internalUrl, child, logTail);
   const gw = {
     process: child,
     adminKey,
