@@ -801,43 +801,45 @@ mod tests {
             .expect("upsert");
     }
 
-    #[tokio::test]
-    async fn with_few_gateways_a_user_message_reaches_each_without_a_lookup() {
+    /// Two live gateways, "local" (the router's own) and "far" (answers `delivered: 2`);
+    /// user "v" is held where `v_held_at` says (no row when empty). Routes a message to "v"
+    /// sending to all gateways while there are at most `route_to_all_up_to`.
+    async fn route_to_v(
+        v_held_at: &[&str],
+        route_to_all_up_to: usize,
+    ) -> (RouteOutcome, Arc<Recorder>) {
         let registry = Arc::new(MemoryRegistry::new());
         let far = fake_gateway(2).await;
         live(&registry, "local", "http://unused").await;
         live(&registry, "far", &far).await;
-        // No user_gateways row at all: only sending to every gateway reaches them.
+        for g in v_held_at {
+            registry
+                .add_user_gateway("v", g, Duration::from_secs(60))
+                .await
+                .expect("add");
+        }
         let local = Arc::new(Recorder::default());
-        let r = router(registry, local.clone()).with_route_to_all_up_to(2);
+        let r = router(registry, local.clone()).with_route_to_all_up_to(route_to_all_up_to);
         let o = r
             .publish(&message(
                 r#"{"user_id":"u","room_id":"r","data":1,"to_user_id":"v"}"#,
             ))
             .await
             .expect("routed");
+        (o, local)
+    }
+
+    #[tokio::test]
+    async fn with_few_gateways_a_user_message_reaches_each_without_a_lookup() {
+        // No user_gateways row at all: only sending to every gateway reaches them.
+        let (o, local) = route_to_v(&[], 2).await;
         assert_eq!((o.gateways, o.delivered), (2, 3), "{o:?}");
         assert_eq!(local.requests.lock().len(), 1);
     }
 
     #[tokio::test]
     async fn with_more_gateways_than_the_maximum_targets_are_looked_up() {
-        let registry = Arc::new(MemoryRegistry::new());
-        let far = fake_gateway(2).await;
-        live(&registry, "local", "http://unused").await;
-        live(&registry, "far", &far).await;
-        registry
-            .add_user_gateway("v", "far", Duration::from_secs(60))
-            .await
-            .expect("add");
-        let local = Arc::new(Recorder::default());
-        let r = router(registry, local.clone()).with_route_to_all_up_to(1);
-        let o = r
-            .publish(&message(
-                r#"{"user_id":"u","room_id":"r","data":1,"to_user_id":"v"}"#,
-            ))
-            .await
-            .expect("routed");
+        let (o, local) = route_to_v(&["far"], 1).await;
         assert_eq!((o.gateways, o.delivered), (1, 2), "{o:?}");
         assert!(
             local.requests.lock().is_empty(),
