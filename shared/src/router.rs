@@ -102,8 +102,9 @@ pub struct Router {
     urls: Mutex<HashMap<String, (String, Instant)>>,
     directory: Option<Arc<dyn GatewayDirectory>>,
     to_all: Option<RouteToAll>,
-    /// (gateway id, URL) → the batcher of deliveries to it.
-    batchers: Mutex<HashMap<(String, String), DeliveryBatcher>>,
+    /// Internal URL → the gateway there and the batcher of deliveries to it (a URL taken
+    /// over by another gateway gets a new batcher).
+    batchers: Mutex<HashMap<String, (String, DeliveryBatcher)>>,
 }
 
 type DeliveryBatcher = Batcher<DeliverRequest, Result<DeliverResponse>>;
@@ -235,16 +236,8 @@ impl Router {
                 .flat_map(|ids| ids.iter())
                 .map(|g| (g.clone(), request.clone()))
                 .collect(),
-            Target::Room { room_id } => self
-                .registry
-                .room_gateways(room_id)
-                .await?
-                .into_iter()
-                .map(|g| (g, request.clone()))
-                .collect(),
-            Target::User { user_id, .. } => self
-                .registry
-                .user_gateways(user_id)
+            Target::Room { .. } | Target::User { .. } => self
+                .holders(&request.target)
                 .await?
                 .into_iter()
                 .map(|g| (g, request.clone()))
@@ -365,9 +358,10 @@ impl Router {
 
     /// The batcher of deliveries to one gateway at one URL.
     fn delivery_batcher(&self, gateway_id: &str, url: &str) -> DeliveryBatcher {
-        let key = (gateway_id.to_owned(), url.to_owned());
         let mut batchers = self.batchers.lock();
-        if let Some(b) = batchers.get(&key) {
+        if let Some((id, b)) = batchers.get(url)
+            && id == gateway_id
+        {
             return b.clone();
         }
         // Gateways come and go (new pods, new ids): forget them all now and then. A batcher
@@ -376,7 +370,7 @@ impl Router {
             batchers.clear();
         }
         let client = self.client.clone();
-        let (g, u) = key.clone();
+        let (g, u) = (gateway_id.to_owned(), url.to_owned());
         let run: BatchFn<DeliverRequest, Result<DeliverResponse>> =
             Arc::new(move |requests: Vec<DeliverRequest>| {
                 let (client, g, u) = (client.clone(), g.clone(), u.clone());
@@ -405,7 +399,7 @@ impl Router {
                 })
             });
         let batcher = Batcher::new(DELIVER_BATCH_MAX, DELIVERIES_IN_FLIGHT, run);
-        batchers.insert(key, batcher.clone());
+        batchers.insert(url.to_owned(), (gateway_id.to_owned(), batcher.clone()));
         batcher
     }
 
