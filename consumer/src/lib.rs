@@ -12,6 +12,7 @@ pub mod amqp;
 pub mod kube;
 pub mod processor;
 pub mod run;
+pub mod settle;
 pub mod sqs;
 
 /// Errors of the consumer.

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use hermes_e2e::cluster::Cluster;
+use hermes_e2e::cluster::{self, Cluster};
 use hermes_e2e::*;
 use serde_json::json;
 
@@ -76,6 +76,40 @@ async fn a_rabbitmq_message_reaches_its_targets_on_every_gateway_exactly_once() 
             .metric("hermes_queue_messages_total{outcome=\"delivered\",source=\"amqp\"}")
             .await,
         5.0
+    );
+}
+
+#[tokio::test]
+async fn every_message_of_a_burst_is_acknowledged_before_the_consumer_stops() {
+    // Routed 64 at a time over three gateways, the messages finish out of order, and their
+    // acknowledgements go out merged (`basic.ack multiple`). Once the consumer has stopped,
+    // any message it left unacknowledged would be back in the queue.
+    let mut c = Cluster::start(&[]).await;
+    let mut sockets = c.members("burst", 1).await;
+    let count = 400;
+    for i in 0..count {
+        c.send(
+            json!({"user_id": "backend", "room_id": "burst", "id": format!("b-{i}"), "data": i}),
+        )
+        .await;
+    }
+    for ws in &mut sockets {
+        for _ in 0..count {
+            recv_json(ws).await;
+        }
+    }
+    let consumer = &c.consumer;
+    eventually(|| async { consumer.metric(cluster::DELIVERED).await >= f64::from(count) }).await;
+    let Cluster {
+        consumer,
+        mut publisher,
+        queue,
+        ..
+    } = c;
+    assert!(consumer.stop().await.success(), "a clean exit");
+    assert!(
+        publisher.get(&queue).await.is_none(),
+        "no message was left unacknowledged"
     );
 }
 
