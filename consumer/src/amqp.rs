@@ -10,9 +10,6 @@
 //! - `<queue>.dead-letter`: durable; invalid messages and exhausted retries are published
 //!   there with `x-hermes-dead-reason` and `x-hermes-attempts` headers.
 //!
-//! Messages are routed `HERMES_CONSUMER_CONCURRENCY` at a time and settled through
-//! [`crate::settle`]: in order, and many acknowledgements in one `basic.ack multiple` frame.
-//!
 //! A broken connection is re-established with exponential backoff; unacknowledged
 //! messages are redelivered by the broker, and gateways drop repeated message ids.
 
@@ -22,16 +19,14 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties};
-use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::processor::{Processor, Verdict, reason};
-use crate::settle::{self, AckWindow};
 use crate::{Error, Result};
 
 /// The metric label of this source.
@@ -164,37 +159,19 @@ impl AmqpSource {
                 }
             })
         };
-        // Settlements go out through one task, in order, in as few frames as possible.
-        let window = Arc::new(Mutex::new(AckWindow::new(usize::from(s.prefetch / 4))));
-        let (frames, to_send) = tokio::sync::mpsc::unbounded_channel();
-        let settler = tokio::spawn(settle::send_in_order(channel.clone(), to_send));
         let settings = self.settings.clone();
         let result = consumer
             .map_err(|e| broker("the consumer failed", e))
             .try_for_each_concurrent(s.concurrency, |delivery| {
-                // Called in delivery order: the window sees the tags arrive in order.
-                let tag = delivery.delivery_tag;
-                window.lock().received(tag);
-                let (channel, settings) = (channel.clone(), settings.clone());
-                let (processor, window, frames) =
-                    (processor.clone(), window.clone(), frames.clone());
+                let channel = channel.clone();
+                let settings = settings.clone();
+                let processor = processor.clone();
                 async move {
-                    let settlement = handle(&channel, &settings, &processor, delivery).await;
-                    let mut window = window.lock();
-                    let due = match settlement {
-                        Settlement::Ack => window.ack(tag),
-                        Settlement::Requeue => window.requeue(tag),
-                    };
-                    // Queued while the window is locked: the frames keep its order.
-                    for frame in due {
-                        let _ = frames.send(frame);
-                    }
+                    handle(&channel, &settings, &processor, delivery).await;
                     Ok(())
                 }
             })
             .await;
-        drop(frames);
-        let _ = settler.await;
         canceller.abort();
         let stopped = shutdown.is_cancelled();
         let _ = channel.close(200, "bye".into()).await;
@@ -272,22 +249,13 @@ async fn declare_topology(
     Ok(())
 }
 
-/// What the broker must be told about a delivery once it is handled.
-enum Settlement {
-    /// Delivered, or safely moved to a retry or dead-letter queue.
-    Ack,
-    /// Could not be moved aside: back to the queue.
-    Requeue,
-}
-
-/// Routes one delivery: delivered, retried later, or dead-lettered (then acknowledged);
-/// requeued when it cannot be moved aside.
+/// Routes one delivery and settles it: ack, retry later, or dead-letter.
 async fn handle(
     channel: &Channel,
     s: &AmqpSettings,
     processor: &Processor,
     delivery: lapin::message::Delivery,
-) -> Settlement {
+) {
     let headers = delivery.properties.headers().clone().unwrap_or_default();
     let failed_before = header_u32(&headers, ATTEMPTS_HEADER).unwrap_or(0);
     let fallback_id = header_string(&headers, ID_HEADER).or_else(|| {
@@ -352,12 +320,21 @@ async fn handle(
     match settled {
         Ok(()) => {
             processor.count(SOURCE, verdict.label());
-            Settlement::Ack
+            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                // The connection is gone: the broker redelivers, gateways drop the repeat.
+                tracing::warn!(%error, "ack failed");
+            }
         }
         Err(error) => {
             tracing::warn!(%error, "could not move a message aside; returning it to the queue");
             processor.count(SOURCE, "requeued");
-            Settlement::Requeue
+            let _ = delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
         }
     }
 }

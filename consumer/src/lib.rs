@@ -12,7 +12,6 @@ pub mod amqp;
 pub mod kube;
 pub mod processor;
 pub mod run;
-pub mod settle;
 pub mod sqs;
 
 /// Errors of the consumer.

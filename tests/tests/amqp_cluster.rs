@@ -81,9 +81,8 @@ async fn a_rabbitmq_message_reaches_its_targets_on_every_gateway_exactly_once() 
 
 #[tokio::test]
 async fn every_message_of_a_burst_is_acknowledged_before_the_consumer_stops() {
-    // Routed 64 at a time over three gateways, the messages finish out of order, and their
-    // acknowledgements go out merged (`basic.ack multiple`). Once the consumer has stopped,
-    // any message it left unacknowledged would be back in the queue.
+    // Routed 64 at a time over three gateways, the messages finish out of order. Once the
+    // consumer has stopped, any message it left unacknowledged would be back in the queue.
     let mut c = Cluster::start(&[]).await;
     let mut sockets = c.members("burst", 1).await;
     let count = 400;
