@@ -145,6 +145,7 @@ pub const SQS_VISIBILITY: &str = "HERMES_SQS_VISIBILITY_TIMEOUT_SECONDS";
 pub const MAX_ATTEMPTS: &str = "HERMES_MAX_ATTEMPTS";
 pub const RETRY_DELAYS: &str = "HERMES_RETRY_DELAYS_MS";
 pub const CONCURRENCY: &str = "HERMES_CONSUMER_CONCURRENCY";
+pub const CONSUMER_THREADS: &str = "HERMES_CONSUMER_THREADS";
 pub const ROUTE_TO_ALL_MAX_GATEWAYS: &str = "HERMES_ROUTE_TO_ALL_MAX_GATEWAYS";
 pub const KUBE_GATEWAY_SERVICE: &str = "HERMES_KUBE_GATEWAY_SERVICE";
 pub const KUBE_NAMESPACE: &str = "HERMES_KUBE_NAMESPACE";
@@ -660,6 +661,10 @@ pub struct ConsumerConfig {
     pub retry_delays: Vec<Duration>,
     /// Messages routed at the same time.
     pub concurrency: usize,
+    /// Runtime threads. 1: everything on one thread, so a message changes threads only
+    /// between the broker client's reader and the router; more: a work-stealing runtime
+    /// with this many workers, for more than one core's worth of routing per replica.
+    pub threads: usize,
     /// Room and user messages go to every live gateway, without a registry lookup, while
     /// there are at most this many (0: always look up).
     pub route_to_all_max_gateways: usize,
@@ -857,6 +862,7 @@ impl ConsumerConfig {
             max_attempts,
             retry_delays,
             concurrency: positive(s, CONCURRENCY, 64)?,
+            threads: positive(s, CONSUMER_THREADS, 1)?,
             route_to_all_max_gateways: num(s, ROUTE_TO_ALL_MAX_GATEWAYS, 2usize)?,
             kube: KubeConfig::from_strings(s)?,
         })
@@ -1096,6 +1102,14 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.starts_with(RETRY_DELAYS), "{err}");
+        assert_eq!(c.threads, 1, "one runtime thread unless asked");
+        let mut threads = env.clone();
+        threads.insert(CONSUMER_THREADS, "0");
+        let err = ConsumerConfig::from_strings(&threads)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.starts_with(CONSUMER_THREADS), "{err}");
     }
 
     #[test]
