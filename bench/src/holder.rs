@@ -157,8 +157,22 @@ struct Counters {
     latency: Option<Latency>,
 }
 
+/// `HERMES_BENCH_SLOW_TRACE=DIR:MICROS`: receipts at least MICROS late are kept (send time,
+/// latency) and appended to `DIR/holder-<pid>.txt` at each `lat` query, to see whether a
+/// tail is clustered stalls or spread queueing. A diagnostic; off by default.
+fn slow_trace() -> Option<&'static (String, u64)> {
+    static AT: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
+    AT.get_or_init(|| {
+        let v = std::env::var("HERMES_BENCH_SLOW_TRACE").ok()?;
+        let (dir, us) = v.rsplit_once(':')?;
+        Some((dir.to_owned(), us.parse().ok()?))
+    })
+    .as_ref()
+}
+
 struct Latency {
     histogram: std::sync::Mutex<Histogram<u64>>,
+    slow: std::sync::Mutex<Vec<(u64, u64)>>,
     received: AtomicU64,
     /// A `wait` in progress: the count that wakes it.
     target: AtomicU64,
@@ -169,6 +183,7 @@ impl Latency {
     fn new() -> Result<Self> {
         Ok(Self {
             histogram: std::sync::Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
+            slow: std::sync::Mutex::new(Vec::new()),
             received: AtomicU64::new(0),
             target: AtomicU64::new(u64::MAX),
             reached: tokio::sync::Notify::new(),
@@ -177,6 +192,14 @@ impl Latency {
 
     fn record(&self, sent_us: u64) {
         let us = now_micros().saturating_sub(sent_us).clamp(1, 600_000_000);
+        if let Some((_, at)) = slow_trace()
+            && us >= *at
+        {
+            self.slow
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((sent_us, us));
+        }
         let _ = self
             .histogram
             .lock()
@@ -193,6 +216,7 @@ impl Latency {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .reset();
+        self.slow.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.received.store(0, Ordering::SeqCst);
     }
 
@@ -479,6 +503,17 @@ pub async fn hold(
                 continue;
             }
             ("lat", Some(lat)) => {
+                if let Some((dir, _)) = slow_trace() {
+                    let slow =
+                        std::mem::take(&mut *lat.slow.lock().unwrap_or_else(|p| p.into_inner()));
+                    let text: String = slow.iter().map(|(s, l)| format!("{s} {l}\n")).collect();
+                    let path = format!("{dir}/holder-{}.txt", std::process::id());
+                    let _ = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+                }
                 let line = lat.dump().unwrap_or_else(|e| {
                     eprintln!("hermes-bench hold: {e:#}");
                     "lat 0 -\n".into()
