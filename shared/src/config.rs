@@ -1088,28 +1088,21 @@ mod tests {
                 prefetch: 64
             }
         );
-        let mut sqs = env.clone();
-        sqs.insert(SOURCE, "sqs");
-        let err = ConsumerConfig::from_strings(&sqs)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.starts_with(SQS_QUEUE_URL), "{err}");
-        let mut bad = env.clone();
-        bad.insert(RETRY_DELAYS, "100,soon");
-        let err = ConsumerConfig::from_strings(&bad)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.starts_with(RETRY_DELAYS), "{err}");
         assert_eq!(c.threads, 1, "one runtime thread unless asked");
-        let mut threads = env.clone();
-        threads.insert(CONSUMER_THREADS, "0");
-        let err = ConsumerConfig::from_strings(&threads)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.starts_with(CONSUMER_THREADS), "{err}");
+        // One bad or missing setting each: the error names the variable.
+        for (key, value, named) in [
+            (SOURCE, "sqs", SQS_QUEUE_URL),
+            (RETRY_DELAYS, "100,soon", RETRY_DELAYS),
+            (CONSUMER_THREADS, "0", CONSUMER_THREADS),
+        ] {
+            let mut bad = env.clone();
+            bad.insert(key, value);
+            let err = ConsumerConfig::from_strings(&bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.starts_with(named), "{key}={value}: {err}");
+        }
     }
 
     #[test]
