@@ -5,8 +5,8 @@
 //! set of tables, and a Cassandra node keeps per-table state on its heap: after a few
 //! hundred of them the 1 GiB heap of `scripts/services/cassandra.sh` was full and the node
 //! spent most of a core in back-to-back old-generation collections (700–1,300 ms each),
-//! which showed up as the tail of every benchmark sharing the box. `scripts/test.sh` and
-//! `scripts/bench/run.sh` run this before and after their work.
+//! which showed up as the tail of every benchmark sharing the box. `scripts/test.sh` runs
+//! this before and after its tests, `scripts/bench/run.sh` before P3 and P7.
 
 use std::process::ExitCode;
 use std::time::Duration;
