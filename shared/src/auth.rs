@@ -302,6 +302,49 @@ fn header_algorithm(jwt: &str) -> std::result::Result<String, AuthError> {
     Ok(h.alg)
 }
 
+/// How far the bcrypt threads step back from the threads that serve sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BcryptPriority {
+    /// Linux's `SCHED_IDLE` policy: a bcrypt thread runs only on a core that no other
+    /// thread wants, and a socket worker that wakes up takes the core from it at once.
+    Idle,
+    /// A nice value (1..=19) under the normal policy; 0 leaves the threads as they are.
+    Nice(i32),
+}
+
+/// Applies `priority` to the calling thread; a failure is logged, never fatal.
+fn lower_own_priority(priority: BcryptPriority) {
+    match priority {
+        BcryptPriority::Idle => {
+            use thread_priority::unix::{
+                NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+                thread_native_id, thread_schedule_policy,
+            };
+            let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+            // The call also sets the nice value to 0, which an unprivileged thread that
+            // inherited a higher one may not do; the policy is set first, and under
+            // SCHED_IDLE the nice value means nothing, so the policy is what counts.
+            let set = set_thread_priority_and_policy(
+                thread_native_id(),
+                thread_priority::ThreadPriority::Min,
+                idle,
+            );
+            if let Err(error) = set
+                && thread_schedule_policy().ok() != Some(idle)
+            {
+                tracing::warn!(?error, "cannot move a bcrypt thread to SCHED_IDLE");
+            }
+        }
+        BcryptPriority::Nice(nice) if nice > 0 => {
+            let me = rustix::thread::gettid();
+            if let Err(error) = rustix::process::setpriority_process(Some(me), nice) {
+                tracing::warn!(%error, nice, "cannot lower a bcrypt thread's priority");
+            }
+        }
+        BcryptPriority::Nice(_) => {}
+    }
+}
+
 /// A small pool of threads for bcrypt with a bounded queue: bcrypt never runs on the
 /// async workers, and a full queue refuses at once instead of piling up.
 pub struct BcryptPool {
@@ -314,10 +357,10 @@ pub struct BcryptPool {
 type Job = Box<dyn FnOnce() + Send>;
 
 impl BcryptPool {
-    /// Starts `workers` threads sharing a queue of `capacity` jobs, each at nice value
-    /// `nice` (0: unchanged). Linux schedules threads, not processes: the bcrypt threads
-    /// yield to the socket workers under contention and use idle cores at full speed.
-    pub fn new(workers: usize, capacity: usize, nice: i32) -> Self {
+    /// Starts `workers` threads sharing a queue of `capacity` jobs, each at `priority`.
+    /// Linux schedules threads, not processes: the bcrypt threads yield to the socket
+    /// workers under contention and use idle cores at full speed.
+    pub fn new(workers: usize, capacity: usize, priority: BcryptPriority) -> Self {
         let (sender, receiver) = std::sync::mpsc::sync_channel::<Job>(capacity);
         let receiver = Arc::new(std::sync::Mutex::new(receiver));
         let queued = Arc::new(AtomicUsize::new(0));
@@ -327,12 +370,7 @@ impl BcryptPool {
             let spawned = std::thread::Builder::new()
                 .name(format!("hermes-bcrypt-{n}"))
                 .spawn(move || {
-                    if nice > 0 {
-                        let me = rustix::thread::gettid();
-                        if let Err(error) = rustix::process::setpriority_process(Some(me), nice) {
-                            tracing::warn!(%error, nice, "cannot lower a bcrypt thread's priority");
-                        }
-                    }
+                    lower_own_priority(priority);
                     loop {
                         let job = match receiver.lock() {
                             Ok(rx) => rx.recv(),
@@ -480,7 +518,7 @@ impl Authenticator {
         let pool = BcryptPool::new(
             config.bcrypt_workers,
             config.bcrypt_queue,
-            config.bcrypt_nice,
+            config.bcrypt_priority,
         );
         let cache = VerdictCache {
             entries: Mutex::new(HashMap::new()),
@@ -669,7 +707,7 @@ mod tests {
             bcrypt_cost: 4,
             bcrypt_workers: 1,
             bcrypt_queue: 4,
-            bcrypt_nice: 0,
+            bcrypt_priority: BcryptPriority::Nice(0),
             cache_ttl: Duration::from_secs(60),
             cache_capacity: 100,
         }
@@ -839,10 +877,39 @@ mod tests {
         );
     }
 
+    /// The scheduling policy and nice value of the calling thread, from procfs
+    /// (fields 41 and 19 of /proc/thread-self/stat).
+    fn own_policy_and_nice() -> (u32, i32) {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+        let after_name = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = after_name.split(' ').collect();
+        // after_name starts at field 3 (state).
+        (
+            fields[41 - 3].parse().expect("policy"),
+            fields[19 - 3].parse().expect("nice"),
+        )
+    }
+
+    #[test]
+    fn bcrypt_threads_run_under_sched_idle_when_asked() {
+        const SCHED_OTHER: u32 = 0;
+        const SCHED_IDLE: u32 = 5;
+        let policy_of_worker = |priority| {
+            BcryptPool::new(1, 1, priority)
+                .submit(|| own_policy_and_nice().0)
+                .expect("the worker is free")
+                .blocking_recv()
+                .expect("the job ran")
+        };
+        assert_eq!(own_policy_and_nice().0, SCHED_OTHER);
+        assert_eq!(policy_of_worker(BcryptPriority::Idle), SCHED_IDLE);
+        assert_eq!(policy_of_worker(BcryptPriority::Nice(10)), SCHED_OTHER);
+    }
+
     #[test]
     fn bcrypt_threads_run_at_the_configured_nice_value() {
         let nice_of_worker = |nice| {
-            BcryptPool::new(1, 1, nice)
+            BcryptPool::new(1, 1, BcryptPriority::Nice(nice))
                 .submit(|| {
                     rustix::process::getpriority_process(Some(rustix::thread::gettid()))
                         .expect("getpriority")
@@ -859,7 +926,7 @@ mod tests {
 
     #[test]
     fn full_bcrypt_queue_refuses_at_once() {
-        let pool = BcryptPool::new(1, 1, 0);
+        let pool = BcryptPool::new(1, 1, BcryptPriority::Nice(0));
         let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let running = pool

@@ -109,7 +109,9 @@ pub const TOKEN_TTL: &str = "HERMES_TOKEN_TTL_SECONDS";
 pub const BCRYPT_COST: &str = "HERMES_BCRYPT_COST";
 pub const BCRYPT_WORKERS: &str = "HERMES_BCRYPT_WORKERS";
 pub const BCRYPT_QUEUE: &str = "HERMES_BCRYPT_QUEUE";
+/// The former name of [`BCRYPT_PRIORITY`]; setting it is an error that names the new one.
 pub const BCRYPT_NICE: &str = "HERMES_BCRYPT_NICE";
+pub const BCRYPT_PRIORITY: &str = "HERMES_BCRYPT_PRIORITY";
 pub const AUTH_CACHE_TTL: &str = "HERMES_AUTH_CACHE_TTL_SECONDS";
 pub const AUTH_CACHE_CAPACITY: &str = "HERMES_AUTH_CACHE_CAPACITY";
 pub const MAX_MESSAGE_BYTES: &str = "HERMES_MAX_MESSAGE_BYTES";
@@ -409,9 +411,9 @@ pub struct AuthConfig {
     pub bcrypt_cost: u32,
     pub bcrypt_workers: usize,
     pub bcrypt_queue: usize,
-    /// Nice value of the bcrypt threads (0..=19): under contention the sockets' threads
-    /// run first, so a flood of first connects does not slow deliveries down.
-    pub bcrypt_nice: i32,
+    /// How the bcrypt threads yield to the sockets' threads under contention, so that a
+    /// flood of first connects does not slow deliveries down.
+    pub bcrypt_priority: crate::auth::BcryptPriority,
     pub cache_ttl: Duration,
     pub cache_capacity: usize,
 }
@@ -524,12 +526,22 @@ impl GatewayConfig {
                 "{BCRYPT_COST}: must be between 4 and 31"
             )));
         }
-        let bcrypt_nice = num(s, BCRYPT_NICE, 10i32)?;
-        if !(0..=19).contains(&bcrypt_nice) {
+        if s.get(BCRYPT_NICE).is_some() {
             return Err(Error::Config(format!(
-                "{BCRYPT_NICE}: must be between 0 (no change) and 19"
+                "{BCRYPT_NICE} was replaced by {BCRYPT_PRIORITY}: `idle` (the default) or a nice value 0-19"
             )));
         }
+        let bcrypt_priority = match s.get(BCRYPT_PRIORITY).as_deref().map(str::trim) {
+            None | Some("idle") => crate::auth::BcryptPriority::Idle,
+            Some(value) => match value.parse::<i32>() {
+                Ok(nice) if (0..=19).contains(&nice) => crate::auth::BcryptPriority::Nice(nice),
+                _ => {
+                    return Err(Error::Config(format!(
+                        "{BCRYPT_PRIORITY}: {value:?} must be `idle` or a nice value between 0 (no change) and 19"
+                    )));
+                }
+            },
+        };
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let auth = AuthConfig {
             jwt_secret,
@@ -541,7 +553,7 @@ impl GatewayConfig {
             bcrypt_cost,
             bcrypt_workers: positive(s, BCRYPT_WORKERS, cpus.div_ceil(2))?,
             bcrypt_queue: positive(s, BCRYPT_QUEUE, 64)?,
-            bcrypt_nice,
+            bcrypt_priority,
             cache_ttl: secs(s, AUTH_CACHE_TTL, 300)?,
             cache_capacity: num(s, AUTH_CACHE_CAPACITY, 100_000usize)?,
         };
@@ -968,6 +980,7 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:8080".parse().expect("addr"));
         assert_eq!(c.stage, "production");
         assert_eq!(c.auth.algorithms, vec![Algorithm::HS512]);
+        assert_eq!(c.auth.bcrypt_priority, crate::auth::BcryptPriority::Idle);
     }
 
     #[test]
@@ -983,6 +996,13 @@ mod tests {
             (REGISTRY, "redis", "HERMES_REGISTRY"),
             (REGISTRY, "remote", "HERMES_REGISTRY_URL"),
             (SEND_QUEUE, "0", "HERMES_SEND_QUEUE"),
+            (BCRYPT_PRIORITY, "20", "HERMES_BCRYPT_PRIORITY"),
+            (BCRYPT_PRIORITY, "low", "HERMES_BCRYPT_PRIORITY"),
+            (
+                BCRYPT_NICE,
+                "10",
+                "HERMES_BCRYPT_NICE was replaced by HERMES_BCRYPT_PRIORITY",
+            ),
         ];
         for (key, value, named) in cases {
             let mut env = serve_env();
