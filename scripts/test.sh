@@ -73,12 +73,19 @@ export HERMES_TEST_KUBECONFIG HERMES_KUBE_SERVER HERMES_KUBECTL HERMES_HELM
 step "format" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build" cargo build --workspace --bins --locked
-# Every test creates its own keyspace on the one Cassandra node. Hundreds of them fill its
-# heap (per-table state) until it spends most of a core collecting garbage, so the keyspaces
-# of earlier runs go now and this run's when it ends (tests/src/bin/drop-keyspaces.rs).
-drop_test_keyspaces() { "$CARGO_TARGET_DIR/debug/drop-keyspaces" e2e_ hermes_test_; }
-step "stale test keyspaces" drop_test_keyspaces
-trap 'step "test keyspaces" drop_test_keyspaces || true' EXIT
+# Every test creates its own keyspace on the one Cassandra node and its own queues on the
+# one RabbitMQ node. Hundreds of keyspaces fill Cassandra's heap (per-table state) until it
+# spends most of a core collecting garbage, and thousands of idle queues are work for the
+# broker too, so what earlier runs left goes now and this run's when it ends
+# (tests/src/bin/drop-keyspaces.rs, scripts/services/rabbitmq.sh delete-queues).
+drop_test_state() {
+  "$CARGO_TARGET_DIR/debug/drop-keyspaces" e2e_ hermes_test_ || return
+  local queues
+  queues=$(scripts/services/rabbitmq.sh delete-queues hermes-e2e-) || return
+  echo "deleted $queues test queues"
+}
+step "stale test keyspaces and queues" drop_test_state
+trap 'step "test keyspaces and queues" drop_test_state || true; rm -f "$log"' EXIT
 step "rust tests" cargo test --workspace --locked
 step "chart" scripts/kube/helm.sh lint
 step "manifests" scripts/kube/render-manifests.sh --check

@@ -3,6 +3,7 @@
 # Debian's rabbitmq-server package (3.10.x on Debian 12).
 #
 #   scripts/services/rabbitmq.sh start|stop|restart [--kill]|status|env|install|ctl ARGS...|logs
+#   scripts/services/rabbitmq.sh delete-queues PREFIX...
 #
 # - Install: `apt-get install -y rabbitmq-server` if it is missing (`apt-get update` first only
 #   when the install fails without it). Debian does not start it here (no systemd; policy-rc.d).
@@ -22,6 +23,11 @@
 # - `restart` stops the node (gracefully with `rabbitmqctl shutdown`; `restart --kill` kills the
 #   Erlang VM with SIGKILL, like a crash) and starts it again on the same data: durable queues
 #   and persistent messages survive.
+# - `delete-queues PREFIX...` deletes every queue of vhost / whose name starts with one of the
+#   prefixes (letters, digits, `.`, `_`, `-`; never empty), messages included, in one
+#   `rabbitmqctl eval`, and prints how many went. Every test declares its own queues and none
+#   deletes them; scripts/test.sh and scripts/bench/run.sh clear them with it (thousands in
+#   a few seconds; one `delete_queue` per queue takes minutes).
 # - Logs: $STATE/logs/hermes@localhost.log (the broker), $STATE/logs/console.log (stdout/stderr).
 #
 # Environment: HERMES_CACHE (default ~/.cache/hermes), HERMES_AMQP_PORT (5672),
@@ -301,9 +307,20 @@ case "${1:-}" in
     [[ -x "$ctl_wrapper" ]] || write_config
     exec "$ctl_wrapper" "$@"
     ;;
+  delete-queues)
+    shift
+    [[ $# -gt 0 ]] || die "delete-queues: name at least one queue-name prefix"
+    matches=""
+    for prefix in "$@"; do
+      [[ "$prefix" =~ ^[A-Za-z0-9._-]+$ ]] || die "delete-queues: prefix '$prefix' must be letters, digits, '.', '_' or '-'"
+      matches+="${matches:+ orelse }binary:longest_common_prefix([N, <<\"$prefix\">>]) =:= ${#prefix}"
+    done
+    [[ -x "$ctl_wrapper" ]] || write_config
+    "$ctl_wrapper" eval "length([rabbit_amqqueue:delete(Q, false, false, <<\"hermes-scripts\">>) || Q <- rabbit_amqqueue:list(<<\"/\">>), N <- [element(4, amqqueue:get_name(Q))], $matches])."
+    ;;
   logs) echo "$logdir/$node.log" ;;
   *)
-    echo "usage: $0 start|stop [--kill]|restart [--kill]|status|env|install|ctl ARGS...|logs" >&2
+    echo "usage: $0 start|stop [--kill]|restart [--kill]|status|env|install|ctl ARGS...|delete-queues PREFIX...|logs" >&2
     exit 64
     ;;
 esac
