@@ -832,6 +832,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_gateway_list_is_read_at_most_once_per_half_validity() {
+        let memory = Arc::new(MemoryRegistry::new());
+        live(&memory, "far", &fake_gateway(1).await).await;
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(crate::registry::instrumented::Instrumented::new(
+            memory,
+            metrics.clone(),
+        ));
+        let client = GatewayClient::new(
+            "secret-secret-secret",
+            Duration::from_millis(200),
+            metrics.clone(),
+        )
+        .expect("client");
+        let r = Router::new(registry, client, None, metrics.clone()).with_route_to_all_up_to(2);
+        let started = Instant::now();
+        // 64 routings at once, as the consumer runs them.
+        let routed: u32 = futures_util::future::join_all((0..64).map(|_| async {
+            let mut routed = 0u32;
+            while started.elapsed() < GATEWAY_LIST_VALIDITY + GATEWAY_LIST_VALIDITY / 5 {
+                r.publish(&message(
+                    r#"{"user_id":"u","room_id":"r","data":1,"to_user_id":"v"}"#,
+                ))
+                .await
+                .expect("routed");
+                routed += 1;
+                tokio::task::yield_now().await;
+            }
+            routed
+        }))
+        .await
+        .into_iter()
+        .sum();
+        let reads = metrics
+            .registry_duration
+            .with_label_values(&["gateways"])
+            .get_sample_count();
+        // At 0, after half the validity and after the whole of it.
+        assert!(reads <= 3, "{reads} list reads for {routed} messages");
+    }
+
+    #[tokio::test]
     async fn with_more_gateways_than_the_maximum_targets_are_looked_up() {
         let (o, local) = route_to_v(&["far"], 1).await;
         assert_eq!((o.gateways, o.delivered), (1, 2), "{o:?}");
