@@ -86,12 +86,21 @@ struct GatewayList {
 /// Routing to every live gateway while there are at most `max` of them.
 struct RouteToAll {
     max: usize,
+    state: Arc<ListState>,
+}
+
+/// The list and its refreshes, shared with the background refresh a message starts.
+struct ListState {
     list: Mutex<Option<GatewayList>>,
-    /// One router task refreshes the list at a time; the others use the valid one.
+    /// One refresh of a list that is getting old runs at a time, in the background; the
+    /// messages meanwhile use the list, still valid.
     refreshing: AtomicBool,
     /// Serializes the refreshes of callers that have no valid list to use.
     refresh: tokio::sync::Mutex<()>,
 }
+
+/// Gateway id → its internal URL and when that was read.
+type UrlCache = Arc<Mutex<HashMap<String, (String, Instant)>>>;
 
 /// Routes messages to the gateways that hold their targets.
 pub struct Router {
@@ -99,7 +108,7 @@ pub struct Router {
     client: GatewayClient,
     local: Option<LocalGateway>,
     metrics: Arc<Metrics>,
-    urls: Mutex<HashMap<String, (String, Instant)>>,
+    urls: UrlCache,
     directory: Option<Arc<dyn GatewayDirectory>>,
     to_all: Option<RouteToAll>,
     /// Internal URL → the gateway there and the batcher of deliveries to it (a URL taken
@@ -116,18 +125,18 @@ const DELIVERIES_IN_FLIGHT: usize = 4;
 const MAX_DELIVERY_BATCHERS: usize = 256;
 
 /// The claim on refreshing the gateway list, given back when dropped (also when the
-/// routing future is dropped half-way).
-struct Refreshing<'a>(&'a AtomicBool);
+/// refresh task is dropped half-way).
+struct Refreshing(Arc<ListState>);
 
-impl<'a> Refreshing<'a> {
-    fn claim(flag: &'a AtomicBool) -> Option<Self> {
-        (!flag.swap(true, Ordering::AcqRel)).then_some(Self(flag))
+impl Refreshing {
+    fn claim(state: &Arc<ListState>) -> Option<Self> {
+        (!state.refreshing.swap(true, Ordering::AcqRel)).then(|| Self(state.clone()))
     }
 }
 
-impl Drop for Refreshing<'_> {
+impl Drop for Refreshing {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.refreshing.store(false, Ordering::Release);
     }
 }
 
@@ -162,7 +171,7 @@ impl Router {
             client,
             local,
             metrics,
-            urls: Mutex::new(HashMap::new()),
+            urls: Arc::new(Mutex::new(HashMap::new())),
             directory: None,
             to_all: None,
             batchers: Mutex::new(HashMap::new()),
@@ -180,9 +189,11 @@ impl Router {
     pub fn with_route_to_all_up_to(mut self, max: usize) -> Self {
         self.to_all = (max > 0).then(|| RouteToAll {
             max,
-            list: Mutex::new(None),
-            refreshing: AtomicBool::new(false),
-            refresh: tokio::sync::Mutex::new(()),
+            state: Arc::new(ListState {
+                list: Mutex::new(None),
+                refreshing: AtomicBool::new(false),
+                refresh: tokio::sync::Mutex::new(()),
+            }),
         });
         self
     }
@@ -416,8 +427,9 @@ impl Router {
     /// maximum; `None`: look the targets up instead.
     async fn all_gateways(&self) -> Option<Arc<[String]>> {
         let to_all = self.to_all.as_ref()?;
+        let state = &to_all.state;
         let current = |within: Duration| {
-            to_all
+            state
                 .list
                 .lock()
                 .as_ref()
@@ -428,40 +440,26 @@ impl Router {
             return (ids.len() <= to_all.max).then_some(ids);
         }
         if let Some(ids) = current(GATEWAY_LIST_VALIDITY) {
-            // Getting old: one caller refreshes it, the others still use it.
-            let Some(_refreshing) = Refreshing::claim(&to_all.refreshing) else {
-                return (ids.len() <= to_all.max).then_some(ids);
-            };
-            self.refresh_gateway_list(to_all).await;
-        } else {
-            let _one_at_a_time = to_all.refresh.lock().await;
+            // Getting old: one task refreshes it in the background; this message and the
+            // others use it meanwhile, still valid. A message that waited for the read
+            // would carry the registry's latency: one message per refresh, and under load
+            // (slow reads, so lists that come back already old) many refreshes.
+            if let Some(claim) = Refreshing::claim(state) {
+                let (registry, urls) = (self.registry.clone(), self.urls.clone());
+                tokio::spawn(async move {
+                    refresh_gateway_list(&registry, &urls, &claim.0).await;
+                    drop(claim);
+                });
+            }
+            return (ids.len() <= to_all.max).then_some(ids);
+        }
+        {
+            let _one_at_a_time = state.refresh.lock().await;
             if current(GATEWAY_LIST_VALIDITY).is_none() {
-                self.refresh_gateway_list(to_all).await;
+                refresh_gateway_list(&self.registry, &self.urls, state).await;
             }
         }
         current(GATEWAY_LIST_VALIDITY).filter(|ids| ids.len() <= to_all.max)
-    }
-
-    /// Reads the live gateways; their URLs go to the URL cache. On failure the list is
-    /// left as it was (it goes out of date, and messages are looked up instead).
-    async fn refresh_gateway_list(&self, to_all: &RouteToAll) {
-        let asked_at = Instant::now();
-        match self.registry.gateways().await {
-            Ok(gateways) => {
-                let mut urls = self.urls.lock();
-                for g in &gateways {
-                    urls.insert(g.gateway_id.clone(), (g.internal_url.clone(), asked_at));
-                }
-                drop(urls);
-                *to_all.list.lock() = Some(GatewayList {
-                    asked_at,
-                    ids: gateways.into_iter().map(|g| g.gateway_id).collect(),
-                });
-            }
-            Err(error) => {
-                tracing::debug!(%error, "cannot list the live gateways; looking targets up")
-            }
-        }
     }
 
     /// Sends a request to every live gateway (token revocation reaches every cache).
@@ -611,6 +609,32 @@ impl Router {
             Err(error) => {
                 tracing::warn!(%error, gateway_id, "cannot remove rows of a gone gateway")
             }
+        }
+    }
+}
+
+/// Reads the live gateways into `state`'s list; their URLs go to the URL cache. On failure
+/// the list is left as it was (it goes out of date, and messages are looked up instead).
+async fn refresh_gateway_list(registry: &Arc<dyn Registry>, urls: &UrlCache, state: &ListState) {
+    let asked_at = Instant::now();
+    match registry.gateways().await {
+        Ok(gateways) => {
+            let mut cached = urls.lock();
+            for g in &gateways {
+                cached.insert(g.gateway_id.clone(), (g.internal_url.clone(), asked_at));
+            }
+            drop(cached);
+            let mut list = state.list.lock();
+            // A slower, older read must not replace a newer list.
+            if list.as_ref().is_none_or(|l| l.asked_at <= asked_at) {
+                *list = Some(GatewayList {
+                    asked_at,
+                    ids: gateways.into_iter().map(|g| g.gateway_id).collect(),
+                });
+            }
+        }
+        Err(error) => {
+            tracing::debug!(%error, "cannot list the live gateways; looking targets up")
         }
     }
 }
