@@ -314,7 +314,7 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
         (
             "P2",
             "lowest_step_p99_ms",
-            "the least p99 of any step: its lowest rate's",
+            "p99 at the lowest rate tried (not always the least of the steps)",
         ),
         (
             "P2",
