@@ -60,7 +60,8 @@ pub async fn run(config: ConsumerConfig) -> Result<()> {
         &config.internal_secret,
         config.deliver_timeout,
         metrics.clone(),
-    )?;
+    )?
+    .with_transport(config.deliver_transport);
     let shutdown = CancellationToken::new();
     let mut router = Router::new(registry.clone(), client, None, metrics.clone())
         .with_route_to_all_up_to(config.route_to_all_max_gateways);

@@ -20,7 +20,7 @@ use crate::state::{Gateway, GatewayDelivery};
 /// The registry this process serves to others (`HERMES_REGISTRY=memory` only).
 pub struct ServedRegistry(pub Option<Arc<dyn Registry>>);
 
-fn check_secret(req: &HttpRequest, gw: &Gateway) -> Option<HttpResponse> {
+pub(crate) fn check_secret(req: &HttpRequest, gw: &Gateway) -> Option<HttpResponse> {
     let ok = req
         .headers()
         .get(SECRET_HEADER)
@@ -69,7 +69,7 @@ fn invalid_delivery(gw: &Gateway, message: &str) -> HttpResponse {
 }
 
 /// Delivers to this gateway's sockets and counts the answered call.
-fn deliver_here(gw: &Gateway, requests: &[DeliverRequest]) -> Vec<DeliverResponse> {
+pub(crate) fn deliver_here(gw: &Gateway, requests: &[DeliverRequest]) -> Vec<DeliverResponse> {
     let delivery = GatewayDelivery {
         hub: gw.hub.clone(),
         auth: gw.auth.clone(),

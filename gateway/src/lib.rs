@@ -2,7 +2,7 @@
 //!
 //! It authenticates each upgrade (`upgrade`), runs one task per socket (`session`), keeps
 //! its sockets indexed by room and user (`hub`), registers them in the registry, delivers
-//! pushes routed to it (`internal`), serves the admin API (`admin`), and drains on
+//! pushes routed to it (`internal`, and `stream` for routers' deliver streams), serves the admin API (`admin`), and drains on
 //! SIGTERM (`server`). `hermes-gateway standalone` adds the demo page (`standalone`).
 //!
 //! It must not know about queues: the consumer owns those.
@@ -16,6 +16,7 @@ pub mod server;
 pub mod session;
 pub mod standalone;
 pub mod state;
+pub mod stream;
 pub mod upgrade;
 pub mod ws;
 

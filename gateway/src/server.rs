@@ -10,7 +10,8 @@
 //! 3. open sockets are closed with 1012 (service restart), spread evenly over
 //!    `HERMES_DRAIN_SECONDS` so their reconnects do not stampede the other replicas;
 //!    each close removes that socket's registry rows, so routing follows the clients;
-//! 4. the gateway row is deleted and both servers stop;
+//! 4. the gateway row is deleted, deliver streams from routers are closed (1001) and both
+//!    servers stop;
 //! 5. the process exits, at the latest `HERMES_SHUTDOWN_GRACE_SECONDS` after the signal.
 
 use std::net::{SocketAddr, TcpListener};
@@ -21,6 +22,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use hermes_shared::auth::Authenticator;
 use hermes_shared::config::{GatewayConfig, Mode, RegistryKind};
+use hermes_shared::deliver_stream;
 use hermes_shared::gateway_client::{DELIVER_BATCH_MAX, GatewayClient};
 use hermes_shared::ids::now_millis;
 use hermes_shared::metrics::Metrics;
@@ -31,7 +33,7 @@ use tokio::time::Instant;
 use crate::hub::SessionHub;
 use crate::internal::ServedRegistry;
 use crate::state::{Gateway, GatewayDelivery};
-use crate::{Error, Result, access_log, admin, close, internal, standalone, upgrade};
+use crate::{Error, Result, access_log, admin, close, internal, standalone, stream, upgrade};
 
 /// Where a started gateway listens.
 #[derive(Debug, Clone, Copy)]
@@ -92,7 +94,8 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
         &config.internal_secret,
         config.deliver_timeout,
         metrics.clone(),
-    )?;
+    )?
+    .with_transport(config.deliver_transport);
     let local = LocalGateway {
         gateway_id: config.gateway_id.clone(),
         delivery: Arc::new(GatewayDelivery {
@@ -136,6 +139,7 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
     if let Err(error) = gw.registry.remove_gateway(&gw.record.gateway_id).await {
         tracing::warn!(%error, "cannot remove the gateway row; its TTL will");
     }
+    gw.stopping.cancel();
     let remaining = deadline.saturating_duration_since(Instant::now());
     let _ = tokio::time::timeout(remaining, async {
         public_handle.stop(true).await;
@@ -233,6 +237,7 @@ fn internal_server(
             .route("/healthz", web::get().to(internal::healthz))
             .route("/readyz", web::get().to(internal::readyz))
             .route("/internal/v1/deliver", web::post().to(internal::deliver))
+            .route(deliver_stream::PATH, web::get().to(stream::deliver_stream))
             .service(
                 web::resource("/internal/v1/deliver-batch")
                     .app_data(web::PayloadConfig::new(body_limit * DELIVER_BATCH_MAX))
@@ -257,6 +262,9 @@ fn internal_server(
             )
     })
     .workers(1)
+    // Deliver streams pipeline small answer frames: none may wait for the ACK of the one
+    // before (Nagle's algorithm against the router's delayed ACK).
+    .tcp_nodelay(true)
     // Longer than the router client's idle timeout (`GatewayClient`, 60 s): the client always
     // drops an idle connection before the server can close it under a request in flight.
     .keep_alive(Duration::from_secs(INTERNAL_KEEP_ALIVE_SECS))

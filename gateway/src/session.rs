@@ -183,15 +183,21 @@ fn unsent(error: PushError) -> End {
 
 /// The close an incoming protocol error deserves (RFC 6455 §7.4.1).
 fn protocol_end(error: InboundError) -> End {
+    protocol_close(error).map_or(End::Vanished, |(code, reason)| End::Close(code, reason))
+}
+
+/// The close code and reason for an incoming protocol error; `None` when the connection
+/// itself failed (nothing can be sent).
+pub(crate) fn protocol_close(error: InboundError) -> Option<(u16, String)> {
     match error {
-        InboundError::TooBig => End::Close(close::MESSAGE_TOO_BIG, "message too big".into()),
-        InboundError::InvalidUtf8 => End::Close(
+        InboundError::TooBig => Some((close::MESSAGE_TOO_BIG, "message too big".into())),
+        InboundError::InvalidUtf8 => Some((
             close::INVALID_PAYLOAD,
             "text frame is not valid UTF-8".into(),
-        ),
-        InboundError::Io => End::Vanished,
+        )),
+        InboundError::Io => None,
         InboundError::Protocol(other) => {
-            End::Close(close::PROTOCOL_ERROR, format!("protocol error: {other}"))
+            Some((close::PROTOCOL_ERROR, format!("protocol error: {other}")))
         }
     }
 }

@@ -30,6 +30,9 @@ pub struct Gateway {
     accepting: AtomicBool,
     /// Cancelled when the gateway starts draining.
     pub draining: CancellationToken,
+    /// Cancelled when the drain is over and the servers stop: long-lived internal
+    /// connections (deliver streams) close then.
+    pub stopping: CancellationToken,
 }
 
 impl Gateway {
@@ -53,6 +56,7 @@ impl Gateway {
             ready: AtomicBool::new(false),
             accepting: AtomicBool::new(false),
             draining: CancellationToken::new(),
+            stopping: CancellationToken::new(),
         }
     }
 

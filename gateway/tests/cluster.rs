@@ -1,16 +1,27 @@
-//! Two gateway processes routing to each other through `POST /internal/v1/deliver`.
-//! Gateway A holds the embedded registry; gateway B uses it remotely.
+//! Two gateway processes routing to each other over their deliver streams (and over
+//! `POST /internal/v1/deliver` when told to). Gateway A holds the embedded registry;
+//! gateway B uses it remotely.
 
 use hermes_e2e::*;
 use reqwest::Method;
 use serde_json::json;
 
 async fn pair() -> (Gateway, Gateway) {
-    let a = Gateway::start(&[("HERMES_GATEWAY_ID", "gw-a")]).await;
+    pair_over("stream").await
+}
+
+/// Two gateways whose routers use `transport` (`HERMES_DELIVER_TRANSPORT`).
+async fn pair_over(transport: &str) -> (Gateway, Gateway) {
+    let a = Gateway::start(&[
+        ("HERMES_GATEWAY_ID", "gw-a"),
+        ("HERMES_DELIVER_TRANSPORT", transport),
+    ])
+    .await;
     let b = Gateway::start(&[
         ("HERMES_GATEWAY_ID", "gw-b"),
         ("HERMES_REGISTRY", "remote"),
         ("HERMES_REGISTRY_URL", a.internal.as_str()),
+        ("HERMES_DELIVER_TRANSPORT", transport),
     ])
     .await;
     (a, b)
@@ -19,6 +30,33 @@ async fn pair() -> (Gateway, Gateway) {
 #[tokio::test]
 async fn a_room_spread_over_two_gateways_receives_every_message_once() {
     let (a, b) = pair().await;
+    room_spread_over_two_gateways(&a, &b).await;
+    // The routers delivered over their streams.
+    for gw in [&a, &b] {
+        assert_eq!(
+            gw.metric("hermes_deliver_stream_connects_total{result=\"ok\"}")
+                .await,
+            1.0
+        );
+    }
+}
+
+#[tokio::test]
+async fn over_http_a_room_spread_over_two_gateways_receives_every_message_once() {
+    let (a, b) = pair_over("http").await;
+    room_spread_over_two_gateways(&a, &b).await;
+    for gw in [&a, &b] {
+        assert_eq!(
+            gw.metric("hermes_deliver_stream_connects_total{result=\"ok\"}")
+                .await,
+            0.0
+        );
+    }
+}
+
+/// Messages published on either gateway, or sent by a socket on one, reach the room's
+/// sockets on both, once each.
+async fn room_spread_over_two_gateways(a: &Gateway, b: &Gateway) {
     let (mut on_a, _) = a.connect_modern(&a.token("ann", "shared").await).await;
     let (mut on_b, _) = b.connect_modern(&b.token("bob", "shared").await).await;
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::auth::Algorithm;
 use crate::error::{Error, Result};
+use crate::gateway_client::DeliverTransport;
 
 /// A source of configuration strings.
 pub trait Strings {
@@ -124,6 +125,7 @@ pub const CLIENT_BURST: &str = "HERMES_CLIENT_MESSAGES_BURST";
 pub const DRAIN: &str = "HERMES_DRAIN_SECONDS";
 pub const SHUTDOWN_GRACE: &str = "HERMES_SHUTDOWN_GRACE_SECONDS";
 pub const DELIVER_TIMEOUT: &str = "HERMES_DELIVER_TIMEOUT_MS";
+pub const DELIVER_TRANSPORT: &str = "HERMES_DELIVER_TRANSPORT";
 pub const WORKERS: &str = "HERMES_WORKERS";
 pub const LISTEN_BACKLOG: &str = "HERMES_LISTEN_BACKLOG";
 pub const DEDUP_WINDOW: &str = "HERMES_DEDUP_WINDOW";
@@ -376,6 +378,8 @@ pub struct GatewayConfig {
     pub drain: Duration,
     pub shutdown_grace: Duration,
     pub deliver_timeout: Duration,
+    /// How this gateway's router reaches other gateways.
+    pub deliver_transport: DeliverTransport,
     pub workers: usize,
     /// Pending connections the kernel queues per listener before it drops SYNs (capped by
     /// net.core.somaxconn); a reconnect storm needs more than the usual 128.
@@ -625,6 +629,7 @@ impl GatewayConfig {
             drain: secs(s, DRAIN, 10)?,
             shutdown_grace: positive_secs(s, SHUTDOWN_GRACE, 25)?,
             deliver_timeout: Duration::from_millis(num(s, DELIVER_TIMEOUT, 2_000u64)?.max(1)),
+            deliver_transport: deliver_transport(s)?,
             workers: positive(s, WORKERS, cpus)?,
             listen_backlog: positive(s, LISTEN_BACKLOG, 4096)?.min(i32::MAX as usize),
             dedup_window: num(s, DEDUP_WINDOW, 4096usize)?,
@@ -666,6 +671,8 @@ pub struct ConsumerConfig {
     pub registry: RegistryKind,
     pub internal_secret: String,
     pub deliver_timeout: Duration,
+    /// How the router reaches the gateways.
+    pub deliver_transport: DeliverTransport,
     pub source: SourceConfig,
     /// Deliveries of one message before it is dead-lettered.
     pub max_attempts: u32,
@@ -870,6 +877,7 @@ impl ConsumerConfig {
             stage,
             internal_secret,
             deliver_timeout: Duration::from_millis(num(s, DELIVER_TIMEOUT, 2_000u64)?.max(1)),
+            deliver_transport: deliver_transport(s)?,
             source,
             max_attempts,
             retry_delays,
@@ -909,6 +917,16 @@ fn secret(s: &dyn Strings, key: &str, generate: bool, len: usize) -> Result<Stri
         Some(v) => Ok(v),
         None if generate => Ok(crate::ids::random_secret(len)),
         None => Err(Error::Config(format!("{key}: required"))),
+    }
+}
+
+/// `HERMES_DELIVER_TRANSPORT`: `stream` (the default) or `http`.
+fn deliver_transport(s: &dyn Strings) -> Result<DeliverTransport> {
+    match s.get(DELIVER_TRANSPORT) {
+        None => Ok(DeliverTransport::default()),
+        Some(v) => DeliverTransport::parse(&v).ok_or_else(|| {
+            Error::Config(format!("{DELIVER_TRANSPORT}: {v:?} must be stream or http"))
+        }),
     }
 }
 
@@ -998,6 +1016,7 @@ mod tests {
             (SEND_QUEUE, "0", "HERMES_SEND_QUEUE"),
             (BCRYPT_PRIORITY, "20", "HERMES_BCRYPT_PRIORITY"),
             (BCRYPT_PRIORITY, "low", "HERMES_BCRYPT_PRIORITY"),
+            (DELIVER_TRANSPORT, "grpc", "HERMES_DELIVER_TRANSPORT"),
             (
                 BCRYPT_NICE,
                 "10",
@@ -1109,11 +1128,17 @@ mod tests {
             }
         );
         assert_eq!(c.threads, 1, "one runtime thread unless asked");
+        assert_eq!(c.deliver_transport, DeliverTransport::Stream);
+        let mut http = env.clone();
+        http.insert(DELIVER_TRANSPORT, "HTTP");
+        let c = ConsumerConfig::from_strings(&http).expect("valid");
+        assert_eq!(c.deliver_transport, DeliverTransport::Http);
         // One bad or missing setting each: the error names the variable.
         for (key, value, named) in [
             (SOURCE, "sqs", SQS_QUEUE_URL),
             (RETRY_DELAYS, "100,soon", RETRY_DELAYS),
             (CONSUMER_THREADS, "0", CONSUMER_THREADS),
+            (DELIVER_TRANSPORT, "udp", DELIVER_TRANSPORT),
         ] {
             let mut bad = env.clone();
             bad.insert(key, value);

@@ -13,12 +13,36 @@ use crate::wire::{ConnectionInfo, DeliverRequest, DeliverResponse};
 /// Requests in one `POST /internal/v1/deliver-batch` at most.
 pub const DELIVER_BATCH_MAX: usize = 32;
 
+/// How a router sends deliveries to other gateways (`HERMES_DELIVER_TRANSPORT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliverTransport {
+    /// One WebSocket per gateway (`GET /internal/v1/deliver-stream`), requests batched and
+    /// pipelined on it; a gateway without the endpoint is delivered to over HTTP.
+    #[default]
+    Stream,
+    /// `POST /internal/v1/deliver` and `/deliver-batch` over kept-alive HTTP/1.1.
+    Http,
+}
+
+impl DeliverTransport {
+    /// `stream` or `http`.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "stream" => Some(Self::Stream),
+            "http" => Some(Self::Http),
+            _ => None,
+        }
+    }
+}
+
 /// Calls other gateways' internal APIs.
 #[derive(Clone)]
 pub struct GatewayClient {
     http: reqwest::Client,
     secret: Arc<str>,
     metrics: Arc<Metrics>,
+    timeout: Duration,
+    transport: DeliverTransport,
 }
 
 impl GatewayClient {
@@ -39,7 +63,34 @@ impl GatewayClient {
             http,
             secret: secret.into(),
             metrics,
+            timeout,
+            transport: DeliverTransport::default(),
         })
+    }
+
+    /// Delivers to other gateways over `transport` ([`DeliverTransport::Stream`] unless set).
+    pub fn with_transport(mut self, transport: DeliverTransport) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// How deliveries to other gateways travel.
+    pub fn transport(&self) -> DeliverTransport {
+        self.transport
+    }
+
+    /// The shared secret of the internal API.
+    pub fn secret(&self) -> &Arc<str> {
+        &self.secret
+    }
+
+    /// How long a call may take, connecting included.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Delivers one target group to the gateway at `base_url`.

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub send_queue_overflows: IntCounter,
     /// Internal deliver requests, by side (`client`/`server`) and status.
     pub deliver_requests: IntCounterVec,
+    /// Deliver streams a router opened to gateways, by result (`ok`, `failed`,
+    /// `unsupported`: the gateway has no stream endpoint and is delivered to over HTTP).
+    pub deliver_stream_connects: IntCounterVec,
     /// Time to route one message (lookup, group, deliver).
     pub routing_duration: Histogram,
     /// Producer publish time → frame handed to the socket writer.
@@ -117,6 +120,11 @@ impl Metrics {
                 "Internal deliver requests, by side and status",
                 &["side", "status"],
             ),
+            deliver_stream_connects: counter_vec(
+                "hermes_deliver_stream_connects_total",
+                "Deliver streams opened from this router to gateways, by result",
+                &["result"],
+            ),
             routing_duration: histogram(
                 "hermes_routing_duration_seconds",
                 "Time to route one message: registry lookup, grouping and delivery",
@@ -194,6 +202,7 @@ impl Metrics {
             Box::new(m.messages_dropped.clone()),
             Box::new(m.send_queue_overflows.clone()),
             Box::new(m.deliver_requests.clone()),
+            Box::new(m.deliver_stream_connects.clone()),
             Box::new(m.routing_duration.clone()),
             Box::new(m.end_to_end.clone()),
             Box::new(m.closes.clone()),

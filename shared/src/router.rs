@@ -1,7 +1,7 @@
 //! The router: resolve a message's targets in the registry, group them by the gateway
-//! that holds them, deliver to each gateway once (in-process for the local gateway,
-//! `POST /internal/v1/deliver` for the others, concurrently), and clean up what it
-//! learns is gone.
+//! that holds them, deliver to each gateway once (in-process for the local gateway, over
+//! the deliver stream — or `POST /internal/v1/deliver` — for the others, concurrently),
+//! and clean up what it learns is gone.
 //!
 //! Cost per message is O(gateways holding targets): never O(members), and O(all gateways)
 //! only when there are so few of them that asking each is cheaper than finding out which
@@ -17,8 +17,9 @@ use futures_util::future::join_all;
 use parking_lot::Mutex;
 
 use crate::batch::{BatchFn, Batcher};
+use crate::deliver_stream::{DeliverStream, StreamError};
 use crate::error::Result;
-use crate::gateway_client::{DELIVER_BATCH_MAX, GatewayClient};
+use crate::gateway_client::{DELIVER_BATCH_MAX, DeliverTransport, GatewayClient};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::wire::{
@@ -111,18 +112,27 @@ pub struct Router {
     urls: UrlCache,
     directory: Option<Arc<dyn GatewayDirectory>>,
     to_all: Option<RouteToAll>,
-    /// Internal URL → the gateway there and the batcher of deliveries to it (a URL taken
-    /// over by another gateway gets a new batcher).
-    batchers: Mutex<HashMap<String, (String, DeliveryBatcher)>>,
+    /// Internal URL → the gateway there and the link deliveries to it take (a URL taken
+    /// over by another gateway gets a new link).
+    links: Mutex<HashMap<String, (String, Link)>>,
 }
 
 type DeliveryBatcher = Batcher<DeliverRequest, Result<DeliverResponse>>;
 
+/// How deliveries reach one other gateway.
+#[derive(Clone)]
+enum Link {
+    /// Its deliver stream (pipelined, batched per write).
+    Stream(DeliverStream),
+    /// `POST /internal/v1/deliver(-batch)`, batched naturally.
+    Http(DeliveryBatcher),
+}
+
 /// Delivery requests to one gateway in flight at once (the rest wait and go out together).
 const DELIVERIES_IN_FLIGHT: usize = 4;
 
-/// Gateways the router keeps a delivery batcher for before it forgets them all.
-const MAX_DELIVERY_BATCHERS: usize = 256;
+/// Gateways the router keeps a delivery link for before it forgets them all.
+const MAX_DELIVERY_LINKS: usize = 256;
 
 /// The claim on refreshing the gateway list, given back when dropped (also when the
 /// refresh task is dropped half-way).
@@ -174,7 +184,7 @@ impl Router {
             urls: Arc::new(Mutex::new(HashMap::new())),
             directory: None,
             to_all: None,
-            batchers: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
         }
     }
 
@@ -349,16 +359,27 @@ impl Router {
         Ok(outcome)
     }
 
-    /// Delivers to another gateway. Concurrent deliveries to one gateway share requests:
-    /// at most [`DELIVERIES_IN_FLIGHT`] at once, and what arrives meanwhile goes out as one
-    /// `POST /internal/v1/deliver-batch` (a delivery alone still goes out at once, alone).
+    /// Delivers to another gateway: over its deliver stream (see [`crate::deliver_stream`])
+    /// unless this router uses HTTP or the gateway has no stream. Over HTTP, concurrent
+    /// deliveries to one gateway share requests: at most [`DELIVERIES_IN_FLIGHT`] at once,
+    /// and what arrives meanwhile goes out as one `POST /internal/v1/deliver-batch` (a
+    /// delivery alone still goes out at once, alone).
     async fn deliver_remote(
         &self,
         gateway_id: &str,
         url: &str,
         request: DeliverRequest,
     ) -> Result<DeliverResponse> {
-        let batcher = self.delivery_batcher(gateway_id, url);
+        let (batcher, request) = match self.link(gateway_id, url) {
+            Link::Stream(stream) => match stream.submit(request).await {
+                Ok(response) => return Ok(response),
+                Err(StreamError::Failed(error)) => return Err(error),
+                Err(StreamError::Unsupported(request)) => {
+                    (self.fall_back_to_http(gateway_id, url), *request)
+                }
+            },
+            Link::Http(batcher) => (batcher, request),
+        };
         batcher.submit(request).await.unwrap_or_else(|| {
             Err(crate::Error::GatewayUnreachable {
                 gateway_id: gateway_id.to_owned(),
@@ -367,19 +388,50 @@ impl Router {
         })
     }
 
-    /// The batcher of deliveries to one gateway at one URL.
-    fn delivery_batcher(&self, gateway_id: &str, url: &str) -> DeliveryBatcher {
-        let mut batchers = self.batchers.lock();
-        if let Some((id, b)) = batchers.get(url)
+    /// The link to one gateway at one URL, made on first use.
+    fn link(&self, gateway_id: &str, url: &str) -> Link {
+        let mut links = self.links.lock();
+        if let Some((id, link)) = links.get(url)
             && id == gateway_id
         {
-            return b.clone();
+            return link.clone();
         }
-        // Gateways come and go (new pods, new ids): forget them all now and then. A batcher
+        // Gateways come and go (new pods, new ids): forget them all now and then. A link
         // still in use lives on in its callers until they are done.
-        if batchers.len() >= MAX_DELIVERY_BATCHERS {
-            batchers.clear();
+        if links.len() >= MAX_DELIVERY_LINKS {
+            links.clear();
         }
+        let stream = match self.client.transport() {
+            DeliverTransport::Stream => DeliverStream::new(gateway_id, url, &self.client),
+            DeliverTransport::Http => None,
+        };
+        let link = match stream {
+            Some(stream) => Link::Stream(stream),
+            None => Link::Http(self.http_batcher(gateway_id, url)),
+        };
+        links.insert(url.to_owned(), (gateway_id.to_owned(), link.clone()));
+        link
+    }
+
+    /// Makes HTTP the link to a gateway without a deliver stream (once: the deliveries that
+    /// learn it together share one batcher).
+    fn fall_back_to_http(&self, gateway_id: &str, url: &str) -> DeliveryBatcher {
+        let mut links = self.links.lock();
+        if let Some((id, Link::Http(batcher))) = links.get(url)
+            && id == gateway_id
+        {
+            return batcher.clone();
+        }
+        let batcher = self.http_batcher(gateway_id, url);
+        links.insert(
+            url.to_owned(),
+            (gateway_id.to_owned(), Link::Http(batcher.clone())),
+        );
+        batcher
+    }
+
+    /// A batcher of HTTP deliveries to one gateway at one URL.
+    fn http_batcher(&self, gateway_id: &str, url: &str) -> DeliveryBatcher {
         let client = self.client.clone();
         let (g, u) = (gateway_id.to_owned(), url.to_owned());
         let run: BatchFn<DeliverRequest, Result<DeliverResponse>> =
@@ -409,9 +461,7 @@ impl Router {
                     }
                 })
             });
-        let batcher = Batcher::new(DELIVER_BATCH_MAX, DELIVERIES_IN_FLIGHT, run);
-        batchers.insert(url.to_owned(), (gateway_id.to_owned(), batcher.clone()));
-        batcher
+        Batcher::new(DELIVER_BATCH_MAX, DELIVERIES_IN_FLIGHT, run)
     }
 
     /// The gateways the registry says hold a room's or a user's sockets.
@@ -988,8 +1038,10 @@ mod tests {
         fake_gateway_counting(delivered).await.0
     }
 
-    /// A deliver endpoint on loopback: a request is answered with `delivered`, a batch with
-    /// as many such answers as it holds requests. Counts the HTTP requests it answered.
+    /// A deliver endpoint on loopback, as gateways before the deliver stream had it (its
+    /// upgrade is not found: routers deliver to it over HTTP): a request is answered with
+    /// `delivered`, a batch with as many such answers as it holds requests. Counts the HTTP
+    /// deliver requests it answered.
     async fn fake_gateway_counting(delivered: usize) -> (String, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -1024,6 +1076,15 @@ mod tests {
                             })
                             .unwrap_or(0);
                         if seen.len() < head_end + 4 + length {
+                            continue;
+                        }
+                        if !text.starts_with("POST /internal/v1/deliver") {
+                            // A gateway from before the deliver stream: routers fall back
+                            // to HTTP when the upgrade is not found.
+                            let _ = socket
+                                .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                                .await;
+                            seen.clear();
                             continue;
                         }
                         let body = &seen[head_end + 4..head_end + 4 + length];

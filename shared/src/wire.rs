@@ -385,6 +385,23 @@ pub struct DeliverRequest {
     pub action: DeliverAction,
 }
 
+/// One frame of the deliver stream (`GET /internal/v1/deliver-stream`): from the router, a
+/// batch of deliver requests under a sequence number (`T` = `Vec<DeliverRequest>` or a
+/// borrowed slice); from the gateway, the answers to that batch, one per request in order,
+/// under the same number (`DeliverBatch<Vec<DeliverResponse>>`, field `responses`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliverBatch<T> {
+    pub seq: u64,
+    pub requests: T,
+}
+
+/// The gateway's answer to one [`DeliverBatch`] on the deliver stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliverBatchReply {
+    pub seq: u64,
+    pub responses: Vec<DeliverResponse>,
+}
+
 /// Answer of `POST /internal/v1/deliver`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliverResponse {

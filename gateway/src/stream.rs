@@ -1,0 +1,148 @@
+//! `GET /internal/v1/deliver-stream`: a router's deliver stream (internal listener only,
+//! shared-secret header, subprotocol `hermes.deliver.v1`; the protocol is described in
+//! `hermes_shared::deliver_stream`).
+//!
+//! Each text frame is a batch of deliver requests under a sequence number; it is delivered
+//! to this gateway's sockets at once (delivery never blocks) and answered with one frame
+//! under the same number, in order. A frame that is not a valid batch closes the stream
+//! with 1007: both ends are Hermes, so it is a bug or a version mismatch, and the router
+//! fails the requests it had in flight (they are retried as any failed delivery is).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use hermes_shared::deliver_stream::PROTOCOL;
+use hermes_shared::gateway_client::DELIVER_BATCH_MAX;
+use hermes_shared::wire::{DeliverBatch, DeliverBatchReply, DeliverRequest};
+
+use crate::admin::error;
+use crate::close;
+use crate::internal::{check_secret, deliver_here};
+use crate::session::protocol_close;
+use crate::state::Gateway;
+use crate::ws::{self, Inbound, Incoming, Outbox};
+
+/// Answer frames queued for a router that does not read them before the stream is closed.
+const REPLY_QUEUE: usize = 1024;
+/// How long a closed stream's router has to read the close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `GET /internal/v1/deliver-stream`.
+pub async fn deliver_stream(
+    req: HttpRequest,
+    body: web::Payload,
+    gw: web::Data<Arc<Gateway>>,
+) -> HttpResponse {
+    let gw: Arc<Gateway> = gw.get_ref().clone();
+    if let Some(denied) = check_secret(&req, &gw) {
+        gw.metrics
+            .deliver_requests
+            .with_label_values(&["server", "401"])
+            .inc();
+        return denied;
+    }
+    let offered = req
+        .headers()
+        .get_all(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == PROTOCOL);
+    if !offered {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "protocol_missing",
+            &format!("offer the {PROTOCOL} subprotocol"),
+        );
+    }
+    let handshake = match ws::handshake(&req, Some(PROTOCOL)) {
+        Ok(handshake) => handshake,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_handshake",
+                &format!("invalid WebSocket handshake: {e}"),
+            );
+        }
+    };
+    let (outbox, outbox_body) = Outbox::new(REPLY_QUEUE, None);
+    let response = match ws::upgraded(handshake, outbox_body) {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the deliver stream's upgrade response");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the upgrade response could not be built",
+            );
+        }
+    };
+    let max_frame = (gw.config.limits.max_message_bytes * 2 + 64 * 1024) * DELIVER_BATCH_MAX;
+    let incoming = Incoming::new(body.into_inner(), max_frame);
+    actix_web::rt::spawn(serve(gw, incoming, outbox));
+    response
+}
+
+/// Answers batches until the router closes the stream, it breaks, or the gateway stops.
+async fn serve(gw: Arc<Gateway>, mut incoming: Incoming, outbox: Outbox) {
+    let end: Option<(u16, String)> = loop {
+        tokio::select! {
+            biased;
+            () = gw.stopping.cancelled() => {
+                break Some((close::GOING_AWAY, "gateway stopping".into()));
+            }
+            () = outbox.gone() => break None,
+            message = incoming.next() => match message {
+                None => break None,
+                Some(Err(e)) => break protocol_close(e),
+                Some(Ok(Inbound::Text(text))) => match answer(&gw, &text) {
+                    Ok(reply) => {
+                        if outbox.push(ws::text_frame(&reply), None).is_err() {
+                            break Some((close::TRY_AGAIN_LATER, "answers are not read".into()));
+                        }
+                    }
+                    Err(reason) => {
+                        gw.metrics.deliver_requests.with_label_values(&["server", "400"]).inc();
+                        tracing::warn!(%reason, "invalid frame on a deliver stream; closing it");
+                        break Some((close::INVALID_PAYLOAD, reason));
+                    }
+                },
+                Some(Ok(Inbound::Binary(_))) => {
+                    break Some((close::UNSUPPORTED_DATA, "the deliver stream carries text frames".into()));
+                }
+                Some(Ok(Inbound::Ping(bytes))) => {
+                    let _ = outbox.pong(&bytes);
+                }
+                Some(Ok(Inbound::Pong(_))) => {}
+                Some(Ok(Inbound::Close(_))) => break Some((close::NORMAL, String::new())),
+            },
+        }
+    };
+    if let Some((code, reason)) = end {
+        outbox.close(Some(code), &reason);
+        if tokio::time::timeout(CLOSE_TIMEOUT, outbox.gone())
+            .await
+            .is_err()
+        {
+            outbox.abort();
+        }
+    }
+}
+
+/// Delivers one batch and encodes its answer; the reason when the frame is not a batch.
+fn answer(gw: &Gateway, text: &str) -> Result<String, String> {
+    let batch: DeliverBatch<Vec<DeliverRequest>> =
+        serde_json::from_str(text).map_err(|e| format!("invalid deliver batch: {e}"))?;
+    if batch.requests.len() > DELIVER_BATCH_MAX {
+        return Err(format!(
+            "a deliver batch holds at most {DELIVER_BATCH_MAX} requests, not {}",
+            batch.requests.len()
+        ));
+    }
+    let reply = DeliverBatchReply {
+        seq: batch.seq,
+        responses: deliver_here(gw, &batch.requests),
+    };
+    serde_json::to_string(&reply).map_err(|e| format!("cannot encode the answer: {e}"))
+}
