@@ -10,15 +10,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use amqprs::callbacks::DefaultChannelCallback;
+use amqprs::channel::{BasicAckArguments, BasicConsumeArguments, BasicQosArguments};
 use anyhow::{Context, Result, bail};
-use futures_util::StreamExt;
+use futures_util::TryStreamExt;
 use hdrhistogram::Histogram;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
 use serde_json::{Value, json};
 
-use crate::p3::{Publisher, Watch, cpu_percent, pids_named, schedule, ticks, user};
+use crate::p3::{Publisher, Watch, amqp_connect, cpu_percent, pids_named, schedule, ticks, user};
 use crate::{ms, now_micros};
 
 pub struct QueueFloorArgs {
@@ -42,51 +41,70 @@ pub async fn run(a: &QueueFloorArgs) -> Result<Value> {
     if a.rate == 0 || a.seconds == 0 {
         bail!("--rate and --seconds must be at least 1");
     }
-    let connection = Connection::connect(&a.amqp_url, ConnectionProperties::default())
+    let connection = amqp_connect(&a.amqp_url)
         .await
         .context("connect to RabbitMQ (scripts/services/up.sh)")?;
     let publisher = Publisher::new(&connection, &a.queue).await?;
 
     // The consumer: its own connection, as a separate consumer process would have.
-    let consumer_conn = Connection::connect(&a.amqp_url, ConnectionProperties::default())
+    let consumer_conn = amqp_connect(&a.amqp_url)
         .await
         .context("connect the consumer")?;
-    let consumer_channel = consumer_conn.create_channel().await?;
+    let consumer_channel = consumer_conn.open_channel(None).await?;
     consumer_channel
-        .basic_qos(a.prefetch, BasicQosOptions::default())
+        .register_callback(DefaultChannelCallback)
         .await?;
-    let mut deliveries = consumer_channel
-        .basic_consume(
-            a.queue.as_str().into(),
-            "hermes-bench-queue-floor".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
+    consumer_channel
+        .basic_qos(BasicQosArguments::new(0, a.prefetch, false))
+        .await?;
+    let (_, deliveries) = consumer_channel
+        .basic_consume_rx(
+            BasicConsumeArguments::new(&a.queue, "hermes-bench-queue-floor")
+                .manual_ack(true)
+                .finish(),
         )
         .await?;
     let tally = Arc::new(Tally::default());
     let consumer = {
         let tally = tally.clone();
+        // No more than the prefetch can be unacknowledged at once anyway.
+        let in_flight = usize::from(a.prefetch.max(1));
         tokio::spawn(async move {
-            while let Some(Ok(d)) = deliveries.next().await {
-                let now = now_micros();
-                let sent = serde_json::from_slice::<Value>(&d.data)
-                    .ok()
-                    .and_then(|v| v["data"]["sent_us"].as_u64());
-                if let (Some(sent), Some(h)) = (
-                    sent,
-                    tally
-                        .measured
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .as_mut(),
-                ) {
-                    let _ = h.record(now.saturating_sub(sent).max(1));
-                }
-                tally.received.fetch_add(1, Ordering::SeqCst);
-                if d.ack(BasicAckOptions::default()).await.is_err() {
-                    break;
-                }
-            }
+            let channel = &consumer_channel;
+            let tally = &tally;
+            let deliveries = futures_util::stream::unfold(deliveries, |mut rx| async move {
+                rx.recv().await.map(|m| (Ok(m), rx))
+            });
+            // Ends at the first failed ack, as a consumer whose channel is gone would.
+            let _ = deliveries
+                .try_for_each_concurrent(in_flight, |d| async move {
+                    let now = now_micros();
+                    let sent = d
+                        .content
+                        .as_deref()
+                        .and_then(|body| serde_json::from_slice::<Value>(body).ok())
+                        .and_then(|v| v["data"]["sent_us"].as_u64());
+                    if let (Some(sent), Some(h)) = (
+                        sent,
+                        tally
+                            .measured
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .as_mut(),
+                    ) {
+                        let _ = h.record(now.saturating_sub(sent).max(1));
+                    }
+                    tally.received.fetch_add(1, Ordering::SeqCst);
+                    match d.deliver {
+                        Some(deliver) => {
+                            channel
+                                .basic_ack(BasicAckArguments::new(deliver.delivery_tag(), false))
+                                .await
+                        }
+                        None => Ok(()),
+                    }
+                })
+                .await;
         })
     };
 
@@ -135,8 +153,8 @@ pub async fn run(a: &QueueFloorArgs) -> Result<Value> {
         .take()
         .context("no histogram")?;
     consumer.abort();
-    let _ = consumer_conn.close(200, "bench done".into()).await;
-    let _ = connection.close(200, "bench done".into()).await;
+    let _ = consumer_conn.close().await;
+    let _ = connection.close().await;
     Ok(json!({
         "scenario": "queue_floor",
         "path": "RabbitMQ (persistent, publisher confirms) -> one AMQP consumer that acks; no server",

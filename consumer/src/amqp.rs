@@ -1,4 +1,4 @@
-//! The RabbitMQ source (lapin).
+//! The RabbitMQ source (amqprs).
 //!
 //! Topology, declared at start (idempotently):
 //! - the queue (`HERMES_AMQP_QUEUE`, durable; an existing queue is used as it is);
@@ -12,18 +12,34 @@
 //!
 //! A broken connection is re-established with exponential backoff; unacknowledged
 //! messages are redelivered by the broker, and gateways drop repeated message ids.
+//!
+//! The client is amqprs, which runs on the consumer's own runtime: a delivery and its
+//! acknowledgement are read, routed and written without changing threads. lapin, used
+//! before, reads and writes on a thread of its own; on this source's work (consume, parse,
+//! acknowledge each message) it took 34 µs of CPU and 2.9 context switches per message
+//! against amqprs's 11 µs and 0.37 (docs/consumer.md, Measured).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+use amqprs::callbacks::{ChannelCallback, ConnectionCallback};
+use amqprs::channel::{
+    BasicAckArguments, BasicCancelArguments, BasicConsumeArguments, BasicNackArguments,
+    BasicPublishArguments, BasicQosArguments, Channel, ConfirmSelectArguments, ConsumerMessage,
+    QueueDeclareArguments,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties};
+use amqprs::connection::{Connection, OpenConnectionArguments};
+use amqprs::tls::TlsAdaptor;
+use amqprs::{
+    Ack, BasicProperties, Cancel, Close, CloseChannel, FieldName, FieldTable, FieldValue, Nack,
+    Return,
+};
+use futures_util::StreamExt;
+use hermes_shared::config::AmqpEndpoint;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::processor::{Processor, Verdict, reason};
@@ -37,6 +53,8 @@ pub const ATTEMPTS_HEADER: &str = "x-hermes-attempts";
 pub const ID_HEADER: &str = "x-hermes-id";
 /// Header carrying the dead-letter reason.
 pub const REASON_HEADER: &str = "x-hermes-dead-reason";
+/// How long a republished message may wait for the broker's confirm.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of the RabbitMQ source.
 #[derive(Debug, Clone)]
@@ -71,6 +89,50 @@ fn broker(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Broker(format!("{context}: {e}"))
 }
 
+/// The connection arguments for `endpoint` (TLS with the system's roots for `amqps`).
+fn connection_args(endpoint: &AmqpEndpoint) -> Result<OpenConnectionArguments> {
+    let mut args = OpenConnectionArguments::new(
+        &endpoint.host,
+        endpoint.port,
+        &endpoint.username,
+        &endpoint.password,
+    );
+    args.virtual_host(&endpoint.vhost)
+        .connection_name(&format!("hermes-consumer-{}", std::process::id()));
+    if let Some(seconds) = endpoint.heartbeat {
+        args.heartbeat(seconds);
+    }
+    if endpoint.tls {
+        args.tls_adaptor(tls(&endpoint.host)?);
+    }
+    Ok(args.finish())
+}
+
+/// A TLS connector that checks the broker's certificate against the system's roots.
+fn tls(host: &str) -> Result<TlsAdaptor> {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for error in &found.errors {
+        tracing::warn!(%error, "a system root certificate could not be loaded");
+    }
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(Error::Broker(
+            "amqps: no usable root certificate in the system's store".into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| broker("amqps", e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsAdaptor::new(
+        tokio_rustls::TlsConnector::from(Arc::new(config)),
+        host.to_owned(),
+    ))
+}
+
 impl AmqpSource {
     pub fn new(settings: AmqpSettings) -> Self {
         Self {
@@ -85,12 +147,14 @@ impl AmqpSource {
         ready: Arc<AtomicBool>,
         shutdown: CancellationToken,
     ) -> Result<()> {
+        let endpoint = AmqpEndpoint::parse(&self.settings.url)
+            .map_err(|why| Error::Broker(format!("HERMES_AMQP_URL: {why}")))?;
         let mut delay = Duration::from_millis(250);
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            let consumed = self.session(&processor, &ready, &shutdown).await;
+            let consumed = self.session(&endpoint, &processor, &ready, &shutdown).await;
             ready.store(false, Ordering::Release);
             match consumed {
                 Ok(true) => return Ok(()),
@@ -108,40 +172,66 @@ impl AmqpSource {
     }
 
     /// One connection's life. `Ok(true)`: stopped for shutdown; `Ok(false)`: the broker
-    /// ended the consumer; `Err`: the connection or channel failed.
+    /// cancelled the consumer; `Err`: the connection or channel failed.
     async fn session(
         &self,
+        endpoint: &AmqpEndpoint,
+        processor: &Arc<Processor>,
+        ready: &AtomicBool,
+        shutdown: &CancellationToken,
+    ) -> Result<bool> {
+        let events = Arc::new(Events::default());
+        let connection = Connection::open(&connection_args(endpoint)?)
+            .await
+            .map_err(|e| broker("cannot connect to RabbitMQ", e))?;
+        connection
+            .register_callback(ConnectionEvents(events.clone()))
+            .await
+            .map_err(|e| broker("connection callback", e))?;
+        let result = self
+            .consume(&connection, &events, processor, ready, shutdown)
+            .await;
+        if connection.is_open() {
+            let _ = connection.close().await;
+        }
+        result
+    }
+
+    async fn consume(
+        &self,
+        connection: &Connection,
+        events: &Arc<Events>,
         processor: &Arc<Processor>,
         ready: &AtomicBool,
         shutdown: &CancellationToken,
     ) -> Result<bool> {
         let s = &self.settings;
-        let connection = Connection::connect(&s.url, ConnectionProperties::default())
-            .await
-            .map_err(|e| broker("cannot connect to RabbitMQ", e))?;
         let channel = connection
-            .create_channel()
+            .open_channel(None)
             .await
             .map_err(|e| broker("cannot open a channel", e))?;
-        declare_topology(&connection, &channel, s).await?;
         channel
-            .confirm_select(ConfirmSelectOptions::default())
+            .register_callback(ChannelEvents(events.clone()))
+            .await
+            .map_err(|e| broker("channel callback", e))?;
+        declare_topology(connection, &channel, s).await?;
+        channel
+            .confirm_select(ConfirmSelectArguments::default())
             .await
             .map_err(|e| broker("confirm.select", e))?;
         channel
-            .basic_qos(s.prefetch, BasicQosOptions::default())
+            .basic_qos(BasicQosArguments::new(0, s.prefetch, false))
             .await
             .map_err(|e| broker("basic.qos", e))?;
-        let consumer = channel
-            .basic_consume(
-                s.queue.as_str().into(),
-                ShortString::from(format!("hermes-consumer-{}", std::process::id())),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
+        let tag = format!("hermes-consumer-{}", std::process::id());
+        let (tag, rx) = channel
+            .basic_consume_rx(
+                BasicConsumeArguments::new(&s.queue, &tag)
+                    .manual_ack(true)
+                    .finish(),
             )
             .await
             .map_err(|e| broker("basic.consume", e))?;
-        let tag = consumer.tag();
         ready.store(true, Ordering::Release);
         tracing::info!(queue = %s.queue, prefetch = s.prefetch, "consuming from RabbitMQ");
 
@@ -151,33 +241,196 @@ impl AmqpSource {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 shutdown.cancelled().await;
-                if let Err(error) = channel
-                    .basic_cancel(tag, BasicCancelOptions::default())
-                    .await
-                {
+                if let Err(error) = channel.basic_cancel(BasicCancelArguments::new(&tag)).await {
                     tracing::warn!(%error, "basic.cancel failed");
                 }
             })
         };
-        let settings = self.settings.clone();
-        let result = consumer
-            .map_err(|e| broker("the consumer failed", e))
-            .try_for_each_concurrent(s.concurrency, |delivery| {
-                let channel = channel.clone();
-                let settings = settings.clone();
-                let processor = processor.clone();
-                async move {
-                    handle(&channel, &settings, &processor, delivery).await;
-                    Ok(())
+        // Deliveries until the consumer ends. An end that is not the shutdown's means the
+        // channel or connection is gone: republishes waiting for a confirm give up at once.
+        let lost = CancellationToken::new();
+        let deliveries = futures_util::stream::unfold(rx, |mut rx| {
+            let (lost, shutdown) = (lost.clone(), shutdown.clone());
+            async move {
+                let message = rx.recv().await;
+                if message.is_none() && !shutdown.is_cancelled() {
+                    lost.cancel();
                 }
+                message.map(|m| (m, rx))
+            }
+        });
+        let session = Session {
+            channel: channel.clone(),
+            settings: self.settings.clone(),
+            events: events.clone(),
+            lost: lost.clone(),
+            publishing: tokio::sync::Mutex::new(()),
+        };
+        deliveries
+            .for_each_concurrent(s.concurrency, |message| {
+                handle(&session, processor, message)
             })
             .await;
         canceller.abort();
-        let stopped = shutdown.is_cancelled();
-        let _ = channel.close(200, "bye".into()).await;
-        let _ = connection.close(200, "bye".into()).await;
-        result.map(|()| stopped)
+        if shutdown.is_cancelled() {
+            let _ = channel.close().await;
+            return Ok(true);
+        }
+        if events.cancelled.load(Ordering::Acquire) {
+            tracing::warn!("the broker cancelled the consumer");
+            return Ok(false);
+        }
+        let why = events
+            .closed
+            .lock()
+            .clone()
+            .unwrap_or_else(|| "the connection to RabbitMQ was lost".into());
+        Err(Error::Broker(why))
     }
+}
+
+/// What the broker told a session through callbacks.
+#[derive(Default)]
+struct Events {
+    /// Publisher confirms waited for.
+    confirms: Mutex<Confirms>,
+    /// Why the broker closed the channel or the connection.
+    closed: Mutex<Option<String>>,
+    /// The broker cancelled the consumer (its queue was deleted, say).
+    cancelled: AtomicBool,
+}
+
+/// Publisher confirms of the channel: delivery tags count publishes from 1.
+#[derive(Default)]
+struct Confirms {
+    last_tag: u64,
+    waiting: BTreeMap<u64, oneshot::Sender<bool>>,
+}
+
+impl Events {
+    /// Settles the confirm of `tag` (and of every earlier one when `multiple`).
+    fn settle(&self, tag: u64, multiple: bool, acked: bool) {
+        let settled: Vec<oneshot::Sender<bool>> = {
+            let mut c = self.confirms.lock();
+            if multiple {
+                let later = c.waiting.split_off(&(tag + 1));
+                std::mem::replace(&mut c.waiting, later)
+                    .into_values()
+                    .collect()
+            } else {
+                c.waiting.remove(&tag).into_iter().collect()
+            }
+        };
+        for s in settled {
+            let _ = s.send(acked);
+        }
+    }
+
+    /// The channel or the connection is gone: no confirm will come.
+    fn close(&self, why: String) {
+        self.closed.lock().get_or_insert(why);
+        self.confirms.lock().waiting.clear();
+    }
+}
+
+struct ChannelEvents(Arc<Events>);
+
+#[async_trait::async_trait]
+impl ChannelCallback for ChannelEvents {
+    async fn close(
+        &mut self,
+        _channel: &Channel,
+        close: CloseChannel,
+    ) -> std::result::Result<(), amqprs::error::Error> {
+        self.0.close(format!(
+            "the broker closed the channel: {} {}",
+            close.reply_code(),
+            close.reply_text()
+        ));
+        Ok(())
+    }
+
+    async fn cancel(
+        &mut self,
+        _channel: &Channel,
+        _cancel: Cancel,
+    ) -> std::result::Result<(), amqprs::error::Error> {
+        self.0.cancelled.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn flow(
+        &mut self,
+        _channel: &Channel,
+        active: bool,
+    ) -> std::result::Result<bool, amqprs::error::Error> {
+        Ok(active)
+    }
+
+    async fn publish_ack(&mut self, _channel: &Channel, ack: Ack) {
+        self.0.settle(ack.delivery_tag(), ack.mutiple(), true);
+    }
+
+    async fn publish_nack(&mut self, _channel: &Channel, nack: Nack) {
+        self.0.settle(nack.delivery_tag(), nack.multiple(), false);
+    }
+
+    async fn publish_return(
+        &mut self,
+        _channel: &Channel,
+        _ret: Return,
+        _properties: BasicProperties,
+        _content: Vec<u8>,
+    ) {
+        // Nothing is published `mandatory`: the broker returns nothing.
+    }
+}
+
+struct ConnectionEvents(Arc<Events>);
+
+#[async_trait::async_trait]
+impl ConnectionCallback for ConnectionEvents {
+    async fn close(
+        &mut self,
+        _connection: &Connection,
+        close: Close,
+    ) -> std::result::Result<(), amqprs::error::Error> {
+        self.0.close(format!(
+            "the broker closed the connection: {} {}",
+            close.reply_code(),
+            close.reply_text()
+        ));
+        Ok(())
+    }
+
+    async fn blocked(&mut self, _connection: &Connection, reason: String) {
+        tracing::warn!(%reason, "RabbitMQ blocked the connection: retries and dead letters wait");
+    }
+
+    async fn unblocked(&mut self, _connection: &Connection) {
+        tracing::info!("RabbitMQ unblocked the connection");
+    }
+
+    async fn secret_updated(&mut self, _connection: &Connection) {}
+}
+
+/// What every delivery of one session shares.
+struct Session {
+    channel: Channel,
+    settings: Arc<AmqpSettings>,
+    events: Arc<Events>,
+    /// Cancelled when the consumer ended without a shutdown: the channel is gone.
+    lost: CancellationToken,
+    /// Publishes and their delivery tags are taken in the same order.
+    publishing: tokio::sync::Mutex<()>,
+}
+
+/// A queue declaration with `arguments`, durable.
+fn durable(queue: &str, arguments: FieldTable) -> QueueDeclareArguments {
+    QueueDeclareArguments::new(queue)
+        .durable(true)
+        .arguments(arguments)
+        .finish()
 }
 
 /// Declares the queue (if absent), its retry queues and its dead-letter queue.
@@ -189,60 +442,41 @@ async fn declare_topology(
     // A passive declare that fails closes its channel: probe on a throwaway one, so an
     // existing queue declared with other arguments is used as it is.
     let probe = connection
-        .create_channel()
+        .open_channel(None)
         .await
         .map_err(|e| broker("cannot open a channel", e))?;
     let exists = probe
-        .queue_declare(
-            s.queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare(QueueDeclareArguments::new(&s.queue).passive(true).finish())
         .await
         .is_ok();
-    if exists {
-        let _ = probe.close(200, "probe".into()).await;
-    } else {
+    if probe.is_open() {
+        let _ = probe.close().await;
+    }
+    if !exists {
         channel
-            .queue_declare(
-                s.queue.as_str().into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
+            .queue_declare(durable(&s.queue, FieldTable::new()))
             .await
             .map_err(|e| broker(&format!("cannot declare queue {}", s.queue), e))?;
     }
     channel
-        .queue_declare(
-            s.dead_letter_queue().into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
+        .queue_declare(durable(&s.dead_letter_queue(), FieldTable::new()))
         .await
         .map_err(|e| broker("cannot declare the dead-letter queue", e))?;
     for delay in &s.retry_delays {
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-message-ttl".into(),
-            AMQPValue::LongLongInt(delay.as_millis() as i64),
+        let mut args = FieldTable::new();
+        set(
+            &mut args,
+            "x-message-ttl",
+            FieldValue::l(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
         );
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(LongString::from("")),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(LongString::from(s.queue.as_str())),
+        set(&mut args, "x-dead-letter-exchange", FieldValue::from(""));
+        set(
+            &mut args,
+            "x-dead-letter-routing-key",
+            FieldValue::from(s.queue.as_str()),
         );
         channel
-            .queue_declare(
-                s.retry_queue(*delay).into(),
-                QueueDeclareOptions::durable(),
-                args,
-            )
+            .queue_declare(durable(&s.retry_queue(*delay), args))
             .await
             .map_err(|e| broker("cannot declare a retry queue", e))?;
     }
@@ -250,77 +484,77 @@ async fn declare_topology(
 }
 
 /// Routes one delivery and settles it: ack, retry later, or dead-letter.
-async fn handle(
-    channel: &Channel,
-    s: &AmqpSettings,
-    processor: &Processor,
-    delivery: lapin::message::Delivery,
-) {
-    let headers = delivery.properties.headers().clone().unwrap_or_default();
+async fn handle(session: &Session, processor: &Processor, message: ConsumerMessage) {
+    let (Some(deliver), Some(content)) = (message.deliver, message.content) else {
+        return;
+    };
+    let properties = message.basic_properties.unwrap_or_default();
+    let s = &session.settings;
+    let headers = properties.headers().cloned().unwrap_or_default();
     let failed_before = header_u32(&headers, ATTEMPTS_HEADER).unwrap_or(0);
-    let fallback_id = header_string(&headers, ID_HEADER).or_else(|| {
-        delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.as_str().to_owned())
-    });
+    let fallback_id =
+        header_string(&headers, ID_HEADER).or_else(|| properties.message_id().cloned());
     let (verdict, id) = processor
-        .process(&delivery.data, fallback_id.as_deref(), None)
+        .process(&content, fallback_id.as_deref(), None)
         .await;
 
+    let republish = |queue: String, attempts: u32, why: Option<String>| {
+        let mut headers = headers.clone();
+        set(
+            &mut headers,
+            ATTEMPTS_HEADER,
+            FieldValue::l(i64::from(attempts)),
+        );
+        if let Some(id) = id.as_deref() {
+            set(&mut headers, ID_HEADER, FieldValue::from(id));
+        }
+        if let Some(why) = why {
+            let why: String = why.chars().take(1000).collect();
+            set(&mut headers, REASON_HEADER, FieldValue::from(why));
+        }
+        let properties = properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(amqprs::DELIVERY_MODE_PERSISTENT)
+            .finish();
+        publish_confirmed(session, queue, properties, &content)
+    };
+    // The outcome counted: a retry that exhausted the attempts counts as dead-lettered.
+    let mut outcome = verdict.label();
     let settled = match &verdict {
         Verdict::Delivered(_) => Ok(()),
         Verdict::Poison { reason: why } => {
             tracing::warn!(reason = %why, "dead-lettering an invalid message");
             processor.count_dead_letter(reason::INVALID);
-            republish(
-                channel,
-                &s.dead_letter_queue(),
-                &delivery,
-                failed_before,
-                id.as_deref(),
-                Some(why),
-            )
-            .await
+            republish(s.dead_letter_queue(), failed_before, Some(why.clone())).await
         }
         Verdict::Retry { reason: why } => {
             let attempts = failed_before + 1;
             if attempts >= s.max_attempts {
                 tracing::warn!(reason = %why, attempts, "dead-lettering a message after its last attempt");
                 processor.count_dead_letter(reason::EXHAUSTED);
+                outcome = "dead_lettered";
                 let why = format!("{}: {why}", reason::EXHAUSTED);
-                republish(
-                    channel,
-                    &s.dead_letter_queue(),
-                    &delivery,
-                    attempts,
-                    id.as_deref(),
-                    Some(&why),
-                )
-                .await
+                republish(s.dead_letter_queue(), attempts, Some(why)).await
             } else {
                 let index = usize::try_from(failed_before)
                     .unwrap_or(usize::MAX)
                     .min(s.retry_delays.len() - 1);
                 let delay = s.retry_delays[index];
                 tracing::info!(reason = %why, attempts, retry_in_ms = delay.as_millis() as u64, "retrying a message later");
-                republish(
-                    channel,
-                    &s.retry_queue(delay),
-                    &delivery,
-                    attempts,
-                    id.as_deref(),
-                    None,
-                )
-                .await
+                republish(s.retry_queue(delay), attempts, None).await
             }
         }
     };
+    let tag = deliver.delivery_tag();
     match settled {
         Ok(()) => {
-            processor.count(SOURCE, verdict.label());
-            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+            processor.count(SOURCE, outcome);
+            if let Err(error) = session
+                .channel
+                .basic_ack(BasicAckArguments::new(tag, false))
+                .await
+            {
                 // The connection is gone: the broker redelivers, gateways drop the repeat.
                 tracing::warn!(%error, "ack failed");
             }
@@ -328,63 +562,54 @@ async fn handle(
         Err(error) => {
             tracing::warn!(%error, "could not move a message aside; returning it to the queue");
             processor.count(SOURCE, "requeued");
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
+            let _ = session
+                .channel
+                .basic_nack(BasicNackArguments::new(tag, false, true))
                 .await;
         }
     }
 }
 
-/// Publishes a copy of the delivery to `queue` (default exchange), waiting for the
-/// broker's confirm.
-async fn republish(
-    channel: &Channel,
-    queue: &str,
-    delivery: &lapin::message::Delivery,
-    attempts: u32,
-    id: Option<&str>,
-    dead_reason: Option<&str>,
+/// Publishes `body` to `queue` (default exchange) and waits for the broker's confirm.
+async fn publish_confirmed(
+    session: &Session,
+    queue: String,
+    properties: BasicProperties,
+    body: &[u8],
 ) -> Result<()> {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(
-        ATTEMPTS_HEADER.into(),
-        AMQPValue::LongLongInt(i64::from(attempts)),
-    );
-    if let Some(id) = id {
-        headers.insert(
-            ID_HEADER.into(),
-            AMQPValue::LongString(LongString::from(id)),
-        );
-    }
-    if let Some(why) = dead_reason {
-        let why: String = why.chars().take(1000).collect();
-        headers.insert(
-            REASON_HEADER.into(),
-            AMQPValue::LongString(LongString::from(why.as_str())),
-        );
-    }
-    let properties = delivery
-        .properties
-        .clone()
-        .with_headers(headers)
-        .with_delivery_mode(2);
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            &delivery.data,
-            properties,
-        )
-        .await
-        .map_err(|e| broker("publish", e))?
-        .await
-        .map_err(|e| broker("publisher confirm", e))?;
-    if confirm.is_ack() {
+    let confirmed = {
+        let _in_order = session.publishing.lock().await;
+        if !session.channel.is_open() {
+            return Err(Error::Broker("the channel is closed".into()));
+        }
+        let (tx, rx) = oneshot::channel();
+        let tag = {
+            let mut c = session.events.confirms.lock();
+            c.last_tag += 1;
+            let tag = c.last_tag;
+            c.waiting.insert(tag, tx);
+            tag
+        };
+        if let Err(e) = session
+            .channel
+            .basic_publish(
+                properties,
+                body.to_vec(),
+                BasicPublishArguments::new("", &queue),
+            )
+            .await
+        {
+            session.events.confirms.lock().waiting.remove(&tag);
+            return Err(broker("publish", e));
+        }
+        rx
+    };
+    let acked = tokio::select! {
+        answer = confirmed => answer.map_err(|_| Error::Broker("the channel closed before the publisher confirm".into()))?,
+        () = session.lost.cancelled() => return Err(Error::Broker("the connection was lost before the publisher confirm".into())),
+        () = tokio::time::sleep(CONFIRM_TIMEOUT) => return Err(Error::Broker("no publisher confirm in time".into())),
+    };
+    if acked {
         Ok(())
     } else {
         Err(Error::Broker(format!(
@@ -393,28 +618,38 @@ async fn republish(
     }
 }
 
+/// Sets a header, replacing any value it had.
+fn set(table: &mut FieldTable, key: &str, value: FieldValue) {
+    let Ok(name) = FieldName::try_from(key) else {
+        return;
+    };
+    // amqprs counts the table's encoded size on insert without subtracting a replaced
+    // value: remove first, or the frame's length would be wrong.
+    table.remove(&name);
+    table.insert(name, value);
+}
+
+fn get<'a>(table: &'a FieldTable, key: &str) -> Option<&'a FieldValue> {
+    table.get(&FieldName::try_from(key).ok()?)
+}
+
 fn header_u32(headers: &FieldTable, key: &str) -> Option<u32> {
-    let value = headers.inner().get(key)?;
-    let n: i64 = match value {
-        AMQPValue::LongLongInt(v) => *v,
-        AMQPValue::LongInt(v) => i64::from(*v),
-        AMQPValue::LongUInt(v) => i64::from(*v),
-        AMQPValue::ShortInt(v) => i64::from(*v),
-        AMQPValue::ShortUInt(v) => i64::from(*v),
-        AMQPValue::ShortShortInt(v) => i64::from(*v),
-        AMQPValue::ShortShortUInt(v) => i64::from(*v),
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok()?,
+    let n: i64 = match get(headers, key)? {
+        FieldValue::l(v) => *v,
+        FieldValue::I(v) => i64::from(*v),
+        FieldValue::i(v) => i64::from(*v),
+        FieldValue::s(v) => i64::from(*v),
+        FieldValue::u(v) => i64::from(*v),
+        FieldValue::b(v) => i64::from(*v),
+        FieldValue::B(v) => i64::from(*v),
+        other @ FieldValue::S(_) => <&str>::try_from(other).ok()?.parse().ok()?,
         _ => return None,
     };
     u32::try_from(n).ok()
 }
 
 fn header_string(headers: &FieldTable, key: &str) -> Option<String> {
-    match headers.inner().get(key)? {
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
+    <&str>::try_from(get(headers, key)?).ok().map(str::to_owned)
 }
 
 /// A random delay between half and all of `d` (spreads reconnects).
@@ -429,17 +664,48 @@ mod tests {
 
     #[test]
     fn attempt_headers_are_read_whatever_their_integer_type() {
-        let mut h = FieldTable::default();
-        h.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongInt(3));
+        let mut h = FieldTable::new();
+        set(&mut h, ATTEMPTS_HEADER, FieldValue::I(3));
         assert_eq!(header_u32(&h, ATTEMPTS_HEADER), Some(3));
-        h.insert(
-            ATTEMPTS_HEADER.into(),
-            AMQPValue::LongString(LongString::from("4")),
-        );
+        set(&mut h, ATTEMPTS_HEADER, FieldValue::from("4"));
         assert_eq!(header_u32(&h, ATTEMPTS_HEADER), Some(4));
-        h.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(-1));
+        set(&mut h, ATTEMPTS_HEADER, FieldValue::l(-1));
         assert_eq!(header_u32(&h, ATTEMPTS_HEADER), None);
-        assert_eq!(header_u32(&FieldTable::default(), ATTEMPTS_HEADER), None);
+        assert_eq!(header_u32(&FieldTable::new(), ATTEMPTS_HEADER), None);
+    }
+
+    #[test]
+    fn a_replaced_header_leaves_the_table_the_size_of_its_values() {
+        let mut replaced = FieldTable::new();
+        set(
+            &mut replaced,
+            ATTEMPTS_HEADER,
+            FieldValue::from("a long first value"),
+        );
+        set(&mut replaced, ATTEMPTS_HEADER, FieldValue::l(2));
+        let mut fresh = FieldTable::new();
+        set(&mut fresh, ATTEMPTS_HEADER, FieldValue::l(2));
+        assert_eq!(replaced, fresh, "same entries and the same encoded length");
+    }
+
+    #[test]
+    fn confirms_settle_one_tag_or_every_tag_up_to_a_multiple() {
+        let events = Events::default();
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            let (tx, rx) = oneshot::channel();
+            let mut c = events.confirms.lock();
+            c.last_tag += 1;
+            let tag = c.last_tag;
+            c.waiting.insert(tag, tx);
+            answers.push(rx);
+        }
+        events.settle(2, false, false);
+        events.settle(3, true, true);
+        let settled: Vec<Option<bool>> = answers.iter_mut().map(|rx| rx.try_recv().ok()).collect();
+        assert_eq!(settled, vec![Some(true), Some(false), Some(true), None]);
+        events.close("gone".into());
+        assert!(answers[3].try_recv().is_err(), "closing drops the waiters");
     }
 
     #[test]

@@ -637,6 +637,91 @@ impl GatewayConfig {
     }
 }
 
+/// What an AMQP URL (`amqp[s]://user:password@host:port/vhost?heartbeat=N`) says, decoded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpEndpoint {
+    /// `amqps://`: TLS, the server's certificate checked against the system's roots.
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    /// Never logged.
+    pub password: String,
+    pub vhost: String,
+    /// Seconds; `None`: the client's default.
+    pub heartbeat: Option<u16>,
+}
+
+impl std::fmt::Debug for AmqpEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpEndpoint")
+            .field("tls", &self.tls)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("vhost", &self.vhost)
+            .field("heartbeat", &self.heartbeat)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AmqpEndpoint {
+    /// Reads an AMQP URL as RabbitMQ's URI spec does: user and password default to
+    /// `guest`, the port to 5672 (5671 for `amqps`), and the path is the vhost,
+    /// percent-decoded (`%2f` is `/`); no path, or an empty one, is the default vhost `/`.
+    /// The only query parameter read is `heartbeat`. The error never repeats the URL (it
+    /// may hold a password).
+    pub fn parse(url: &str) -> std::result::Result<Self, String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("not a valid URL ({e})"))?;
+        let (tls, default_port) = match parsed.scheme() {
+            "amqp" => (false, 5672),
+            "amqps" => (true, 5671),
+            _ => return Err("must start with amqp:// or amqps://".into()),
+        };
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or("has no host")?
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let decode = |part: &str, what: &str| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8()
+                .map(|v| v.into_owned())
+                .map_err(|_| format!("its {what} is not UTF-8 once percent-decoded"))
+        };
+        let username = match parsed.username() {
+            "" => "guest".to_owned(),
+            u => decode(u, "user name")?,
+        };
+        let password = match parsed.password() {
+            None => "guest".to_owned(),
+            Some(p) => decode(p, "password")?,
+        };
+        let vhost = match parsed.path().strip_prefix('/').unwrap_or("") {
+            "" => "/".to_owned(),
+            v => decode(v, "vhost")?,
+        };
+        let heartbeat = parsed
+            .query_pairs()
+            .find(|(k, _)| k == "heartbeat")
+            .map(|(_, v)| {
+                v.parse::<u16>()
+                    .map_err(|_| format!("heartbeat={v} is not a number of seconds"))
+            })
+            .transpose()?;
+        Ok(Self {
+            tls,
+            host,
+            port: parsed.port().unwrap_or(default_port),
+            username,
+            password,
+            vhost,
+            heartbeat,
+        })
+    }
+}
+
 /// Where the consumer pulls messages from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceConfig {
@@ -791,10 +876,8 @@ impl ConsumerConfig {
                 let url = s
                     .get(AMQP_URL)
                     .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-                if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-                    return Err(Error::Config(format!(
-                        "{AMQP_URL}: must start with amqp:// or amqps://"
-                    )));
+                if let Err(why) = AmqpEndpoint::parse(&url) {
+                    return Err(Error::Config(format!("{AMQP_URL}: {why}")));
                 }
                 let queue = s
                     .get(AMQP_QUEUE)
@@ -1147,6 +1230,44 @@ mod tests {
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(err.starts_with(named), "{key}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn amqp_urls_are_read_as_rabbitmq_reads_them() {
+        let e = AmqpEndpoint::parse("amqp://guest:guest@127.0.0.1:5672/%2f").expect("valid");
+        assert_eq!(
+            (e.tls, e.host.as_str(), e.port, e.vhost.as_str()),
+            (false, "127.0.0.1", 5672, "/")
+        );
+        let e = AmqpEndpoint::parse(
+            "amqps://hermes:p%40ss%2Bw0rd@mq.example.com/tenant%2Fa?heartbeat=15",
+        )
+        .expect("valid");
+        assert_eq!(
+            (e.tls, e.port, e.username.as_str(), e.password.as_str()),
+            (true, 5671, "hermes", "p@ss+w0rd")
+        );
+        assert_eq!((e.vhost.as_str(), e.heartbeat), ("tenant/a", Some(15)));
+        let e = AmqpEndpoint::parse("amqp://[::1]").expect("valid");
+        assert_eq!(
+            (e.host.as_str(), e.username.as_str(), e.vhost.as_str()),
+            ("::1", "guest", "/")
+        );
+        let e = AmqpEndpoint::parse("amqp://u:hunter2@h").expect("valid");
+        assert_eq!(e.password, "hunter2");
+        assert!(
+            !format!("{e:?}").contains("hunter2"),
+            "Debug hides the password"
+        );
+        for bad in [
+            "http://h/",
+            "amqp://",
+            "amqp://u:secret-password@h/?heartbeat=soon",
+            "not a url",
+        ] {
+            let why = AmqpEndpoint::parse(bad).expect_err(bad);
+            assert!(!why.contains("secret-password"), "{why}");
         }
     }
 

@@ -166,6 +166,81 @@ async fn a_poison_message_is_dead_lettered_with_its_reason_and_delivery_goes_on(
 }
 
 #[tokio::test]
+async fn a_message_for_a_gateway_that_never_answers_is_retried_then_dead_lettered_with_its_attempts()
+ {
+    let mut c = Cluster::start(&[
+        ("HERMES_MAX_ATTEMPTS", "3"),
+        ("HERMES_RETRY_DELAYS_MS", "200,400"),
+    ])
+    .await;
+    // A live gateway row whose internal API nobody answers, holding the room.
+    let registry = scylla_registry(&c.keyspace, Duration::from_secs(5)).await;
+    use hermes_shared::registry::{GatewayRecord, Registry};
+    registry
+        .upsert_gateway(
+            &GatewayRecord {
+                gateway_id: "gw-silent".into(),
+                internal_url: "http://127.0.0.1:9".into(),
+                started_at: 0,
+            },
+            Duration::from_secs(120),
+        )
+        .await
+        .expect("gateway row");
+    registry
+        .add_room_gateway("silent-room", "gw-silent", Duration::from_secs(120))
+        .await
+        .expect("room row");
+    c.send(json!({"user_id": "backend", "room_id": "silent-room", "data": 1, "id": "silent-1"}))
+        .await;
+
+    // Two retries through the delay queues, then the dead-letter queue.
+    let dlq = format!("{}.dead-letter", c.queue);
+    let deadline = Instant::now() + DEADLINE;
+    let (body, headers) = loop {
+        assert!(Instant::now() < deadline, "no dead letter in time");
+        match c.publisher.get(&dlq).await {
+            Some(m) => break m,
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).expect("the original body")["id"],
+        "silent-1"
+    );
+    assert_eq!(header("x-hermes-attempts"), "LongLongInt(3)");
+    assert_eq!(header("x-hermes-id"), "silent-1");
+    assert!(
+        header("x-hermes-dead-reason")
+            .starts_with("attempts_exhausted: gateways did not answer: gw-silent"),
+        "{headers:?}"
+    );
+    let consumer = &c.consumer;
+    assert_eq!(
+        consumer
+            .metric("hermes_queue_messages_total{outcome=\"retried\",source=\"amqp\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        consumer
+            .metric("hermes_dead_letters_total{reason=\"attempts_exhausted\"}")
+            .await,
+        1.0
+    );
+    // Nothing is left behind: not in the queue, not in a delay queue.
+    let queue = c.queue.clone();
+    assert!(c.publisher.get(&queue).await.is_none());
+}
+
+#[tokio::test]
 async fn a_killed_gateway_leaves_the_registry_and_the_others_keep_receiving() {
     let mut c = Cluster::start(&[("HERMES_REGISTRY_TTL_SECONDS", "3")]).await;
     let mut alive = Vec::new();
