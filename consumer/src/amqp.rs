@@ -709,6 +709,14 @@ mod tests {
     }
 
     #[test]
+    fn amqps_urls_get_a_tls_connector_from_the_system_roots() {
+        assert!(tls("mq.example.com").is_ok());
+        let e = AmqpEndpoint::parse("amqps://u:p@mq.example.com/v").expect("valid");
+        let args = connection_args(&e).expect("arguments with TLS");
+        assert_eq!((args.get_port(), args.get_virtual_host()), (5671, "v"));
+    }
+
+    #[test]
     fn queue_names_derive_from_the_main_queue() {
         let s = AmqpSettings {
             url: String::new(),
