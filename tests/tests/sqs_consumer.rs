@@ -161,7 +161,8 @@ impl World {
     }
 }
 
-/// A stand-in for a gateway's internal listener: counts the requests it gets and answers
+/// A stand-in for a gateway's internal listener without the deliver stream (its upgrade is
+/// not found, so routers deliver over HTTP): counts the deliver requests it gets and answers
 /// each after `delay` with `status` (e.g. `503 Service Unavailable`) and a JSON `body`.
 struct FakeGateway {
     url: String,
@@ -193,6 +194,14 @@ impl FakeGateway {
                             Ok(0) | Err(_) => return,
                             Ok(n) => seen.extend_from_slice(&buf[..n]),
                         }
+                    }
+                    if seen.starts_with(b"GET /internal/v1/deliver-stream") {
+                        // A gateway from before the deliver stream: routers fall back to
+                        // HTTP, so the delay and the answer below are what each delivery gets.
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .await;
+                        return;
                     }
                     counter.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(delay).await;
