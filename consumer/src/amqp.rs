@@ -55,6 +55,9 @@ pub const ID_HEADER: &str = "x-hermes-id";
 pub const REASON_HEADER: &str = "x-hermes-dead-reason";
 /// How long a republished message may wait for the broker's confirm.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening a connection (TCP, TLS, AMQP handshake) may take before it is retried:
+/// a broker that accepts the socket and never answers would otherwise hold the source forever.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Settings of the RabbitMQ source.
 #[derive(Debug, Clone)]
@@ -181,8 +184,15 @@ impl AmqpSource {
         shutdown: &CancellationToken,
     ) -> Result<bool> {
         let events = Arc::new(Events::default());
-        let connection = Connection::open(&connection_args(endpoint)?)
+        let args = connection_args(endpoint)?;
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::open(&args))
             .await
+            .map_err(|_| {
+                broker(
+                    "cannot connect to RabbitMQ",
+                    format!("no answer within {CONNECT_TIMEOUT:?}"),
+                )
+            })?
             .map_err(|e| broker("cannot connect to RabbitMQ", e))?;
         connection
             .register_callback(ConnectionEvents(events.clone()))
