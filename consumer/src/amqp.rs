@@ -92,6 +92,20 @@ fn broker(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Broker(format!("{context}: {e}"))
 }
 
+/// Opens a connection to `endpoint`, giving up after [`CONNECT_TIMEOUT`].
+async fn open_connection(endpoint: &AmqpEndpoint) -> Result<Connection> {
+    let args = connection_args(endpoint)?;
+    tokio::time::timeout(CONNECT_TIMEOUT, Connection::open(&args))
+        .await
+        .map_err(|_| {
+            broker(
+                "cannot connect to RabbitMQ",
+                format!("no answer within {CONNECT_TIMEOUT:?}"),
+            )
+        })?
+        .map_err(|e| broker("cannot connect to RabbitMQ", e))
+}
+
 /// The connection arguments for `endpoint` (TLS with the system's roots for `amqps`).
 fn connection_args(endpoint: &AmqpEndpoint) -> Result<OpenConnectionArguments> {
     let mut args = OpenConnectionArguments::new(
@@ -184,16 +198,7 @@ impl AmqpSource {
         shutdown: &CancellationToken,
     ) -> Result<bool> {
         let events = Arc::new(Events::default());
-        let args = connection_args(endpoint)?;
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::open(&args))
-            .await
-            .map_err(|_| {
-                broker(
-                    "cannot connect to RabbitMQ",
-                    format!("no answer within {CONNECT_TIMEOUT:?}"),
-                )
-            })?
-            .map_err(|e| broker("cannot connect to RabbitMQ", e))?;
+        let connection = open_connection(endpoint).await?;
         connection
             .register_callback(ConnectionEvents(events.clone()))
             .await
@@ -716,6 +721,35 @@ mod tests {
         assert_eq!(settled, vec![Some(true), Some(false), Some(true), None]);
         events.close("gone".into());
         assert!(answers[3].try_recv().is_err(), "closing drops the waiters");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broker_that_accepts_and_never_answers_fails_the_connect_after_the_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback listener");
+        let port = listener.local_addr().expect("its address").port();
+        // Accepts the socket and holds it open without a word of AMQP.
+        let held = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("the consumer connects");
+            std::future::pending::<()>().await;
+            drop(socket);
+        });
+        let endpoint = AmqpEndpoint::parse(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
+            .expect("a valid URL");
+        let started = tokio::time::Instant::now();
+        // Paused time runs ahead while everything waits: without its timeout the connect
+        // would fail this guard, not hang the test.
+        let error = match tokio::time::timeout(2 * CONNECT_TIMEOUT, open_connection(&endpoint))
+            .await
+            .expect("the connect gave up by itself")
+        {
+            Ok(_) => panic!("a silent broker gave a connection"),
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains("no answer within 30s"), "{error}");
+        assert!(started.elapsed() >= CONNECT_TIMEOUT, "gave up early");
+        held.abort();
     }
 
     #[test]
