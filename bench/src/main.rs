@@ -339,6 +339,41 @@ enum Cli {
         )]
         sources: Vec<std::net::IpAddr>,
     },
+    /// P2's room and ramp against the least a WebSocket server can do: pre-encoded frames
+    /// written by blocking threads, no auth, no tasks (see bench/src/ws_floor.rs).
+    WsFloor {
+        /// Sockets in the room.
+        #[arg(long, default_value_t = 10_000)]
+        sockets: usize,
+        /// Publishes per second, tried in this order until one is not sustained.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "2,5,10,20,30,50,75,100,150,200,300"
+        )]
+        rates: Vec<u64>,
+        /// Seconds of publishing at each rate.
+        #[arg(long, default_value_t = 5)]
+        step_seconds: u64,
+        /// The p99 publish → last receipt a sustained rate must stay within.
+        #[arg(long, default_value_t = 50.0)]
+        p99_limit_ms: f64,
+        /// The server's writer threads (the box has 2 cores).
+        #[arg(long, default_value_t = 2)]
+        writers: usize,
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5"
+        )]
+        sources: Vec<std::net::IpAddr>,
+    },
+    /// The server process of ws-floor (started by it).
+    #[command(hide = true)]
+    WsFloorServer {
+        #[arg(long, default_value_t = 2)]
+        writers: usize,
+    },
     /// Connect latency, RSS per idle socket, publish → receipt latency, one fan-out.
     Smoke {
         /// The gateway binary (a release build).
@@ -629,6 +664,25 @@ async fn main() -> Result<()> {
             println!("{}", floor::run(pairs, rounds, writers, sources).await?);
             Ok(())
         }
+        Cli::WsFloor {
+            sockets,
+            rates,
+            step_seconds,
+            p99_limit_ms,
+            writers,
+            sources,
+        } => {
+            let args = scenarios::P2Args {
+                sockets,
+                sources,
+                rates,
+                step_seconds,
+                p99_limit_ms,
+            };
+            println!("{}", ws_floor::run(writers, &args).await?);
+            Ok(())
+        }
+        Cli::WsFloorServer { writers } => ws_floor::serve(writers).await,
         Cli::Smoke {
             bin,
             sockets,
@@ -646,6 +700,7 @@ mod queue_floor;
 mod report;
 mod scenarios;
 mod servers;
+mod ws_floor;
 
 use servers::Kind;
 

@@ -261,7 +261,23 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
     let queue_floor_runs = runs_named(dir, "queue-floor-")?;
     let queue_floor = medians(&queue_floor_runs, &QUEUE_FLOOR_KEYS);
     all_runs.insert("queue_floor".into(), Value::Array(queue_floor_runs.clone()));
-    let results = json!({"date": date, "machine": machine, "scenarios": scenarios, "floor": floor, "queue_floor": queue_floor});
+    // ws-floor is P2 against the leanest possible server: the same summary as P2's runs.
+    let mut ws_floor_runs = runs_named(dir, "ws-floor-")?;
+    ws_floor_runs.iter_mut().for_each(p2_summary);
+    let ws_floor = medians(
+        &ws_floor_runs,
+        &[
+            "sockets",
+            "writer_threads",
+            "p99_limit_met",
+            "lowest_step_publishes_per_s",
+            "lowest_step_p50_ms",
+            "lowest_step_p99_ms",
+            "max_deliveries_per_s_any_p99",
+        ],
+    );
+    all_runs.insert("ws_floor".into(), Value::Array(ws_floor_runs.clone()));
+    let results = json!({"date": date, "machine": machine, "scenarios": scenarios, "floor": floor, "queue_floor": queue_floor, "ws_floor": ws_floor});
     std::fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&results)? + "\n",
@@ -362,6 +378,25 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
             fmt(&f["fanout_p99_ms"]),
             fmt(&f["writes_only_p50_ms"]),
             fmt(&f["us_per_delivery_p50"]),
+        )?;
+    }
+    if !ws_floor_runs.is_empty() {
+        let f = &results["ws_floor"];
+        writeln!(
+            md,
+            "The floor under P2 with P2's own generator (`hermes-bench ws-floor`, median of {} runs): P2's holders, publisher and ramp against a WebSocket server that does the least there is — no auth, each publish encoded once as one frame and written by {} blocking threads to {} sockets, no task or queue per socket. Its lowest step ({}/s) took p50 **{} ms**, p99 **{} ms** from publish to the last receipt (a rate within P2's 50 ms p99 limit: {}), and, with one `write` per message and socket, it delivered up to {} deliveries/s whole (a latency floor, not a throughput ceiling: a server that writes several queued frames in one call goes further). A real server adds its own work to this latency.\n",
+            f["runs"],
+            fmt(&f["writer_threads"]),
+            fmt(&f["sockets"]),
+            fmt(&f["lowest_step_publishes_per_s"]),
+            fmt(&f["lowest_step_p50_ms"]),
+            fmt(&f["lowest_step_p99_ms"]),
+            if f["p99_limit_met"].as_f64() == Some(1.0) {
+                "yes"
+            } else {
+                "none"
+            },
+            fmt(&f["max_deliveries_per_s_any_p99"]),
         )?;
     }
     if !queue_floor_runs.is_empty() {

@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 
 use crate::holder::{self, BatchReport, Holders, MAX_SEQ};
 use crate::ms;
-use crate::servers::{Kind, Options, Publisher, Server};
+use crate::servers::{Kind, Options, Publisher, Server, Target};
 use crate::{now_micros, rss_kib};
 
 /// utime + stime of a process, in clock ticks (/proc/PID/stat fields 14 and 15).
@@ -350,22 +350,32 @@ pub async fn ramp(
 
 pub async fn p2(kind: Kind, o: &Options, a: &P2Args) -> Result<Value> {
     let server = Server::start(kind, o).await?;
-    let mut holders = Holders::start(&server.target, a.sockets, &a.sources).await?;
+    let publisher = server.publisher();
+    let v = p2_room(kind.name(), &server.target, &publisher, a).await;
+    server.stop().await?;
+    v
+}
+
+/// P2's room of `a.sockets` on `target` and its publish ramp through `publisher`; the
+/// report is labelled `server` (P2: the server's name; ws-floor: `ws-floor`).
+pub async fn p2_room(
+    server: &str,
+    target: &Target,
+    publisher: &Publisher,
+    a: &P2Args,
+) -> Result<Value> {
+    let mut holders = Holders::start(target, a.sockets, &a.sources).await?;
     eprintln!(
-        "[p2 {}] {} sockets open ({} failed) in {:.1} s",
-        kind.name(),
-        holders.open,
-        holders.failed,
-        holders.connect_seconds
+        "[p2 {server}] {} sockets open ({} failed) in {:.1} s",
+        holders.open, holders.failed, holders.connect_seconds
     );
     let processes = holders.processes();
     let mut receipts = Receipts::default();
     receipts.collect(&mut holders);
-    let publisher = server.publisher();
     // Warm-up: one message through every socket before the measured steps.
     let mut seq = 1usize;
     receipts
-        .warm_up(&publisher, seq, processes, Duration::from_secs(10))
+        .warm_up(publisher, seq, processes, Duration::from_secs(10))
         .await?;
     let sockets = holders.open;
     let ramp_args = RampArgs {
@@ -374,21 +384,20 @@ pub async fn p2(kind: Kind, o: &Options, a: &P2Args) -> Result<Value> {
         p99_limit_ms: a.p99_limit_ms,
         drain: Duration::from_secs(3),
     };
-    let label = format!("p2 {}", kind.name());
+    let label = format!("p2 {server}");
     let Ramp {
         steps,
         best,
         best_any,
     } = ramp(
-        &label, &publisher, &receipts, processes, sockets, &mut seq, &ramp_args,
+        &label, publisher, &receipts, processes, sockets, &mut seq, &ramp_args,
     )
     .await?;
     drop(receipts);
     holders.stop().await;
-    server.stop().await?;
     Ok(json!({
         "scenario": "P2",
-        "server": kind.name(),
+        "server": server,
         "sockets": sockets,
         "step_seconds": a.step_seconds,
         "p99_limit_ms": a.p99_limit_ms,

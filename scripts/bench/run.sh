@@ -4,8 +4,8 @@
 # sockets), P2 (room fan-out), P3 (queue → socket latency at a steady rate to single users),
 # P4 (connects/s with full auth, reconnect storm), P5 (delivery p99 during a first-connect
 # flood against its baseline) and P7 (3 server processes against 1) for both servers
-# alternately, RUNS times each, plus the box's own fan-out floor (`floor`: loopback TCP, no
-# server) once per run, and writes bench/results.json and bench/RESULTS.md (medians, ratios,
+# alternately, RUNS times each, plus the box's own fan-out floors once per run (`floor`:
+# loopback TCP, no server; `ws-floor`: P2 against the leanest possible WebSocket server), and writes bench/results.json and bench/RESULTS.md (medians, ratios,
 # commands, machine, load) from every run in the runs directory.
 #
 # Usage: scripts/bench/run.sh
@@ -34,7 +34,7 @@
 #   P5_FLOOD_CONCURRENCY  flood connects in flight in P5 (default 256)
 #   P5_FLOOD_RATE    flood connect attempts/s at most, retries included (default 0: no cap)
 #   HEARTBEAT        heartbeat interval of both servers, seconds (default 25)
-#   SCENARIOS        which to run (default "p1 p2 p3 p4 p5 p7 floor queue-floor")
+#   SCENARIOS        which to run (default "p1 p2 p3 p4 p5 p7 floor ws-floor queue-floor")
 #   BENCH_RUNS_DIR   where the per-run JSON goes (default $HERMES_CACHE/bench/runs-<date>);
 #                    an existing one keeps its runs (and commands.txt gets this invocation
 #                    appended), so a scenario can be added to an earlier run's directory
@@ -64,7 +64,7 @@ P5_FLOOD_TOKENS=${P5_FLOOD_TOKENS:-800}
 P5_FLOOD_CONCURRENCY=${P5_FLOOD_CONCURRENCY:-256}
 P5_FLOOD_RATE=${P5_FLOOD_RATE:-0}
 HEARTBEAT=${HEARTBEAT:-25}
-SCENARIOS=${SCENARIOS:-p1 p2 p3 p4 p5 p7 floor queue-floor}
+SCENARIOS=${SCENARIOS:-p1 p2 p3 p4 p5 p7 floor ws-floor queue-floor}
 SKIP_BUILD=${SKIP_BUILD:-0}
 DIR=${BENCH_RUNS_DIR:-$CACHE/bench/runs-$(date -u +%Y%m%dT%H%M%SZ)}
 FRESH_DIR=1
@@ -157,6 +157,7 @@ scenario_commands() {
       p5) echo "$BENCH p5 --server SERVER ${COMMON[*]} ${P5_ARGS[*]}" ;;
       p7) echo "scripts/services/up.sh cassandra && . ~/.cache/hermes/services.env && $BENCH p7 --server SERVER ${COMMON[*]} ${P7_ARGS[*]}" ;;
       floor) echo "$BENCH floor --rounds 50 --sources 127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5   # once per run, no server" ;;
+      ws-floor) echo "$BENCH ws-floor --sockets $P2_SOCKETS ${P2_EXTRA[*]}   # once per run, no real server" ;;
       queue-floor) echo "scripts/services/up.sh rabbitmq && $BENCH queue-floor --rate $P3_RATE --seconds $P3_SECONDS   # once per run, no server" ;;
     esac
   done
@@ -259,6 +260,12 @@ cat >"$DIR/method.md" <<EOF
   server HTTP API, not a queue: each socket connects with an HS256 JWT whose \`channels\` claim
   subscribes it server-side to its own channel \`bench:p3-u<k>\`, and each notification is one
   \`POST /api/publish\` to that channel, up to 256 in flight over kept-alive connections.
+- ws-floor (once per run): P2's room of $P2_SOCKETS sockets, holders, publisher and ramp
+  against the leanest WebSocket server there can be (\`hermes-bench ws-floor-server\`, a
+  child process): it answers the upgrade with no auth, encodes each published \`data\` once as
+  one text frame and has 2 threads \`write\` it to their halves of the sockets with blocking
+  calls (no epoll, no task or queue per socket). Its lowest step's p99 is the floor under P2's
+  publish → last receipt with this generator on this box.
 - queue-floor (once per run, no server): P3's publisher (the same body, persistent, confirms
   off the schedule) into RabbitMQ at $P3_RATE/s for $P3_SECONDS s after 3 s of warm-up, and one
   AMQP consumer (amqprs, the client of Hermes's consumer) on its own connection with P3's prefetch (64) that reads \`sent_us\` and acks
@@ -326,6 +333,15 @@ for i in $(seq 1 "$RUNS"); do
       "$BENCH" floor --rounds 50 --sources "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5" >"$DIR/floor-$i.json"
       echo "floor run $i: $(($(date +%s) - t0)) s" >>"$DIR/timings.txt"
       log "$(tail -1 "$DIR/floor-$i.json")"
+      continue
+    fi
+    if [ "$scenario" = ws-floor ]; then
+      record_load "ws-floor run $i"
+      log "ws-floor run $i/$RUNS"
+      t0=$(date +%s)
+      "$BENCH" ws-floor --sockets "$P2_SOCKETS" "${P2_EXTRA[@]}" >"$DIR/ws-floor-$i.json"
+      echo "ws-floor run $i: $(($(date +%s) - t0)) s" >>"$DIR/timings.txt"
+      log "$(tail -1 "$DIR/ws-floor-$i.json")"
       continue
     fi
     if [ "$scenario" = queue-floor ]; then
