@@ -55,22 +55,8 @@ enum Cli {
         server: Kind,
         #[command(flatten)]
         common: Common,
-        /// Sockets in the room.
-        #[arg(long, default_value_t = 10_000)]
-        sockets: usize,
-        /// Publishes per second, tried in this order until one is not sustained.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "2,5,10,20,30,50,75,100,150,200,300"
-        )]
-        rates: Vec<u64>,
-        /// Seconds of publishing at each rate.
-        #[arg(long, default_value_t = 5)]
-        step_seconds: u64,
-        /// The p99 publish → last receipt a sustained rate must stay within.
-        #[arg(long, default_value_t = 50.0)]
-        p99_limit_ms: f64,
+        #[command(flatten)]
+        room: RoomArgs,
     },
     /// P4: connects/s with the full auth (p50/p99 per connect), then a reconnect storm.
     P4 {
@@ -342,22 +328,8 @@ enum Cli {
     /// P2's room and ramp against the least a WebSocket server can do: pre-encoded frames
     /// written by blocking threads, no auth, no tasks (see bench/src/ws_floor.rs).
     WsFloor {
-        /// Sockets in the room.
-        #[arg(long, default_value_t = 10_000)]
-        sockets: usize,
-        /// Publishes per second, tried in this order until one is not sustained.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "2,5,10,20,30,50,75,100,150,200,300"
-        )]
-        rates: Vec<u64>,
-        /// Seconds of publishing at each rate.
-        #[arg(long, default_value_t = 5)]
-        step_seconds: u64,
-        /// The p99 publish → last receipt a sustained rate must stay within.
-        #[arg(long, default_value_t = 50.0)]
-        p99_limit_ms: f64,
+        #[command(flatten)]
+        room: RoomArgs,
         /// The server's writer threads (the box has 2 cores).
         #[arg(long, default_value_t = 2)]
         writers: usize,
@@ -386,6 +358,39 @@ enum Cli {
         #[arg(long, default_value_t = 1000)]
         messages: usize,
     },
+}
+
+/// P2's room and publish ramp (p2 and ws-floor).
+#[derive(clap::Args)]
+struct RoomArgs {
+    /// Sockets in the room.
+    #[arg(long, default_value_t = 10_000)]
+    sockets: usize,
+    /// Publishes per second, tried in this order until one is not sustained.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "2,5,10,20,30,50,75,100,150,200,300"
+    )]
+    rates: Vec<u64>,
+    /// Seconds of publishing at each rate.
+    #[arg(long, default_value_t = 5)]
+    step_seconds: u64,
+    /// The p99 publish → last receipt a sustained rate must stay within.
+    #[arg(long, default_value_t = 50.0)]
+    p99_limit_ms: f64,
+}
+
+impl RoomArgs {
+    fn p2_args(self, sources: Vec<std::net::IpAddr>) -> scenarios::P2Args {
+        scenarios::P2Args {
+            sockets: self.sockets,
+            sources,
+            rates: self.rates,
+            step_seconds: self.step_seconds,
+            p99_limit_ms: self.p99_limit_ms,
+        }
+    }
 }
 
 /// Options shared by p1, p2 and p4.
@@ -467,18 +472,9 @@ async fn main() -> Result<()> {
         Cli::P2 {
             server,
             common,
-            sockets,
-            rates,
-            step_seconds,
-            p99_limit_ms,
+            room,
         } => {
-            let args = scenarios::P2Args {
-                sockets,
-                sources: common.sources.clone(),
-                rates,
-                step_seconds,
-                p99_limit_ms,
-            };
+            let args = room.p2_args(common.sources.clone());
             let v = scenarios::p2(server, &common.options(), &args).await?;
             println!("{v}");
             Ok(())
@@ -665,20 +661,11 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Cli::WsFloor {
-            sockets,
-            rates,
-            step_seconds,
-            p99_limit_ms,
+            room,
             writers,
             sources,
         } => {
-            let args = scenarios::P2Args {
-                sockets,
-                sources,
-                rates,
-                step_seconds,
-                p99_limit_ms,
-            };
+            let args = room.p2_args(sources);
             println!("{}", ws_floor::run(writers, &args).await?);
             Ok(())
         }
