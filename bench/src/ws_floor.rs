@@ -115,25 +115,31 @@ fn write_loop(rx: mpsc::Receiver<Cmd>) {
     }
 }
 
-/// Reads one request head (through the blank line) into `buf`; `Ok(false)` at a clean end.
-async fn read_head(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Result<bool> {
+/// Reads until `buf` holds one request head; its length through the blank line, or `None`
+/// when the peer closes between requests.
+async fn read_head(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Result<Option<usize>> {
     loop {
         if let Some(end) = find(buf, b"\r\n\r\n") {
-            return Ok(end > 0);
+            return Ok(Some(end + 4));
         }
         if buf.len() > MAX_REQUEST {
             bail!("request head over {MAX_REQUEST} bytes");
         }
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
+        if read_more(stream, buf).await? == 0 {
             if buf.is_empty() {
-                return Ok(false);
+                return Ok(None);
             }
             bail!("connection closed inside a request");
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// Appends what one `read` gives to `buf`; 0 at the end of the stream.
+async fn read_more(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Result<usize> {
+    let mut chunk = [0u8; 4096];
+    let n = stream.read(&mut chunk).await?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -151,10 +157,9 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 /// The WebSocket handshake, answered by hand; the socket is then a blocking std one.
 async fn upgrade(mut stream: tokio::net::TcpStream) -> Result<TcpStream> {
     let mut buf = Vec::new();
-    if !read_head(&mut stream, &mut buf).await? {
-        bail!("closed before a request");
-    }
-    let end = find(&buf, b"\r\n\r\n").context("request head")?;
+    let end = read_head(&mut stream, &mut buf)
+        .await?
+        .context("closed before a request")?;
     let head = std::str::from_utf8(&buf[..end])?;
     let key = header(head, "sec-websocket-key").context("no Sec-WebSocket-Key")?;
     let answer = format!(
@@ -172,8 +177,7 @@ async fn upgrade(mut stream: tokio::net::TcpStream) -> Result<TcpStream> {
 /// The publish connection: `GET /readyz` and `POST /v1/publish` (keep-alive).
 async fn http(mut stream: tokio::net::TcpStream, shards: &[mpsc::Sender<Cmd>]) -> Result<()> {
     let mut buf = Vec::new();
-    while read_head(&mut stream, &mut buf).await? {
-        let end = find(&buf, b"\r\n\r\n").context("request head")? + 4;
+    while let Some(end) = read_head(&mut stream, &mut buf).await? {
         let head = std::str::from_utf8(&buf[..end])?.to_owned();
         let length: usize = header(&head, "content-length")
             .map(str::parse)
@@ -183,12 +187,9 @@ async fn http(mut stream: tokio::net::TcpStream, shards: &[mpsc::Sender<Cmd>]) -
             bail!("body over {MAX_REQUEST} bytes");
         }
         while buf.len() < end + length {
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
+            if read_more(&mut stream, &mut buf).await? == 0 {
                 bail!("connection closed inside a body");
             }
-            buf.extend_from_slice(&chunk[..n]);
         }
         let body: Vec<u8> = buf.drain(..end + length).skip(end).collect();
         let request_line = head.lines().next().unwrap_or_default();
