@@ -31,7 +31,7 @@ use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use hermes_shared::config::AmqpEndpoint;
+use hermes_consumer::config::AmqpEndpoint;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};

@@ -9,6 +9,7 @@
 //! It must not hold sockets: gateways do.
 
 pub mod amqp;
+pub mod config;
 pub mod kube;
 pub mod processor;
 pub mod run;

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use hermes_shared::config::{ConsumerConfig, Env};
+use hermes_consumer::config::ConsumerConfig;
+use hermes_shared::config::Env;
 
 /// Exit status for a configuration error (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;

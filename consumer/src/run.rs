@@ -10,8 +10,8 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::config::{ConsumerConfig, SourceConfig};
 use actix_web::{App, HttpResponse, HttpServer, web};
-use hermes_shared::config::{ConsumerConfig, SourceConfig};
 use hermes_shared::gateway_client::GatewayClient;
 use hermes_shared::metrics::Metrics;
 use hermes_shared::router::Router;

@@ -10,6 +10,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod close;
+pub mod config;
 pub mod hub;
 pub mod internal;
 pub mod server;

@@ -4,9 +4,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use hermes_gateway::config::{GatewayConfig, Mode};
+use hermes_shared::auth::TokenCheck;
 use hermes_shared::auth::{Authenticator, Claims, original_token};
-use hermes_shared::config::{Env, GatewayConfig, Mode, RegistryKind, TokenCheck};
+use hermes_shared::config::Env;
 use hermes_shared::metrics::Metrics;
+use hermes_shared::registry::RegistryKind;
 use std::sync::Arc;
 
 /// Exit status for a configuration error (EX_USAGE).

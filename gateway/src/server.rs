@@ -18,14 +18,15 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::{GatewayConfig, Mode};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use hermes_shared::auth::Authenticator;
-use hermes_shared::config::{GatewayConfig, Mode, RegistryKind};
 use hermes_shared::deliver_stream;
 use hermes_shared::gateway_client::{DELIVER_BATCH_MAX, GatewayClient};
 use hermes_shared::ids::now_millis;
 use hermes_shared::metrics::Metrics;
+use hermes_shared::registry::RegistryKind;
 use hermes_shared::registry::{GatewayRecord, Registry};
 use hermes_shared::router::{LocalGateway, NEW_GATEWAY_GRACE, Router};
 use tokio::time::Instant;

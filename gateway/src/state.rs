@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::config::GatewayConfig;
 use hermes_shared::auth::Authenticator;
-use hermes_shared::config::GatewayConfig;
 use hermes_shared::metrics::Metrics;
 use hermes_shared::registry::{GatewayRecord, Registry};
 use hermes_shared::router::{LocalDelivery, Router};

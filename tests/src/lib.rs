@@ -52,8 +52,8 @@ pub fn unique(prefix: &str) -> String {
 pub fn scylla_config(
     keyspace: &str,
     request_timeout: std::time::Duration,
-) -> hermes_shared::config::ScyllaConfig {
-    hermes_shared::config::ScyllaConfig {
+) -> hermes_shared::registry::scylla::ScyllaConfig {
+    hermes_shared::registry::scylla::ScyllaConfig {
         nodes: scylla_nodes()
             .split(',')
             .map(|n| n.trim().to_owned())

@@ -288,10 +288,10 @@ async fn a_killed_gateway_leaves_the_registry_and_the_others_keep_receiving() {
     .await;
 }
 
-fn scylla_config(keyspace: &str) -> hermes_shared::config::ScyllaConfig {
+fn scylla_config(keyspace: &str) -> hermes_shared::registry::scylla::ScyllaConfig {
     let env: std::collections::HashMap<String, String> = scylla_env(keyspace).into_iter().collect();
-    match hermes_shared::config::registry_kind(&env, "production").expect("valid") {
-        hermes_shared::config::RegistryKind::Scylla(c) => c,
+    match hermes_shared::registry::RegistryKind::from_strings(&env, "production").expect("valid") {
+        hermes_shared::registry::RegistryKind::Scylla(c) => c,
         _ => unreachable!("scylla_env selects scylla"),
     }
 }

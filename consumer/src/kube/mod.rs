@@ -15,7 +15,7 @@ pub mod reaper;
 
 use std::sync::Arc;
 
-use hermes_shared::config::{KUBE_GATEWAY_SERVICE, KubeConfig};
+use crate::config::{KUBE_GATEWAY_SERVICE, KubeConfig};
 use hermes_shared::metrics::Metrics;
 use hermes_shared::registry::Registry;
 use kube::{Api, Client};

@@ -8,6 +8,7 @@
 //! per-gateway index ([`Registry::gateway_keys`]) lets the Kubernetes reaper delete a dead
 //! gateway's rows at once instead ([`Registry::reap_gateway`]).
 
+pub mod config;
 pub mod instrumented;
 pub mod memory;
 pub mod remote;
@@ -21,8 +22,8 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 
-use crate::config::RegistryKind;
 use crate::error::Result;
+pub use config::RegistryKind;
 
 /// Opens the registry a configuration names, timing every call in `metrics`.
 /// `internal_secret` and `timeout` are used by the remote registry.

@@ -17,6 +17,10 @@
 //! panics on what the network returns. The driver reconnects to a restarted node by
 //! itself; while no node is reachable a call fails within the request timeout.
 
+pub mod config;
+
+pub use config::ScyllaConfig;
+
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::sync::Arc;
@@ -39,7 +43,6 @@ use scylla::value::{CqlValue, Row};
 
 use super::{ConnectionRecord, GatewayKeys, GatewayRecord, Holdings, Registry, TokenRecord};
 use crate::batch::Batcher;
-use crate::config::ScyllaConfig;
 use crate::error::{Error, Result};
 
 /// How many registry writes one [`Registry::refresh`] keeps in flight. Enough to hide the
@@ -1084,7 +1087,7 @@ mod tests {
 
     #[test]
     fn every_configurable_consistency_level_is_known() {
-        for name in crate::config::CONSISTENCY_LEVELS {
+        for name in config::CONSISTENCY_LEVELS {
             assert!(consistency(name).is_ok(), "{name}");
         }
         assert!(consistency("SERIAL").is_err());

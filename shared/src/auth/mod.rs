@@ -8,6 +8,10 @@
 //! threads. After a bcrypt success the verifier is written beside the hash, so later
 //! connects of that token on any replica skip bcrypt.
 
+pub mod config;
+
+pub use config::{AuthConfig, TokenCheck};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +25,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{AuthConfig, TokenCheck};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, TokenRecord};

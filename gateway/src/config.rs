@@ -1,0 +1,342 @@
+//! The gateway's settings: every `HERMES_*` variable the gateway reads besides the
+//! authorizer's (`hermes_shared::auth::config`) and the registry's
+//! (`hermes_shared::registry::config`). Documented in docs/configuration.md.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hermes_shared::auth::AuthConfig;
+use hermes_shared::config::{
+    self, INTERNAL_SECRET, STAGE, Strings, addr, deliver_transport, host_name, num, positive,
+    positive_f64, positive_secs, secret, secs,
+};
+use hermes_shared::gateway_client::DeliverTransport;
+use hermes_shared::registry::RegistryKind;
+use hermes_shared::{Error, Result};
+
+// The variables. Each is documented in docs/configuration.md.
+pub const LISTEN: &str = "HERMES_LISTEN";
+pub const INTERNAL_LISTEN: &str = "HERMES_INTERNAL_LISTEN";
+pub const GATEWAY_ID: &str = "HERMES_GATEWAY_ID";
+pub const INTERNAL_URL: &str = "HERMES_INTERNAL_URL";
+pub const ADMIN_KEY: &str = "HERMES_ADMIN_KEY";
+pub const ALLOWED_ORIGINS: &str = "HERMES_ALLOWED_ORIGINS";
+pub const REGISTRY_TTL: &str = "HERMES_REGISTRY_TTL_SECONDS";
+pub const MAX_MESSAGE_BYTES: &str = "HERMES_MAX_MESSAGE_BYTES";
+pub const IDLE_TIMEOUT: &str = "HERMES_IDLE_TIMEOUT_SECONDS";
+pub const PING_INTERVAL: &str = "HERMES_PING_INTERVAL_SECONDS";
+pub const PONG_TIMEOUT: &str = "HERMES_PONG_TIMEOUT_SECONDS";
+pub const SEND_QUEUE: &str = "HERMES_SEND_QUEUE";
+pub const CLIENT_RATE: &str = "HERMES_CLIENT_MESSAGES_PER_SECOND";
+pub const CLIENT_BURST: &str = "HERMES_CLIENT_MESSAGES_BURST";
+pub const DRAIN: &str = "HERMES_DRAIN_SECONDS";
+pub const SHUTDOWN_GRACE: &str = "HERMES_SHUTDOWN_GRACE_SECONDS";
+pub const WORKERS: &str = "HERMES_WORKERS";
+pub const LISTEN_BACKLOG: &str = "HERMES_LISTEN_BACKLOG";
+pub const DEDUP_WINDOW: &str = "HERMES_DEDUP_WINDOW";
+
+/// Whether browsers from an Origin may connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPolicy {
+    Any,
+    List(Vec<String>),
+}
+
+impl OriginPolicy {
+    /// True when a request with this `Origin` header (if any) may upgrade.
+    /// Requests without an Origin (non-browser clients) are allowed.
+    pub fn allows(&self, origin: Option<&str>) -> bool {
+        match (self, origin) {
+            (OriginPolicy::Any, _) | (_, None) => true,
+            (OriginPolicy::List(list), Some(origin)) => list
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(origin)),
+        }
+    }
+}
+
+/// How the gateway process was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One replica among many: secrets are required.
+    Serve,
+    /// Everything in one process with generated secrets and the demo page.
+    Standalone,
+}
+
+/// The gateway's validated configuration.
+#[derive(Clone)]
+pub struct GatewayConfig {
+    pub mode: Mode,
+    pub stage: String,
+    pub listen: SocketAddr,
+    pub internal_listen: SocketAddr,
+    pub gateway_id: String,
+    /// Set explicitly, or derived from the bound internal address at start.
+    pub internal_url: Option<String>,
+    pub auth: AuthConfig,
+    pub admin_key: String,
+    /// True when the admin key was generated (standalone prints it once).
+    pub admin_key_generated: bool,
+    pub internal_secret: String,
+    pub allowed_origins: OriginPolicy,
+    pub registry: RegistryKind,
+    pub registry_ttl: Duration,
+    pub limits: SocketLimits,
+    pub drain: Duration,
+    pub shutdown_grace: Duration,
+    pub deliver_timeout: Duration,
+    /// How this gateway's router reaches other gateways.
+    pub deliver_transport: DeliverTransport,
+    pub workers: usize,
+    /// Pending connections the kernel queues per listener before it drops SYNs (capped by
+    /// net.core.somaxconn); a reconnect storm needs more than the usual 128.
+    pub listen_backlog: usize,
+    pub dedup_window: usize,
+}
+
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets are never printed.
+        f.debug_struct("GatewayConfig")
+            .field("mode", &self.mode)
+            .field("stage", &self.stage)
+            .field("listen", &self.listen)
+            .field("internal_listen", &self.internal_listen)
+            .field("gateway_id", &self.gateway_id)
+            .field("internal_url", &self.internal_url)
+            .field("registry", &self.registry)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-socket limits.
+#[derive(Debug, Clone)]
+pub struct SocketLimits {
+    pub max_message_bytes: usize,
+    pub idle_timeout: Duration,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub send_queue: usize,
+    pub client_rate: f64,
+    pub client_burst: f64,
+}
+
+impl GatewayConfig {
+    /// Reads and validates the configuration.
+    pub fn from_strings(s: &dyn Strings, mode: Mode) -> Result<Self> {
+        let standalone = mode == Mode::Standalone;
+        let stage = config::stage(s);
+        if stage.is_empty()
+            || !stage
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(Error::Config(format!(
+                "{STAGE}: {stage:?} must be letters, digits, '-' or '_'"
+            )));
+        }
+        let default_listen = if standalone {
+            "127.0.0.1:8080"
+        } else {
+            "0.0.0.0:8080"
+        };
+        let listen = addr(s, LISTEN, default_listen)?;
+        let internal_listen = addr(s, INTERNAL_LISTEN, "127.0.0.1:8081")?;
+        let gateway_id = match s.get(GATEWAY_ID) {
+            Some(id) => id,
+            None => host_name("hermes-gateway"),
+        };
+        if gateway_id.is_empty() || gateway_id.len() > 253 {
+            return Err(Error::Config(format!(
+                "{GATEWAY_ID}: must be 1 to 253 characters"
+            )));
+        }
+        let internal_url = match s.get(INTERNAL_URL) {
+            Some(u) => {
+                let parsed = url::Url::parse(&u).map_err(|e| {
+                    Error::Config(format!("{INTERNAL_URL}: {u:?} is not a URL: {e}"))
+                })?;
+                if parsed.scheme() != "http" && parsed.scheme() != "https" {
+                    return Err(Error::Config(format!(
+                        "{INTERNAL_URL}: must be http:// or https://"
+                    )));
+                }
+                Some(u.trim_end_matches('/').to_owned())
+            }
+            None => None,
+        };
+
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let auth = AuthConfig::from_strings(s, standalone)?;
+
+        let (admin_key, admin_key_generated) = match s.get(ADMIN_KEY) {
+            Some(k) => (k, false),
+            None if standalone => (hermes_shared::ids::random_secret(24), true),
+            None => return Err(Error::Config(format!("{ADMIN_KEY}: required"))),
+        };
+        if admin_key.len() < 16 {
+            return Err(Error::Config(format!(
+                "{ADMIN_KEY}: must be at least 16 characters"
+            )));
+        }
+        let internal_secret = secret(s, INTERNAL_SECRET, standalone, 32)?;
+        if internal_secret.len() < 16 {
+            return Err(Error::Config(format!(
+                "{INTERNAL_SECRET}: must be at least 16 characters"
+            )));
+        }
+
+        let allowed_origins = match s.get(ALLOWED_ORIGINS) {
+            None => OriginPolicy::Any,
+            Some(list) if list.trim() == "*" => OriginPolicy::Any,
+            Some(list) => {
+                let origins: Vec<String> = list
+                    .split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect();
+                for o in &origins {
+                    if !(o.starts_with("http://") || o.starts_with("https://")) {
+                        return Err(Error::Config(format!(
+                            "{ALLOWED_ORIGINS}: {o:?} must look like https://app.example.com"
+                        )));
+                    }
+                }
+                OriginPolicy::List(origins)
+            }
+        };
+
+        let registry = RegistryKind::from_strings(s, &stage)?;
+
+        let limits = SocketLimits {
+            max_message_bytes: positive(s, MAX_MESSAGE_BYTES, 128 * 1024)?,
+            idle_timeout: positive_secs(s, IDLE_TIMEOUT, 600)?,
+            ping_interval: positive_secs(s, PING_INTERVAL, 30)?,
+            pong_timeout: positive_secs(s, PONG_TIMEOUT, 60)?,
+            send_queue: positive(s, SEND_QUEUE, 256)?,
+            client_rate: positive_f64(s, CLIENT_RATE, 20.0)?,
+            client_burst: positive_f64(s, CLIENT_BURST, 40.0)?,
+        };
+
+        Ok(Self {
+            mode,
+            stage,
+            listen,
+            internal_listen,
+            gateway_id,
+            internal_url,
+            auth,
+            admin_key,
+            admin_key_generated,
+            internal_secret,
+            allowed_origins,
+            registry,
+            registry_ttl: positive_secs(s, REGISTRY_TTL, 30)?,
+            limits,
+            drain: secs(s, DRAIN, 10)?,
+            shutdown_grace: positive_secs(s, SHUTDOWN_GRACE, 25)?,
+            deliver_timeout: config::deliver_timeout(s)?,
+            deliver_transport: deliver_transport(s)?,
+            workers: positive(s, WORKERS, cpus)?,
+            listen_backlog: positive(s, LISTEN_BACKLOG, 4096)?.min(i32::MAX as usize),
+            dedup_window: num(s, DEDUP_WINDOW, 4096usize)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use hermes_shared::auth::config::{
+        BCRYPT_NICE, BCRYPT_PRIORITY, JWT_ALGORITHMS, JWT_SECRET, TOKEN_CHECK,
+    };
+    use hermes_shared::auth::{Algorithm, BcryptPriority};
+    use hermes_shared::config::{DELIVER_TRANSPORT, INTERNAL_SECRET, STAGE};
+    use hermes_shared::registry::config::REGISTRY;
+
+    use super::*;
+
+    fn serve_env() -> HashMap<&'static str, &'static str> {
+        HashMap::from([
+            (JWT_SECRET, "0123456789abcdef0123456789abcdef"),
+            (ADMIN_KEY, "admin-key-0123456789"),
+            (INTERNAL_SECRET, "internal-secret-0123456789"),
+        ])
+    }
+
+    #[test]
+    fn serve_mode_requires_secrets() {
+        let err = GatewayConfig::from_strings(&HashMap::<&str, &str>::new(), Mode::Serve)
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("HERMES_JWT_SECRET: required"));
+    }
+
+    #[test]
+    fn standalone_generates_secrets_and_binds_loopback() {
+        let c = GatewayConfig::from_strings(&HashMap::<&str, &str>::new(), Mode::Standalone)
+            .expect("standalone needs no configuration");
+        assert!(c.admin_key_generated);
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(c.stage, "production");
+        assert_eq!(c.auth.algorithms, vec![Algorithm::HS512]);
+        assert_eq!(c.auth.bcrypt_priority, BcryptPriority::Idle);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let cases = [
+            (MAX_MESSAGE_BYTES, "lots", "HERMES_MAX_MESSAGE_BYTES"),
+            (JWT_ALGORITHMS, "none", "HERMES_JWT_ALGORITHMS"),
+            (JWT_ALGORITHMS, "RS256", "HERMES_JWT_ALGORITHMS"),
+            (LISTEN, "8080", "HERMES_LISTEN"),
+            (STAGE, "a/b", "HERMES_STAGE"),
+            (TOKEN_CHECK, "maybe", "HERMES_TOKEN_CHECK"),
+            (ALLOWED_ORIGINS, "example.com", "HERMES_ALLOWED_ORIGINS"),
+            (REGISTRY, "redis", "HERMES_REGISTRY"),
+            (REGISTRY, "remote", "HERMES_REGISTRY_URL"),
+            (SEND_QUEUE, "0", "HERMES_SEND_QUEUE"),
+            (BCRYPT_PRIORITY, "20", "HERMES_BCRYPT_PRIORITY"),
+            (BCRYPT_PRIORITY, "low", "HERMES_BCRYPT_PRIORITY"),
+            (DELIVER_TRANSPORT, "grpc", "HERMES_DELIVER_TRANSPORT"),
+            (
+                BCRYPT_NICE,
+                "10",
+                "HERMES_BCRYPT_NICE was replaced by HERMES_BCRYPT_PRIORITY",
+            ),
+        ];
+        for (key, value, named) in cases {
+            let mut env = serve_env();
+            env.insert(key, value);
+            let err = GatewayConfig::from_strings(&env, Mode::Serve)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.starts_with(named), "{key}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn origins_are_matched_exactly_and_absent_origin_is_allowed() {
+        let mut env = serve_env();
+        env.insert(
+            ALLOWED_ORIGINS,
+            "https://app.example.com, https://admin.example.com/",
+        );
+        let c = GatewayConfig::from_strings(&env, Mode::Serve).expect("valid");
+        assert!(c.allowed_origins.allows(Some("https://admin.example.com")));
+        assert!(!c.allowed_origins.allows(Some("https://evil.example.com")));
+        assert!(c.allowed_origins.allows(None));
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let c = GatewayConfig::from_strings(&serve_env(), Mode::Serve).expect("valid");
+        let text = format!("{c:?}");
+        assert!(!text.contains("admin-key"));
+        assert!(!text.contains("0123456789abcdef"));
+    }
+}
