@@ -141,14 +141,20 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
         tracing::warn!(%error, "cannot remove the gateway row; its TTL will");
     }
     gw.stopping.cancel();
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    let _ = tokio::time::timeout(remaining, async {
-        public_handle.stop(true).await;
-        internal_handle.stop(true).await;
+    // Both servers stop together, and nothing is waited for past the deadline: a connection
+    // that is still open then (its peer holds it without reading) is dropped with the
+    // process, rather than holding the process for actix's own shutdown timeout (30 s),
+    // or for ever if a server were never told to stop.
+    let stopped = tokio::time::timeout_at(deadline, async {
+        futures_util::future::join(public_handle.stop(true), internal_handle.stop(true)).await;
+        let _ = internal_task.await;
     })
-    .await;
-    let _ = internal_task.await;
-    tracing::info!(drained, "stopped");
+    .await
+    .is_ok();
+    if !stopped {
+        tracing::warn!("connections were still open when the grace period ended; exiting");
+    }
+    tracing::info!(drained, stopped, "stopped");
     Ok(())
 }
 
@@ -194,6 +200,7 @@ fn announce(gw: &Gateway, bound: Bound) {
 fn public_server(gw: Arc<Gateway>, listener: TcpListener) -> Result<actix_web::dev::Server> {
     let standalone = gw.config.mode == Mode::Standalone;
     let workers = gw.config.workers;
+    let user_timeout = gw.config.limits.ping_interval + gw.config.limits.pong_timeout;
     let data = web::Data::new(gw);
     let server = HttpServer::new(move || {
         let mut app = App::new()
@@ -213,6 +220,7 @@ fn public_server(gw: Arc<Gateway>, listener: TcpListener) -> Result<actix_web::d
             )
     })
     .workers(workers)
+    .on_connect(move |io, _| set_user_timeout(io, user_timeout))
     .disable_signals()
     .client_request_timeout(Duration::from_secs(10))
     .listen(listener)?
@@ -273,6 +281,20 @@ fn internal_server(
     .listen(listener)?
     .run();
     Ok(server)
+}
+
+/// Bounds how long the kernel keeps a connection whose written data stays unacknowledged,
+/// or whose peer's receive window stays shut, to `timeout` (`TCP_USER_TIMEOUT`): then the
+/// connection fails and is dropped. A peer that vanished, or that holds both its buffers
+/// and the connection's full, cannot be reached by anything the gateway writes (the close
+/// timeout's abort is noticed only when the connection's write buffer has room), so this
+/// is what ends it, no sooner than the heartbeat would have declared it dead.
+fn set_user_timeout(io: &dyn std::any::Any, timeout: Duration) {
+    if let Some(stream) = io.downcast_ref::<actix_web::rt::net::TcpStream>()
+        && let Err(error) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout))
+    {
+        tracing::debug!(%error, "cannot set TCP_USER_TIMEOUT");
+    }
 }
 
 /// Keep-alive of the internal listener, seconds.

@@ -79,7 +79,7 @@ pub async fn deliver_stream(
         }
     };
     let max_frame = (gw.config.limits.max_message_bytes * 2 + 64 * 1024) * DELIVER_BATCH_MAX;
-    let incoming = Incoming::new(body.into_inner(), max_frame);
+    let incoming = Incoming::new(body.into_inner(), outbox.clone(), max_frame);
     actix_web::rt::spawn(serve(gw, incoming, outbox));
     response
 }

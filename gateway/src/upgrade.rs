@@ -235,7 +235,11 @@ pub async fn websocket(
     }
     gw.metrics.connects.with_label_values(&["accepted"]).inc();
     tracing::debug!(connection_id = conn.id(), room_id = %conn.record.room_id, "connected");
-    let incoming = Incoming::new(body.into_inner(), gw.config.limits.max_message_bytes);
+    let incoming = Incoming::new(
+        body.into_inner(),
+        conn.outbox.clone(),
+        gw.config.limits.max_message_bytes,
+    );
     actix_web::rt::spawn(crate::session::run(gw, incoming, conn));
     response
 }

@@ -214,6 +214,26 @@ impl Outbox {
         true
     }
 
+    /// The peer's side of the connection ended (it closed or reset it without a close
+    /// frame) or nobody reads it anymore: unless a close frame is queued already, drops
+    /// what is queued and ends the body now. The dispatcher then closes the connection
+    /// (once the client's side has ended it does at once) instead of waiting for a body
+    /// that would never end.
+    fn hang_up(&self) {
+        let waker = {
+            let mut state = self.shared.state.lock();
+            if state.ending || state.gone || state.aborted {
+                return;
+            }
+            state.frames = VecDeque::new();
+            state.ending = true;
+            state.writer.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     /// Drops the connection without waiting for queued frames to be written (a peer that
     /// never reads its close frame).
     pub fn abort(&self) {
@@ -357,8 +377,14 @@ struct Partial {
 }
 
 /// The client's messages, read from the request payload of the upgrade.
+///
+/// It ends the socket's [`Outbox`] body when the client's side of the connection ends
+/// (EOF or an I/O error without a close frame) and when it is dropped: the response of an
+/// upgraded connection is otherwise an endless stream, and the dispatcher keeps a
+/// connection whose response has not ended (see `hang_up`).
 pub struct Incoming {
     payload: Payload,
+    outbox: Outbox,
     buf: BytesMut,
     codec: Codec,
     max_message: usize,
@@ -367,10 +393,12 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    /// Reads `payload`, refusing frames and messages larger than `max_message` bytes.
-    pub fn new(payload: Payload, max_message: usize) -> Self {
+    /// Reads `payload`, refusing frames and messages larger than `max_message` bytes; the
+    /// socket's outgoing frames go to `outbox`.
+    pub fn new(payload: Payload, outbox: Outbox, max_message: usize) -> Self {
         Self {
             payload,
+            outbox,
             buf: BytesMut::new(),
             codec: Codec::new().max_size(max_message),
             max_message,
@@ -409,16 +437,22 @@ impl Incoming {
                     }
                 }
                 Poll::Ready(Some(Err(_))) => {
-                    self.ended = true;
+                    self.read_half_ended();
                     return Poll::Ready(Some(Err(InboundError::Io)));
                 }
                 Poll::Ready(None) => {
-                    self.ended = true;
+                    self.read_half_ended();
                     return Poll::Ready(None);
                 }
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+
+    /// The client's side is gone without a close frame: nothing more can be said to it.
+    fn read_half_ended(&mut self) {
+        self.ended = true;
+        self.outbox.hang_up();
     }
 
     /// Decodes frames from the buffer until a whole message is ready or more bytes are needed.
@@ -500,6 +534,12 @@ impl Incoming {
         } else {
             Inbound::Binary(data)
         }))
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.outbox.hang_up();
     }
 }
 
@@ -628,13 +668,62 @@ mod tests {
     }
 
     fn incoming(chunks: Vec<Bytes>, max: usize) -> Incoming {
+        incoming_to(chunks, Outbox::new(4, None).0, max)
+    }
+
+    fn incoming_to(chunks: Vec<Bytes>, outbox: Outbox, max: usize) -> Incoming {
         let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, PayloadError>));
         Incoming::new(
             Payload::Stream {
                 payload: Box::pin(stream),
             },
+            outbox,
             max,
         )
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_clients_side_ends_the_body_without_the_queued_frames() {
+        let (outbox, mut body) = Outbox::new(4, None);
+        outbox.push(text_frame("never read"), None).expect("room");
+        let mut rx = incoming_to(Vec::new(), outbox.clone(), 64);
+        assert!(rx.next().await.is_none(), "EOF");
+        assert!(
+            matches!(poll(&mut body, Waker::noop()), Poll::Ready(None)),
+            "the body ends at once, so the dispatcher lets the connection go"
+        );
+        assert_eq!(outbox.push_text("late"), Err(PushError::Closed));
+    }
+
+    #[tokio::test]
+    async fn an_io_error_on_the_clients_side_ends_the_body() {
+        let (outbox, mut body) = Outbox::new(4, None);
+        let stream = futures_util::stream::iter([Err::<Bytes, _>(PayloadError::Incomplete(None))]);
+        let mut rx = Incoming::new(
+            Payload::Stream {
+                payload: Box::pin(stream),
+            },
+            outbox,
+            64,
+        );
+        assert!(matches!(rx.next().await, Some(Err(InboundError::Io))));
+        assert!(matches!(poll(&mut body, Waker::noop()), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn dropping_the_reader_ends_the_body_but_keeps_a_queued_close_frame() {
+        let (outbox, mut body) = Outbox::new(4, None);
+        drop(incoming_to(Vec::new(), outbox.clone(), 64));
+        assert!(matches!(poll(&mut body, Waker::noop()), Poll::Ready(None)));
+
+        let (outbox, mut body) = Outbox::new(4, None);
+        assert!(outbox.close(Some(1001), "bye"));
+        drop(incoming_to(Vec::new(), outbox, 64));
+        assert!(
+            matches!(poll(&mut body, Waker::noop()), Poll::Ready(Some(Ok(_)))),
+            "the close frame is still written"
+        );
+        assert!(matches!(poll(&mut body, Waker::noop()), Poll::Ready(None)));
     }
 
     #[tokio::test]

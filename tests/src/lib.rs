@@ -324,6 +324,51 @@ impl Gateway {
     pub fn logs(&self) -> String {
         self.logs.lock().expect("logs").clone()
     }
+
+    /// The process id (while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the gateway is running")
+    }
+
+    /// How many file descriptors the process holds for TCP connections on its public
+    /// port (accepted sockets in any state, the listener aside), read from Linux's `/proc`.
+    pub fn public_connection_fds(&self) -> usize {
+        let pid = self.pid();
+        let port: u16 = self
+            .public
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the public port");
+        let mut inodes = std::collections::HashSet::new();
+        for table in ["tcp", "tcp6"] {
+            let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+                continue;
+            };
+            for line in text.lines().skip(1) {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+                let (Some(local), Some(state), Some(inode)) =
+                    (fields.get(1), fields.get(3), fields.get(9))
+                else {
+                    continue;
+                };
+                let local_port = local
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok());
+                // State 0A is LISTEN.
+                if local_port == Some(port) && *state != "0A" {
+                    inodes.insert(format!("socket:[{inode}]"));
+                }
+            }
+        }
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("/proc/<pid>/fd is readable")
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .filter(|target| inodes.contains(target.to_string_lossy().as_ref()))
+            .count()
+    }
 }
 
 /// Value of one series on a Prometheus endpoint, 0 if absent.
