@@ -1,8 +1,10 @@
 //! Starting and stopping a gateway.
 //!
 //! Start order: bind both listeners (so port 0 works and the internal URL is known),
-//! build the registry, authenticator, hub and router, register the gateway row, serve,
-//! and refresh the registry rows on a heartbeat.
+//! build the registry, authenticator, hub and router, serve, and refresh the registry rows
+//! on a heartbeat. A gateway whose registry is shared accepts sockets only
+//! `NEW_GATEWAY_GRACE` after its heartbeat first wrote its row; one that serves its own
+//! embedded registry (standalone) writes the row before serving and accepts at once.
 //!
 //! Shutdown order (SIGTERM or SIGINT), written down once:
 //! 1. `/readyz` turns 503 and new upgrades get 503 (the load balancer stops sending);
@@ -114,6 +116,9 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
         config, metrics, registry, hub, auth, router, record,
     ));
 
+    if served.is_some() {
+        admit_at_once(&gw).await?;
+    }
     let public = public_server(gw.clone(), public_listener)?;
     let internal = internal_server(gw.clone(), internal_listener, served)?;
     let public_handle = public.handle();
@@ -141,12 +146,14 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
         tracing::warn!(%error, "cannot remove the gateway row; its TTL will");
     }
     gw.stopping.cancel();
-    // Both servers stop together, and nothing is waited for past the deadline: a connection
-    // that is still open then (its peer holds it without reading) is dropped with the
-    // process, rather than holding the process for actix's own shutdown timeout (30 s),
-    // or for ever if a server were never told to stop.
+    // The public server, then the internal one (its /readyz and /metrics answer until the
+    // sockets are over), and nothing is waited for past the deadline: a connection still
+    // open then (its peer holds it without reading) is dropped with the process, rather
+    // than holding it for actix's own shutdown timeout (30 s), or for ever, as when the
+    // internal server was never told to stop because the public one was still stopping.
     let stopped = tokio::time::timeout_at(deadline, async {
-        futures_util::future::join(public_handle.stop(true), internal_handle.stop(true)).await;
+        public_handle.stop(true).await;
+        internal_handle.stop(true).await;
         let _ = internal_task.await;
     })
     .await
@@ -300,8 +307,23 @@ fn set_user_timeout(io: &dyn std::any::Any, timeout: Duration) {
 /// Keep-alive of the internal listener, seconds.
 pub const INTERNAL_KEEP_ALIVE_SECS: u64 = 120;
 
-/// Refreshes this gateway's registry rows; the gateway accepts sockets and is ready
-/// [`NEW_GATEWAY_GRACE`] after the first success.
+/// A gateway that serves its own embedded registry (standalone, or `serve` with
+/// `HERMES_REGISTRY=memory`) writes its row before it serves anything, and accepts sockets
+/// and is ready from then on. [`NEW_GATEWAY_GRACE`] is there for routers in other
+/// processes that may hold a gateway list read before the row existed; but every list of
+/// this registry is read from this process, which has the row before it answers any
+/// read. So the banner is printed when the first upgrade can succeed.
+async fn admit_at_once(gw: &Gateway) -> Result<()> {
+    gw.registry
+        .refresh(&gw.record, &gw.hub.holdings(), gw.config.registry_ttl)
+        .await?;
+    gw.set_accepting();
+    gw.set_ready(true);
+    Ok(())
+}
+
+/// Refreshes this gateway's registry rows; unless [`admit_at_once`] admitted it, the
+/// gateway accepts sockets and is ready [`NEW_GATEWAY_GRACE`] after the first success.
 async fn heartbeat(gw: Arc<Gateway>) {
     let period = (gw.config.registry_ttl / 3).max(Duration::from_millis(200));
     let mut tick = tokio::time::interval(period);
