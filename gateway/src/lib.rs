@@ -18,6 +18,7 @@ pub mod session;
 pub mod standalone;
 pub mod state;
 pub mod stream;
+pub mod token_cmd;
 pub mod upgrade;
 pub mod ws;
 
@@ -33,6 +34,13 @@ pub enum Error {
     },
     #[error("server failed: {0}")]
     Server(#[from] std::io::Error),
+}
+
+impl Error {
+    /// True for a bad or missing setting (the binary exits 64 on those).
+    pub fn is_config(&self) -> bool {
+        matches!(self, Error::Shared(hermes_shared::Error::Config(_)))
+    }
 }
 
 /// `Result` with the gateway's [`Error`].

@@ -60,3 +60,71 @@ async fn the_token_command_prints_a_jwt_the_cluster_accepts() {
         .await;
     assert_eq!(recv_json(&mut ws).await["data"]["type"], "cli");
 }
+
+/// A unique path under the system's temporary directory for a config file.
+fn config_file(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(unique(name));
+    std::fs::write(&path, text).expect("write the config file");
+    path
+}
+
+#[tokio::test]
+async fn the_token_command_reads_its_secret_from_the_config_file() {
+    let gw = Gateway::start(&[]).await;
+    let file = config_file(
+        "token-config",
+        &format!("# the secret lives only here\nHERMES_JWT_SECRET=\"{JWT_SECRET}\"\n"),
+    );
+    let out = gateway_cmd()
+        .args(["token", "--user", "file-user", "--room", "file-room"])
+        .env("HERMES_CONFIG_FILE", &file)
+        .env("HERMES_INTERNAL_SECRET", INTERNAL_SECRET)
+        .env("HERMES_REGISTRY", "remote")
+        .env("HERMES_REGISTRY_URL", &gw.internal)
+        .env("HERMES_BCRYPT_COST", "4")
+        .output()
+        .expect("runs");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jwt = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned();
+    // The gateway, which has the same secret, accepts it.
+    let mut ws = gw.connect(&jwt).await;
+    gw.publish(json!({"user_id": "ops", "room_id": "file-room", "data": {"type": "file"}}))
+        .await;
+    assert_eq!(recv_json(&mut ws).await["data"]["type"], "file");
+}
+
+#[test]
+fn the_token_command_without_a_secret_exits_64_naming_it() {
+    let empty_in_file = config_file("token-empty", "HERMES_JWT_SECRET=\n");
+    let runs = [
+        gateway_cmd()
+            .args(["token", "--user", "u", "--room", "r"])
+            .env("HERMES_JWT_SECRET", "")
+            .output()
+            .expect("runs"),
+        gateway_cmd()
+            .args(["token", "--user", "u", "--room", "r"])
+            .env("HERMES_CONFIG_FILE", &empty_in_file)
+            .output()
+            .expect("runs"),
+    ];
+    let _ = std::fs::remove_file(&empty_in_file);
+    for out in runs {
+        assert_eq!(out.status.code(), Some(64));
+        assert!(out.stdout.is_empty(), "no token is printed");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("HERMES_JWT_SECRET: required to sign a token"),
+            "{stderr}"
+        );
+    }
+}
