@@ -21,7 +21,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::close;
-use crate::ws::{self, Outbox, OutboxBody, PushError};
+use crate::ws::{self, Outbox, PushError};
 
 /// One open socket, as the hub sees it.
 pub struct Connection {
@@ -38,24 +38,17 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Creates a connection and the response body its frames are written from.
-    pub fn new(
-        record: ConnectionRecord,
-        modern: bool,
-        queue: usize,
-        metrics: Option<Arc<Metrics>>,
-    ) -> (Arc<Self>, OutboxBody) {
-        let (outbox, body) = Outbox::new(queue, metrics);
+    /// A connection whose frames go to `outbox`.
+    pub fn new(record: ConnectionRecord, modern: bool, outbox: Outbox) -> Arc<Self> {
         let now = record.connected_at;
-        let conn = Arc::new(Self {
+        Arc::new(Self {
             record,
             modern,
             outbox,
             kill: CancellationToken::new(),
             close_with: Mutex::new(None),
             last_active: AtomicU64::new(now),
-        });
-        (conn, body)
+        })
     }
 
     pub fn id(&self) -> &str {
@@ -407,7 +400,7 @@ impl LocalDelivery for SessionHub {
             DeliverAction::Close { code, reason } => {
                 self.close_targets(&request.target, exclude, *code, reason)
             }
-            // Revocation needs the authenticator too: see `GatewayDelivery`.
+            // Revocation needs the authenticator too: see `deliver::Deliveries`.
             DeliverAction::Revoke { user_id, room_id } => {
                 let target = Target::User {
                     user_id: user_id.clone(),
@@ -435,9 +428,11 @@ impl LocalDelivery for SessionHub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ws::OutboxBody;
 
     fn conn(id: &str, room: &str, user: &str, queue: usize) -> (Arc<Connection>, OutboxBody) {
-        Connection::new(
+        let (outbox, body) = Outbox::new(queue, None);
+        let conn = Connection::new(
             ConnectionRecord {
                 connection_id: id.into(),
                 room_id: room.into(),
@@ -448,9 +443,9 @@ mod tests {
                 user_agent: String::new(),
             },
             true,
-            queue,
-            None,
-        )
+            outbox,
+        );
+        (conn, body)
     }
 
     fn send(target: Target, id: Option<&str>, exclude: Option<&str>) -> DeliverRequest {

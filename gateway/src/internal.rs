@@ -6,175 +6,90 @@
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
-use hermes_shared::gateway_client::DELIVER_BATCH_MAX;
+use actix_web::{HttpResponse, web};
 use hermes_shared::registry::Registry;
-use hermes_shared::registry::remote::{RegistryOp, SECRET_HEADER, execute};
+use hermes_shared::registry::remote::{RegistryOp, execute};
 use hermes_shared::router::LocalDelivery;
-use hermes_shared::wire::{DeliverRequest, DeliverResponse};
-use subtle::ConstantTimeEq;
+use hermes_shared::wire::DeliverRequest;
 
-use crate::admin::error;
-use crate::state::{Gateway, GatewayDelivery};
+use crate::error::HttpError;
+use crate::extract::InternalSecret;
+use crate::state::Gateway;
 
 /// The registry this process serves to others (`HERMES_REGISTRY=memory` only).
 pub struct ServedRegistry(pub Option<Arc<dyn Registry>>);
 
-pub(crate) fn check_secret(req: &HttpRequest, gw: &Gateway) -> Option<HttpResponse> {
-    let ok = req
-        .headers()
-        .get(SECRET_HEADER)
-        .map(|v| v.as_bytes())
-        .is_some_and(|p| {
-            let expected = gw.config.internal_secret.as_bytes();
-            p.len() == expected.len() && bool::from(p.ct_eq(expected))
-        });
-    if ok {
-        None
-    } else {
-        Some(error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong X-Hermes-Internal-Secret",
-        ))
-    }
-}
-
-/// The body of a deliver call, once its secret is checked and its JSON parsed; else the
-/// refusal (401 or 400, counted in `hermes_deliver_requests_total`).
+/// Parses a deliver call's JSON body (a refusal is counted as a 400 call).
 fn deliver_body<T: serde::de::DeserializeOwned>(
-    req: &HttpRequest,
-    body: &[u8],
     gw: &Gateway,
+    body: &[u8],
     what: &str,
-) -> Result<T, Box<HttpResponse>> {
-    if let Some(denied) = check_secret(req, gw) {
-        gw.metrics
-            .deliver_requests
-            .with_label_values(&["server", "401"])
-            .inc();
-        return Err(Box::new(denied));
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| Box::new(invalid_delivery(gw, &format!("invalid {what}: {e}"))))
-}
-
-/// A 400 for a deliver call, counted in `hermes_deliver_requests_total`.
-fn invalid_delivery(gw: &Gateway, message: &str) -> HttpResponse {
-    gw.metrics
-        .deliver_requests
-        .with_label_values(&["server", "400"])
-        .inc();
-    error(StatusCode::BAD_REQUEST, "invalid", message)
-}
-
-/// Delivers to this gateway's sockets and counts the answered call.
-pub(crate) fn deliver_here(gw: &Gateway, requests: &[DeliverRequest]) -> Vec<DeliverResponse> {
-    let delivery = GatewayDelivery {
-        hub: gw.hub.clone(),
-        auth: gw.auth.clone(),
-    };
-    let responses = requests.iter().map(|r| delivery.deliver(r)).collect();
-    gw.metrics
-        .deliver_requests
-        .with_label_values(&["server", "200"])
-        .inc();
-    responses
+) -> Result<T, HttpError> {
+    serde_json::from_slice(body).map_err(|e| gw.deliveries.invalid(format!("invalid {what}: {e}")))
 }
 
 /// `POST /internal/v1/deliver`.
 pub async fn deliver(
-    req: HttpRequest,
+    caller: Result<InternalSecret, HttpError>,
     body: web::Bytes,
     gw: web::Data<Arc<Gateway>>,
-) -> HttpResponse {
-    match deliver_body::<DeliverRequest>(&req, &body, &gw, "deliver request") {
-        Ok(request) => HttpResponse::Ok().json(
-            deliver_here(&gw, std::slice::from_ref(&request))
-                .pop()
-                .unwrap_or_default(),
-        ),
-        Err(refusal) => *refusal,
-    }
+) -> Result<HttpResponse, HttpError> {
+    gw.deliveries.authorized(caller)?;
+    let request: DeliverRequest = deliver_body(&gw, &body, "deliver request")?;
+    let response = gw
+        .deliveries
+        .answer(std::slice::from_ref(&request))
+        .pop()
+        .unwrap_or_default();
+    Ok(HttpResponse::Ok().json(response))
 }
 
 /// `POST /internal/v1/deliver-batch`: a JSON array of deliver requests (at most
-/// [`DELIVER_BATCH_MAX`]), answered with one deliver response per request, in order.
+/// `DELIVER_BATCH_MAX`), answered with one deliver response per request, in order.
 pub async fn deliver_batch(
-    req: HttpRequest,
+    caller: Result<InternalSecret, HttpError>,
     body: web::Bytes,
     gw: web::Data<Arc<Gateway>>,
-) -> HttpResponse {
-    let requests = match deliver_body::<Vec<DeliverRequest>>(&req, &body, &gw, "deliver batch") {
-        Ok(requests) => requests,
-        Err(refusal) => return *refusal,
-    };
-    if requests.len() > DELIVER_BATCH_MAX {
-        return invalid_delivery(
-            &gw,
-            &format!(
-                "a deliver batch holds at most {DELIVER_BATCH_MAX} requests, not {}",
-                requests.len()
-            ),
-        );
-    }
-    HttpResponse::Ok().json(deliver_here(&gw, &requests))
+) -> Result<HttpResponse, HttpError> {
+    gw.deliveries.authorized(caller)?;
+    let requests: Vec<DeliverRequest> = deliver_body(&gw, &body, "deliver batch")?;
+    gw.deliveries.check_batch(requests.len())?;
+    Ok(HttpResponse::Ok().json(gw.deliveries.answer(&requests)))
 }
 
 /// `GET /internal/v1/connections/{id}`.
 pub async fn connection(
-    req: HttpRequest,
+    _: InternalSecret,
     id: web::Path<String>,
     gw: web::Data<Arc<Gateway>>,
-) -> HttpResponse {
-    if let Some(denied) = check_secret(&req, &gw) {
-        return denied;
-    }
+) -> Result<HttpResponse, HttpError> {
     match gw.hub.connection_info(&id) {
-        Some(info) => HttpResponse::Ok().json(info),
-        None => error(
+        Some(info) => Ok(HttpResponse::Ok().json(info)),
+        None => Err(HttpError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             "no such connection on this gateway",
-        ),
+        )),
     }
 }
 
 /// `POST /internal/v1/registry`: one registry operation against the embedded registry.
 pub async fn registry(
-    req: HttpRequest,
+    _: InternalSecret,
     body: web::Bytes,
-    gw: web::Data<Arc<Gateway>>,
     served: web::Data<ServedRegistry>,
-) -> HttpResponse {
-    if let Some(denied) = check_secret(&req, &gw) {
-        return denied;
-    }
+) -> Result<HttpResponse, HttpError> {
     let Some(registry) = served.0.as_ref() else {
-        return error(
+        return Err(HttpError::new(
             StatusCode::NOT_FOUND,
             "not_served",
             "this process does not serve its registry (HERMES_REGISTRY is not memory)",
-        );
+        ));
     };
-    let op: RegistryOp = match serde_json::from_slice(&body) {
-        Ok(op) => op,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                &format!("invalid registry operation: {e}"),
-            );
-        }
-    };
-    match execute(registry.as_ref(), op).await {
-        Ok(value) => HttpResponse::Ok().json(value),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            e.metric_label(),
-            &e.to_string(),
-        ),
-    }
+    let op: RegistryOp = serde_json::from_slice(&body)
+        .map_err(|e| HttpError::invalid(format!("invalid registry operation: {e}")))?;
+    let value = execute(registry.as_ref(), op).await?;
+    Ok(HttpResponse::Ok().json(value))
 }
 
 /// `GET /metrics`.

@@ -1,9 +1,15 @@
 //! `hermes-gateway`: holds the browsers' WebSockets.
 //!
-//! It authenticates each upgrade (`upgrade`), runs one task per socket (`session`), keeps
-//! its sockets indexed by room and user (`hub`), registers them in the registry, delivers
-//! pushes routed to it (`internal`, and `stream` for routers' deliver streams), serves the admin API (`admin`), and drains on
-//! SIGTERM (`server`). `hermes-gateway standalone` adds the demo page (`standalone`).
+//! - `upgrade`: the `$connect` route, the authorizer in front of a socket;
+//! - `session`: a socket's life: admit (hub + registry rows), its task, release;
+//! - `ws`: the WebSocket plumbing on actix-http (`accept`, the `Outbox` body, `Incoming`);
+//! - `hub`: the sockets indexed by connection, room and user, and local delivery;
+//! - `deliver`: the deliver handler, built once, behind the in-process router, `internal`
+//!   (`POST /internal/v1/deliver*`) and `stream` (routers' deliver streams);
+//! - `admin`: the admin API; `standalone`: the demo page;
+//! - `error` (`HttpError`, every HTTP refusal) and `extract` (admin key, internal secret);
+//! - `server`: start, heartbeat, drain; `config`, `state`, `close`, `access_log`;
+//!   `token_cmd`: the `token` subcommand.
 //!
 //! It must not know about queues: the consumer owns those.
 
@@ -11,6 +17,9 @@ pub mod access_log;
 pub mod admin;
 pub mod close;
 pub mod config;
+pub mod deliver;
+pub mod error;
+pub mod extract;
 pub mod hub;
 pub mod internal;
 pub mod server;

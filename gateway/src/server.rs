@@ -18,6 +18,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::config::{GatewayConfig, Mode};
@@ -32,10 +33,12 @@ use hermes_shared::registry::RegistryKind;
 use hermes_shared::registry::{GatewayRecord, Registry};
 use hermes_shared::router::{LocalGateway, NEW_GATEWAY_GRACE, Router};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
+use crate::deliver::Deliveries;
 use crate::hub::SessionHub;
 use crate::internal::ServedRegistry;
-use crate::state::{Gateway, GatewayDelivery};
+use crate::state::Gateway;
 use crate::{Error, Result, access_log, admin, close, internal, standalone, stream, upgrade};
 
 /// Where a started gateway listens.
@@ -99,12 +102,10 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
         metrics.clone(),
     )?
     .with_transport(config.deliver_transport);
+    let deliveries = Arc::new(Deliveries::new(hub.clone(), auth.clone(), metrics.clone()));
     let local = LocalGateway {
         gateway_id: config.gateway_id.clone(),
-        delivery: Arc::new(GatewayDelivery {
-            hub: hub.clone(),
-            auth: auth.clone(),
-        }),
+        delivery: deliveries.clone(),
     };
     let router = Router::new(registry.clone(), client, Some(local), metrics.clone());
     let record = GatewayRecord {
@@ -112,9 +113,20 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
         internal_url,
         started_at: now_millis(),
     };
-    let gw = Arc::new(Gateway::new(
-        config, metrics, registry, hub, auth, router, record,
-    ));
+    let gw = Arc::new(Gateway {
+        config,
+        metrics,
+        registry,
+        hub,
+        auth,
+        deliveries,
+        router,
+        record,
+        ready: AtomicBool::new(false),
+        accepting: AtomicBool::new(false),
+        draining: CancellationToken::new(),
+        stopping: CancellationToken::new(),
+    });
 
     if served.is_some() {
         admit_at_once(&gw).await?;

@@ -1,21 +1,28 @@
-//! One task per socket: a `select!` over the hub's kill signal, the end of the connection,
-//! incoming frames and a heartbeat tick. Outgoing pushes bypass it (see `ws::Outbox`).
+//! A socket's life, in one place. [`open`] turns an authorized upgrade into a socket
+//! ([`ws::accept`]), admits it (the hub, then its registry rows, all before the 101 answer
+//! so that a publish right after the handshake finds it) and spawns its task. The task
+//! (`run`) is a `select!` over the hub's kill signal, the end of the connection, incoming
+//! frames and a heartbeat tick; when it ends, `release` takes the socket out of the hub
+//! and the registry. Outgoing pushes bypass the task (see `ws::Outbox`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_http::ws::CloseReason;
+use actix_web::dev::Payload;
+use actix_web::{HttpRequest, HttpResponse};
 use hermes_shared::ids::{new_message_id, now_millis};
+use hermes_shared::registry::ConnectionRecord;
 use hermes_shared::wire::{
     ClientFrame, Frame, PublishMessage, connected_frame, error_frame, pong_frame,
 };
 use tokio::time::Instant;
 
 use crate::close;
+use crate::error::HttpError;
 use crate::hub::Connection;
 use crate::state::Gateway;
-use actix_http::ws::CloseReason;
-
-use crate::ws::{Inbound, InboundError, Incoming, PushError};
+use crate::ws::{self, Accepted, Inbound, InboundError, Incoming, PushError, SocketSettings};
 
 /// How long a closed socket's peer has to read its close frame before the connection is cut.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,9 +69,71 @@ enum End {
     Vanished,
 }
 
-/// Runs a socket until it closes, then deregisters it. Pushes from the hub do not pass
+/// Accepts an authorized upgrade as the socket `record`, speaking `protocol` when the
+/// client negotiated one (`hermes.v1`: it gets the `connected` frame). Returns the 101
+/// answer once the socket is admitted; the refusal otherwise (400 for a bad handshake,
+/// 503 when the registry cannot take its rows).
+pub async fn open(
+    gw: Arc<Gateway>,
+    req: &HttpRequest,
+    payload: Payload,
+    record: ConnectionRecord,
+    protocol: Option<&str>,
+) -> Result<HttpResponse, HttpError> {
+    let limits = &gw.config.limits;
+    let Accepted {
+        response,
+        outbox,
+        incoming,
+    } = ws::accept(
+        req,
+        payload,
+        SocketSettings {
+            protocol,
+            queue: limits.send_queue,
+            max_message: limits.max_message_bytes,
+            metrics: Some(gw.metrics.clone()),
+        },
+    )?;
+    let conn = Connection::new(record, protocol.is_some(), outbox);
+    if let Err(error) = admit(&gw, &conn).await {
+        tracing::warn!(%error, "cannot register a connection");
+        gw.hub.remove(&conn);
+        return Err(HttpError::unavailable(
+            "registry_unavailable",
+            "the connection registry is unavailable; retry shortly",
+        ));
+    }
+    gw.metrics.connects.with_label_values(&["accepted"]).inc();
+    tracing::debug!(connection_id = conn.id(), room_id = %conn.record.room_id, "connected");
+    actix_web::rt::spawn(run(gw, incoming, conn));
+    Ok(response)
+}
+
+/// Adds the socket to the hub and its rows to the registry: its `connections` row, and
+/// the `room_gateways` / `user_gateways` rows when it is this gateway's first socket of
+/// that room / user.
+async fn admit(gw: &Gateway, conn: &Arc<Connection>) -> hermes_shared::Result<()> {
+    let edges = gw.hub.insert(conn.clone());
+    let ttl = gw.config.registry_ttl;
+    let r = &conn.record;
+    gw.registry.put_connection(r, ttl).await?;
+    if edges.room_edge {
+        gw.registry
+            .add_room_gateway(&r.room_id, &r.gateway_id, ttl)
+            .await?;
+    }
+    if edges.user_edge {
+        gw.registry
+            .add_user_gateway(&r.user_id, &r.gateway_id, ttl)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Runs a socket until it closes, then releases it. Pushes from the hub do not pass
 /// through here: they go straight into the socket's outbox, which its connection writes from.
-pub async fn run(gw: Arc<Gateway>, mut incoming: Incoming, conn: Arc<Connection>) {
+async fn run(gw: Arc<Gateway>, mut incoming: Incoming, conn: Arc<Connection>) {
     let limits = gw.config.limits.clone();
     let outbox = conn.outbox.clone();
     let mut tick =
@@ -157,7 +226,7 @@ pub async fn run(gw: Arc<Gateway>, mut incoming: Incoming, conn: Arc<Connection>
         .closes
         .with_label_values(&[&code.to_string()])
         .inc();
-    deregister(&gw, &conn).await;
+    release(&gw, &conn).await;
     if code != 1006 {
         // The close frame is queued behind what the client has not read yet. A client that
         // reads it closes the connection; one that never reads is cut off.
@@ -181,25 +250,11 @@ fn unsent(error: PushError) -> End {
     }
 }
 
-/// The close an incoming protocol error deserves (RFC 6455 §7.4.1).
+/// The close an incoming protocol error deserves; none when the connection itself failed.
 fn protocol_end(error: InboundError) -> End {
-    protocol_close(error).map_or(End::Vanished, |(code, reason)| End::Close(code, reason))
-}
-
-/// The close code and reason for an incoming protocol error; `None` when the connection
-/// itself failed (nothing can be sent).
-pub(crate) fn protocol_close(error: InboundError) -> Option<(u16, String)> {
-    match error {
-        InboundError::TooBig => Some((close::MESSAGE_TOO_BIG, "message too big".into())),
-        InboundError::InvalidUtf8 => Some((
-            close::INVALID_PAYLOAD,
-            "text frame is not valid UTF-8".into(),
-        )),
-        InboundError::Io => None,
-        InboundError::Protocol(other) => {
-            Some((close::PROTOCOL_ERROR, format!("protocol error: {other}")))
-        }
-    }
+    error
+        .close()
+        .map_or(End::Vanished, |(code, reason)| End::Close(code, reason))
 }
 
 /// Handles a text frame; returns a frame to send back to this socket, if any.
@@ -258,8 +313,10 @@ fn handle_text(gw: &Arc<Gateway>, conn: &Arc<Connection>, text: &str) -> Option<
     }
 }
 
-/// Removes a closed socket from the hub and the registry.
-pub async fn deregister(gw: &Gateway, conn: &Connection) {
+/// Takes a closed socket out of the hub and its rows out of the registry (the room and
+/// user rows only when it was this gateway's last socket there, written again if a socket
+/// of that room or user arrived meanwhile).
+async fn release(gw: &Gateway, conn: &Connection) {
     let edges = gw.hub.remove(conn);
     let r = &conn.record;
     let registry = &gw.registry;

@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use serde_json::Value;
 
-use crate::admin::error;
+use crate::error::HttpError;
 use crate::state::Gateway;
 
 /// The demo page.
@@ -31,52 +30,39 @@ pub async fn hermes_js() -> HttpResponse {
 }
 
 /// `POST /demo/token` `{"user_id"?, "room_id"?}` → a token for the demo.
-pub async fn demo_token(body: web::Bytes, gw: web::Data<Arc<Gateway>>) -> HttpResponse {
+pub async fn demo_token(
+    body: web::Bytes,
+    gw: web::Data<Arc<Gateway>>,
+) -> Result<HttpResponse, HttpError> {
     let map = if body.iter().all(u8::is_ascii_whitespace) {
         serde_json::Map::new()
     } else {
         match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Object(m)) => m,
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid",
-                    "body must be a JSON object or empty",
-                );
-            }
+            _ => return Err(HttpError::invalid("body must be a JSON object or empty")),
         }
     };
-    let pick = |field: &str, default: String| -> Result<String, String> {
+    let pick = |field: &str, default: String| -> Result<String, HttpError> {
         match map.get(field) {
             None | Some(Value::Null) => Ok(default),
             Some(Value::String(s)) => Ok(s.clone()),
-            Some(_) => Err(format!("field `{field}` must be a string")),
+            Some(_) => Err(HttpError::invalid(format!(
+                "field `{field}` must be a string"
+            ))),
         }
     };
     let suffix: String = hermes_shared::ids::new_connection_id()
         .chars()
         .take(6)
         .collect();
-    let (user_id, room_id) = match (
-        pick("user_id", format!("demo-{suffix}")),
-        pick("room_id", "demo".into()),
-    ) {
-        (Ok(u), Ok(r)) => (u, r),
-        (Err(m), _) | (_, Err(m)) => return error(StatusCode::BAD_REQUEST, "invalid", &m),
-    };
-    match gw.auth.issue(&user_id, &room_id, None).await {
-        Ok(issued) => HttpResponse::Ok().json(serde_json::json!({
-            "token": issued.token,
-            "user_id": user_id,
-            "room_id": room_id,
-            "stage": gw.config.stage,
-            "expires_at": issued.expires_at,
-        })),
-        Err(hermes_shared::Error::Invalid(m)) => error(StatusCode::BAD_REQUEST, "invalid", &m),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            e.metric_label(),
-            &e.to_string(),
-        ),
-    }
+    let user_id = pick("user_id", format!("demo-{suffix}"))?;
+    let room_id = pick("room_id", "demo".into())?;
+    let issued = gw.auth.issue(&user_id, &room_id, None).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "token": issued.token,
+        "user_id": user_id,
+        "room_id": room_id,
+        "stage": gw.config.stage,
+        "expires_at": issued.expires_at,
+    })))
 }

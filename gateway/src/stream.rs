@@ -15,14 +15,12 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use hermes_shared::deliver_stream::PROTOCOL;
 use hermes_shared::gateway_client::DELIVER_BATCH_MAX;
-use hermes_shared::wire::{DeliverBatch, DeliverBatchReply, DeliverRequest};
 
-use crate::admin::error;
 use crate::close;
-use crate::internal::{check_secret, deliver_here};
-use crate::session::protocol_close;
+use crate::error::HttpError;
+use crate::extract::InternalSecret;
 use crate::state::Gateway;
-use crate::ws::{self, Inbound, Incoming, Outbox};
+use crate::ws::{self, Accepted, Inbound, Incoming, Outbox, SocketSettings};
 
 /// Answer frames queued for a router that does not read them before the stream is closed.
 const REPLY_QUEUE: usize = 1024;
@@ -31,18 +29,13 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `GET /internal/v1/deliver-stream`.
 pub async fn deliver_stream(
+    caller: Result<InternalSecret, HttpError>,
     req: HttpRequest,
     body: web::Payload,
     gw: web::Data<Arc<Gateway>>,
-) -> HttpResponse {
+) -> Result<HttpResponse, HttpError> {
     let gw: Arc<Gateway> = gw.get_ref().clone();
-    if let Some(denied) = check_secret(&req, &gw) {
-        gw.metrics
-            .deliver_requests
-            .with_label_values(&["server", "401"])
-            .inc();
-        return denied;
-    }
+    gw.deliveries.authorized(caller)?;
     let offered = req
         .headers()
         .get_all(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
@@ -50,38 +43,29 @@ pub async fn deliver_stream(
         .flat_map(|v| v.split(','))
         .any(|p| p.trim() == PROTOCOL);
     if !offered {
-        return error(
+        return Err(HttpError::new(
             StatusCode::BAD_REQUEST,
             "protocol_missing",
-            &format!("offer the {PROTOCOL} subprotocol"),
-        );
+            format!("offer the {PROTOCOL} subprotocol"),
+        ));
     }
-    let handshake = match ws::handshake(&req, Some(PROTOCOL)) {
-        Ok(handshake) => handshake,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_handshake",
-                &format!("invalid WebSocket handshake: {e}"),
-            );
-        }
-    };
-    let (outbox, outbox_body) = Outbox::new(REPLY_QUEUE, None);
-    let response = match ws::upgraded(handshake, outbox_body) {
-        Ok(response) => response,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot build the deliver stream's upgrade response");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the upgrade response could not be built",
-            );
-        }
-    };
-    let max_frame = (gw.config.limits.max_message_bytes * 2 + 64 * 1024) * DELIVER_BATCH_MAX;
-    let incoming = Incoming::new(body.into_inner(), outbox.clone(), max_frame);
+    let max_message = (gw.config.limits.max_message_bytes * 2 + 64 * 1024) * DELIVER_BATCH_MAX;
+    let Accepted {
+        response,
+        outbox,
+        incoming,
+    } = ws::accept(
+        &req,
+        body.into_inner(),
+        SocketSettings {
+            protocol: Some(PROTOCOL),
+            queue: REPLY_QUEUE,
+            max_message,
+            metrics: None,
+        },
+    )?;
     actix_web::rt::spawn(serve(gw, incoming, outbox));
-    response
+    Ok(response)
 }
 
 /// Answers batches until the router closes the stream, it breaks, or the gateway stops.
@@ -95,15 +79,14 @@ async fn serve(gw: Arc<Gateway>, mut incoming: Incoming, outbox: Outbox) {
             () = outbox.gone() => break None,
             message = incoming.next() => match message {
                 None => break None,
-                Some(Err(e)) => break protocol_close(e),
-                Some(Ok(Inbound::Text(text))) => match answer(&gw, &text) {
+                Some(Err(e)) => break e.close(),
+                Some(Ok(Inbound::Text(text))) => match gw.deliveries.answer_frame(&text) {
                     Ok(reply) => {
                         if outbox.push(ws::text_frame(&reply), None).is_err() {
                             break Some((close::TRY_AGAIN_LATER, "answers are not read".into()));
                         }
                     }
                     Err(reason) => {
-                        gw.metrics.deliver_requests.with_label_values(&["server", "400"]).inc();
                         tracing::warn!(%reason, "invalid frame on a deliver stream; closing it");
                         break Some((close::INVALID_PAYLOAD, reason));
                     }
@@ -128,21 +111,4 @@ async fn serve(gw: Arc<Gateway>, mut incoming: Incoming, outbox: Outbox) {
             outbox.abort();
         }
     }
-}
-
-/// Delivers one batch and encodes its answer; the reason when the frame is not a batch.
-fn answer(gw: &Gateway, text: &str) -> Result<String, String> {
-    let batch: DeliverBatch<Vec<DeliverRequest>> =
-        serde_json::from_str(text).map_err(|e| format!("invalid deliver batch: {e}"))?;
-    if batch.requests.len() > DELIVER_BATCH_MAX {
-        return Err(format!(
-            "a deliver batch holds at most {DELIVER_BATCH_MAX} requests, not {}",
-            batch.requests.len()
-        ));
-    }
-    let reply = DeliverBatchReply {
-        seq: batch.seq,
-        responses: deliver_here(gw, &batch.requests),
-    };
-    serde_json::to_string(&reply).map_err(|e| format!("cannot encode the answer: {e}"))
 }

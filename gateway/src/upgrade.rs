@@ -1,5 +1,7 @@
-//! `GET /{stage}`: the `$connect` route. Every refusal happens before the upgrade, with
-//! its own status and a message a developer can act on. The token is never logged.
+//! `GET /{stage}`: the `$connect` route, the authorizer in front of `session::open`.
+//! Every refusal happens before the upgrade, with its own status and a message a developer
+//! can act on, and is counted in `hermes_connects_total` under its code. The token is
+//! never logged.
 //!
 //! The same URL without upgrade headers answers the authorizer's verdict (426 when the
 //! token would be accepted), so browser clients, which cannot read the status of a failed
@@ -7,15 +9,16 @@
 
 use std::sync::Arc;
 
+use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use hermes_shared::auth::AuthError;
 use hermes_shared::ids::{new_connection_id, now_millis};
 use hermes_shared::registry::ConnectionRecord;
 
-use crate::hub::Connection;
+use crate::error::HttpError;
+use crate::session;
 use crate::state::Gateway;
-use crate::ws::{self, Incoming};
 
 /// The subprotocol Hermes speaks.
 pub const PROTOCOL: &str = "hermes.v1";
@@ -29,7 +32,7 @@ struct Credentials {
     modern: bool,
 }
 
-fn credentials(req: &HttpRequest) -> Result<Credentials, (u16, &'static str, String)> {
+fn credentials(req: &HttpRequest) -> Result<Credentials, HttpError> {
     let mut offered_modern = false;
     let mut bearer = None;
     for value in req.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL) {
@@ -43,10 +46,10 @@ fn credentials(req: &HttpRequest) -> Result<Credentials, (u16, &'static str, Str
         }
     }
     if bearer.is_some() && !offered_modern {
-        return Err((
-            400,
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
             "protocol_missing",
-            "offer the hermes.v1 subprotocol with bearer.<JWT>: new WebSocket(url, ['hermes.v1', 'bearer.' + jwt])".into(),
+            "offer the hermes.v1 subprotocol with bearer.<JWT>: new WebSocket(url, ['hermes.v1', 'bearer.' + jwt])",
         ));
     }
     let token = bearer
@@ -72,36 +75,20 @@ fn query_token(query: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-fn error_response(status: u16, code: &str, message: &str) -> HttpResponse {
-    let status = actix_web::http::StatusCode::from_u16(status)
-        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
-    HttpResponse::build(status)
-        .json(serde_json::json!({"error": {"code": code, "message": message}}))
-}
-
-/// A 503 with `Retry-After: 1`, counted under `code`.
-fn unavailable(gw: &Gateway, code: &str, message: &str) -> HttpResponse {
-    gw.metrics.connects.with_label_values(&[code]).inc();
-    let mut r = error_response(503, code, message);
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(1));
-    r
-}
-
-fn refusal(gw: &Gateway, error: &AuthError) -> HttpResponse {
+/// Counts a refused connect under its code.
+fn refused(gw: &Gateway, error: HttpError) -> HttpError {
     gw.metrics.connects.with_label_values(&[error.code()]).inc();
+    error
+}
+
+/// The authorizer's refusal, counted and logged (without the token).
+fn auth_refusal(gw: &Gateway, error: &AuthError, origin: Option<&str>) -> HttpError {
     tracing::info!(
         reason = error.code(),
         status = error.status(),
         "connect refused"
     );
-    let mut response = error_response(error.status(), error.code(), &error.to_string());
-    if let Some(secs) = error.retry_after() {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    response
+    refused(gw, HttpError::from(error).allow_origin(origin))
 }
 
 /// `GET /{stage}`.
@@ -110,31 +97,35 @@ pub async fn websocket(
     body: web::Payload,
     stage: web::Path<String>,
     gw: web::Data<Arc<Gateway>>,
-) -> HttpResponse {
+) -> Result<HttpResponse, HttpError> {
     let gw: Arc<Gateway> = gw.get_ref().clone();
     if *stage != gw.config.stage {
-        gw.metrics
-            .connects
-            .with_label_values(&["unknown_stage"])
-            .inc();
-        return error_response(
-            404,
-            "unknown_stage",
-            &format!(
-                "there is no stage here by that name; connect to /{}",
-                gw.config.stage
+        return Err(refused(
+            &gw,
+            HttpError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_stage",
+                format!(
+                    "there is no stage here by that name; connect to /{}",
+                    gw.config.stage
+                ),
             ),
-        );
+        ));
     }
     if gw.draining.is_cancelled() {
-        return unavailable(&gw, "draining", "this gateway is restarting; connect again");
+        return Err(refused(
+            &gw,
+            HttpError::unavailable("draining", "this gateway is restarting; connect again"),
+        ));
     }
     if !gw.is_accepting() {
-        return unavailable(
+        return Err(refused(
             &gw,
-            "starting",
-            "this gateway is starting; connect again in a second",
-        );
+            HttpError::unavailable(
+                "starting",
+                "this gateway is starting; connect again in a second",
+            ),
+        ));
     }
     let origin = req
         .headers()
@@ -142,24 +133,16 @@ pub async fn websocket(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     if !gw.config.allowed_origins.allows(origin.as_deref()) {
-        return refusal(
-            &gw,
-            &AuthError::OriginNotAllowed(origin.unwrap_or_default()),
-        );
+        let error = AuthError::OriginNotAllowed(origin.unwrap_or_default());
+        return Err(auth_refusal(&gw, &error, None));
     }
-    let creds = match credentials(&req) {
-        Ok(c) => c,
-        Err((status, code, message)) => {
-            gw.metrics.connects.with_label_values(&[code]).inc();
-            return error_response(status, code, &message);
-        }
-    };
+    let creds = credentials(&req).map_err(|e| refused(&gw, e))?;
     let Some(token) = creds.token else {
-        return with_cors(refusal(&gw, &AuthError::Missing), origin.as_deref());
+        return Err(auth_refusal(&gw, &AuthError::Missing, origin.as_deref()));
     };
     let identity = match gw.auth.authenticate(&token).await {
         Ok((identity, _path)) => identity,
-        Err(error) => return with_cors(refusal(&gw, &error), origin.as_deref()),
+        Err(error) => return Err(auth_refusal(&gw, &error, origin.as_deref())),
     };
 
     let is_upgrade = req
@@ -169,27 +152,11 @@ pub async fn websocket(
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if !is_upgrade {
         // The verdict probe: the token is fine, but this is not a WebSocket handshake.
-        let mut r = HttpResponse::build(actix_web::http::StatusCode::UPGRADE_REQUIRED)
+        let r = HttpResponse::build(StatusCode::UPGRADE_REQUIRED)
             .insert_header((header::UPGRADE, "websocket"))
             .json(serde_json::json!({"ok": true, "user_id": identity.user_id, "room_id": identity.room_id}));
-        r = with_cors(r, origin.as_deref());
-        return r;
+        return Ok(with_cors(r, origin.as_deref()));
     }
-
-    let handshake = match ws::handshake(&req, creds.modern.then_some(PROTOCOL)) {
-        Ok(handshake) => handshake,
-        Err(error) => {
-            gw.metrics
-                .connects
-                .with_label_values(&["bad_handshake"])
-                .inc();
-            return error_response(
-                400,
-                "bad_handshake",
-                &format!("invalid WebSocket handshake: {error}"),
-            );
-        }
-    };
 
     let source_ip = req
         .connection_info()
@@ -211,37 +178,10 @@ pub async fn websocket(
             .map(|ua| ua.chars().take(512).collect())
             .unwrap_or_default(),
     };
-    let (conn, outbox_body) = Connection::new(
-        record,
-        creds.modern,
-        gw.config.limits.send_queue,
-        Some(gw.metrics.clone()),
-    );
-    let response = match ws::upgraded(handshake, outbox_body) {
-        Ok(response) => response,
-        Err(error) => {
-            tracing::warn!(%error, "cannot build the upgrade response");
-            return error_response(500, "internal", "the upgrade response could not be built");
-        }
-    };
-    if let Err(error) = register(&gw, &conn).await {
-        tracing::warn!(%error, "cannot register a connection");
-        gw.hub.remove(&conn);
-        return unavailable(
-            &gw,
-            "registry_unavailable",
-            "the connection registry is unavailable; retry shortly",
-        );
-    }
-    gw.metrics.connects.with_label_values(&["accepted"]).inc();
-    tracing::debug!(connection_id = conn.id(), room_id = %conn.record.room_id, "connected");
-    let incoming = Incoming::new(
-        body.into_inner(),
-        conn.outbox.clone(),
-        gw.config.limits.max_message_bytes,
-    );
-    actix_web::rt::spawn(crate::session::run(gw, incoming, conn));
-    response
+    let protocol = creds.modern.then_some(PROTOCOL);
+    session::open(gw.clone(), &req, body.into_inner(), record, protocol)
+        .await
+        .map_err(|e| refused(&gw, e))
 }
 
 /// `OPTIONS /{stage}`: the CORS preflight of the verdict probe (it carries the token in
@@ -263,25 +203,6 @@ pub async fn preflight(req: HttpRequest, gw: web::Data<Arc<Gateway>>) -> HttpRes
         }
         _ => HttpResponse::Forbidden().finish(),
     }
-}
-
-/// Adds the socket to the hub and its rows to the registry, before the upgrade answers.
-async fn register(gw: &Gateway, conn: &Arc<Connection>) -> hermes_shared::Result<()> {
-    let edges = gw.hub.insert(conn.clone());
-    let ttl = gw.config.registry_ttl;
-    let r = &conn.record;
-    gw.registry.put_connection(r, ttl).await?;
-    if edges.room_edge {
-        gw.registry
-            .add_room_gateway(&r.room_id, &r.gateway_id, ttl)
-            .await?;
-    }
-    if edges.user_edge {
-        gw.registry
-            .add_user_gateway(&r.user_id, &r.gateway_id, ttl)
-            .await?;
-    }
-    Ok(())
 }
 
 /// `1.2.3.4:5` → `1.2.3.4`, `[::1]:5` → `::1`; bare addresses unchanged.
@@ -322,8 +243,8 @@ mod tests {
             ))
             .to_http_request();
         assert_eq!(
-            credentials(&req),
-            Ok(Credentials {
+            credentials(&req).ok(),
+            Some(Credentials {
                 token: Some("abc.def.ghi".into()),
                 modern: true
             })
@@ -332,8 +253,8 @@ mod tests {
             .uri("/production?x=1&token=a%2Eb.c")
             .to_http_request();
         assert_eq!(
-            credentials(&req),
-            Ok(Credentials {
+            credentials(&req).ok(),
+            Some(Credentials {
                 token: Some("a.b.c".into()),
                 modern: false
             })
@@ -354,9 +275,7 @@ mod tests {
             .uri("/production")
             .insert_header((header::SEC_WEBSOCKET_PROTOCOL, "bearer.abc"))
             .to_http_request();
-        assert!(matches!(
-            credentials(&req),
-            Err((400, "protocol_missing", _))
-        ));
+        let error = credentials(&req).expect_err("refused");
+        assert_eq!(error.code(), "protocol_missing");
     }
 }

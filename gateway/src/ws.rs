@@ -22,7 +22,7 @@ use actix_http::ws::{
     CloseReason, Codec, Frame, HandshakeError, Item, OpCode, Parser, ProtocolError,
 };
 use actix_web::dev::Payload;
-use actix_web::http::header;
+use actix_web::http::{StatusCode, header};
 use actix_web::web::{Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use bytestring::ByteString;
@@ -30,6 +30,9 @@ use futures_util::Stream;
 use hermes_shared::ids::now_millis;
 use hermes_shared::metrics::Metrics;
 use parking_lot::Mutex;
+
+use crate::close;
+use crate::error::HttpError;
 
 /// Capacity a drained queue may keep (a socket that receives now and then keeps this small
 /// ring instead of allocating one per message).
@@ -40,25 +43,56 @@ const CONTROL_SLACK: usize = 16;
 /// RFC 6455 §5.5: control frame payloads are at most 125 bytes (a close reason 123).
 const MAX_CLOSE_REASON: usize = 123;
 
-/// Checks the upgrade request (RFC 6455 §4.2.1) and starts the 101 response, echoing
-/// `protocol` as the negotiated subprotocol when given.
-pub fn handshake(
-    req: &HttpRequest,
-    protocol: Option<&str>,
-) -> Result<actix_http::ResponseBuilder, HandshakeError> {
-    let mut response = actix_http::ws::handshake(req.head())?;
-    if let Some(protocol) = protocol {
-        response.insert_header((header::SEC_WEBSOCKET_PROTOCOL, protocol));
-    }
-    Ok(response)
+/// What a socket is accepted with.
+pub struct SocketSettings<'a> {
+    /// The subprotocol to answer, if one was negotiated.
+    pub protocol: Option<&'a str>,
+    /// The outbox's capacity in data frames.
+    pub queue: usize,
+    /// The largest frame or message the client may send, bytes.
+    pub max_message: usize,
+    /// Where the outbox records publish → write latency (none: not recorded).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
-/// The 101 response whose body is the socket's outbox.
-pub fn upgraded(
-    mut handshake: actix_http::ResponseBuilder,
-    body: OutboxBody,
-) -> Result<HttpResponse, actix_web::Error> {
-    Ok(HttpResponse::from(handshake.message_body(body.boxed())?))
+/// An accepted upgrade: the 101 response to return, whose body is the socket's outbox,
+/// and the client's frames.
+pub struct Accepted {
+    pub response: HttpResponse,
+    pub outbox: Outbox,
+    pub incoming: Incoming,
+}
+
+/// Turns an upgrade request into a socket: checks the handshake (RFC 6455 §4.2.1) and
+/// builds the 101 response (echoing the subprotocol), the outbox it writes from and the
+/// reader of the request payload. Nothing is answered to the client until the response
+/// is returned.
+pub fn accept(
+    req: &HttpRequest,
+    payload: Payload,
+    settings: SocketSettings<'_>,
+) -> Result<Accepted, HttpError> {
+    let mut handshake = actix_http::ws::handshake(req.head()).map_err(|e: HandshakeError| {
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_handshake",
+            format!("invalid WebSocket handshake: {e}"),
+        )
+    })?;
+    if let Some(protocol) = settings.protocol {
+        handshake.insert_header((header::SEC_WEBSOCKET_PROTOCOL, protocol));
+    }
+    let (outbox, body) = Outbox::new(settings.queue, settings.metrics);
+    let response = handshake.message_body(body.boxed()).map_err(|error| {
+        tracing::warn!(%error, "cannot build an upgrade response");
+        HttpError::internal("the upgrade response could not be built")
+    })?;
+    let incoming = Incoming::new(payload, outbox.clone(), settings.max_message);
+    Ok(Accepted {
+        response: HttpResponse::from(response),
+        outbox,
+        incoming,
+    })
 }
 
 /// An encoded, unmasked text frame carrying `text`.
@@ -368,6 +402,24 @@ pub enum InboundError {
     Protocol(ProtocolError),
     /// The connection failed or closed mid-stream.
     Io,
+}
+
+impl InboundError {
+    /// The close code and reason this error deserves (RFC 6455 §7.4.1); `None` when the
+    /// connection itself failed (nothing can be sent).
+    pub fn close(self) -> Option<(u16, String)> {
+        match self {
+            InboundError::TooBig => Some((close::MESSAGE_TOO_BIG, "message too big".into())),
+            InboundError::InvalidUtf8 => Some((
+                close::INVALID_PAYLOAD,
+                "text frame is not valid UTF-8".into(),
+            )),
+            InboundError::Io => None,
+            InboundError::Protocol(other) => {
+                Some((close::PROTOCOL_ERROR, format!("protocol error: {other}")))
+            }
+        }
+    }
 }
 
 /// A message being reassembled from continuation frames.
