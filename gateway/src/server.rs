@@ -66,6 +66,10 @@ fn bind(addr: SocketAddr, backlog: usize) -> Result<TcpListener> {
 /// Runs a gateway until SIGTERM/SIGINT and a completed drain.
 pub async fn run(config: GatewayConfig) -> Result<()> {
     let public_listener = bind(config.listen, config.listen_backlog)?;
+    set_user_timeout(
+        &public_listener,
+        config.limits.ping_interval + config.limits.pong_timeout,
+    );
     let internal_listener = bind(config.internal_listen, config.listen_backlog)?;
     let bound = Bound {
         public: public_listener.local_addr()?,
@@ -219,7 +223,6 @@ fn announce(gw: &Gateway, bound: Bound) {
 fn public_server(gw: Arc<Gateway>, listener: TcpListener) -> Result<actix_web::dev::Server> {
     let standalone = gw.config.mode == Mode::Standalone;
     let workers = gw.config.workers;
-    let user_timeout = gw.config.limits.ping_interval + gw.config.limits.pong_timeout;
     let data = web::Data::new(gw);
     let server = HttpServer::new(move || {
         let mut app = App::new()
@@ -239,7 +242,6 @@ fn public_server(gw: Arc<Gateway>, listener: TcpListener) -> Result<actix_web::d
             )
     })
     .workers(workers)
-    .on_connect(move |io, _| set_user_timeout(io, user_timeout))
     .disable_signals()
     .client_request_timeout(Duration::from_secs(10))
     .listen(listener)?
@@ -303,16 +305,15 @@ fn internal_server(
 }
 
 /// Bounds how long the kernel keeps a connection whose written data stays unacknowledged,
-/// or whose peer's receive window stays shut, to `timeout` (`TCP_USER_TIMEOUT`): then the
-/// connection fails and is dropped. A peer that vanished, or that holds both its buffers
-/// and the connection's full, cannot be reached by anything the gateway writes (the close
+/// or whose peer's receive window stays shut, to `timeout` (`TCP_USER_TIMEOUT`, set on the
+/// listener: accepted connections inherit it, at no cost per connection); then the
+/// connection fails and is dropped. A peer that vanished, or that holds its buffers and
+/// the connection's full, cannot be reached by anything the gateway writes (the close
 /// timeout's abort is noticed only when the connection's write buffer has room), so this
 /// is what ends it, no sooner than the heartbeat would have declared it dead.
-fn set_user_timeout(io: &dyn std::any::Any, timeout: Duration) {
-    if let Some(stream) = io.downcast_ref::<actix_web::rt::net::TcpStream>()
-        && let Err(error) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout))
-    {
-        tracing::debug!(%error, "cannot set TCP_USER_TIMEOUT");
+fn set_user_timeout(listener: &TcpListener, timeout: Duration) {
+    if let Err(error) = socket2::SockRef::from(listener).set_tcp_user_timeout(Some(timeout)) {
+        tracing::warn!(%error, "cannot set TCP_USER_TIMEOUT on the public listener");
     }
 }
 
