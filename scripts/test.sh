@@ -48,10 +48,9 @@ step() {
   return "$rc"
 }
 
-if ! command -v cargo >/dev/null; then
-  echo "test.sh: cargo is required (https://rustup.rs)" >&2
-  exit 1
-fi
+# What the rest cannot install itself (Debian with apt as root, Rust, Go, Node, Python):
+# missing pieces stop the run now, named (README.md, Prerequisites).
+step "prerequisites" scripts/prereqs.sh
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 step "services" scripts/services/up.sh
