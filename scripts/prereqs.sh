@@ -7,7 +7,7 @@
 # Needed: a Debian-like Linux with apt-get, run as root (RabbitMQ, a JDK 17, Maven and
 # Chromium come from apt when missing); Rust 1.95 through rustup (rust-toolchain.toml);
 # Go >= 1.26 (kube-apiserver, etcd and helm are built from their modules); Node.js >= 20
-# with npm (the browser tests); Python >= 3.9 with venv (moto's SQS server); curl, git, tar.
+# with npm (the browser tests); Python >= 3.11 with venv (moto's SQS server); curl, git, tar.
 set -uo pipefail
 
 missing=()
@@ -36,7 +36,7 @@ need rustup "Rust toolchains, https://rustup.rs (rust-toolchain.toml names 1.95.
 need go "Go >= 1.26, builds kube-apiserver, etcd and helm"
 need node "Node.js >= 20, the browser tests"
 need npm "the browser tests' packages"
-need python3 "Python >= 3.9, moto's SQS server"
+need python3 "Python >= 3.11, moto's SQS server and scripts/deps-check.sh"
 need curl "downloads from the package registries"
 need git "the checkout, the vendored-crate check"
 need tar "the vendored-crate check"
@@ -48,7 +48,7 @@ if command -v node >/dev/null 2>&1; then
   at_least node "$(node --version | sed 's/^v//')" 20
 fi
 if command -v python3 >/dev/null 2>&1; then
-  at_least python3 "$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" 3.9
+  at_least python3 "$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" 3.11
   python3 -c 'import venv' 2>/dev/null || missing+=("python3's venv module (apt-get install python3-venv)")
 fi
 
