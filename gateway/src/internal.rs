@@ -7,11 +7,10 @@ use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use hermes_shared::gateway_client::DELIVER_BATCH_MAX;
 use hermes_shared::registry::Registry;
-use hermes_shared::registry::remote::{RegistryOp, SECRET_HEADER, execute};
+use hermes_shared::registry::remote::{RegistryOp, execute};
 use hermes_shared::router::LocalDelivery;
-use hermes_shared::wire::{DeliverRequest, DeliverResponse};
+use hermes_shared::wire::{DELIVER_BATCH_MAX, DeliverRequest, DeliverResponse, SECRET_HEADER};
 use subtle::ConstantTimeEq;
 
 use crate::admin::error;

@@ -19,12 +19,12 @@ use parking_lot::Mutex;
 use crate::batch::{BatchFn, Batcher};
 use crate::deliver_stream::{DeliverStream, StreamError};
 use crate::error::Result;
-use crate::gateway_client::{DELIVER_BATCH_MAX, DeliverTransport, GatewayClient};
+use crate::gateway_client::{DeliverTransport, GatewayClient};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::wire::{
-    ConnectionInfo, DeliverAction, DeliverRequest, DeliverResponse, PublishMessage, RouteOutcome,
-    Target,
+    ConnectionInfo, DELIVER_BATCH_MAX, DeliverAction, DeliverRequest, DeliverResponse,
+    PublishMessage, RouteOutcome, Target,
 };
 
 /// A gateway's own sockets, delivered to without a network hop.

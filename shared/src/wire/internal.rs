@@ -1,11 +1,38 @@
 //! The internal API between routers and gateways (internal listener only, never behind the
-//! ingress): the deliver request and answer (the same over `POST /internal/v1/deliver`,
-//! `/deliver-batch` and the deliver stream), the deliver stream's frames, and the
-//! connection details a gateway answers with.
+//! ingress): its paths, the shared-secret header, the deliver request and answer (the same
+//! over `POST /internal/v1/deliver`, `/deliver-batch` and the deliver stream), the deliver
+//! stream's frames and subprotocol, and the connection details a gateway answers with.
 
 use serde::{Deserialize, Serialize};
 
 use super::Frame;
+
+/// The header that carries `HERMES_INTERNAL_SECRET` on every internal call.
+pub const SECRET_HEADER: &str = "x-hermes-internal-secret";
+
+/// `POST`: one [`DeliverRequest`], answered with one [`DeliverResponse`].
+pub const DELIVER_PATH: &str = "/internal/v1/deliver";
+
+/// `POST`: a JSON array of at most [`DELIVER_BATCH_MAX`] [`DeliverRequest`]s, answered with
+/// one [`DeliverResponse`] per request, in order.
+pub const DELIVER_BATCH_PATH: &str = "/internal/v1/deliver-batch";
+
+/// Requests in one deliver batch at most (`/deliver-batch` or one deliver stream frame).
+pub const DELIVER_BATCH_MAX: usize = 32;
+
+/// `GET`: the deliver stream, a WebSocket of [`DeliverBatch`] frames answered by
+/// [`DeliverBatchReply`] frames, subprotocol [`DELIVER_STREAM_PROTOCOL`].
+pub const DELIVER_STREAM_PATH: &str = "/internal/v1/deliver-stream";
+
+/// The subprotocol of the deliver stream; a later, incompatible protocol gets a new name.
+pub const DELIVER_STREAM_PROTOCOL: &str = "hermes.deliver.v1";
+
+/// `GET {CONNECTIONS_PATH}/{id}`: one local connection's [`ConnectionInfo`]; 404 when this
+/// gateway does not hold it.
+pub const CONNECTIONS_PATH: &str = "/internal/v1/connections";
+
+/// `POST`: one operation on the registry this process serves (`crate::registry::remote`).
+pub const REGISTRY_PATH: &str = "/internal/v1/registry";
 
 /// What a message is addressed to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! Wire types, one file per interface: the queue message and the publish answer
 //! (`queue`), what browsers receive and send (`browser`), and the internal API between
-//! routers and gateways (`internal`: deliver request and answer, deliver stream frames,
-//! connection details).
+//! routers and gateways (`internal`: paths, secret header, deliver request and answer,
+//! deliver stream frames and subprotocol, connection details).
 //!
 //! Browsers receive exactly `{"user_id": <sender>, "data": <data>}`, the original format.
 //! That text is serialized once per message ([`Frame`]) and shared by every socket and
@@ -16,8 +16,10 @@ pub use browser::{
     pong_frame,
 };
 pub use internal::{
-    ConnectionInfo, DeliverAction, DeliverBatch, DeliverBatchReply, DeliverRequest,
-    DeliverResponse, Identity, Target, rfc3339_millis,
+    CONNECTIONS_PATH, ConnectionInfo, DELIVER_BATCH_MAX, DELIVER_BATCH_PATH, DELIVER_PATH,
+    DELIVER_STREAM_PATH, DELIVER_STREAM_PROTOCOL, DeliverAction, DeliverBatch, DeliverBatchReply,
+    DeliverRequest, DeliverResponse, Identity, REGISTRY_PATH, SECRET_HEADER, Target,
+    rfc3339_millis,
 };
 pub use queue::{PublishMessage, RouteOutcome};
 
