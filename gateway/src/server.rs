@@ -22,11 +22,11 @@ use crate::config::{GatewayConfig, Mode};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use hermes_shared::auth::Authenticator;
-use hermes_shared::gateway_client::GatewayClient;
 use hermes_shared::ids::now_millis;
 use hermes_shared::metrics::Metrics;
 use hermes_shared::registry::RegistryKind;
 use hermes_shared::registry::{GatewayRecord, Registry};
+use hermes_shared::router::GatewayClient;
 use hermes_shared::router::{LocalGateway, NEW_GATEWAY_GRACE, Router};
 use hermes_shared::wire::{
     CONNECTIONS_PATH, DELIVER_BATCH_MAX, DELIVER_BATCH_PATH, DELIVER_PATH, DELIVER_STREAM_PATH,

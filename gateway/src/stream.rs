@@ -1,7 +1,7 @@
 //! `GET /internal/v1/deliver-stream`: a router's deliver stream (internal listener only,
 //! shared-secret header, subprotocol `hermes.deliver.v1`; the frames and names are in
 //! `hermes_shared::wire`, the router's end of the stream is described in
-//! `hermes_shared::deliver_stream`).
+//! `hermes_shared::router`'s links).
 //!
 //! Each text frame is a batch of deliver requests under a sequence number; it is delivered
 //! to this gateway's sockets at once (delivery never blocks) and answered with one frame

@@ -1,38 +1,17 @@
-//! The client of a gateway's internal API (`POST /internal/v1/deliver`,
+//! The HTTP client of a gateway's internal API (`POST /internal/v1/deliver`,
 //! `POST /internal/v1/deliver-batch`, `GET /internal/v1/connections/{id}`), over kept-alive
 //! connections.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::DeliverTransport;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::wire::{
     CONNECTIONS_PATH, ConnectionInfo, DELIVER_BATCH_PATH, DELIVER_PATH, DeliverRequest,
     DeliverResponse, SECRET_HEADER,
 };
-
-/// How a router sends deliveries to other gateways (`HERMES_DELIVER_TRANSPORT`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeliverTransport {
-    /// One WebSocket per gateway (`GET /internal/v1/deliver-stream`), requests batched and
-    /// pipelined on it; a gateway without the endpoint is delivered to over HTTP.
-    #[default]
-    Stream,
-    /// `POST /internal/v1/deliver` and `/deliver-batch` over kept-alive HTTP/1.1.
-    Http,
-}
-
-impl DeliverTransport {
-    /// `stream` or `http`.
-    pub fn parse(value: &str) -> Option<Self> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "stream" => Some(Self::Stream),
-            "http" => Some(Self::Http),
-            _ => None,
-        }
-    }
-}
 
 /// Calls other gateways' internal APIs.
 #[derive(Clone)]

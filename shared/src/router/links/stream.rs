@@ -33,8 +33,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::GatewayClient;
 use crate::error::Error;
-use crate::gateway_client::GatewayClient;
 use crate::metrics::Metrics;
 use crate::wire::{
     DELIVER_BATCH_MAX, DELIVER_STREAM_PATH, DELIVER_STREAM_PROTOCOL, DeliverBatch,
