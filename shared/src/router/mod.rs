@@ -10,8 +10,10 @@
 //! This file routes (`publish`, `route`, `broadcast`, `connection_info`); `hops` finds
 //! where each gateway's share goes (local, remote, draining, dead: the directory, the
 //! registry's heartbeat rows and the URL cache); `gateways` keeps the list of live gateways
-//! for routing to all of them; `links` carries deliveries to other gateways (the deliver
-//! stream, the HTTP batcher, the HTTP client).
+//! for routing to all of them; `links` carries everything sent to another gateway (the
+//! deliver stream, the HTTP batcher, the HTTP client). Routed messages and broadcasts take
+//! one delivery path (`Router::deliver`), and the router calls other gateways only through
+//! its links.
 
 mod gateways;
 mod hops;
@@ -58,7 +60,6 @@ pub struct LocalGateway {
 /// Routes messages to the gateways that hold their targets.
 pub struct Router {
     registry: Arc<dyn Registry>,
-    client: GatewayClient,
     local: Option<LocalGateway>,
     metrics: Arc<Metrics>,
     hops: Hops,
@@ -85,9 +86,8 @@ impl Router {
         let local_id = local.as_ref().map(|l| l.gateway_id.clone());
         Self {
             hops: Hops::new(registry.clone(), local_id),
-            links: Links::new(client.clone()),
+            links: Links::new(client),
             registry,
-            client,
             local,
             metrics,
             to_all: None,
@@ -186,28 +186,7 @@ impl Router {
 
         let deliveries = groups.into_iter().map(|(gateway_id, req)| async move {
             let delivery = match self.hops.hop(&gateway_id).await {
-                Ok(Hop::Local) => Delivery::Answered(match &self.local {
-                    Some(local) => local.delivery.deliver(&req),
-                    None => DeliverResponse::default(),
-                }),
-                Ok(Hop::Remote(url)) => match self.links.deliver(&gateway_id, &url, req).await {
-                    Ok(response) => Delivery::Answered(response),
-                    Err(error) => Delivery::Failed(error),
-                },
-                Ok(Hop::Draining(url)) => match self.links.deliver(&gateway_id, &url, req).await {
-                    Ok(response) => Delivery::Answered(response),
-                    Err(error) => {
-                        tracing::debug!(%error, gateway_id, "a terminating gateway did not answer; skipped");
-                        Delivery::Skipped
-                    }
-                },
-                Ok(Hop::Dead) => {
-                    self.hops.forget_dead_gateway(&gateway_id, &req.target).await;
-                    Delivery::Dead(match &req.target {
-                        Target::Connections(ids) => ids.clone(),
-                        _ => Vec::new(),
-                    })
-                }
+                Ok(hop) => self.deliver(&gateway_id, hop, req).await,
                 Err(error) => Delivery::Failed(error),
             };
             (gateway_id, delivery)
@@ -258,6 +237,42 @@ impl Router {
         Ok(outcome)
     }
 
+    /// Delivers one gateway's share of a message where its hop says: in-process to the
+    /// local gateway, over the link to any other. The one delivery path of `route` and
+    /// `broadcast`.
+    async fn deliver(&self, gateway_id: &str, hop: Hop, request: DeliverRequest) -> Delivery {
+        match hop {
+            Hop::Local => Delivery::Answered(self.deliver_local(&request)),
+            Hop::Remote(url) => match self.links.deliver(gateway_id, &url, request).await {
+                Ok(response) => Delivery::Answered(response),
+                Err(error) => Delivery::Failed(error),
+            },
+            Hop::Draining(url) => match self.links.deliver(gateway_id, &url, request).await {
+                Ok(response) => Delivery::Answered(response),
+                Err(error) => {
+                    tracing::debug!(%error, gateway_id, "a terminating gateway did not answer; skipped");
+                    Delivery::Skipped
+                }
+            },
+            Hop::Dead => {
+                self.hops
+                    .forget_dead_gateway(gateway_id, &request.target)
+                    .await;
+                Delivery::Dead(match request.target {
+                    Target::Connections(ids) => ids,
+                    _ => Vec::new(),
+                })
+            }
+        }
+    }
+
+    fn deliver_local(&self, request: &DeliverRequest) -> DeliverResponse {
+        self.local
+            .as_ref()
+            .map(|l| l.delivery.deliver(request))
+            .unwrap_or_default()
+    }
+
     /// The gateways the registry says hold a room's or a user's sockets.
     async fn holders(&self, target: &Target) -> Result<Vec<String>> {
         match target {
@@ -273,57 +288,54 @@ impl Router {
         self.to_all.as_ref()?.gateways().await
     }
 
-    /// Sends a request to every live gateway (token revocation reaches every cache).
+    /// Sends a request to every live gateway (token revocation reaches every cache), each
+    /// over the same path as a routed message: in-process to the local gateway, over its
+    /// link to the others.
     pub async fn broadcast(&self, request: DeliverRequest) -> Result<RouteOutcome> {
         let gateways = self.registry.gateways().await?;
         let mut outcome = RouteOutcome {
             id: request.id.clone().unwrap_or_default(),
             ..Default::default()
         };
-        let local_id = self.local.as_ref().map(|l| l.gateway_id.as_str());
-        let mut local_done = false;
-        let calls = gateways.iter().map(|g| {
-            let request = &request;
+        let mut shares: Vec<(String, Hop)> = gateways
+            .into_iter()
+            .map(|g| {
+                let hop = if self.hops.is_local(&g.gateway_id) {
+                    Hop::Local
+                } else {
+                    Hop::Remote(g.internal_url)
+                };
+                (g.gateway_id, hop)
+            })
+            .collect();
+        // The local gateway may not be registered yet (starting) or any more (draining).
+        if let Some(local) = &self.local
+            && !shares.iter().any(|(_, hop)| matches!(hop, Hop::Local))
+        {
+            shares.push((local.gateway_id.clone(), Hop::Local));
+        }
+        let deliveries = shares.into_iter().map(|(gateway_id, hop)| {
+            let request = request.clone();
             async move {
-                if Some(g.gateway_id.as_str()) == local_id {
-                    return (g.gateway_id.clone(), Ok(self.deliver_local(request)));
-                }
-                (
-                    g.gateway_id.clone(),
-                    self.client
-                        .deliver(&g.gateway_id, &g.internal_url, request)
-                        .await,
-                )
+                let delivery = self.deliver(&gateway_id, hop, request).await;
+                (gateway_id, delivery)
             }
         });
-        for (gateway_id, result) in join_all(calls).await {
-            if Some(gateway_id.as_str()) == local_id {
-                local_done = true;
-            }
-            match result {
-                Ok(r) => {
+        for (gateway_id, delivery) in join_all(deliveries).await {
+            match delivery {
+                Delivery::Answered(r) => {
                     outcome.gateways += 1;
                     outcome.delivered += r.delivered;
                 }
-                Err(error) => {
+                Delivery::Failed(error) => {
                     tracing::warn!(%error, gateway_id, "broadcast to a gateway failed");
                     outcome.failed.push(gateway_id);
                 }
+                // Not from a local or remote hop.
+                Delivery::Dead(_) | Delivery::Skipped => {}
             }
         }
-        // The local gateway may not be registered yet (starting) or any more (draining).
-        if !local_done && self.local.is_some() {
-            outcome.delivered += self.deliver_local(&request).delivered;
-            outcome.gateways += 1;
-        }
         Ok(outcome)
-    }
-
-    fn deliver_local(&self, request: &DeliverRequest) -> DeliverResponse {
-        self.local
-            .as_ref()
-            .map(|l| l.delivery.deliver(request))
-            .unwrap_or_default()
     }
 
     /// API Gateway's `GET @connections/{id}`: asks the holding gateway.
@@ -338,7 +350,7 @@ impl Router {
                 .and_then(|l| l.delivery.connection_info(connection_id))),
             // A terminating gateway still holds its sockets until its drain closes them.
             Hop::Remote(url) | Hop::Draining(url) => {
-                self.client
+                self.links
                     .connection_info(&row.gateway_id, &url, connection_id)
                     .await
             }

@@ -1,11 +1,13 @@
-//! Links: how deliveries reach another gateway. A router keeps one link per gateway (per
+//! Links: how a router reaches another gateway. It keeps one link per gateway (per
 //! internal URL): its deliver stream ([`stream`], one WebSocket, requests pipelined and
 //! batched per write) unless the router delivers over HTTP, the gateway's URL is not plain
 //! `http://` or the gateway turns out to have no stream (an older version: the link then
 //! becomes HTTP for good). Over HTTP ([`http`]), concurrent deliveries to one gateway share
 //! requests: at most [`DELIVERIES_IN_FLIGHT`] at once, and what arrives meanwhile goes out
 //! as one `POST /internal/v1/deliver-batch` (a delivery alone still goes out at once,
-//! alone).
+//! alone). Deliveries of routed messages and of broadcasts take the same link; a
+//! connection lookup goes over HTTP on the links' client (the stream carries deliveries
+//! only).
 
 mod http;
 mod stream;
@@ -20,7 +22,7 @@ use stream::{DeliverStream, StreamError};
 
 use crate::batch::{BatchFn, Batcher};
 use crate::error::Result;
-use crate::wire::{DELIVER_BATCH_MAX, DeliverRequest, DeliverResponse};
+use crate::wire::{ConnectionInfo, DELIVER_BATCH_MAX, DeliverRequest, DeliverResponse};
 
 /// How a router sends deliveries to other gateways (`HERMES_DELIVER_TRANSPORT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,7 +63,8 @@ enum Link {
     Http(DeliveryBatcher),
 }
 
-/// The links to other gateways.
+/// The links to other gateways: everything the router sends to another gateway goes
+/// through here.
 pub(super) struct Links {
     client: GatewayClient,
     /// Internal URL → the gateway there and the link deliveries to it take (a URL taken
@@ -100,6 +103,20 @@ impl Links {
                 reason: "its delivery batch was lost".into(),
             })
         })
+    }
+
+    /// Asks the gateway at `url` about one of its connections. The deliver stream's
+    /// protocol carries deliveries only, so this goes over HTTP whatever the link
+    /// (`GET /internal/v1/connections/{id}`), with the client the links share.
+    pub(super) async fn connection_info(
+        &self,
+        gateway_id: &str,
+        url: &str,
+        connection_id: &str,
+    ) -> Result<Option<ConnectionInfo>> {
+        self.client
+            .connection_info(gateway_id, url, connection_id)
+            .await
     }
 
     /// The link to one gateway at one URL, made on first use.

@@ -44,7 +44,15 @@ impl LocalDelivery for Recorder {
 }
 
 fn router(registry: Arc<MemoryRegistry>, local: Arc<Recorder>) -> Router {
-    let metrics = Arc::new(Metrics::new());
+    router_counting(registry, local, Arc::new(Metrics::new()))
+}
+
+/// [`router`], counting in `metrics`.
+fn router_counting(
+    registry: Arc<MemoryRegistry>,
+    local: Arc<Recorder>,
+    metrics: Arc<Metrics>,
+) -> Router {
     let client = GatewayClient::new(
         "secret-secret-secret",
         Duration::from_millis(200),
@@ -64,6 +72,23 @@ fn router(registry: Arc<MemoryRegistry>, local: Arc<Recorder>) -> Router {
 
 fn message(json: &str) -> PublishMessage {
     PublishMessage::parse(json.as_bytes()).expect("valid")
+}
+
+/// A token revocation, as the admin API broadcasts it.
+fn revocation() -> DeliverRequest {
+    DeliverRequest {
+        id: None,
+        target: Target::User {
+            user_id: "v".into(),
+            room_id: Some("r".into()),
+        },
+        exclude_connection_id: None,
+        published_at: None,
+        action: DeliverAction::Revoke {
+            user_id: "v".into(),
+            room_id: "r".into(),
+        },
+    }
 }
 
 async fn live(registry: &MemoryRegistry, gateway_id: &str, internal_url: &str) {
@@ -89,6 +114,21 @@ impl GatewayDirectory for Fixed {
     }
 }
 
+/// The one connection a fake gateway holds.
+const HELD_HERE: &str = "held-there";
+
+/// What a fake gateway says of [`HELD_HERE`].
+fn held_here() -> ConnectionInfo {
+    ConnectionInfo {
+        connected_at: "2026-12-03T10:00:00.000Z".into(),
+        identity: crate::wire::Identity {
+            source_ip: "10.0.0.7".into(),
+            user_agent: "test".into(),
+        },
+        last_active_at: "2026-12-03T10:00:01.000Z".into(),
+    }
+}
+
 /// A deliver endpoint on loopback that answers every request with `delivered`.
 async fn fake_gateway(delivered: usize) -> String {
     fake_gateway_counting(delivered).await.0
@@ -97,7 +137,7 @@ async fn fake_gateway(delivered: usize) -> String {
 /// A deliver endpoint on loopback, as gateways before the deliver stream had it (its
 /// upgrade is not found: routers deliver to it over HTTP): a request is answered with
 /// `delivered`, a batch with as many such answers as it holds requests. Counts the HTTP
-/// deliver requests it answered.
+/// deliver requests it answered. Holds one connection, [`HELD_HERE`].
 async fn fake_gateway_counting(delivered: usize) -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -132,6 +172,16 @@ async fn fake_gateway_counting(delivered: usize) -> (String, Arc<AtomicUsize>) {
                         })
                         .unwrap_or(0);
                     if seen.len() < head_end + 4 + length {
+                        continue;
+                    }
+                    if text.starts_with(&format!("GET /internal/v1/connections/{HELD_HERE} ")) {
+                        let info = serde_json::to_string(&held_here()).expect("json");
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{info}",
+                            info.len()
+                        );
+                        let _ = socket.write_all(response.as_bytes()).await;
+                        seen.clear();
                         continue;
                     }
                     if !text.starts_with("POST /internal/v1/deliver") {

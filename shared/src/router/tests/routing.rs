@@ -1,5 +1,5 @@
 //! Routing: a message reaches the gateways holding its targets, once each, and what is
-//! found gone is removed.
+//! found gone is removed; a broadcast reaches every live gateway.
 
 use super::*;
 use crate::registry::ConnectionRecord;
@@ -60,4 +60,17 @@ async fn unknown_connection_counts_as_gone_and_held_rows_are_cleaned() {
         .expect("routed");
     assert_eq!(o.gone, 1);
     assert_eq!(registry.connection("c1").await.expect("get"), None);
+}
+
+#[tokio::test]
+async fn a_broadcast_reaches_the_listed_local_gateway_once_and_names_those_it_cannot_reach() {
+    let registry = Arc::new(MemoryRegistry::new());
+    live(&registry, "local", "http://unused").await;
+    live(&registry, "far", "http://127.0.0.1:9").await;
+    let local = Arc::new(Recorder::default());
+    let r = router(registry, local.clone());
+    let o = r.broadcast(revocation()).await.expect("broadcast");
+    assert_eq!(o.failed, vec!["far".to_owned()]);
+    assert_eq!((o.gateways, o.delivered), (1, 1), "{o:?}");
+    assert_eq!(local.requests.lock().len(), 1);
 }
