@@ -9,8 +9,8 @@ use hermes_shared::config::{
     self, INTERNAL_SECRET, Strings, addr, deliver_transport, host_name, num, positive,
     positive_secs, secs,
 };
-use hermes_shared::gateway_client::DeliverTransport;
 use hermes_shared::registry::RegistryKind;
+use hermes_shared::router::DeliverTransport;
 use hermes_shared::{Error, Result};
 
 // The variables. Each is documented in docs/configuration.md.

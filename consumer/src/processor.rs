@@ -113,9 +113,9 @@ impl Processor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hermes_shared::gateway_client::GatewayClient;
     use hermes_shared::registry::memory::MemoryRegistry;
     use hermes_shared::registry::{GatewayRecord, Registry};
+    use hermes_shared::router::GatewayClient;
     use std::time::Duration;
 
     fn processor(registry: Arc<MemoryRegistry>) -> Processor {

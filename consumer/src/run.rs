@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::{ConsumerConfig, SourceConfig};
 use actix_web::{App, HttpResponse, HttpServer, web};
-use hermes_shared::gateway_client::GatewayClient;
 use hermes_shared::metrics::Metrics;
+use hermes_shared::router::GatewayClient;
 use hermes_shared::router::Router;
 use tokio_util::sync::CancellationToken;
 

@@ -10,8 +10,8 @@ use hermes_shared::config::{
     self, INTERNAL_SECRET, STAGE, Strings, addr, deliver_transport, host_name, num, positive,
     positive_f64, positive_secs, secret, secs,
 };
-use hermes_shared::gateway_client::DeliverTransport;
 use hermes_shared::registry::RegistryKind;
+use hermes_shared::router::DeliverTransport;
 use hermes_shared::{Error, Result};
 
 // The variables. Each is documented in docs/configuration.md.

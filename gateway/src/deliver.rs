@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use hermes_shared::auth::Authenticator;
-use hermes_shared::gateway_client::DELIVER_BATCH_MAX;
+use hermes_shared::wire::DELIVER_BATCH_MAX;
 use hermes_shared::metrics::Metrics;
 use hermes_shared::router::LocalDelivery;
 use hermes_shared::wire::{

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, web};
-use hermes_shared::registry::remote::SECRET_HEADER;
+use hermes_shared::wire::SECRET_HEADER;
 use subtle::ConstantTimeEq;
 
 use crate::error::HttpError;

@@ -25,13 +25,16 @@ use crate::config::{GatewayConfig, Mode};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use hermes_shared::auth::Authenticator;
-use hermes_shared::deliver_stream;
-use hermes_shared::gateway_client::{DELIVER_BATCH_MAX, GatewayClient};
 use hermes_shared::ids::now_millis;
 use hermes_shared::metrics::Metrics;
 use hermes_shared::registry::RegistryKind;
 use hermes_shared::registry::{GatewayRecord, Registry};
+use hermes_shared::router::GatewayClient;
 use hermes_shared::router::{LocalGateway, NEW_GATEWAY_GRACE, Router};
+use hermes_shared::wire::{
+    CONNECTIONS_PATH, DELIVER_BATCH_MAX, DELIVER_BATCH_PATH, DELIVER_PATH, DELIVER_STREAM_PATH,
+    REGISTRY_PATH,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -266,18 +269,18 @@ fn internal_server(
             .route("/metrics", web::get().to(internal::metrics))
             .route("/healthz", web::get().to(internal::healthz))
             .route("/readyz", web::get().to(internal::readyz))
-            .route("/internal/v1/deliver", web::post().to(internal::deliver))
-            .route(deliver_stream::PATH, web::get().to(stream::deliver_stream))
+            .route(DELIVER_PATH, web::post().to(internal::deliver))
+            .route(DELIVER_STREAM_PATH, web::get().to(stream::deliver_stream))
             .service(
-                web::resource("/internal/v1/deliver-batch")
+                web::resource(DELIVER_BATCH_PATH)
                     .app_data(web::PayloadConfig::new(body_limit * DELIVER_BATCH_MAX))
                     .route(web::post().to(internal::deliver_batch)),
             )
             .route(
-                "/internal/v1/connections/{id}",
+                &format!("{CONNECTIONS_PATH}/{{id}}"),
                 web::get().to(internal::connection),
             )
-            .route("/internal/v1/registry", web::post().to(internal::registry))
+            .route(REGISTRY_PATH, web::post().to(internal::registry))
             .route("/v1/tokens", web::post().to(admin::create_token))
             .route(
                 "/v1/tokens/{room_id}/{user_id}",

@@ -1,6 +1,7 @@
 //! `GET /internal/v1/deliver-stream`: a router's deliver stream (internal listener only,
-//! shared-secret header, subprotocol `hermes.deliver.v1`; the protocol is described in
-//! `hermes_shared::deliver_stream`).
+//! shared-secret header, subprotocol `hermes.deliver.v1`; the frames and names are in
+//! `hermes_shared::wire`, the router's end of the stream is described in
+//! `hermes_shared::router`'s links).
 //!
 //! Each text frame is a batch of deliver requests under a sequence number; it is delivered
 //! to this gateway's sockets at once (delivery never blocks) and answered with one frame
@@ -13,8 +14,7 @@ use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use hermes_shared::deliver_stream::PROTOCOL;
-use hermes_shared::gateway_client::DELIVER_BATCH_MAX;
+use hermes_shared::wire::{DELIVER_BATCH_MAX, DELIVER_STREAM_PROTOCOL as PROTOCOL};
 
 use crate::close;
 use crate::error::HttpError;

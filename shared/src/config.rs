@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::gateway_client::DeliverTransport;
+use crate::router::DeliverTransport;
 
 /// A source of configuration strings.
 pub trait Strings {

@@ -4,18 +4,16 @@
 //! (`auth`: JWT, token hashing, bcrypt on a bounded pool, fast verifiers), the
 //! connection registry (`registry`: the trait, its in-memory implementation and a
 //! client for a registry served by another process), the router (`router`: resolve a
-//! message's targets, group them by gateway, deliver), the clients of the internal
-//! deliver API (`gateway_client` over HTTP, `deliver_stream` over one WebSocket per
-//! gateway) and the Prometheus metrics (`metrics`).
+//! message's targets, group them by gateway, deliver over a link per gateway — one
+//! WebSocket, the deliver stream, or HTTP), the natural batcher both the router and the
+//! Scylla registry use (`batch`) and the Prometheus metrics (`metrics`).
 //!
 //! It must not hold sockets, HTTP servers or queue clients: those belong to the binaries.
 
 pub mod auth;
 pub mod batch;
 pub mod config;
-pub mod deliver_stream;
 pub mod error;
-pub mod gateway_client;
 pub mod ids;
 pub mod metrics;
 pub mod process;

@@ -15,9 +15,7 @@ use super::{
     ConnectionRecord, GatewayKeys, GatewayRecord, Holdings, Reaped, Registry, TokenRecord,
 };
 use crate::error::{Error, Result};
-
-/// Header carrying the internal shared secret.
-pub const SECRET_HEADER: &str = "x-hermes-internal-secret";
+use crate::wire::{REGISTRY_PATH, SECRET_HEADER};
 
 /// One registry call. TTLs travel in milliseconds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -213,7 +211,7 @@ impl RemoteRegistry {
             .map_err(|e| Error::Config(format!("cannot build the registry client: {e}")))?;
         Ok(Self {
             http,
-            endpoint: format!("{}/internal/v1/registry", base_url.trim_end_matches('/')),
+            endpoint: format!("{}{REGISTRY_PATH}", base_url.trim_end_matches('/')),
             secret: secret.to_owned(),
         })
     }

@@ -1,39 +1,17 @@
-//! The client of a gateway's internal API (`POST /internal/v1/deliver`,
+//! The HTTP client of a gateway's internal API (`POST /internal/v1/deliver`,
 //! `POST /internal/v1/deliver-batch`, `GET /internal/v1/connections/{id}`), over kept-alive
 //! connections.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::DeliverTransport;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::registry::remote::SECRET_HEADER;
-use crate::wire::{ConnectionInfo, DeliverRequest, DeliverResponse};
-
-/// Requests in one `POST /internal/v1/deliver-batch` at most.
-pub const DELIVER_BATCH_MAX: usize = 32;
-
-/// How a router sends deliveries to other gateways (`HERMES_DELIVER_TRANSPORT`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeliverTransport {
-    /// One WebSocket per gateway (`GET /internal/v1/deliver-stream`), requests batched and
-    /// pipelined on it; a gateway without the endpoint is delivered to over HTTP.
-    #[default]
-    Stream,
-    /// `POST /internal/v1/deliver` and `/deliver-batch` over kept-alive HTTP/1.1.
-    Http,
-}
-
-impl DeliverTransport {
-    /// `stream` or `http`.
-    pub fn parse(value: &str) -> Option<Self> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "stream" => Some(Self::Stream),
-            "http" => Some(Self::Http),
-            _ => None,
-        }
-    }
-}
+use crate::wire::{
+    CONNECTIONS_PATH, ConnectionInfo, DELIVER_BATCH_PATH, DELIVER_PATH, DeliverRequest,
+    DeliverResponse, SECRET_HEADER,
+};
 
 /// Calls other gateways' internal APIs.
 #[derive(Clone)]
@@ -100,16 +78,12 @@ impl GatewayClient {
         base_url: &str,
         request: &DeliverRequest,
     ) -> Result<DeliverResponse> {
-        self.post(
-            gateway_id,
-            &format!("{base_url}/internal/v1/deliver"),
-            request,
-        )
-        .await
+        self.post(gateway_id, &format!("{base_url}{DELIVER_PATH}"), request)
+            .await
     }
 
     /// Delivers several requests in one call (`POST /internal/v1/deliver-batch`, at most
-    /// [`DELIVER_BATCH_MAX`]): one answer per request, in their order.
+    /// [`crate::wire::DELIVER_BATCH_MAX`]): one answer per request, in their order.
     pub async fn deliver_batch(
         &self,
         gateway_id: &str,
@@ -119,7 +93,7 @@ impl GatewayClient {
         let answers: Vec<DeliverResponse> = self
             .post(
                 gateway_id,
-                &format!("{base_url}/internal/v1/deliver-batch"),
+                &format!("{base_url}{DELIVER_BATCH_PATH}"),
                 requests,
             )
             .await?;
@@ -196,7 +170,7 @@ impl GatewayClient {
         base_url: &str,
         connection_id: &str,
     ) -> Result<Option<ConnectionInfo>> {
-        let url = format!("{base_url}/internal/v1/connections/{connection_id}");
+        let url = format!("{base_url}{CONNECTIONS_PATH}/{connection_id}");
         let unreachable = |reason: String| Error::GatewayUnreachable {
             gateway_id: gateway_id.to_owned(),
             reason,

@@ -1,6 +1,7 @@
 //! The deliver stream: one WebSocket from a router to each gateway it delivers to
-//! (`GET /internal/v1/deliver-stream` on the gateway's internal listener, subprotocol
-//! [`PROTOCOL`], the shared secret in `X-Hermes-Internal-Secret`).
+//! ([`DELIVER_STREAM_PATH`] on the gateway's internal listener, subprotocol
+//! [`DELIVER_STREAM_PROTOCOL`], the shared secret in [`SECRET_HEADER`]; all three, and the
+//! frames, are in [`crate::wire`]).
 //!
 //! A router sends [`DeliverBatch`] frames (`{"seq", "requests": [...]}`) and the gateway
 //! answers each with a [`DeliverBatchReply`] (`{"seq", "responses": [...]}`, one answer per
@@ -32,16 +33,13 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::GatewayClient;
 use crate::error::Error;
-use crate::gateway_client::{DELIVER_BATCH_MAX, GatewayClient};
 use crate::metrics::Metrics;
-use crate::registry::remote::SECRET_HEADER;
-use crate::wire::{DeliverBatch, DeliverBatchReply, DeliverRequest, DeliverResponse};
-
-/// The path of the deliver stream on a gateway's internal listener.
-pub const PATH: &str = "/internal/v1/deliver-stream";
-/// The subprotocol of the deliver stream; a later, incompatible protocol gets a new name.
-pub const PROTOCOL: &str = "hermes.deliver.v1";
+use crate::wire::{
+    DELIVER_BATCH_MAX, DELIVER_STREAM_PATH, DELIVER_STREAM_PROTOCOL, DeliverBatch,
+    DeliverBatchReply, DeliverRequest, DeliverResponse, SECRET_HEADER,
+};
 
 /// Why a request submitted to a stream was not answered.
 #[derive(Debug)]
@@ -83,7 +81,7 @@ impl DeliverStream {
     /// over HTTP).
     pub fn new(gateway_id: &str, base_url: &str, client: &GatewayClient) -> Option<Self> {
         let rest = base_url.strip_prefix("http://")?;
-        let url = format!("ws://{}{PATH}", rest.trim_end_matches('/'));
+        let url = format!("ws://{}{DELIVER_STREAM_PATH}", rest.trim_end_matches('/'));
         // Refuse what the handshake could not parse, rather than failing every request.
         url.as_str().into_client_request().ok()?;
         Some(Self {
@@ -173,7 +171,10 @@ async fn connect(target: &Target) -> Result<Ws, ConnectError> {
     let secret = HeaderValue::from_str(&target.secret)
         .map_err(|_| ConnectError::Failed("the internal secret is not a header value".into()))?;
     headers.insert(SECRET_HEADER, secret);
-    headers.insert("Sec-WebSocket-Protocol", HeaderValue::from_static(PROTOCOL));
+    headers.insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(DELIVER_STREAM_PROTOCOL),
+    );
     let uri = request.uri();
     let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
     let addr = format!("{host}:{}", uri.port_u16().unwrap_or(80));
@@ -503,12 +504,16 @@ mod tests {
                     // The error type is tungstenite's, an HTTP response.
                     #[allow(clippy::result_large_err)]
                     let check = |req: &Request, mut response: Response| {
-                        assert_eq!(req.uri().path(), PATH);
+                        assert_eq!(req.uri().path(), DELIVER_STREAM_PATH);
                         assert_eq!(req.headers()[SECRET_HEADER], SECRET);
-                        assert_eq!(req.headers()["Sec-WebSocket-Protocol"], PROTOCOL);
-                        response
-                            .headers_mut()
-                            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(PROTOCOL));
+                        assert_eq!(
+                            req.headers()["Sec-WebSocket-Protocol"],
+                            DELIVER_STREAM_PROTOCOL
+                        );
+                        response.headers_mut().insert(
+                            "Sec-WebSocket-Protocol",
+                            HeaderValue::from_static(DELIVER_STREAM_PROTOCOL),
+                        );
                         Ok(response)
                     };
                     let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, check).await else {

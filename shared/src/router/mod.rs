@@ -1,0 +1,363 @@
+//! The router: resolve a message's targets in the registry, group them by the gateway
+//! that holds them, deliver to each gateway once (in-process for the local gateway, over
+//! its link for the others, concurrently), and clean up what it learns is gone.
+//!
+//! Cost per message is O(gateways holding targets): never O(members), and O(all gateways)
+//! only when there are so few of them that asking each is cheaper than finding out which
+//! hold the target (see [`Router::with_route_to_all_up_to`]) and for token revocation,
+//! which must reach every replica's cache.
+//!
+//! This file routes (`publish`, `route`, `broadcast`, `connection_info`); `hops` finds
+//! where each gateway's share goes (local, remote, draining, dead: the directory, the
+//! registry's heartbeat rows and the URL cache); `gateways` keeps the list of live gateways
+//! for routing to all of them; `links` carries everything sent to another gateway (the
+//! deliver stream, the HTTP batcher, the HTTP client). Routed messages and broadcasts take
+//! one delivery path (`Router::deliver`), and the router calls other gateways only through
+//! its links.
+
+mod gateways;
+mod hops;
+mod links;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::future::join_all;
+
+use gateways::RouteToAll;
+pub use gateways::{GATEWAY_LIST_VALIDITY, NEW_GATEWAY_GRACE};
+pub use hops::{GatewayDirectory, Presence};
+use hops::{Hop, Hops};
+use links::Links;
+pub use links::{DeliverTransport, GatewayClient};
+
+use crate::error::Result;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::wire::{
+    ConnectionInfo, DeliverAction, DeliverRequest, DeliverResponse, PublishMessage, RouteOutcome,
+    Target,
+};
+
+/// A gateway's own sockets, delivered to without a network hop.
+pub trait LocalDelivery: Send + Sync {
+    /// Delivers to the local sockets matching the request (never blocks).
+    fn deliver(&self, request: &DeliverRequest) -> DeliverResponse;
+    /// Details of a local connection.
+    fn connection_info(&self, connection_id: &str) -> Option<ConnectionInfo>;
+}
+
+/// The gateway this router runs in, if any (the consumer has none).
+#[derive(Clone)]
+pub struct LocalGateway {
+    pub gateway_id: String,
+    pub delivery: Arc<dyn LocalDelivery>,
+}
+
+/// Routes messages to the gateways that hold their targets.
+pub struct Router {
+    registry: Arc<dyn Registry>,
+    local: Option<LocalGateway>,
+    metrics: Arc<Metrics>,
+    hops: Hops,
+    to_all: Option<RouteToAll>,
+    links: Links,
+}
+
+/// What became of one gateway's share of a message.
+enum Delivery {
+    Answered(DeliverResponse),
+    /// The gateway is gone: these connections are gone with it.
+    Dead(Vec<String>),
+    Skipped,
+    Failed(crate::Error),
+}
+
+impl Router {
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        client: GatewayClient,
+        local: Option<LocalGateway>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let local_id = local.as_ref().map(|l| l.gateway_id.clone());
+        Self {
+            hops: Hops::new(registry.clone(), local_id),
+            links: Links::new(client),
+            registry,
+            local,
+            metrics,
+            to_all: None,
+        }
+    }
+
+    /// Sends room and user messages to every live gateway, without looking up which hold
+    /// the target, while there are at most `max` live gateways (0: never). With one or two
+    /// gateways, a registry read per message costs more than the deliveries it saves (a
+    /// gateway that holds no target answers from one hash lookup). A new gateway accepts
+    /// sockets only [`NEW_GATEWAY_GRACE`] after its row is written, and this router uses a
+    /// list for at most [`GATEWAY_LIST_VALIDITY`]: a gateway holding a socket is always
+    /// listed. A gateway that fails to answer is a failure only if the registry says it
+    /// holds the target.
+    pub fn with_route_to_all_up_to(mut self, max: usize) -> Self {
+        self.to_all = RouteToAll::new(max, self.registry.clone(), self.hops.urls().clone());
+        self
+    }
+
+    /// Consults `directory` before the registry for where gateways are and whether they
+    /// are shutting down.
+    pub fn with_directory(mut self, directory: Arc<dyn GatewayDirectory>) -> Self {
+        self.hops.set_directory(directory);
+        self
+    }
+
+    /// The registry the router reads.
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.registry
+    }
+
+    /// Routes a published message. Its text is serialized here, once.
+    pub async fn publish(&self, message: &PublishMessage) -> Result<RouteOutcome> {
+        let id = message
+            .id
+            .clone()
+            .unwrap_or_else(crate::ids::new_message_id);
+        let request = DeliverRequest {
+            id: Some(id),
+            target: message.target(),
+            exclude_connection_id: message.exclude_connection_id.clone(),
+            published_at: Some(message.published_at.unwrap_or_else(crate::ids::now_millis)),
+            action: DeliverAction::Send {
+                frame: message.frame(),
+            },
+        };
+        self.route(request).await
+    }
+
+    /// Routes a deliver request to the gateways holding its target.
+    pub async fn route(&self, request: DeliverRequest) -> Result<RouteOutcome> {
+        let started = Instant::now();
+        let mut outcome = RouteOutcome {
+            id: request.id.clone().unwrap_or_default(),
+            ..RouteOutcome::default()
+        };
+        // Room and user messages go to every live gateway when there are few of them.
+        let everyone = match &request.target {
+            Target::Connections(_) => None,
+            Target::Room { .. } | Target::User { .. } => self.all_gateways().await,
+        };
+        // Gateway id → the request it receives.
+        let groups: Vec<(String, DeliverRequest)> = match &request.target {
+            _ if everyone.is_some() => everyone
+                .iter()
+                .flat_map(|ids| ids.iter())
+                .map(|g| (g.clone(), request.clone()))
+                .collect(),
+            Target::Room { .. } | Target::User { .. } => self
+                .holders(&request.target)
+                .await?
+                .into_iter()
+                .map(|g| (g, request.clone()))
+                .collect(),
+            Target::Connections(ids) => {
+                let mut by_gateway: HashMap<String, Vec<String>> = HashMap::new();
+                for id in ids {
+                    match self.registry.connection(id).await? {
+                        Some(row) => by_gateway
+                            .entry(row.gateway_id)
+                            .or_default()
+                            .push(id.clone()),
+                        None => outcome.gone += 1,
+                    }
+                }
+                by_gateway
+                    .into_iter()
+                    .map(|(g, ids)| {
+                        let mut r = request.clone();
+                        r.target = Target::Connections(ids);
+                        (g, r)
+                    })
+                    .collect()
+            }
+        };
+
+        let deliveries = groups.into_iter().map(|(gateway_id, req)| async move {
+            let delivery = match self.hops.hop(&gateway_id).await {
+                Ok(hop) => self.deliver(&gateway_id, hop, req).await,
+                Err(error) => Delivery::Failed(error),
+            };
+            (gateway_id, delivery)
+        });
+
+        let mut failures = Vec::new();
+        for (gateway_id, delivery) in join_all(deliveries).await {
+            let gone = match delivery {
+                Delivery::Answered(response) => {
+                    outcome.gateways += 1;
+                    outcome.delivered += response.delivered;
+                    response.gone
+                }
+                // Its rows were just removed; connections it held are gone with it.
+                Delivery::Dead(gone) => gone,
+                Delivery::Skipped => {
+                    self.metrics
+                        .route_skipped
+                        .with_label_values(&["terminating"])
+                        .inc();
+                    outcome.skipped.push(gateway_id);
+                    continue;
+                }
+                Delivery::Failed(error) => {
+                    failures.push((gateway_id, error));
+                    continue;
+                }
+            };
+            outcome.gone += gone.len();
+            for connection_id in &gone {
+                if let Err(error) = self.registry.remove_connection(connection_id).await {
+                    tracing::warn!(%error, connection_id, "cannot remove a gone connection");
+                }
+            }
+        }
+        if everyone.is_some() && !failures.is_empty() {
+            // Sent to all: only a gateway that holds the target has failed it.
+            let holders = self.holders(&request.target).await?;
+            failures.retain(|(g, _)| holders.contains(g));
+        }
+        for (gateway_id, error) in failures {
+            tracing::warn!(%error, gateway_id, "delivery to a gateway failed");
+            outcome.failed.push(gateway_id);
+        }
+        self.metrics
+            .routing_duration
+            .observe(started.elapsed().as_secs_f64());
+        Ok(outcome)
+    }
+
+    /// Delivers one gateway's share of a message where its hop says: in-process to the
+    /// local gateway, over the link to any other. The one delivery path of `route` and
+    /// `broadcast`.
+    async fn deliver(&self, gateway_id: &str, hop: Hop, request: DeliverRequest) -> Delivery {
+        match hop {
+            Hop::Local => Delivery::Answered(self.deliver_local(&request)),
+            Hop::Remote(url) => match self.links.deliver(gateway_id, &url, request).await {
+                Ok(response) => Delivery::Answered(response),
+                Err(error) => Delivery::Failed(error),
+            },
+            Hop::Draining(url) => match self.links.deliver(gateway_id, &url, request).await {
+                Ok(response) => Delivery::Answered(response),
+                Err(error) => {
+                    tracing::debug!(%error, gateway_id, "a terminating gateway did not answer; skipped");
+                    Delivery::Skipped
+                }
+            },
+            Hop::Dead => {
+                self.hops
+                    .forget_dead_gateway(gateway_id, &request.target)
+                    .await;
+                Delivery::Dead(match request.target {
+                    Target::Connections(ids) => ids,
+                    _ => Vec::new(),
+                })
+            }
+        }
+    }
+
+    fn deliver_local(&self, request: &DeliverRequest) -> DeliverResponse {
+        self.local
+            .as_ref()
+            .map(|l| l.delivery.deliver(request))
+            .unwrap_or_default()
+    }
+
+    /// The gateways the registry says hold a room's or a user's sockets.
+    async fn holders(&self, target: &Target) -> Result<Vec<String>> {
+        match target {
+            Target::Room { room_id } => self.registry.room_gateways(room_id).await,
+            Target::User { user_id, .. } => self.registry.user_gateways(user_id).await,
+            Target::Connections(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// The live gateways, when this router sends to all of them and there are at most its
+    /// maximum; `None`: look the targets up instead.
+    async fn all_gateways(&self) -> Option<Arc<[String]>> {
+        self.to_all.as_ref()?.gateways().await
+    }
+
+    /// Sends a request to every live gateway (token revocation reaches every cache), each
+    /// over the same path as a routed message: in-process to the local gateway, over its
+    /// link to the others.
+    pub async fn broadcast(&self, request: DeliverRequest) -> Result<RouteOutcome> {
+        let gateways = self.registry.gateways().await?;
+        let mut outcome = RouteOutcome {
+            id: request.id.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        let mut shares: Vec<(String, Hop)> = gateways
+            .into_iter()
+            .map(|g| {
+                let hop = if self.hops.is_local(&g.gateway_id) {
+                    Hop::Local
+                } else {
+                    Hop::Remote(g.internal_url)
+                };
+                (g.gateway_id, hop)
+            })
+            .collect();
+        // The local gateway may not be registered yet (starting) or any more (draining).
+        if let Some(local) = &self.local
+            && !shares.iter().any(|(_, hop)| matches!(hop, Hop::Local))
+        {
+            shares.push((local.gateway_id.clone(), Hop::Local));
+        }
+        let deliveries = shares.into_iter().map(|(gateway_id, hop)| {
+            let request = request.clone();
+            async move {
+                let delivery = self.deliver(&gateway_id, hop, request).await;
+                (gateway_id, delivery)
+            }
+        });
+        for (gateway_id, delivery) in join_all(deliveries).await {
+            match delivery {
+                Delivery::Answered(r) => {
+                    outcome.gateways += 1;
+                    outcome.delivered += r.delivered;
+                }
+                Delivery::Failed(error) => {
+                    tracing::warn!(%error, gateway_id, "broadcast to a gateway failed");
+                    outcome.failed.push(gateway_id);
+                }
+                // Not from a local or remote hop.
+                Delivery::Dead(_) | Delivery::Skipped => {}
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// API Gateway's `GET @connections/{id}`: asks the holding gateway.
+    pub async fn connection_info(&self, connection_id: &str) -> Result<Option<ConnectionInfo>> {
+        let Some(row) = self.registry.connection(connection_id).await? else {
+            return Ok(None);
+        };
+        match self.hops.hop(&row.gateway_id).await? {
+            Hop::Local => Ok(self
+                .local
+                .as_ref()
+                .and_then(|l| l.delivery.connection_info(connection_id))),
+            // A terminating gateway still holds its sockets until its drain closes them.
+            Hop::Remote(url) | Hop::Draining(url) => {
+                self.links
+                    .connection_info(&row.gateway_id, &url, connection_id)
+                    .await
+            }
+            Hop::Dead => {
+                self.registry.remove_connection(connection_id).await?;
+                Ok(None)
+            }
+        }
+    }
+}

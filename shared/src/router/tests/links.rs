@@ -1,0 +1,134 @@
+//! Links: a gateway that cannot be reached fails its share; concurrent deliveries to one
+//! gateway share requests; broadcasts and connection lookups reach other gateways through
+//! the same links as routed messages.
+
+use super::*;
+use crate::registry::ConnectionRecord;
+
+#[tokio::test]
+async fn unreachable_live_gateway_is_reported_as_failed() {
+    let registry = Arc::new(MemoryRegistry::new());
+    registry
+        .upsert_gateway(
+            &GatewayRecord {
+                gateway_id: "far".into(),
+                internal_url: "http://127.0.0.1:9".into(),
+                started_at: 0,
+            },
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("upsert");
+    registry
+        .add_user_gateway("v", "far", Duration::from_secs(60))
+        .await
+        .expect("add");
+    let r = router(registry, Arc::new(Recorder::default()));
+    let o = r
+        .publish(&message(
+            r#"{"user_id":"u","room_id":"r","data":1,"to_user_id":"v"}"#,
+        ))
+        .await
+        .expect("routed");
+    assert_eq!(o.failed, vec!["far".to_owned()]);
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_to_one_gateway_share_requests_and_each_gets_its_answer() {
+    let (url, requests) = fake_gateway_counting(1).await;
+    let registry = Arc::new(MemoryRegistry::new());
+    live(&registry, "far", &url).await;
+    for i in 0..200 {
+        registry
+            .add_user_gateway(&format!("v{i}"), "far", Duration::from_secs(60))
+            .await
+            .expect("add");
+    }
+    let r = router(registry, Arc::new(Recorder::default()));
+    let messages: Vec<PublishMessage> = (0..200)
+        .map(|i| {
+            message(&format!(
+                r#"{{"user_id":"u","room_id":"r","data":{i},"to_user_id":"v{i}"}}"#
+            ))
+        })
+        .collect();
+    let outcomes = join_all(messages.iter().map(|m| r.publish(m))).await;
+    for o in outcomes {
+        let o = o.expect("routed");
+        assert_eq!((o.gateways, o.delivered), (1, 1), "{o:?}");
+        assert!(o.failed.is_empty(), "{o:?}");
+    }
+    let requests = requests.load(Ordering::SeqCst);
+    assert!(
+        requests <= 200 / 4,
+        "200 concurrent deliveries took {requests} requests"
+    );
+}
+
+#[tokio::test]
+async fn a_broadcast_takes_the_link_routed_messages_take_and_reaches_the_unlisted_local_gateway() {
+    let (url, requests) = fake_gateway_counting(2).await;
+    let registry = Arc::new(MemoryRegistry::new());
+    // "local" has no gateway row yet (it is starting).
+    live(&registry, "far", &url).await;
+    registry
+        .add_user_gateway("v", "far", Duration::from_secs(60))
+        .await
+        .expect("add");
+    let metrics = Arc::new(Metrics::new());
+    let local = Arc::new(Recorder::default());
+    let r = router_counting(registry, local.clone(), metrics.clone());
+    let no_stream = || {
+        metrics
+            .deliver_stream_connects
+            .with_label_values(&["unsupported"])
+            .get()
+    };
+    let o = r.broadcast(revocation()).await.expect("broadcast");
+    assert_eq!((o.gateways, o.delivered), (2, 3), "{o:?}");
+    assert!(o.failed.is_empty(), "{o:?}");
+    assert_eq!(local.requests.lock().len(), 1);
+    // The link tried the gateway's deliver stream first and, finding none, went over HTTP.
+    assert_eq!((no_stream(), requests.load(Ordering::SeqCst)), (1, 1));
+    // A message routed to that gateway takes the same link: HTTP at once.
+    let o = r
+        .publish(&message(
+            r#"{"user_id":"u","room_id":"r","data":1,"to_user_id":"v"}"#,
+        ))
+        .await
+        .expect("routed");
+    assert_eq!((o.gateways, o.delivered), (1, 2), "{o:?}");
+    assert_eq!((no_stream(), requests.load(Ordering::SeqCst)), (1, 2));
+}
+
+#[tokio::test]
+async fn a_connection_lookup_asks_the_holding_gateway_and_forgets_rows_of_a_dead_one() {
+    let (url, _) = fake_gateway_counting(1).await;
+    let registry = Arc::new(MemoryRegistry::new());
+    live(&registry, "far", &url).await;
+    for (connection_id, gateway_id) in [(HELD_HERE, "far"), ("left", "far"), ("c", "ghost")] {
+        registry
+            .put_connection(
+                &ConnectionRecord {
+                    connection_id: connection_id.into(),
+                    room_id: "r".into(),
+                    user_id: "u".into(),
+                    gateway_id: gateway_id.into(),
+                    connected_at: 0,
+                    source_ip: String::new(),
+                    user_agent: String::new(),
+                },
+                Duration::from_secs(60),
+            )
+            .await
+            .expect("put");
+    }
+    let r = router(registry.clone(), Arc::new(Recorder::default()));
+    let asked = |id: &'static str| r.connection_info(id);
+    assert_eq!(asked(HELD_HERE).await.expect("asked"), Some(held_here()));
+    // Its gateway does not hold it (any more).
+    assert_eq!(asked("left").await.expect("asked"), None);
+    // Its gateway is gone: so is it.
+    assert_eq!(asked("c").await.expect("asked"), None);
+    assert_eq!(registry.connection("c").await.expect("get"), None);
+}

@@ -1,0 +1,76 @@
+//! Routing: a message reaches the gateways holding its targets, once each, and what is
+//! found gone is removed; a broadcast reaches every live gateway.
+
+use super::*;
+use crate::registry::ConnectionRecord;
+
+#[tokio::test]
+async fn room_message_goes_once_to_the_local_gateway_holding_it() {
+    let registry = Arc::new(MemoryRegistry::new());
+    registry
+        .add_room_gateway("r", "local", Duration::from_secs(60))
+        .await
+        .expect("add");
+    let local = Arc::new(Recorder::default());
+    let r = router(registry, local.clone());
+    let outcome = r
+        .publish(&message(r#"{"user_id":"u","room_id":"r","data":{"x":1}}"#))
+        .await
+        .expect("routed");
+    assert_eq!((outcome.gateways, outcome.delivered), (1, 1));
+    let requests = local.requests.lock();
+    assert_eq!(requests.len(), 1);
+    assert!(
+        matches!(&requests[0].action, DeliverAction::Send { frame } if frame.as_str() == r#"{"user_id":"u","data":{"x":1}}"#)
+    );
+}
+
+#[tokio::test]
+async fn unknown_connection_counts_as_gone_and_held_rows_are_cleaned() {
+    let registry = Arc::new(MemoryRegistry::new());
+    registry
+        .put_connection(
+            &ConnectionRecord {
+                connection_id: "c1".into(),
+                room_id: "r".into(),
+                user_id: "u".into(),
+                gateway_id: "local".into(),
+                connected_at: 0,
+                source_ip: String::new(),
+                user_agent: String::new(),
+            },
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("put");
+    let r = router(registry.clone(), Arc::new(Recorder::default()));
+    let o = r
+        .publish(&message(
+            r#"{"user_id":"u","room_id":"r","data":1,"connection_id":"nope"}"#,
+        ))
+        .await
+        .expect("routed");
+    assert_eq!(o.gone, 1);
+    // The local gateway says c1 is not there: the 410 path removes the row.
+    let o = r
+        .publish(&message(
+            r#"{"user_id":"u","room_id":"r","data":1,"connection_id":"c1"}"#,
+        ))
+        .await
+        .expect("routed");
+    assert_eq!(o.gone, 1);
+    assert_eq!(registry.connection("c1").await.expect("get"), None);
+}
+
+#[tokio::test]
+async fn a_broadcast_reaches_the_listed_local_gateway_once_and_names_those_it_cannot_reach() {
+    let registry = Arc::new(MemoryRegistry::new());
+    live(&registry, "local", "http://unused").await;
+    live(&registry, "far", "http://127.0.0.1:9").await;
+    let local = Arc::new(Recorder::default());
+    let r = router(registry, local.clone());
+    let o = r.broadcast(revocation()).await.expect("broadcast");
+    assert_eq!(o.failed, vec!["far".to_owned()]);
+    assert_eq!((o.gateways, o.delivered), (1, 1), "{o:?}");
+    assert_eq!(local.requests.lock().len(), 1);
+}

@@ -1,0 +1,219 @@
+//! The queue message (a RabbitMQ or SQS body, or the body of `POST /v1/publish`) and the
+//! routing outcome `POST /v1/publish` answers with.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{Frame, Target, check_id};
+use crate::error::{Error, Result};
+
+/// A message to push: the body of a queue message or of `POST /v1/publish`.
+///
+/// The original format is `{"user_id", "room_id", "data"}`; the optional fields select a
+/// narrower target. `data` is kept as raw JSON: it is copied, never re-encoded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublishMessage {
+    /// The sender, shown to browsers as `user_id`.
+    pub user_id: String,
+    /// The room (tenant, channel) the message belongs to.
+    pub room_id: String,
+    /// The payload, any JSON value.
+    pub data: Box<RawValue>,
+    /// Only this user's sockets in `room_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_user_id: Option<String>,
+    /// Only this connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<String>,
+    /// Every target but this connection (typically the sender's own socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_connection_id: Option<String>,
+    /// A message id; gateways drop a second delivery of the same id within a window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// When the producer published it, milliseconds since the epoch (end-to-end latency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<u64>,
+}
+
+impl PublishMessage {
+    /// Parses and validates a message. The error names the offending field.
+    pub fn parse(body: &[u8]) -> Result<Self> {
+        let msg: Self = match serde_json::from_slice(body) {
+            Ok(m) => m,
+            Err(e) => return Err(Error::Invalid(describe_parse_error(body, &e))),
+        };
+        msg.validate()?;
+        Ok(msg)
+    }
+
+    /// Checks field contents.
+    pub fn validate(&self) -> Result<()> {
+        check_id("user_id", &self.user_id)?;
+        check_id("room_id", &self.room_id)?;
+        for (name, value) in [
+            ("to_user_id", &self.to_user_id),
+            ("connection_id", &self.connection_id),
+            ("exclude_connection_id", &self.exclude_connection_id),
+            ("id", &self.id),
+        ] {
+            if let Some(v) = value {
+                check_id(name, v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The target this message selects: a connection, else a user in the room, else the room.
+    pub fn target(&self) -> Target {
+        if let Some(connection_id) = &self.connection_id {
+            Target::Connections(vec![connection_id.clone()])
+        } else if let Some(user_id) = &self.to_user_id {
+            Target::User {
+                user_id: user_id.clone(),
+                room_id: Some(self.room_id.clone()),
+            }
+        } else {
+            Target::Room {
+                room_id: self.room_id.clone(),
+            }
+        }
+    }
+
+    /// The frame browsers receive: `{"user_id": sender, "data": data}`.
+    pub fn frame(&self) -> Frame {
+        Frame::notification(&self.user_id, &self.data)
+    }
+}
+
+/// Turns a serde error into a message that names the field and what was expected.
+fn describe_parse_error(body: &[u8], error: &serde_json::Error) -> String {
+    let value: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(_) => return format!("body is not valid JSON: {error}"),
+    };
+    let Some(object) = value.as_object() else {
+        return "body must be a JSON object like {\"user_id\",\"room_id\",\"data\"}".into();
+    };
+    for field in ["user_id", "room_id", "data"] {
+        if !object.contains_key(field) {
+            return format!("field `{field}` is required");
+        }
+    }
+    for field in [
+        "user_id",
+        "room_id",
+        "to_user_id",
+        "connection_id",
+        "exclude_connection_id",
+        "id",
+    ] {
+        let optional = !matches!(field, "user_id" | "room_id");
+        if let Some(v) = object.get(field)
+            && !v.is_string()
+            && !(optional && v.is_null())
+        {
+            return format!("field `{field}` must be a string");
+        }
+    }
+    if let Some(v) = object.get("published_at")
+        && !v.is_u64()
+        && !v.is_null()
+    {
+        return "field `published_at` must be milliseconds since the epoch".into();
+    }
+    format!("invalid message: {error}")
+}
+
+/// The routing outcome of one message (`POST /v1/publish` answers it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteOutcome {
+    pub id: String,
+    /// Sockets the message was queued to.
+    pub delivered: usize,
+    /// Connections found gone (and removed from the registry).
+    pub gone: usize,
+    /// Gateways that held targets and answered.
+    pub gateways: usize,
+    /// Gateways that held targets but could not be reached (transient).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
+    /// Gateways that held targets but are shutting down (their pod is terminating: its
+    /// sockets are being closed and reconnect elsewhere), so they were not sent to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn original_message_parses_and_targets_the_room() {
+        let m =
+            PublishMessage::parse(br#"{"user_id":"u1","room_id":"r1","data":{"type":"x","n":1}}"#)
+                .expect("valid");
+        assert_eq!(
+            m.target(),
+            Target::Room {
+                room_id: "r1".into()
+            }
+        );
+        assert_eq!(
+            m.frame().as_str(),
+            r#"{"user_id":"u1","data":{"type":"x","n":1}}"#
+        );
+    }
+
+    #[test]
+    fn connection_beats_user_beats_room() {
+        let m = PublishMessage::parse(
+            br#"{"user_id":"u","room_id":"r","data":1,"to_user_id":"v","connection_id":"c"}"#,
+        )
+        .expect("valid");
+        assert_eq!(m.target(), Target::Connections(vec!["c".into()]));
+        let m =
+            PublishMessage::parse(br#"{"user_id":"u","room_id":"r","data":1,"to_user_id":"v"}"#)
+                .expect("valid");
+        assert_eq!(
+            m.target(),
+            Target::User {
+                user_id: "v".into(),
+                room_id: Some("r".into())
+            }
+        );
+    }
+
+    #[test]
+    fn invalid_messages_name_the_field() {
+        let cases: [(&[u8], &str); 7] = [
+            (b"not json", "not valid JSON"),
+            (b"[1,2]", "JSON object"),
+            (br#"{"user_id":"u","data":1}"#, "`room_id` is required"),
+            (br#"{"user_id":"u","room_id":"r"}"#, "`data` is required"),
+            (
+                br#"{"user_id":5,"room_id":"r","data":1}"#,
+                "`user_id` must be a string",
+            ),
+            (
+                br#"{"user_id":"u","room_id":"","data":1}"#,
+                "`room_id` must not be empty",
+            ),
+            (
+                br#"{"user_id":"u","room_id":"r","data":1,"to_user_id":7}"#,
+                "`to_user_id` must be a string",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = PublishMessage::parse(body)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains(expected),
+                "{}: {err}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}
