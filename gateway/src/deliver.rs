@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use hermes_shared::auth::Authenticator;
-use hermes_shared::wire::DELIVER_BATCH_MAX;
 use hermes_shared::metrics::Metrics;
 use hermes_shared::router::LocalDelivery;
+use hermes_shared::wire::DELIVER_BATCH_MAX;
 use hermes_shared::wire::{
     ConnectionInfo, DeliverAction, DeliverBatch, DeliverBatchReply, DeliverRequest, DeliverResponse,
 };
