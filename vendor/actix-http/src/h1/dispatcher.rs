@@ -11,7 +11,7 @@ use std::{
 use actix_codec::{Framed, FramedParts};
 use actix_service::Service;
 use bitflags::bitflags;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use futures_core::ready;
 use pin_project_lite::pin_project;
 use tokio::{
@@ -38,8 +38,6 @@ use crate::{
 
 const LW_BUFFER_SIZE: usize = 1024;
 const HW_BUFFER_SIZE: usize = 1024 * 8;
-/// Hermes patch: payload chunks up to this size are copied out of the read buffer.
-const SMALL_CHUNK: usize = 1024 * 2;
 const MAX_PIPELINED_MESSAGES: usize = 16;
 
 bitflags! {
@@ -953,16 +951,6 @@ where
 
                         Message::Chunk(Some(chunk)) => {
                             if let Some(ref mut payload) = this.payload {
-                                // Hermes patch: a small chunk is copied out of the read
-                                // buffer instead of sharing it. Shared, it keeps the whole
-                                // buffer (8 KiB) alive for as long as the consumer holds any
-                                // part of it (actix-ws keeps its last chunk), which an idle
-                                // WebSocket otherwise would, for hours.
-                                let chunk = if chunk.len() <= SMALL_CHUNK {
-                                    Bytes::copy_from_slice(&chunk)
-                                } else {
-                                    chunk
-                                };
                                 payload.feed_data(chunk);
                             } else {
                                 error!("Internal server error: unexpected payload chunk");
@@ -1241,11 +1229,6 @@ where
                 }
 
                 Poll::Pending => {
-                    // Hermes patch: nothing buffered and nothing to read: give the read
-                    // buffer back until data arrives (idle WebSockets hold no buffer).
-                    if this.read_buf.is_empty() {
-                        *this.read_buf = BytesMut::new();
-                    }
                     return Ok(false);
                 }
 
