@@ -70,7 +70,7 @@ fn shared_error(e: &SharedError) -> HttpResponse {
             );
             r
         }
-        SharedError::RegistryUnavailable(_) | SharedError::GatewayUnreachable { .. } => {
+        SharedError::RegistryUnavailable { .. } | SharedError::GatewayUnreachable { .. } => {
             let mut r = error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 e.metric_label(),
@@ -80,7 +80,7 @@ fn shared_error(e: &SharedError) -> HttpResponse {
                 .insert(header::RETRY_AFTER, HeaderValue::from(1));
             r
         }
-        SharedError::Config(_) | SharedError::Crypto(_) => {
+        SharedError::Config(_) | SharedError::ConfigSource { .. } | SharedError::Crypto { .. } => {
             tracing::error!(error = %e, "admin request failed");
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -114,7 +114,7 @@ impl BcryptPool {
     ) -> Result<T> {
         let rx = self.submit(f)?;
         rx.await
-            .map_err(|_| Error::Crypto("the bcrypt worker stopped".into()))
+            .map_err(|e| Error::crypto("the bcrypt worker stopped", e))
     }
 
     /// Queues `f`; the receiver yields its result. Refuses when the queue is full.

@@ -138,7 +138,7 @@ impl Authenticator {
             .registry
             .token(&claims.user_id, &claims.room_id)
             .await
-            .map_err(|e| AuthError::Unavailable(e.to_string()))?
+            .map_err(AuthError::Unavailable)?
             .ok_or(AuthError::NoTokenRow)?;
         let verifier = fast_verifier(&self.config.verifier_key, &claims.token);
         if let Some(stored) = &row.fast_verifier {
@@ -157,7 +157,7 @@ impl Authenticator {
             .await
             .map_err(|e| match e {
                 Error::Overloaded { retry_after } => AuthError::Overloaded(retry_after.as_secs()),
-                other => AuthError::Unavailable(other.to_string()),
+                other => AuthError::Unavailable(other),
             })?;
         self.metrics.bcrypt_queue.set(self.pool.queued() as i64);
         if !verified {
@@ -193,7 +193,7 @@ impl Authenticator {
                 .pool
                 .run(move || bcrypt::hash(plain, cost))
                 .await?
-                .map_err(|e| Error::Crypto(format!("bcrypt failed: {e}")))?;
+                .map_err(|e| Error::crypto("bcrypt failed", e))?;
             let record = TokenRecord {
                 user_id: user_id.to_owned(),
                 room_id: room_id.to_owned(),
@@ -238,6 +238,13 @@ mod tests {
     use crate::registry::memory::MemoryRegistry;
 
     const SECRET: &str = "a-shared-secret-of-some-length";
+
+    /// How a connect was accepted, or the code of its refusal.
+    fn verdict(
+        result: std::result::Result<(Identity, AuthPath), AuthError>,
+    ) -> std::result::Result<AuthPath, &'static str> {
+        result.map(|(_, path)| path).map_err(|e| e.code())
+    }
 
     fn config(check: TokenCheck) -> AuthConfig {
         AuthConfig {
@@ -296,13 +303,10 @@ mod tests {
             row.fast_verifier,
             Some(fast_verifier(&auth.config.verifier_key, &token))
         );
-        assert_eq!(
-            auth.authenticate(&jwt).await.map(|r| r.1),
-            Ok(AuthPath::Cache)
-        );
+        assert_eq!(verdict(auth.authenticate(&jwt).await), Ok(AuthPath::Cache));
         auth.forget("u1", "r1");
         assert_eq!(
-            auth.authenticate(&jwt).await.map(|r| r.1),
+            verdict(auth.authenticate(&jwt).await),
             Ok(AuthPath::FastVerifier)
         );
     }
@@ -312,7 +316,7 @@ mod tests {
         let (auth, _registry) = authenticator(TokenCheck::Bcrypt);
         let issued = auth.issue("u1", "r1", None).await.expect("issued");
         assert_eq!(
-            auth.authenticate(&issued.token).await.map(|r| r.1),
+            verdict(auth.authenticate(&issued.token).await),
             Ok(AuthPath::FastVerifier)
         );
         let forged = auth
@@ -324,11 +328,14 @@ mod tests {
                 exp: crate::ids::now_secs() + 600,
             })
             .expect("sign");
-        assert_eq!(auth.authenticate(&forged).await, Err(AuthError::Mismatch));
+        assert_eq!(
+            verdict(auth.authenticate(&forged).await),
+            Err("token_mismatch")
+        );
         assert!(auth.revoke("u1", "r1").await.expect("revoke"));
         assert_eq!(
-            auth.authenticate(&issued.token).await,
-            Err(AuthError::NoTokenRow)
+            verdict(auth.authenticate(&issued.token).await),
+            Err("token_not_registered")
         );
     }
 
@@ -345,7 +352,7 @@ mod tests {
             })
             .expect("sign");
         assert_eq!(
-            auth.authenticate(&jwt).await.map(|r| r.1),
+            verdict(auth.authenticate(&jwt).await),
             Ok(AuthPath::JwtOnly)
         );
     }

@@ -31,8 +31,9 @@ impl AuthPath {
 }
 
 /// Why a connect was refused. Each maps to an HTTP status and a message a developer
-/// can act on; none of them contains the token.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// can act on; none of them contains the token. [`AuthError::Unavailable`] keeps the
+/// registry's or the pool's error as its source.
+#[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("no token: pass ?token=<JWT> or Sec-WebSocket-Protocol: hermes.v1, bearer.<JWT>")]
     Missing,
@@ -55,7 +56,7 @@ pub enum AuthError {
     #[error("token verification is busy; retry after {0} s")]
     Overloaded(u64),
     #[error("token verification is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] crate::error::Error),
 }
 
 impl AuthError {

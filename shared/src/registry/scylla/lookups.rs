@@ -54,10 +54,19 @@ impl Lookups {
                                 .map(|k| Ok(by_key.get(k).cloned().unwrap_or_default()))
                                 .collect()
                         }
-                        Err(e) => keys
-                            .iter()
-                            .map(|_| Err(Error::RegistryUnavailable(format!("{what}: {e}"))))
-                            .collect(),
+                        Err(cause) => {
+                            // One failed request answers every caller in it: they share
+                            // the driver's error.
+                            let cause: Arc<dyn std::error::Error + Send + Sync> = Arc::from(cause);
+                            keys.iter()
+                                .map(|_| {
+                                    Err(Error::RegistryUnavailable {
+                                        context: what.clone(),
+                                        source: Some(Box::new(cause.clone())),
+                                    })
+                                })
+                                .collect()
+                        }
                     }
                 }
                 .boxed()
@@ -75,7 +84,7 @@ impl Lookups {
             .submit(key.to_owned())
             .await
             .unwrap_or_else(|| {
-                Err(Error::RegistryUnavailable(format!(
+                Err(Error::registry_answer(format!(
                     "{}: the lookup was lost",
                     self.what
                 )))

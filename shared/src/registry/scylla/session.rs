@@ -82,10 +82,13 @@ pub(super) async fn open(config: &ScyllaConfig) -> Result<Session> {
         builder = builder.user(user, password);
     }
     let session = builder.build().await.map_err(|e| {
-        Error::RegistryUnavailable(format!(
-            "scylla: cannot connect to {} (keyspace {ks}): {e}",
-            config.nodes.join(",")
-        ))
+        Error::registry(
+            format!(
+                "scylla: cannot connect to {} (keyspace {ks})",
+                config.nodes.join(",")
+            ),
+            e,
+        )
     })?;
 
     // Schema: idempotent, so every replica may run it at every start. The driver waits
@@ -105,7 +108,7 @@ pub(super) async fn open(config: &ScyllaConfig) -> Result<Session> {
             (),
         )
         .await
-        .map_err(|e| Error::RegistryUnavailable(format!("scylla: create keyspace {ks}: {e}")))?;
+        .map_err(|e| Error::registry(format!("scylla: create keyspace {ks}"), e))?;
     for (table, columns) in TABLES {
         session
             .query_unpaged(
@@ -115,9 +118,7 @@ pub(super) async fn open(config: &ScyllaConfig) -> Result<Session> {
                 (),
             )
             .await
-            .map_err(|e| {
-                Error::RegistryUnavailable(format!("scylla: create table {ks}.{table}: {e}"))
-            })?;
+            .map_err(|e| Error::registry(format!("scylla: create table {ks}.{table}"), e))?;
     }
     Ok(session)
 }
@@ -131,7 +132,7 @@ pub(super) async fn drop_keyspace(session: &Session, keyspace: &str) -> Result<(
         .query_unpaged(statement, ())
         .await
         .map(drop)
-        .map_err(|e| Error::RegistryUnavailable(format!("scylla: drop keyspace {keyspace}: {e}")))
+        .map_err(|e| Error::registry(format!("scylla: drop keyspace {keyspace}"), e))
 }
 
 /// The configured consistency level (validated by `config`, re-checked here).

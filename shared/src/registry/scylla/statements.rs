@@ -1,7 +1,6 @@
 //! The CQL of every registry operation, prepared once at connect, the values bound to it,
 //! and how a statement is run: a failure names the operation and the table.
 
-use std::fmt::Display;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
 use super::snapshot::SNAPSHOT_PAGE_ROWS;
-use crate::error::{Error, Result};
+use crate::error::{Cause, Error, Result};
 
 /// The largest TTL CQL accepts: 20 years, in seconds.
 const MAX_TTL_SECONDS: i32 = 630_720_000;
@@ -49,7 +48,7 @@ impl Statements {
             let mut statement = session
                 .prepare(cql.as_str())
                 .await
-                .map_err(|e| Error::RegistryUnavailable(format!("scylla: prepare {cql:?}: {e}")))?;
+                .map_err(|e| Error::registry(format!("scylla: prepare {cql:?}"), e))?;
             // Idempotent statements (upserts, deletes, reads) may be retried by the driver
             // after a timeout; LWTs may not (a retry could see its own write and say "not
             // applied").
@@ -259,8 +258,24 @@ impl Cql {
             .map_err(|e| self.unavailable(op, table, e))
     }
 
-    pub(super) fn unavailable(&self, op: &str, table: &str, e: impl Display) -> Error {
-        Error::RegistryUnavailable(format!("scylla {op} ({}.{table}): {e}", self.keyspace))
+    /// `scylla {op} ({keyspace}.{table})`: what a failure names.
+    fn context(&self, op: &str, table: &str) -> String {
+        format!("scylla {op} ({}.{table})", self.keyspace)
+    }
+
+    /// The driver failed `op` on `table` with `e`.
+    pub(super) fn unavailable(
+        &self,
+        op: &str,
+        table: &str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::registry(self.context(op, table), e)
+    }
+
+    /// The server answered `op` on `table` with something unusable, as `what` says.
+    fn bad_answer(&self, op: &str, table: &str, what: &str) -> Error {
+        Error::registry_answer(format!("{}: {what}", self.context(op, table)))
     }
 
     /// Runs a statement that returns rows and deserializes every row as `R`.
@@ -276,7 +291,10 @@ impl Cql {
     {
         fetch_rows(&self.session, statement, values)
             .await
-            .map_err(|e| self.unavailable(op, table, e))
+            .map_err(|cause| Error::RegistryUnavailable {
+                context: self.context(op, table),
+                source: Some(cause),
+            })
     }
 
     /// Runs an LWT and reads its `[applied]` column. Cassandra answers `[applied]` first,
@@ -297,39 +315,34 @@ impl Cql {
             .column_specs()
             .get_by_name("[applied]")
             .map(|(i, _)| i)
-            .ok_or_else(|| self.unavailable(op, table, "LWT answer without [applied]"))?;
+            .ok_or_else(|| self.bad_answer(op, table, "LWT answer without [applied]"))?;
         let row: Row = rows
             .first_row()
             .map_err(|e| self.unavailable(op, table, e))?;
         match row.columns.get(index) {
             Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
-            other => Err(self.unavailable(
+            other => Err(self.bad_answer(
                 op,
                 table,
-                format!("LWT [applied] is not a boolean: {other:?}"),
+                &format!("LWT [applied] is not a boolean: {other:?}"),
             )),
         }
     }
 }
 
-/// Runs `statement` unpaged and deserializes every row as `R`; the error is the driver's text.
+/// Runs `statement` unpaged and deserializes every row as `R`; the error is the driver's
+/// (executing, reading the rows or deserializing one).
 pub(super) async fn fetch_rows<R>(
     session: &Session,
     statement: &PreparedStatement,
     values: impl SerializeRow,
-) -> std::result::Result<Vec<R>, String>
+) -> std::result::Result<Vec<R>, Cause>
 where
     R: for<'f> scylla::deserialize::row::DeserializeRow<'f, 'f>,
 {
-    let result = session
-        .execute_unpaged(statement, values)
-        .await
-        .map_err(|e| e.to_string())?;
-    let rows = result.into_rows_result().map_err(|e| e.to_string())?;
-    rows.rows::<R>()
-        .map_err(|e| e.to_string())?
-        .collect::<Result<Vec<R>, _>>()
-        .map_err(|e| e.to_string())
+    let result = session.execute_unpaged(statement, values).await?;
+    let rows = result.into_rows_result()?;
+    Ok(rows.rows::<R>()?.collect::<Result<Vec<R>, _>>()?)
 }
 
 #[cfg(test)]
