@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use prometheus::IntGauge;
+
 use crate::error::{Error, Result};
 
 /// How far the bcrypt threads step back from the threads that serve sockets.
@@ -54,21 +56,55 @@ fn lower_own_priority(priority: BcryptPriority) {
 /// async workers, and a full queue refuses at once instead of piling up.
 pub struct BcryptPool {
     sender: std::sync::mpsc::SyncSender<Job>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Waiting>,
     workers: usize,
     capacity: usize,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Jobs waiting for a thread, mirrored in `hermes_bcrypt_queue` when the pool has that gauge:
+/// the one place that knows the number sets it, on every enqueue and dequeue.
+struct Waiting {
+    count: AtomicUsize,
+    gauge: Option<IntGauge>,
+}
+
+impl Waiting {
+    fn add(&self) {
+        let now = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        self.show(now);
+    }
+
+    fn remove(&self) {
+        let now = self.count.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        self.show(now);
+    }
+
+    fn show(&self, now: usize) {
+        if let Some(gauge) = &self.gauge {
+            gauge.set(i64::try_from(now).unwrap_or(i64::MAX));
+        }
+    }
+}
+
 impl BcryptPool {
     /// Starts `workers` threads sharing a queue of `capacity` jobs, each at `priority`.
     /// Linux schedules threads, not processes: the bcrypt threads yield to the socket
-    /// workers under contention and use idle cores at full speed.
-    pub fn new(workers: usize, capacity: usize, priority: BcryptPriority) -> Self {
+    /// workers under contention and use idle cores at full speed. `waiting`, if given, is
+    /// kept equal to the number of jobs waiting for a thread (`hermes_bcrypt_queue`).
+    pub fn new(
+        workers: usize,
+        capacity: usize,
+        priority: BcryptPriority,
+        waiting: Option<IntGauge>,
+    ) -> Self {
         let (sender, receiver) = std::sync::mpsc::sync_channel::<Job>(capacity);
         let receiver = Arc::new(std::sync::Mutex::new(receiver));
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queued = Arc::new(Waiting {
+            count: AtomicUsize::new(0),
+            gauge: waiting,
+        });
         for n in 0..workers.max(1) {
             let receiver = Arc::clone(&receiver);
             let queued = Arc::clone(&queued);
@@ -83,7 +119,7 @@ impl BcryptPool {
                         };
                         match job {
                             Ok(job) => {
-                                queued.fetch_sub(1, Ordering::Relaxed);
+                                queued.remove();
                                 job();
                             }
                             Err(_) => return,
@@ -104,7 +140,7 @@ impl BcryptPool {
 
     /// Jobs waiting for a thread.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.queued.count.load(Ordering::Relaxed)
     }
 
     /// Runs `f` on the pool, or refuses at once when the queue is full.
@@ -126,9 +162,9 @@ impl BcryptPool {
         let job: Job = Box::new(move || {
             let _ = tx.send(f());
         });
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.queued.add();
         if self.sender.try_send(job).is_err() {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.queued.remove();
             // About 60 ms per verify at cost 10: tell the client when the queue drains.
             let secs = ((self.capacity as u64 * 60) / (self.workers as u64 * 1000)).max(1);
             return Err(Error::Overloaded {
@@ -157,7 +193,7 @@ mod tests {
     fn bcrypt_threads_run_under_sched_idle_when_asked() {
         const SCHED_IDLE: u32 = 5;
         let policy_of_worker = |priority| {
-            BcryptPool::new(1, 1, priority)
+            BcryptPool::new(1, 1, priority, None)
                 .submit(own_policy)
                 .expect("the worker is free")
                 .blocking_recv()
@@ -170,7 +206,7 @@ mod tests {
     #[test]
     fn bcrypt_threads_run_at_the_configured_nice_value() {
         let nice_of_worker = |nice| {
-            BcryptPool::new(1, 1, BcryptPriority::Nice(nice))
+            BcryptPool::new(1, 1, BcryptPriority::Nice(nice), None)
                 .submit(|| {
                     rustix::process::getpriority_process(Some(rustix::thread::gettid()))
                         .expect("getpriority")
@@ -187,7 +223,8 @@ mod tests {
 
     #[test]
     fn full_bcrypt_queue_refuses_at_once() {
-        let pool = BcryptPool::new(1, 1, BcryptPriority::Nice(0));
+        let waiting = crate::metrics::Metrics::new().bcrypt_queue;
+        let pool = BcryptPool::new(1, 1, BcryptPriority::Nice(0), Some(waiting.clone()));
         let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let running = pool
@@ -197,10 +234,17 @@ mod tests {
             })
             .expect("the worker is free");
         started_rx.recv().expect("the worker runs the first job");
+        assert_eq!(waiting.get(), 0, "the running job waits no more");
         let queued = pool.submit(|| 7).expect("one queue slot is free");
         assert!(matches!(pool.submit(|| 8), Err(Error::Overloaded { .. })));
+        assert_eq!(
+            (pool.queued(), waiting.get()),
+            (1, 1),
+            "the refused job is not counted"
+        );
         release_tx.send(()).expect("release");
         assert_eq!(running.blocking_recv(), Ok(()));
         assert_eq!(queued.blocking_recv(), Ok(7));
+        assert_eq!(waiting.get(), 0);
     }
 }

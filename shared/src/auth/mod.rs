@@ -66,6 +66,7 @@ impl Authenticator {
             config.bcrypt_workers,
             config.bcrypt_queue,
             config.bcrypt_priority,
+            Some(metrics.bcrypt_queue.clone()),
         );
         let cache = VerdictCache::new(config.cache_ttl, config.cache_capacity);
         Self {
@@ -150,7 +151,6 @@ impl Authenticator {
         }
         let token = claims.token.clone();
         let hash = row.token_hash.clone();
-        self.metrics.bcrypt_queue.set(self.pool.queued() as i64 + 1);
         let verified = self
             .pool
             .run(move || bcrypt::verify(token, &hash).unwrap_or(false))
@@ -159,7 +159,6 @@ impl Authenticator {
                 Error::Overloaded { retry_after } => AuthError::Overloaded(retry_after.as_secs()),
                 other => AuthError::Unavailable(other),
             })?;
-        self.metrics.bcrypt_queue.set(self.pool.queued() as i64);
         if !verified {
             return Err(AuthError::Mismatch);
         }
