@@ -48,10 +48,9 @@ step() {
   return "$rc"
 }
 
-if ! command -v cargo >/dev/null; then
-  echo "test.sh: cargo is required (https://rustup.rs)" >&2
-  exit 1
-fi
+# What the rest cannot install itself (Debian with apt as root, Rust, Go, Node, Python):
+# missing pieces stop the run now, named (README.md, Prerequisites).
+step "prerequisites" scripts/prereqs.sh
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 step "services" scripts/services/up.sh
@@ -71,6 +70,8 @@ HERMES_HELM="$(scripts/kube/helm.sh path)"
 export HERMES_TEST_KUBECONFIG HERMES_KUBE_SERVER HERMES_KUBECTL HERMES_HELM
 
 step "format" cargo fmt --all -- --check
+step "vendored actix-http" scripts/vendor.sh check
+step "dependencies pinned once" scripts/deps-check.sh
 step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build" cargo build --workspace --bins --locked
 # Every test creates its own keyspace on the one Cassandra node and its own queues on the
@@ -96,8 +97,8 @@ step "browser tests" env HERMES_GATEWAY_BIN="$CARGO_TARGET_DIR/debug/hermes-gate
 # N failed" and node's "# pass"/"# fail").
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
-helm_pass=$(grep -E '^(helm|dry-run): [0-9]+ passed' "$log" | awk '{s+=$2} END {print s+0}')
-helm_fail=$(grep -Eo '^(helm|dry-run): [0-9]+ passed, [0-9]+ failed' "$log" | awk '{s+=$4} END {print s+0}')
+helm_pass=$(grep -E '^(helm|dry-run|vendor|deps): [0-9]+ passed' "$log" | awk '{s+=$2} END {print s+0}')
+helm_fail=$(grep -Eo '^(helm|dry-run|vendor|deps): [0-9]+ passed, [0-9]+ failed' "$log" | awk '{s+=$4} END {print s+0}')
 node_pass=$(grep -E '^# pass [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')
 node_fail=$(grep -E '^# fail [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')
 echo

@@ -164,7 +164,7 @@ stop_cluster() {
     [ -e "$f" ] || continue
     pid=$(cat "$f" 2>/dev/null || true)
     if pid_alive "$pid"; then
-      terminate "$pid"
+      terminate "$pid" 10 >/dev/null
       stopped=$((stopped + 1))
     fi
     rm -f "$f"

@@ -1,6 +1,9 @@
 # Shared by scripts/bench/centrifugo.sh and scripts/bench/redis.sh (sourced, not run).
 # The caller defines log, die, BIN (the server binary) and PIDFILE.
 
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
 # True when $1 is a live process running $BIN (a recycled pid is not ours).
 pid_alive() {
   local pid=$1
@@ -15,17 +18,6 @@ running_pid() {
   pid=$(cat "$PIDFILE" 2>/dev/null || true)
   if pid_alive "$pid"; then echo "$pid"; return 0; fi
   return 1
-}
-
-# SIGTERM, up to 10 s to exit, then SIGKILL.
-terminate() {
-  local pid=$1
-  kill "$pid" 2>/dev/null || return 0
-  for _ in $(seq 100); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  kill -9 "$pid" 2>/dev/null || true
 }
 
 # await_up PID LOG WHAT CHECK...: waits up to 30 s until CHECK succeeds; dies (with the log's
@@ -55,7 +47,7 @@ stop() {
     log "not running"
     return 0
   fi
-  terminate "$pid"
+  terminate "$pid" 10 >/dev/null
   rm -f "$PIDFILE"
   log "stopped (pid $pid)"
 }

@@ -34,6 +34,8 @@
 #   Go: the default GOMODCACHE/GOCACHE are used (they persist on the machine);
 #   set them to move the caches.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 GO_DIR=$HERE/go
@@ -123,14 +125,8 @@ pick_port() { # pick_port PREFERRED EXCLUDE...
   die "no free port found"
 }
 
-# pid_alive NAME: true when $STATE/NAME.pid names a live process running our binary
-pid_alive() {
-  local f=$STATE/$1.pid pid
-  [ -s "$f" ] || return 1
-  pid=$(cat "$f")
-  [ -d "/proc/$pid" ] || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2" || return 1
-}
+# pid_alive NAME BIN: true when $STATE/NAME.pid names a live process running BIN
+pid_alive() { pidfile_pid "$STATE/$1.pid" "$2" >/dev/null; }
 
 load_ports() {
   API_PORT='' ETCD_PORT='' ETCD_PEER_PORT=''
@@ -302,12 +298,7 @@ print_env_summary() {
 stop_one() { # stop_one NAME BIN
   pid_alive "$1" "$2" || { rm -f "$STATE/$1.pid"; return 0; }
   local pid; pid=$(cat "$STATE/$1.pid")
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 60); do
-    [ -d "/proc/$pid" ] || break
-    sleep 0.25
-  done
-  if [ -d "/proc/$pid" ]; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.5; fi
+  terminate "$pid" 15 >/dev/null
   rm -f "$STATE/$1.pid"
   log "stopped $1 (pid $pid)"
 }

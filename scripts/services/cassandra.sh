@@ -29,6 +29,8 @@
 # HERMES_CASSANDRA_HEAP_MIN / _MAX (512m / 1g), HERMES_CASSANDRA_JAVA_HOME (the JDK 17),
 # HERMES_CASSANDRA_JVM_OPTS (extra JVM flags, space-separated).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${HERMES_CACHE:-$HOME/.cache/hermes}"
@@ -192,19 +194,8 @@ EOF
 
 # --- process ---------------------------------------------------------------------------------
 # The pid in the pid file, if that process is alive and is our CassandraDaemon.
-running_pid() {
-  local pid
-  [[ -f "$pidfile" ]] || return 1
-  pid="$(cat "$pidfile" 2>/dev/null || true)"
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  [[ -r "/proc/$pid/cmdline" ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "CassandraDaemon" || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$state/conf/cassandra.yaml" || return 1
-  echo "$pid"
-}
+running_pid() { pidfile_pid "$pidfile" CassandraDaemon "$state/conf/cassandra.yaml"; }
 
-# CQL probe, python3 standard library only: OPTIONS -> SUPPORTED, STARTUP -> READY,
-# QUERY "SELECT release_version FROM system.local" -> RESULT/Rows. Prints the release version.
 cql_probe() { # host port
   python3 - "$1" "$2" <<'PY'
 import socket, struct, sys
@@ -272,10 +263,6 @@ try:
 except (OSError, EOFError, struct.error) as e:
     fail("%s:%d: %s" % (host, port, e))
 PY
-}
-
-port_open() { # port
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 show_log_tail() {
@@ -407,24 +394,16 @@ start() {
 }
 
 stop() { # [--kill]
-  local pid signal=TERM waited=0
+  local pid signal=TERM waited
   [[ "${1:-}" == "--kill" ]] && signal=KILL
   if ! pid="$(running_pid)"; then
     rm -f "$pidfile"
     say "not running"
     return 0
   fi
-  kill -s "$signal" "$pid" 2>/dev/null || true
-  while kill -0 "$pid" 2>/dev/null; do
-    if ((waited >= stop_timeout * 10)); then
-      say "still running after $stop_timeout s; sending SIGKILL"
-      kill -s KILL "$pid" 2>/dev/null || true
-    fi
-    sleep 0.1
-    waited=$((waited + 1))
-  done
+  waited="$(terminate "$pid" "$stop_timeout" "$signal")"
   rm -f "$pidfile"
-  say "stopped (pid $pid, SIG$signal, $((waited / 10)) s)"
+  say "stopped (pid $pid, SIG$signal, $waited s)"
 }
 
 status() {

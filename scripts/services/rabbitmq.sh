@@ -34,6 +34,8 @@
 # HERMES_RABBITMQ_DIST_PORT (25672, Erlang distribution, loopback), HERMES_RABBITMQ_START_TIMEOUT
 # (120 s), HERMES_RABBITMQ_STOP_TIMEOUT (60 s).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 cache="${HERMES_CACHE:-$HOME/.cache/hermes}"
 state="${HERMES_RABBITMQ_STATE:-$cache/state/rabbitmq}"
@@ -121,16 +123,7 @@ beam_pid() {
 }
 
 # The pid of our rabbitmq-server script (it forwards SIGTERM to the VM), else of the VM itself.
-running_pid() {
-  local pid
-  pid="$(cat "$pidfile" 2>/dev/null || true)"
-  if [[ "$pid" =~ ^[0-9]+$ && -r "/proc/$pid/cmdline" ]] &&
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "rabbitmq-server"; then
-    echo "$pid"
-    return 0
-  fi
-  beam_pid
-}
+running_pid() { pidfile_pid "$pidfile" rabbitmq-server || beam_pid; }
 
 # AMQP 0-9-1 probe, python3 standard library only: the protocol header must be answered by a
 # connection.start method frame (class 10, method 10). Prints the server's version.
@@ -162,8 +155,6 @@ except (OSError, EOFError, struct.error) as e:
     sys.exit("127.0.0.1:%s: %s" % (sys.argv[1], e))
 PY
 }
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 show_log_tail() {
   local f="$logdir/$node.log"

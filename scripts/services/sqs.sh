@@ -51,6 +51,8 @@
 # (no keep-alive), and state lives in memory only.
 # ---------------------------------------------------------------------------------------------
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 cache="${HERMES_CACHE:-$HOME/.cache/hermes}"
 state="${HERMES_SQS_STATE:-$cache/state/sqs}"
@@ -75,14 +77,7 @@ ensure_installed() {
   touch "$venv/.hermes-moto-$moto_version"
 }
 
-running_pid() {
-  local pid
-  [[ -f "$pidfile" ]] || return 1
-  pid="$(cat "$pidfile" 2>/dev/null || true)"
-  [[ "$pid" =~ ^[0-9]+$ && -r "/proc/$pid/cmdline" ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "moto.server" || return 1
-  echo "$pid"
-}
+running_pid() { pidfile_pid "$pidfile" moto.server; }
 
 # A real SQS request in the JSON protocol; prints the number of queues.
 sqs_probe() { # port
@@ -102,8 +97,6 @@ except Exception as e:
     sys.exit("127.0.0.1:%s: %s" % (sys.argv[1], e))
 PY
 }
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 start() {
   local pid started=$SECONDS
@@ -151,20 +144,13 @@ start() {
 }
 
 stop() {
-  local pid waited=0
+  local pid
   if ! pid="$(running_pid)"; then
     rm -f "$pidfile"
     say "not running"
     return 0
   fi
-  kill -s TERM "$pid" 2>/dev/null || true
-  while kill -0 "$pid" 2>/dev/null; do
-    if ((waited == 100)); then
-      kill -s KILL "$pid" 2>/dev/null || true
-    fi
-    sleep 0.1
-    waited=$((waited + 1))
-  done
+  terminate "$pid" 10 >/dev/null
   rm -f "$pidfile"
   say "stopped (pid $pid)"
 }
