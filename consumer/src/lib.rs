@@ -27,8 +27,12 @@ pub enum Error {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("kubernetes: {0}")]
-    Kube(String),
+    #[error("kubernetes: {context}: {source}")]
+    Kube {
+        context: String,
+        #[source]
+        source: ::kube::Error,
+    },
     #[error("server failed: {0}")]
     Server(#[from] std::io::Error),
 }

@@ -530,8 +530,7 @@ impl Worker {
                     self.release(m, s.retry_delay(m.attempt), pending).await;
                     return Settled::Left;
                 }
-                tracing::warn!(message_id = %m.message_id, reason = %why, "dead-lettering an invalid message");
-                self.move_to_dead_letter(m, &why, reason::INVALID, pending)
+                self.move_to_dead_letter(m, &why, &why, reason::INVALID, pending)
                     .await
             }
             Verdict::Retry { reason: why } => {
@@ -560,29 +559,36 @@ impl Worker {
                     self.release(m, delay, pending).await;
                     return Settled::Left;
                 }
-                tracing::warn!(
-                    message_id = %m.message_id,
-                    reason = %why,
-                    attempt = m.attempt,
-                    "dead-lettering a message after its last attempt"
-                );
-                let why = format!("{}: {why}", reason::EXHAUSTED);
-                self.move_to_dead_letter(m, &why, reason::EXHAUSTED, pending)
+                let tagged = format!("{}: {why}", reason::EXHAUSTED);
+                self.move_to_dead_letter(m, &why, &tagged, reason::EXHAUSTED, pending)
                     .await
             }
         }
     }
 
-    /// Sends a copy to the dead-letter queue; the original is deleted only if that worked.
+    /// Sends a copy carrying `copy_reason` to the dead-letter queue; the original is deleted
+    /// only if that worked. Logs and counts the outcome, both here: a dead letter (`why`,
+    /// under `label`) once the copy is in the queue, a failed one otherwise.
     async fn move_to_dead_letter(
         &self,
         m: &Received,
         why: &str,
+        copy_reason: &str,
         label: &str,
         pending: &Mutex<HashMap<String, String>>,
     ) -> Settled {
-        match self.send_dead_letter(m, why).await {
+        match self.send_dead_letter(m, copy_reason).await {
             Ok(()) => {
+                if label == reason::INVALID {
+                    tracing::warn!(message_id = %m.message_id, reason = %why, "dead-lettering an invalid message");
+                } else {
+                    tracing::warn!(
+                        message_id = %m.message_id,
+                        reason = %why,
+                        attempt = m.attempt,
+                        "dead-lettering a message after its last attempt"
+                    );
+                }
                 self.processor.count_dead_letter(label);
                 Settled::Delete {
                     outcome: "dead_lettered",
@@ -591,6 +597,7 @@ impl Worker {
             Err(error) => {
                 tracing::warn!(
                     message_id = %m.message_id,
+                    reason = %why,
                     %error,
                     "cannot send a message to the dead-letter queue; it comes back later"
                 );

@@ -156,7 +156,7 @@ impl GatewayConfig {
         let internal_url = match s.get(INTERNAL_URL) {
             Some(u) => {
                 let parsed = url::Url::parse(&u).map_err(|e| {
-                    Error::Config(format!("{INTERNAL_URL}: {u:?} is not a URL: {e}"))
+                    Error::config_source(format!("{INTERNAL_URL}: {u:?} is not a URL"), e)
                 })?;
                 if parsed.scheme() != "http" && parsed.scheme() != "https" {
                     return Err(Error::Config(format!(

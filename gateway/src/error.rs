@@ -157,10 +157,12 @@ impl From<SharedError> for HttpError {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string())
                     .retry_after(retry_after.as_secs().max(1))
             }
-            SharedError::RegistryUnavailable(_) | SharedError::GatewayUnreachable { .. } => {
+            SharedError::RegistryUnavailable { .. } | SharedError::GatewayUnreachable { .. } => {
                 Self::unavailable(e.metric_label(), e.to_string())
             }
-            SharedError::Config(_) | SharedError::Crypto(_) => {
+            SharedError::Config(_)
+            | SharedError::ConfigSource { .. }
+            | SharedError::Crypto { .. } => {
                 tracing::error!(error = %e, "request failed");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -237,8 +239,8 @@ mod tests {
                 503,
                 Some("1"),
             ),
-            (SharedError::RegistryUnavailable("x".into()), 503, Some("1")),
-            (SharedError::Crypto("x".into()), 500, None),
+            (SharedError::registry_answer("x"), 503, Some("1")),
+            (SharedError::crypto("x", std::fmt::Error), 500, None),
         ];
         for (error, status, retry) in cases {
             let r = HttpError::from(error).error_response();

@@ -34,7 +34,7 @@ impl Env {
         let file = match std::env::var(CONFIG_FILE) {
             Ok(path) if !path.is_empty() => {
                 let text = std::fs::read_to_string(&path).map_err(|error| {
-                    Error::Config(format!("{CONFIG_FILE}: cannot read {path}: {error}"))
+                    Error::config_source(format!("{CONFIG_FILE}: cannot read {path}"), error)
                 })?;
                 parse_env_file(&text)
                     .map_err(|e| Error::Config(format!("{CONFIG_FILE}: {path}: {e}")))?

@@ -1,5 +1,21 @@
 //! Prometheus metrics, `hermes_*`. One [`Metrics`] per process, shared by `Arc`.
+//!
+//! Every family is declared once, in the `families!` table below, under the component that
+//! owns it: the one that updates it and whose behaviour it describes. A family is a field
+//! of [`Metrics`] (`metrics.connects`, the same path wherever it is updated), created and
+//! registered by [`Metrics::new`]; [`Metrics::OWNERS`] lists the exported names by owner.
+//!
+//! | owner      | code that updates its families                                      |
+//! |------------|---------------------------------------------------------------------|
+//! | `sockets`  | the gateway's sockets: `upgrade`, `session`, `hub`, `ws`            |
+//! | `auth`     | `auth` (the authorizer and its bcrypt pool)                         |
+//! | `registry` | `registry::instrumented` (every registry call)                      |
+//! | `router`   | `router`, its links (`gateway_client`, `deliver_stream`) and the    |
+//! |            | gateway's deliver endpoints (`internal`, `stream`)                  |
+//! | `queue`    | the consumer's sources and `processor`                              |
+//! | `kube`     | the consumer's `kube` (EndpointSlice view, Lease, reaper)           |
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, TextEncoder,
@@ -11,56 +27,192 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
-/// Every metric Hermes exports.
-pub struct Metrics {
-    registry: prometheus::Registry,
-    /// Open WebSocket connections.
-    pub connections_open: IntGauge,
-    /// Upgrade attempts by result (`accepted` or the refusal code).
-    pub connects: IntCounterVec,
-    /// Time to authenticate a connect, by path (`cache`, `fast_verifier`, `bcrypt`, ...).
-    pub auth_duration: HistogramVec,
-    /// Jobs waiting for a bcrypt thread.
-    pub bcrypt_queue: IntGauge,
-    /// Frames received from browsers, by kind.
-    pub messages_received: IntCounterVec,
-    /// Frames queued to sockets.
-    pub messages_delivered: IntCounter,
-    /// Frames not delivered, by reason.
-    pub messages_dropped: IntCounterVec,
-    /// Sockets closed because their send queue was full.
-    pub send_queue_overflows: IntCounter,
-    /// Internal deliver requests, by side (`client`/`server`) and status.
-    pub deliver_requests: IntCounterVec,
-    /// Deliver streams a router opened to gateways, by result (`ok`, `failed`,
-    /// `unsupported`: the gateway has no stream endpoint and is delivered to over HTTP).
-    pub deliver_stream_connects: IntCounterVec,
-    /// Time to route one message (lookup, group, deliver).
-    pub routing_duration: Histogram,
-    /// Producer publish time → frame handed to the socket writer.
-    pub end_to_end: Histogram,
-    /// Socket closes by code.
-    pub closes: IntCounterVec,
-    /// Queue messages by source and outcome.
-    pub queue_messages: IntCounterVec,
-    /// Dead-lettered messages by reason.
-    pub dead_letters: IntCounterVec,
-    /// Registry call latency by operation.
-    pub registry_duration: HistogramVec,
-    /// Gateways skipped by the router, by reason (`terminating`).
-    pub route_skipped: IntCounterVec,
-    /// Gateway endpoints in the EndpointSlices, by state (`ready`, `not_ready`, `terminating`).
-    pub kube_gateway_endpoints: IntGaugeVec,
-    /// 1 while this consumer holds the reaper's Lease.
-    pub kube_leader: IntGauge,
-    /// Lease acquisitions by this consumer.
-    pub kube_leader_acquisitions: IntCounter,
-    /// Reaper passes, by result (`ok`, `error`).
-    pub reaper_runs: IntCounterVec,
-    /// Gateways whose rows the reaper deleted.
-    pub reaped_gateways: IntCounter,
-    /// Registry rows the reaper deleted, by kind (`gateway`, `room`, `user`, `connection`).
-    pub reaped_rows: IntCounterVec,
+/// Declares the families by owner: the [`Metrics`] struct with one field each,
+/// [`Metrics::new`] that creates and registers them, and [`Metrics::OWNERS`].
+/// Each family is `field: Type("hermes_name", "help", [labels])`.
+macro_rules! families {
+    ($(
+        $owner:ident {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident: $kind:ident($name:literal, $help:literal $(, [$($label:literal),*])?),
+            )*
+        }
+    )*) => {
+        /// Every metric Hermes exports, grouped by owner (see the module's table).
+        pub struct Metrics {
+            registry: prometheus::Registry,
+            $($(
+                $(#[doc = $doc])*
+                pub $field: $kind,
+            )*)*
+        }
+
+        impl Metrics {
+            /// Every family's exported name, by owner.
+            pub const OWNERS: &'static [(&'static str, &'static [&'static str])] =
+                &[$((stringify!($owner), &[$($name),*])),*];
+
+            /// Creates and registers every metric.
+            pub fn new() -> Self {
+                let registry = prometheus::Registry::new();
+                let m = Self {
+                    registry: registry.clone(),
+                    $($(
+                        $field: <$kind as Family>::make($name, $help, &[$($($label),*)?]),
+                    )*)*
+                };
+                $($(
+                    register(&registry, &m.$field);
+                )*)*
+                m
+            }
+        }
+    };
+}
+
+families! {
+    sockets {
+        /// Open WebSocket connections.
+        connections_open: IntGauge("hermes_connections_open", "Open WebSocket connections"),
+        /// Upgrade attempts by result (`accepted` or the refusal code).
+        connects: IntCounterVec(
+            "hermes_connects_total",
+            "WebSocket upgrade attempts by result",
+            ["result"]
+        ),
+        /// Frames received from browsers, by kind.
+        messages_received: IntCounterVec(
+            "hermes_messages_received_total",
+            "Frames received from browsers, by kind",
+            ["kind"]
+        ),
+        /// Frames queued to sockets.
+        messages_delivered: IntCounter(
+            "hermes_messages_delivered_total",
+            "Frames queued to sockets"
+        ),
+        /// Frames not delivered, by reason.
+        messages_dropped: IntCounterVec(
+            "hermes_messages_dropped_total",
+            "Frames not delivered to a socket, by reason",
+            ["reason"]
+        ),
+        /// Sockets closed because their send queue was full.
+        send_queue_overflows: IntCounter(
+            "hermes_send_queue_overflows_total",
+            "Sockets closed with 1013 because their send queue was full"
+        ),
+        /// Socket closes by code.
+        closes: IntCounterVec(
+            "hermes_socket_closes_total",
+            "Socket closes by close code",
+            ["code"]
+        ),
+        /// Producer publish time → frame handed to the socket writer.
+        end_to_end: Histogram(
+            "hermes_end_to_end_seconds",
+            "Producer publish time to the frame reaching the socket writer"
+        ),
+    }
+    auth {
+        /// Time to authenticate a connect, by path (`cache`, `fast_verifier`, `bcrypt`, ...).
+        auth_duration: HistogramVec(
+            "hermes_auth_duration_seconds",
+            "Time to authenticate a connect, by verification path",
+            ["path"]
+        ),
+        /// Jobs waiting for a bcrypt thread.
+        bcrypt_queue: IntGauge(
+            "hermes_bcrypt_queue",
+            "Token verifications waiting for a bcrypt thread"
+        ),
+    }
+    registry {
+        /// Registry call latency by operation.
+        registry_duration: HistogramVec(
+            "hermes_registry_duration_seconds",
+            "Registry call latency, by operation",
+            ["op"]
+        ),
+    }
+    router {
+        /// Time to route one message (lookup, group, deliver).
+        routing_duration: Histogram(
+            "hermes_routing_duration_seconds",
+            "Time to route one message: registry lookup, grouping and delivery"
+        ),
+        /// Gateways skipped by the router, by reason (`terminating`).
+        route_skipped: IntCounterVec(
+            "hermes_route_skipped_total",
+            "Gateways holding targets that the router skipped, by reason",
+            ["reason"]
+        ),
+        /// Internal deliver requests, by side (`client`/`server`) and status.
+        deliver_requests: IntCounterVec(
+            "hermes_deliver_requests_total",
+            "Internal deliver requests, by side and status",
+            ["side", "status"]
+        ),
+        /// Deliver streams a router opened to gateways, by result (`ok`, `failed`,
+        /// `unsupported`: the gateway has no stream endpoint and is delivered to over HTTP).
+        deliver_stream_connects: IntCounterVec(
+            "hermes_deliver_stream_connects_total",
+            "Deliver streams opened from this router to gateways, by result",
+            ["result"]
+        ),
+    }
+    queue {
+        /// Queue messages by source and outcome.
+        queue_messages: IntCounterVec(
+            "hermes_queue_messages_total",
+            "Queue messages by source and outcome",
+            ["source", "outcome"]
+        ),
+        /// Dead-lettered messages by reason.
+        dead_letters: IntCounterVec(
+            "hermes_dead_letters_total",
+            "Messages sent to the dead-letter queue, by reason",
+            ["reason"]
+        ),
+    }
+    kube {
+        /// Gateway endpoints in the EndpointSlices, by state (`ready`, `not_ready`,
+        /// `terminating`).
+        kube_gateway_endpoints: IntGaugeVec(
+            "hermes_kube_gateway_endpoints",
+            "Gateway endpoints in the internal Service's EndpointSlices, by state",
+            ["state"]
+        ),
+        /// 1 while this consumer holds the reaper's Lease.
+        kube_leader: IntGauge(
+            "hermes_kube_leader",
+            "1 while this consumer holds the reaper's Lease"
+        ),
+        /// Lease acquisitions by this consumer.
+        kube_leader_acquisitions: IntCounter(
+            "hermes_kube_leader_acquisitions_total",
+            "Times this consumer acquired the reaper's Lease"
+        ),
+        /// Reaper passes, by result (`ok`, `error`).
+        reaper_runs: IntCounterVec(
+            "hermes_reaper_runs_total",
+            "Reaper passes over the registry's gateways, by result",
+            ["result"]
+        ),
+        /// Gateways whose rows the reaper deleted.
+        reaped_gateways: IntCounter(
+            "hermes_reaped_gateways_total",
+            "Gateways without a pod whose registry rows the reaper deleted"
+        ),
+        /// Registry rows the reaper deleted, by kind (`gateway`, `room`, `user`,
+        /// `connection`).
+        reaped_rows: IntCounterVec(
+            "hermes_reaped_rows_total",
+            "Registry rows the reaper deleted, by kind",
+            ["kind"]
+        ),
+    }
 }
 
 impl Default for Metrics {
@@ -70,161 +222,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> Self {
-        let registry = prometheus::Registry::new();
-        let m = Self {
-            registry: registry.clone(),
-            connections_open: IntGauge::new(
-                "hermes_connections_open",
-                "Open WebSocket connections",
-            )
-            .unwrap_or_else(|_| unreachable_metric()),
-            connects: counter_vec(
-                "hermes_connects_total",
-                "WebSocket upgrade attempts by result",
-                &["result"],
-            ),
-            auth_duration: histogram_vec(
-                "hermes_auth_duration_seconds",
-                "Time to authenticate a connect, by verification path",
-                &["path"],
-            ),
-            bcrypt_queue: IntGauge::new(
-                "hermes_bcrypt_queue",
-                "Token verifications waiting for a bcrypt thread",
-            )
-            .unwrap_or_else(|_| unreachable_metric()),
-            messages_received: counter_vec(
-                "hermes_messages_received_total",
-                "Frames received from browsers, by kind",
-                &["kind"],
-            ),
-            messages_delivered: IntCounter::new(
-                "hermes_messages_delivered_total",
-                "Frames queued to sockets",
-            )
-            .unwrap_or_else(|_| unreachable_metric()),
-            messages_dropped: counter_vec(
-                "hermes_messages_dropped_total",
-                "Frames not delivered to a socket, by reason",
-                &["reason"],
-            ),
-            send_queue_overflows: IntCounter::new(
-                "hermes_send_queue_overflows_total",
-                "Sockets closed with 1013 because their send queue was full",
-            )
-            .unwrap_or_else(|_| unreachable_metric()),
-            deliver_requests: counter_vec(
-                "hermes_deliver_requests_total",
-                "Internal deliver requests, by side and status",
-                &["side", "status"],
-            ),
-            deliver_stream_connects: counter_vec(
-                "hermes_deliver_stream_connects_total",
-                "Deliver streams opened from this router to gateways, by result",
-                &["result"],
-            ),
-            routing_duration: histogram(
-                "hermes_routing_duration_seconds",
-                "Time to route one message: registry lookup, grouping and delivery",
-            ),
-            end_to_end: histogram(
-                "hermes_end_to_end_seconds",
-                "Producer publish time to the frame reaching the socket writer",
-            ),
-            closes: counter_vec(
-                "hermes_socket_closes_total",
-                "Socket closes by close code",
-                &["code"],
-            ),
-            queue_messages: counter_vec(
-                "hermes_queue_messages_total",
-                "Queue messages by source and outcome",
-                &["source", "outcome"],
-            ),
-            dead_letters: counter_vec(
-                "hermes_dead_letters_total",
-                "Messages sent to the dead-letter queue, by reason",
-                &["reason"],
-            ),
-            registry_duration: histogram_vec(
-                "hermes_registry_duration_seconds",
-                "Registry call latency, by operation",
-                &["op"],
-            ),
-            route_skipped: counter_vec(
-                "hermes_route_skipped_total",
-                "Gateways holding targets that the router skipped, by reason",
-                &["reason"],
-            ),
-            kube_gateway_endpoints: IntGaugeVec::new(
-                Opts::new(
-                    "hermes_kube_gateway_endpoints",
-                    "Gateway endpoints in the internal Service's EndpointSlices, by state",
-                ),
-                &["state"],
-            )
-            .unwrap_or_else(|_| unreachable_metric()),
-            kube_leader: IntGauge::new(
-                "hermes_kube_leader",
-                "1 while this consumer holds the reaper's Lease",
-            )
-            .unwrap_or_else(|_| unreachable_metric()),
-            kube_leader_acquisitions: IntCounter::new(
-                "hermes_kube_leader_acquisitions_total",
-                "Times this consumer acquired the reaper's Lease",
-            )
-            .unwrap_or_else(|_| unreachable_metric()),
-            reaper_runs: counter_vec(
-                "hermes_reaper_runs_total",
-                "Reaper passes over the registry's gateways, by result",
-                &["result"],
-            ),
-            reaped_gateways: IntCounter::new(
-                "hermes_reaped_gateways_total",
-                "Gateways without a pod whose registry rows the reaper deleted",
-            )
-            .unwrap_or_else(|_| unreachable_metric()),
-            reaped_rows: counter_vec(
-                "hermes_reaped_rows_total",
-                "Registry rows the reaper deleted, by kind",
-                &["kind"],
-            ),
-        };
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(m.connections_open.clone()),
-            Box::new(m.connects.clone()),
-            Box::new(m.auth_duration.clone()),
-            Box::new(m.bcrypt_queue.clone()),
-            Box::new(m.messages_received.clone()),
-            Box::new(m.messages_delivered.clone()),
-            Box::new(m.messages_dropped.clone()),
-            Box::new(m.send_queue_overflows.clone()),
-            Box::new(m.deliver_requests.clone()),
-            Box::new(m.deliver_stream_connects.clone()),
-            Box::new(m.routing_duration.clone()),
-            Box::new(m.end_to_end.clone()),
-            Box::new(m.closes.clone()),
-            Box::new(m.queue_messages.clone()),
-            Box::new(m.dead_letters.clone()),
-            Box::new(m.registry_duration.clone()),
-            Box::new(m.route_skipped.clone()),
-            Box::new(m.kube_gateway_endpoints.clone()),
-            Box::new(m.kube_leader.clone()),
-            Box::new(m.kube_leader_acquisitions.clone()),
-            Box::new(m.reaper_runs.clone()),
-            Box::new(m.reaped_gateways.clone()),
-            Box::new(m.reaped_rows.clone()),
-        ];
-        for c in collectors {
-            if let Err(error) = registry.register(c) {
-                tracing::error!(%error, "cannot register a metric");
-            }
-        }
-        m
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
@@ -235,27 +232,63 @@ impl Metrics {
     }
 }
 
-// The names and labels below are constants that are valid, so construction cannot fail;
-// the fallbacks only keep `unwrap` out of library code.
+/// A metric type [`families!`] can declare: made from a name, a help text and labels
+/// (none for the scalar types; histograms get [`LATENCY_BUCKETS`]).
+trait Family: Collector + Clone + 'static {
+    fn make(name: &str, help: &str, labels: &[&str]) -> Self;
+}
+
+// The names and labels are constants that are valid, so construction cannot fail; the
+// fallbacks only keep `unwrap` out of library code.
 fn unreachable_metric<T>() -> T {
     panic!("invalid metric definition")
 }
 
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable_metric())
+impl Family for IntGauge {
+    fn make(name: &str, help: &str, _: &[&str]) -> Self {
+        IntGauge::new(name, help).unwrap_or_else(|_| unreachable_metric())
+    }
 }
 
-fn histogram(name: &str, help: &str) -> Histogram {
-    Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+impl Family for IntCounter {
+    fn make(name: &str, help: &str, _: &[&str]) -> Self {
+        IntCounter::new(name, help).unwrap_or_else(|_| unreachable_metric())
+    }
+}
+
+impl Family for IntGaugeVec {
+    fn make(name: &str, help: &str, labels: &[&str]) -> Self {
+        IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable_metric())
+    }
+}
+
+impl Family for IntCounterVec {
+    fn make(name: &str, help: &str, labels: &[&str]) -> Self {
+        IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable_metric())
+    }
+}
+
+impl Family for Histogram {
+    fn make(name: &str, help: &str, _: &[&str]) -> Self {
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+            .unwrap_or_else(|_| unreachable_metric())
+    }
+}
+
+impl Family for HistogramVec {
+    fn make(name: &str, help: &str, labels: &[&str]) -> Self {
+        HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            labels,
+        )
         .unwrap_or_else(|_| unreachable_metric())
+    }
 }
 
-fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-        labels,
-    )
-    .unwrap_or_else(|_| unreachable_metric())
+fn register(registry: &prometheus::Registry, family: &impl Family) {
+    if let Err(error) = registry.register(Box::new(family.clone())) {
+        tracing::error!(%error, "cannot register a metric");
+    }
 }
 
 #[cfg(test)]
@@ -286,5 +319,38 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name}");
         }
+    }
+
+    #[test]
+    fn every_family_is_registered_once_under_one_owner() {
+        let m = Metrics::new();
+        // A labelled family appears in the exposition once it has a child.
+        for family in m.registry.gather() {
+            assert!(family.name().starts_with("hermes_"), "{}", family.name());
+        }
+        let names: Vec<&str> = Metrics::OWNERS
+            .iter()
+            .flat_map(|(_, names)| names.iter().copied())
+            .collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "a family declared twice");
+        assert_eq!(names.len(), 23);
+        // Registering a family again is refused: each one is in the registry already.
+        assert!(
+            m.registry
+                .register(Box::new(IntGauge::make(
+                    "hermes_bcrypt_queue",
+                    "again",
+                    &[]
+                )))
+                .is_err()
+        );
+        let owners: Vec<&str> = Metrics::OWNERS.iter().map(|(owner, _)| *owner).collect();
+        assert_eq!(
+            owners,
+            ["sockets", "auth", "registry", "router", "queue", "kube"]
+        );
     }
 }

@@ -40,9 +40,12 @@ async fn probe(registry: &dyn Registry, i: usize) -> Result<(), String> {
             assert!(!gateways.is_empty(), "the room row just written is missing");
             Ok(())
         }
-        Ok(Err(Error::RegistryUnavailable(reason))) => {
-            assert!(!reason.is_empty());
-            Err(reason)
+        Ok(Err(Error::RegistryUnavailable { context, source })) => {
+            assert!(!context.is_empty());
+            Err(match source {
+                Some(cause) => format!("{context}: {cause}"),
+                None => context,
+            })
         }
         Ok(Err(other)) => panic!("a registry call failed with a non-transient error: {other}"),
         Err(_) => panic!(

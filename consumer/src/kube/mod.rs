@@ -40,11 +40,12 @@ impl Kube {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Self> {
-        let client = Client::try_default().await.map_err(|e| {
-            Error::Kube(format!(
+        let client = Client::try_default().await.map_err(|source| Error::Kube {
+            context: format!(
                 "{KUBE_GATEWAY_SERVICE} is set but no Kubernetes API is configured \
-                 (in-cluster service account or KUBECONFIG): {e}"
-            ))
+                     (in-cluster service account or KUBECONFIG)"
+            ),
+            source,
         })?;
         let namespace = config
             .namespace

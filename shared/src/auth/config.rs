@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use super::{Algorithm, BcryptPriority, derive_key};
+use super::bcrypt_pool::BcryptPriority;
+use super::jwt::Algorithm;
+use super::verifier::derive_key;
 use crate::config::{Strings, num, positive, positive_secs, secret, secs};
 use crate::error::{Error, Result};
 

@@ -208,7 +208,7 @@ impl RemoteRegistry {
             .timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| Error::Config(format!("cannot build the registry client: {e}")))?;
+            .map_err(|e| Error::config_source("cannot build the registry client", e))?;
         Ok(Self {
             http,
             endpoint: format!("{}{REGISTRY_PATH}", base_url.trim_end_matches('/')),
@@ -224,11 +224,11 @@ impl RemoteRegistry {
             .json(&op)
             .send()
             .await
-            .map_err(|e| Error::RegistryUnavailable(format!("{}: {e}", self.endpoint)))?;
+            .map_err(|e| Error::registry(&self.endpoint, e))?;
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
-            return Err(Error::RegistryUnavailable(format!(
+            return Err(Error::registry_answer(format!(
                 "{}: {status}: {body}",
                 self.endpoint
             )));
@@ -236,7 +236,7 @@ impl RemoteRegistry {
         response
             .json()
             .await
-            .map_err(|e| Error::RegistryUnavailable(format!("{}: bad answer: {e}", self.endpoint)))
+            .map_err(|e| Error::registry(format!("{}: bad answer", self.endpoint), e))
     }
 }
 

@@ -1,0 +1,217 @@
+//! The behaviour every `Registry` implementation must have, as one suite: [`run_all`].
+//! The memory registry runs it in its unit tests, the ScyllaDB registry in the e2e tests
+//! against a real CQL server (`tests/tests/scylla_registry.rs`, `scylla_restart.rs`, with
+//! this crate's `test-support` feature).
+
+use std::time::Duration;
+
+use super::{
+    ConnectionRecord, GatewayKeys, GatewayRecord, Holdings, Reaped, Registry, TokenRecord,
+};
+
+const TTL: Duration = Duration::from_secs(60);
+
+fn conn(id: &str, gateway: &str) -> ConnectionRecord {
+    ConnectionRecord {
+        connection_id: id.into(),
+        room_id: "room".into(),
+        user_id: "user".into(),
+        gateway_id: gateway.into(),
+        connected_at: 1,
+        source_ip: "127.0.0.1".into(),
+        user_agent: "test".into(),
+    }
+}
+
+pub async fn run_all(r: &dyn Registry) {
+    gateways_are_listed_until_removed(r).await;
+    room_and_user_lookups_return_holding_gateways(r).await;
+    connections_are_found_by_id(r).await;
+    fast_verifier_is_stored_only_for_the_same_hash(r).await;
+    reap_gateway_deletes_every_row_of_that_gateway_only(r).await;
+}
+
+async fn gateways_are_listed_until_removed(r: &dyn Registry) {
+    let g = GatewayRecord {
+        gateway_id: "g1".into(),
+        internal_url: "http://a".into(),
+        started_at: 1,
+    };
+    r.upsert_gateway(&g, TTL).await.expect("upsert");
+    assert_eq!(r.gateway("g1").await.expect("get"), Some(g.clone()));
+    assert!(r.gateways().await.expect("list").contains(&g));
+    r.remove_gateway("g1").await.expect("remove");
+    assert_eq!(r.gateway("g1").await.expect("get"), None);
+}
+
+async fn room_and_user_lookups_return_holding_gateways(r: &dyn Registry) {
+    r.add_room_gateway("r1", "g1", TTL).await.expect("add");
+    r.add_room_gateway("r1", "g2", TTL).await.expect("add");
+    r.add_room_gateway("r1", "g2", TTL)
+        .await
+        .expect("idempotent");
+    let mut gws = r.room_gateways("r1").await.expect("lookup");
+    gws.sort();
+    assert_eq!(gws, vec!["g1".to_owned(), "g2".to_owned()]);
+    r.remove_room_gateway("r1", "g1").await.expect("remove");
+    assert_eq!(
+        r.room_gateways("r1").await.expect("lookup"),
+        vec!["g2".to_owned()]
+    );
+    assert!(r.room_gateways("nobody").await.expect("lookup").is_empty());
+
+    r.add_user_gateway("u1", "g3", TTL).await.expect("add");
+    assert_eq!(
+        r.user_gateways("u1").await.expect("lookup"),
+        vec!["g3".to_owned()]
+    );
+    r.remove_user_gateway("u1", "g3").await.expect("remove");
+    assert!(r.user_gateways("u1").await.expect("lookup").is_empty());
+}
+
+async fn connections_are_found_by_id(r: &dyn Registry) {
+    r.put_connection(&conn("c1", "g1"), TTL).await.expect("put");
+    assert_eq!(
+        r.connection("c1").await.expect("get"),
+        Some(conn("c1", "g1"))
+    );
+    r.remove_connection("c1").await.expect("remove");
+    assert_eq!(r.connection("c1").await.expect("get"), None);
+    r.remove_connection("c1")
+        .await
+        .expect("removing twice is fine");
+}
+
+async fn fast_verifier_is_stored_only_for_the_same_hash(r: &dyn Registry) {
+    let t = TokenRecord {
+        user_id: "u".into(),
+        room_id: "r".into(),
+        token_hash: "$2b$04$hash-one".into(),
+        fast_verifier: None,
+        created_at: 1,
+    };
+    r.put_token(&t).await.expect("put");
+    assert!(
+        !r.set_fast_verifier("u", "r", "$2b$04$other", "v")
+            .await
+            .expect("set")
+    );
+    assert!(
+        r.set_fast_verifier("u", "r", "$2b$04$hash-one", "v")
+            .await
+            .expect("set")
+    );
+    let stored = r.token("u", "r").await.expect("get").expect("row");
+    assert_eq!(stored.fast_verifier.as_deref(), Some("v"));
+    assert!(r.delete_token("u", "r").await.expect("delete"));
+    assert!(!r.delete_token("u", "r").await.expect("delete twice"));
+    assert_eq!(r.token("u", "r").await.expect("get"), None);
+}
+
+/// Two gateways hold the same room and user and a connection each, established by
+/// their heartbeats (`refresh`, which writes the index where there is one). A third
+/// connection id was held by the first gateway at its last heartbeat, then put again by
+/// the second. Reaping the first deletes exactly its rows, and reaping it again finds
+/// nothing.
+async fn reap_gateway_deletes_every_row_of_that_gateway_only(r: &dyn Registry) {
+    let (g1, g2) = ("reap-g1", "reap-g2");
+    let record = |g: &str| GatewayRecord {
+        gateway_id: g.into(),
+        internal_url: format!("http://{g}"),
+        started_at: 1,
+    };
+    let holdings = |g: &str, rooms: &[&str], connections: &[&str]| Holdings {
+        rooms: rooms.iter().map(|&room| room.into()).collect(),
+        users: vec!["reap-user".into()],
+        connections: connections.iter().map(|&id| conn(id, g)).collect(),
+    };
+    // g1's first heartbeat holds a room it then leaves; its next heartbeat no longer
+    // holds it (the index follows the heartbeat, not the remove).
+    r.refresh(
+        &record(g1),
+        &holdings(
+            g1,
+            &["reap-room", "reap-left"],
+            &["reap-g1-conn", "reap-moved"],
+        ),
+        TTL,
+    )
+    .await
+    .expect("heartbeat g1");
+    r.remove_room_gateway("reap-left", g1)
+        .await
+        .expect("remove room");
+    r.refresh(
+        &record(g1),
+        &holdings(g1, &["reap-room"], &["reap-g1-conn", "reap-moved"]),
+        TTL,
+    )
+    .await
+    .expect("heartbeat g1 again");
+    // Then g1 dies, and "reap-moved" is put again by g2 (its heartbeat holds it).
+    r.refresh(
+        &record(g2),
+        &holdings(g2, &["reap-room"], &["reap-g2-conn", "reap-moved"]),
+        TTL,
+    )
+    .await
+    .expect("heartbeat g2");
+
+    let keys = r.gateway_keys(g1).await.expect("keys");
+    assert_eq!(keys.rooms, vec!["reap-room".to_owned()]);
+    assert_eq!(keys.users, vec!["reap-user".to_owned()]);
+    assert!(keys.connections.contains(&"reap-g1-conn".to_owned()));
+
+    assert_eq!(
+        r.reap_gateway(g1).await.expect("reap"),
+        Reaped {
+            gateway_row: true,
+            rooms: 1,
+            users: 1,
+            connections: 1,
+        }
+    );
+    assert_eq!(r.gateway(g1).await.expect("get"), None);
+    assert_eq!(r.connection("reap-g1-conn").await.expect("get"), None);
+    assert_eq!(
+        r.room_gateways("reap-room").await.expect("lookup"),
+        vec![g2.to_owned()]
+    );
+    assert_eq!(
+        r.user_gateways("reap-user").await.expect("lookup"),
+        vec![g2.to_owned()]
+    );
+    assert_eq!(
+        r.gateway_keys(g1).await.expect("keys"),
+        GatewayKeys::default()
+    );
+
+    // The other gateway keeps everything, the moved connection included.
+    assert!(r.gateway(g2).await.expect("get").is_some());
+    assert_eq!(
+        r.connection("reap-g2-conn").await.expect("get"),
+        Some(conn("reap-g2-conn", g2))
+    );
+    assert_eq!(
+        r.connection("reap-moved").await.expect("get"),
+        Some(conn("reap-moved", g2))
+    );
+    let mut g2_connections = r.gateway_keys(g2).await.expect("keys").connections;
+    g2_connections.sort();
+    assert_eq!(g2_connections, vec!["reap-g2-conn", "reap-moved"]);
+
+    assert_eq!(
+        r.reap_gateway(g1).await.expect("reap again"),
+        Reaped::default()
+    );
+
+    // Clean up, so that later checks on the same registry start empty.
+    r.reap_gateway(g2).await.expect("reap g2");
+    assert_eq!(r.connection("reap-moved").await.expect("get"), None);
+    assert!(
+        r.room_gateways("reap-room")
+            .await
+            .expect("lookup")
+            .is_empty()
+    );
+}

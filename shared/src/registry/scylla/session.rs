@@ -1,0 +1,195 @@
+//! The session and the schema: contact points, credentials, token-aware and DC-aware load
+//! balancing, the request timeout and the consistency levels; the keyspace and the six
+//! tables, created idempotently at connect.
+
+use std::time::Duration;
+
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::statement::{Consistency, SerialConsistency, Statement};
+
+use super::config::ScyllaConfig;
+use crate::error::{Error, Result};
+
+/// DDL (keyspace and tables) can take much longer than a read or a write: schema changes
+/// are agreed on by every node. At least this long, or the request timeout if longer.
+const SCHEMA_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The tables, created with `CREATE TABLE IF NOT EXISTS` in the configured keyspace.
+const TABLES: &[(&str, &str)] = &[
+    (
+        "connections",
+        "connection_id text PRIMARY KEY, room_id text, user_id text, gateway_id text, \
+         connected_at bigint, source_ip text, user_agent text",
+    ),
+    (
+        "room_gateways",
+        "room_id text, gateway_id text, PRIMARY KEY (room_id, gateway_id)",
+    ),
+    (
+        "user_gateways",
+        "user_id text, gateway_id text, PRIMARY KEY (user_id, gateway_id)",
+    ),
+    (
+        "gateways",
+        "gateway_id text PRIMARY KEY, internal_url text, started_at bigint",
+    ),
+    (
+        "tokens",
+        "user_id text, room_id text, token_hash text, fast_verifier text, created_at bigint, \
+         PRIMARY KEY ((user_id, room_id))",
+    ),
+    // The per-gateway index: a snapshot of what the gateway holds, written by its heartbeat
+    // in shards of at most `SNAPSHOT_SHARD_KEYS` keys. Each list is one frozen cell,
+    // replaced whole on every heartbeat: no per-key cells, so no per-key tombstones.
+    (
+        "gateway_holdings",
+        "gateway_id text, shard int, rooms frozen<list<text>>, users frozen<list<text>>, \
+         connections frozen<list<text>>, PRIMARY KEY (gateway_id, shard)",
+    ),
+];
+
+/// Opens a session to the configured cluster and creates the keyspace and the tables if
+/// absent.
+pub(super) async fn open(config: &ScyllaConfig) -> Result<Session> {
+    let ks = config.keyspace.as_str();
+    let regular = consistency(&config.consistency)?;
+    let serial = serial_consistency(regular, config.local_dc.is_some());
+
+    // Token-aware: a prepared statement's partition key routes it to a replica of that
+    // partition (no extra hop through a coordinator). DC-aware when a local DC is set:
+    // only that DC's nodes are used (no failover, so LOCAL_* levels keep their meaning).
+    let mut policy = DefaultPolicy::builder().token_aware(true);
+    if let Some(dc) = &config.local_dc {
+        policy = policy.prefer_datacenter(dc.clone());
+    }
+    // The request timeout bounds a whole call, retries included, so a call made while
+    // no node answers fails within it instead of hanging.
+    let profile = ExecutionProfile::builder()
+        .consistency(regular)
+        .serial_consistency(Some(serial))
+        .request_timeout(Some(config.request_timeout))
+        .load_balancing_policy(policy.build())
+        .build();
+
+    let mut builder = SessionBuilder::new()
+        .known_nodes(&config.nodes)
+        .connection_timeout(config.request_timeout.max(Duration::from_secs(1)))
+        .default_execution_profile_handle(profile.into_handle());
+    if let (Some(user), Some(password)) = (&config.username, &config.password) {
+        builder = builder.user(user, password);
+    }
+    let session = builder.build().await.map_err(|e| {
+        Error::registry(
+            format!(
+                "scylla: cannot connect to {} (keyspace {ks})",
+                config.nodes.join(",")
+            ),
+            e,
+        )
+    })?;
+
+    // Schema: idempotent, so every replica may run it at every start. The driver waits
+    // for schema agreement after each DDL statement before returning.
+    let schema_timeout = config.request_timeout.max(SCHEMA_TIMEOUT);
+    let ddl = |cql: String| {
+        let mut statement = Statement::new(cql);
+        statement.set_request_timeout(Some(schema_timeout));
+        statement
+    };
+    session
+        .query_unpaged(
+            ddl(format!(
+                "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}",
+                config.replication
+            )),
+            (),
+        )
+        .await
+        .map_err(|e| Error::registry(format!("scylla: create keyspace {ks}"), e))?;
+    for (table, columns) in TABLES {
+        session
+            .query_unpaged(
+                ddl(format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.{table} ({columns})"
+                )),
+                (),
+            )
+            .await
+            .map_err(|e| Error::registry(format!("scylla: create table {ks}.{table}"), e))?;
+    }
+    Ok(session)
+}
+
+/// Drops `keyspace` and everything in it (tests only).
+#[cfg(any(test, feature = "test-support"))]
+pub(super) async fn drop_keyspace(session: &Session, keyspace: &str) -> Result<()> {
+    let mut statement = Statement::new(format!("DROP KEYSPACE IF EXISTS {keyspace}"));
+    statement.set_request_timeout(Some(SCHEMA_TIMEOUT));
+    session
+        .query_unpaged(statement, ())
+        .await
+        .map(drop)
+        .map_err(|e| Error::registry(format!("scylla: drop keyspace {keyspace}"), e))
+}
+
+/// The configured consistency level (validated by `config`, re-checked here).
+fn consistency(name: &str) -> Result<Consistency> {
+    Ok(match name.to_ascii_uppercase().as_str() {
+        "ONE" => Consistency::One,
+        "TWO" => Consistency::Two,
+        "THREE" => Consistency::Three,
+        "QUORUM" => Consistency::Quorum,
+        "ALL" => Consistency::All,
+        "LOCAL_QUORUM" => Consistency::LocalQuorum,
+        "EACH_QUORUM" => Consistency::EachQuorum,
+        "LOCAL_ONE" => Consistency::LocalOne,
+        other => {
+            return Err(Error::Config(format!(
+                "scylla consistency {other:?} is not a CQL consistency level"
+            )));
+        }
+    })
+}
+
+/// The Paxos (LWT) consistency matching the regular one: a deployment that keeps its
+/// requests inside the local datacenter (`LOCAL_*`, or a preferred DC without failover)
+/// gets `LOCAL_SERIAL`, so an LWT never waits for a remote datacenter; otherwise `SERIAL`.
+fn serial_consistency(c: Consistency, local_dc: bool) -> SerialConsistency {
+    match c {
+        Consistency::LocalQuorum | Consistency::LocalOne => SerialConsistency::LocalSerial,
+        _ if local_dc => SerialConsistency::LocalSerial,
+        _ => SerialConsistency::Serial,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_configurable_consistency_level_is_known() {
+        for name in super::super::config::CONSISTENCY_LEVELS {
+            assert!(consistency(name).is_ok(), "{name}");
+        }
+        assert!(consistency("SERIAL").is_err());
+    }
+
+    #[test]
+    fn lwts_stay_in_the_local_dc_when_requests_do() {
+        assert_eq!(
+            serial_consistency(Consistency::LocalQuorum, false),
+            SerialConsistency::LocalSerial
+        );
+        assert_eq!(
+            serial_consistency(Consistency::Quorum, true),
+            SerialConsistency::LocalSerial
+        );
+        assert_eq!(
+            serial_consistency(Consistency::One, false),
+            SerialConsistency::Serial
+        );
+    }
+}
