@@ -45,20 +45,25 @@ async fn the_token_command_prints_a_jwt_the_cluster_accepts() {
         .env("HERMES_BCRYPT_COST", "4")
         .output()
         .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let jwt = String::from_utf8(out.stdout)
-        .expect("utf8")
-        .trim()
-        .to_owned();
+    let jwt = printed_token(out);
     assert_eq!(jwt.split('.').count(), 3);
     let mut ws = gw.connect(&jwt).await;
     gw.publish(json!({"user_id": "ops", "room_id": "ops-room", "data": {"type": "cli"}}))
         .await;
     assert_eq!(recv_json(&mut ws).await["data"]["type"], "cli");
+}
+
+/// The token a successful `hermes-gateway token` printed.
+fn printed_token(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
 }
 
 /// A unique path under the system's temporary directory for a config file.
@@ -85,15 +90,7 @@ async fn the_token_command_reads_its_secret_from_the_config_file() {
         .output()
         .expect("runs");
     let _ = std::fs::remove_file(&file);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let jwt = String::from_utf8(out.stdout)
-        .expect("utf8")
-        .trim()
-        .to_owned();
+    let jwt = printed_token(out);
     // The gateway, which has the same secret, accepts it.
     let mut ws = gw.connect(&jwt).await;
     gw.publish(json!({"user_id": "ops", "room_id": "file-room", "data": {"type": "file"}}))
