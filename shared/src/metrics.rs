@@ -10,8 +10,8 @@
 //! | `sockets`  | the gateway's sockets: `upgrade`, `session`, `hub`, `ws`            |
 //! | `auth`     | `auth` (the authorizer and its bcrypt pool)                         |
 //! | `registry` | `registry::instrumented` (every registry call)                      |
-//! | `router`   | `router`, its links (`gateway_client`, `deliver_stream`) and the    |
-//! |            | gateway's deliver endpoints (`internal`, `stream`)                  |
+//! | `router`   | `router` and its links (`router::links`), and the gateway's deliver |
+//! |            | endpoints (`deliver`)                                               |
 //! | `queue`    | the consumer's sources and `processor`                              |
 //! | `kube`     | the consumer's `kube` (EndpointSlice view, Lease, reaper)           |
 
