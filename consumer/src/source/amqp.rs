@@ -42,7 +42,8 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::processor::{Processor, Verdict, reason};
+use super::policy::{self, Backoff, Decision};
+use super::{Delivery, Incoming, Sink, Source};
 use crate::{Error, Result};
 
 /// The metric label of this source.
@@ -66,9 +67,6 @@ pub struct AmqpSettings {
     pub url: String,
     pub queue: String,
     pub prefetch: u16,
-    pub max_attempts: u32,
-    pub retry_delays: Vec<Duration>,
-    pub concurrency: usize,
 }
 
 impl AmqpSettings {
@@ -86,6 +84,8 @@ impl AmqpSettings {
 /// Consumes a RabbitMQ queue.
 pub struct AmqpSource {
     settings: Arc<AmqpSettings>,
+    endpoint: AmqpEndpoint,
+    delivery: Arc<Delivery>,
 }
 
 fn broker(context: &str, e: impl std::fmt::Display) -> Error {
@@ -151,60 +151,76 @@ fn tls(host: &str) -> Result<TlsAdaptor> {
 }
 
 impl AmqpSource {
-    pub fn new(settings: AmqpSettings) -> Self {
-        Self {
-            settings: Arc::new(settings),
+    /// Checks the URL (the error never repeats it: it may hold a password).
+    pub fn new(settings: AmqpSettings, delivery: Delivery) -> Result<Self> {
+        let endpoint = AmqpEndpoint::parse(&settings.url)
+            .map_err(|why| Error::Broker(format!("HERMES_AMQP_URL: {why}")))?;
+        if delivery.policy.delays.is_empty() {
+            return Err(Error::Broker("no retry delays configured".into()));
         }
+        Ok(Self {
+            settings: Arc::new(settings),
+            endpoint,
+            delivery: Arc::new(delivery),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for AmqpSource {
+    fn name(&self) -> &'static str {
+        SOURCE
     }
 
     /// Runs until `shutdown`, reconnecting with backoff. `ready` is true while consuming.
-    pub async fn run(
-        self,
-        processor: Arc<Processor>,
+    async fn run(
+        self: Box<Self>,
+        sink: Arc<dyn Sink>,
         ready: Arc<AtomicBool>,
         shutdown: CancellationToken,
     ) -> Result<()> {
-        let endpoint = AmqpEndpoint::parse(&self.settings.url)
-            .map_err(|why| Error::Broker(format!("HERMES_AMQP_URL: {why}")))?;
-        let mut delay = Duration::from_millis(250);
+        let mut backoff = Backoff::new();
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            let consumed = self.session(&endpoint, &processor, &ready, &shutdown).await;
-            ready.store(false, Ordering::Release);
-            match consumed {
-                Ok(true) => return Ok(()),
-                Ok(false) => delay = Duration::from_millis(250),
-                Err(error) => {
-                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "RabbitMQ session ended; reconnecting");
-                }
+            let consumed = self.session(&sink, &ready, &shutdown).await;
+            // A session that got as far as consuming starts the backoff over.
+            if ready.swap(false, Ordering::AcqRel) {
+                backoff.reset();
+            }
+            if let Ok(true) = consumed {
+                return Ok(());
+            }
+            let wait = backoff.failed();
+            if let Err(error) = consumed {
+                tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "RabbitMQ session ended; reconnecting");
             }
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                () = tokio::time::sleep(jitter(delay)) => {}
+                () = tokio::time::sleep(wait) => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(30));
         }
     }
+}
 
+impl AmqpSource {
     /// One connection's life. `Ok(true)`: stopped for shutdown; `Ok(false)`: the broker
     /// cancelled the consumer; `Err`: the connection or channel failed.
     async fn session(
         &self,
-        endpoint: &AmqpEndpoint,
-        processor: &Arc<Processor>,
+        sink: &Arc<dyn Sink>,
         ready: &AtomicBool,
         shutdown: &CancellationToken,
     ) -> Result<bool> {
         let events = Arc::new(Events::default());
-        let connection = open_connection(endpoint).await?;
+        let connection = open_connection(&self.endpoint).await?;
         connection
             .register_callback(ConnectionEvents(events.clone()))
             .await
             .map_err(|e| broker("connection callback", e))?;
         let result = self
-            .consume(&connection, &events, processor, ready, shutdown)
+            .consume(&connection, &events, sink, ready, shutdown)
             .await;
         if connection.is_open() {
             let _ = connection.close().await;
@@ -216,7 +232,7 @@ impl AmqpSource {
         &self,
         connection: &Connection,
         events: &Arc<Events>,
-        processor: &Arc<Processor>,
+        sink: &Arc<dyn Sink>,
         ready: &AtomicBool,
         shutdown: &CancellationToken,
     ) -> Result<bool> {
@@ -229,7 +245,7 @@ impl AmqpSource {
             .register_callback(ChannelEvents(events.clone()))
             .await
             .map_err(|e| broker("channel callback", e))?;
-        declare_topology(connection, &channel, s).await?;
+        declare_topology(connection, &channel, s, &self.delivery.policy.delays).await?;
         channel
             .confirm_select(ConfirmSelectArguments::default())
             .await
@@ -277,13 +293,14 @@ impl AmqpSource {
         let session = Session {
             channel: channel.clone(),
             settings: self.settings.clone(),
+            delivery: self.delivery.clone(),
             events: events.clone(),
             lost: lost.clone(),
             publishing: tokio::sync::Mutex::new(()),
         };
         deliveries
-            .for_each_concurrent(s.concurrency, |message| {
-                handle(&session, processor, message)
+            .for_each_concurrent(self.delivery.concurrency, |message| {
+                handle(&session, sink.as_ref(), message)
             })
             .await;
         canceller.abort();
@@ -433,6 +450,7 @@ impl ConnectionCallback for ConnectionEvents {
 struct Session {
     channel: Channel,
     settings: Arc<AmqpSettings>,
+    delivery: Arc<Delivery>,
     events: Arc<Events>,
     /// Cancelled when the consumer ended without a shutdown: the channel is gone.
     lost: CancellationToken,
@@ -453,6 +471,7 @@ async fn declare_topology(
     connection: &Connection,
     channel: &Channel,
     s: &AmqpSettings,
+    retry_delays: &[Duration],
 ) -> Result<()> {
     // A passive declare that fails closes its channel: probe on a throwaway one, so an
     // existing queue declared with other arguments is used as it is.
@@ -477,7 +496,7 @@ async fn declare_topology(
         .queue_declare(durable(&s.dead_letter_queue(), FieldTable::new()))
         .await
         .map_err(|e| broker("cannot declare the dead-letter queue", e))?;
-    for delay in &s.retry_delays {
+    for delay in retry_delays {
         let mut args = FieldTable::new();
         set(
             &mut args,
@@ -499,7 +518,7 @@ async fn declare_topology(
 }
 
 /// Routes one delivery and settles it: ack, retry later, or dead-letter.
-async fn handle(session: &Session, processor: &Processor, message: ConsumerMessage) {
+async fn handle(session: &Session, sink: &dyn Sink, message: ConsumerMessage) {
     let (Some(deliver), Some(content)) = (message.deliver, message.content) else {
         return;
     };
@@ -509,11 +528,20 @@ async fn handle(session: &Session, processor: &Processor, message: ConsumerMessa
     let failed_before = header_u32(&headers, ATTEMPTS_HEADER).unwrap_or(0);
     let fallback_id =
         header_string(&headers, ID_HEADER).or_else(|| properties.message_id().cloned());
-    let (verdict, id) = processor
-        .process(&content, fallback_id.as_deref(), None)
+    let routed = sink
+        .route(Incoming {
+            body: &content,
+            fallback_id: fallback_id.as_deref(),
+            sent_at: None,
+        })
         .await;
+    let id = routed.id;
+    let decision = session
+        .delivery
+        .policy
+        .decide(routed.outcome, failed_before.saturating_add(1));
 
-    let republish = |queue: String, attempts: u32, why: Option<String>| {
+    let republish = |queue: String, attempts: u32, why: Option<&str>| {
         let mut headers = headers.clone();
         set(
             &mut headers,
@@ -524,7 +552,6 @@ async fn handle(session: &Session, processor: &Processor, message: ConsumerMessa
             set(&mut headers, ID_HEADER, FieldValue::from(id));
         }
         if let Some(why) = why {
-            let why: String = why.chars().take(1000).collect();
             set(&mut headers, REASON_HEADER, FieldValue::from(why));
         }
         let properties = properties
@@ -534,37 +561,33 @@ async fn handle(session: &Session, processor: &Processor, message: ConsumerMessa
             .finish();
         publish_confirmed(session, queue, properties, &content)
     };
-    // The outcome counted: a retry that exhausted the attempts counts as dead-lettered.
-    let mut outcome = verdict.label();
-    let settled = match &verdict {
-        Verdict::Delivered(_) => Ok(()),
-        Verdict::Poison { reason: why } => {
-            tracing::warn!(reason = %why, "dead-lettering an invalid message");
-            processor.count_dead_letter(reason::INVALID);
-            republish(s.dead_letter_queue(), failed_before, Some(why.clone())).await
+    let settled = match &decision {
+        Decision::Ack => Ok(()),
+        Decision::Retry {
+            delay,
+            attempts,
+            reason,
+        } => {
+            tracing::info!(%reason, attempts, retry_in_ms = delay.as_millis() as u64, "retrying a message later");
+            republish(s.retry_queue(*delay), *attempts, None).await
         }
-        Verdict::Retry { reason: why } => {
-            let attempts = failed_before + 1;
-            if attempts >= s.max_attempts {
-                tracing::warn!(reason = %why, attempts, "dead-lettering a message after its last attempt");
-                processor.count_dead_letter(reason::EXHAUSTED);
-                outcome = "dead_lettered";
-                let why = format!("{}: {why}", reason::EXHAUSTED);
-                republish(s.dead_letter_queue(), attempts, Some(why)).await
-            } else {
-                let index = usize::try_from(failed_before)
-                    .unwrap_or(usize::MAX)
-                    .min(s.retry_delays.len() - 1);
-                let delay = s.retry_delays[index];
-                tracing::info!(reason = %why, attempts, retry_in_ms = delay.as_millis() as u64, "retrying a message later");
-                republish(s.retry_queue(delay), attempts, None).await
+        Decision::DeadLetter {
+            label,
+            reason,
+            attempts,
+        } => {
+            tracing::warn!(%reason, attempts, "dead-lettering {}", policy::describe(label));
+            let settled = republish(s.dead_letter_queue(), *attempts, Some(reason)).await;
+            if settled.is_ok() {
+                sink.count_dead_letter(label);
             }
+            settled
         }
     };
     let tag = deliver.delivery_tag();
     match settled {
         Ok(()) => {
-            processor.count(SOURCE, outcome);
+            sink.count(SOURCE, decision.label());
             if let Err(error) = session
                 .channel
                 .basic_ack(BasicAckArguments::new(tag, false))
@@ -576,7 +599,7 @@ async fn handle(session: &Session, processor: &Processor, message: ConsumerMessa
         }
         Err(error) => {
             tracing::warn!(%error, "could not move a message aside; returning it to the queue");
-            processor.count(SOURCE, "requeued");
+            sink.count(SOURCE, "requeued");
             let _ = session
                 .channel
                 .basic_nack(BasicNackArguments::new(tag, false, true))
@@ -665,12 +688,6 @@ fn header_u32(headers: &FieldTable, key: &str) -> Option<u32> {
 
 fn header_string(headers: &FieldTable, key: &str) -> Option<String> {
     <&str>::try_from(get(headers, key)?).ok().map(str::to_owned)
-}
-
-/// A random delay between half and all of `d` (spreads reconnects).
-fn jitter(d: Duration) -> Duration {
-    let half = d / 2;
-    half + half.mul_f64(rand::random::<f64>())
 }
 
 #[cfg(test)]
@@ -766,9 +783,6 @@ mod tests {
             url: String::new(),
             queue: "hermes-messageQueue".into(),
             prefetch: 1,
-            max_attempts: 3,
-            retry_delays: vec![Duration::from_secs(1)],
-            concurrency: 1,
         };
         assert_eq!(s.dead_letter_queue(), "hermes-messageQueue.dead-letter");
         assert_eq!(
