@@ -1,4 +1,4 @@
-//! The RabbitMQ source (amqprs).
+//! The RabbitMQ source (lapin).
 //!
 //! Topology, declared at start (idempotently):
 //! - the queue (`HERMES_AMQP_QUEUE`, durable; an existing queue is used as it is);
@@ -13,33 +13,34 @@
 //! A broken connection is re-established with exponential backoff; unacknowledged
 //! messages are redelivered by the broker, and gateways drop repeated message ids.
 //!
-//! The client is amqprs, which runs on the consumer's own runtime: a delivery and its
-//! acknowledgement are read, routed and written without changing threads. lapin, used
-//! before, reads and writes on a thread of its own; on this source's work (consume, parse,
-//! acknowledge each message) it took 34 µs of CPU and 2.9 context switches per message
-//! against amqprs's 11 µs and 0.37 (docs/consumer.md, Measured).
+//! The client is lapin on the consumer's tokio runtime (`lapin::runtime::default_runtime`,
+//! bound to the current runtime's handle): the socket is registered with that runtime's
+//! reactor, and lapin's internal RPC and heartbeat tasks are spawned on it. lapin 4 still
+//! reads and writes the socket on a thread of its own (`lapin-io-loop`, one per connection;
+//! no lapin API moves it onto the runtime), so a delivery and its acknowledgement cross
+//! threads (docs/consumer.md, Measured).
+//!
+//! Header values are whatever the publisher sent: long strings and byte arrays are bytes
+//! (any content, UTF-8 or not), and Hermes's own headers are read only when they have a
+//! type and content it understands; anything else in them is ignored, never an error.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use amqprs::callbacks::{ChannelCallback, ConnectionCallback};
-use amqprs::channel::{
-    BasicAckArguments, BasicCancelArguments, BasicConsumeArguments, BasicNackArguments,
-    BasicPublishArguments, BasicQosArguments, Channel, ConfirmSelectArguments, ConsumerMessage,
-    QueueDeclareArguments,
-};
-use amqprs::connection::{Connection, OpenConnectionArguments};
-use amqprs::tls::TlsAdaptor;
-use amqprs::{
-    Ack, BasicProperties, Cancel, Close, CloseChannel, FieldName, FieldTable, FieldValue, Nack,
-    Return,
-};
+use async_compat::CompatExt;
 use futures_util::StreamExt;
 use hermes_shared::config::AmqpEndpoint;
+use lapin::message::Delivery as AmqpDelivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::tcp::{AsyncTcpStream, RustlsConnector, RustlsConnectorConfig};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
 use parking_lot::Mutex;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::policy::{self, Backoff, Decision};
@@ -59,14 +60,28 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long opening a connection (TCP, TLS, AMQP handshake) may take before it is retried:
 /// a broker that accepts the socket and never answers would otherwise hold the source forever.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// AMQP's persistent delivery mode.
+const PERSISTENT: u8 = 2;
+/// A session that consumed for this long starts the reconnect backoff over; one that ends
+/// sooner (a connection that fails right after it opens) backs off like a failed connect.
+const STEADY: Duration = Duration::from_secs(10);
 
 /// Settings of the RabbitMQ source.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AmqpSettings {
     /// Contains credentials: never logged.
     pub url: String,
     pub queue: String,
     pub prefetch: u16,
+}
+
+impl std::fmt::Debug for AmqpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSettings")
+            .field("queue", &self.queue)
+            .field("prefetch", &self.prefetch)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AmqpSettings {
@@ -92,62 +107,115 @@ fn broker(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Broker(format!("{context}: {e}"))
 }
 
-/// Opens a connection to `endpoint`, giving up after [`CONNECT_TIMEOUT`].
-async fn open_connection(endpoint: &AmqpEndpoint) -> Result<Connection> {
-    let args = connection_args(endpoint)?;
-    tokio::time::timeout(CONNECT_TIMEOUT, Connection::open(&args))
-        .await
-        .map_err(|_| {
-            broker(
-                "cannot connect to RabbitMQ",
-                format!("no answer within {CONNECT_TIMEOUT:?}"),
-            )
-        })?
-        .map_err(|e| broker("cannot connect to RabbitMQ", e))
-}
-
-/// The connection arguments for `endpoint` (TLS with the system's roots for `amqps`).
-fn connection_args(endpoint: &AmqpEndpoint) -> Result<OpenConnectionArguments> {
-    let mut args = OpenConnectionArguments::new(
-        &endpoint.host,
-        endpoint.port,
-        &endpoint.username,
-        &endpoint.password,
-    );
-    args.virtual_host(&endpoint.vhost)
-        .connection_name(&format!("hermes-consumer-{}", std::process::id()));
-    if let Some(seconds) = endpoint.heartbeat {
-        args.heartbeat(seconds);
+/// lapin's URI for `endpoint`, as Hermes decoded it (`AmqpEndpoint`).
+fn amqp_uri(endpoint: &AmqpEndpoint) -> AMQPUri {
+    AMQPUri {
+        scheme: if endpoint.tls {
+            AMQPScheme::AMQPS
+        } else {
+            AMQPScheme::AMQP
+        },
+        authority: AMQPAuthority {
+            userinfo: AMQPUserInfo {
+                username: endpoint.username.clone(),
+                password: endpoint.password.clone(),
+            },
+            host: endpoint.host.clone(),
+            port: endpoint.port,
+        },
+        vhost: endpoint.vhost.clone(),
+        query: AMQPQueryString {
+            heartbeat: endpoint.heartbeat,
+            ..AMQPQueryString::default()
+        },
     }
-    if endpoint.tls {
-        args.tls_adaptor(tls(&endpoint.host)?);
-    }
-    Ok(args.finish())
 }
 
 /// A TLS connector that checks the broker's certificate against the system's roots.
-fn tls(host: &str) -> Result<TlsAdaptor> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for error in &found.errors {
-        tracing::warn!(%error, "a system root certificate could not be loaded");
+fn tls() -> Result<RustlsConnector> {
+    RustlsConnectorConfig::new_with_native_certs()
+        .and_then(RustlsConnectorConfig::connector_with_no_client_auth)
+        .map_err(|e| broker("amqps: no usable root certificate in the system's store", e))
+}
+
+/// The socket of a connection being opened, so that it can be ended from outside lapin.
+#[derive(Default)]
+struct Opening {
+    /// A second handle on the socket once it is connected.
+    socket: Option<std::net::TcpStream>,
+    /// Given up on: a socket connected from now on is closed at once.
+    abandoned: bool,
+}
+
+impl Opening {
+    /// Ends the attempt: its socket, connected now or later, is shut down.
+    fn abandon(&mut self) {
+        self.abandoned = true;
+        if let Some(socket) = self.socket.take() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
     }
-    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        return Err(Error::Broker(
-            "amqps: no usable root certificate in the system's store".into(),
-        ));
+}
+
+/// Opens a connection to `endpoint`, giving up after [`CONNECT_TIMEOUT`].
+///
+/// lapin reads and writes on its own thread from the first byte; a connection that is given
+/// up on is ended by shutting its socket down, so that thread ends too.
+pub(crate) async fn open_connection(endpoint: &AmqpEndpoint, name: &str) -> Result<Connection> {
+    open_connection_within(endpoint, name, CONNECT_TIMEOUT).await
+}
+
+async fn open_connection_within(
+    endpoint: &AmqpEndpoint,
+    name: &str,
+    limit: Duration,
+) -> Result<Connection> {
+    let tls = if endpoint.tls { Some(tls()?) } else { None };
+    let opening: Arc<Mutex<Opening>> = Arc::default();
+    let connect = {
+        let opening = opening.clone();
+        async move |uri: AMQPUri, _runtime| -> lapin::Result<_> {
+            let host = uri.authority.host.as_str();
+            let stream = tokio::net::TcpStream::connect((host, uri.authority.port)).await?;
+            stream.set_nodelay(true)?;
+            let handle = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned()?;
+            {
+                let mut opening = opening.lock();
+                opening.socket = Some(std::net::TcpStream::from(handle));
+                if opening.abandoned {
+                    opening.abandon();
+                    return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
+                }
+            }
+            let stream = AsyncTcpStream::Plain(stream.compat());
+            Ok(match &tls {
+                Some(connector) => stream.into_rustls(connector, host).await?,
+                None => stream,
+            })
+        }
+    };
+    let runtime = lapin::runtime::default_runtime().map_err(|e| broker("lapin runtime", e))?;
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let opened = tokio::time::timeout(
+        limit,
+        Connection::connector(amqp_uri(endpoint), runtime, connect, properties),
+    )
+    .await;
+    match opened {
+        Ok(Ok(connection)) => {
+            // lapin owns the socket now.
+            opening.lock().socket = None;
+            Ok(connection)
+        }
+        Ok(Err(e)) => Err(broker("cannot connect to RabbitMQ", e)),
+        Err(_) => {
+            opening.lock().abandon();
+            Err(broker(
+                "cannot connect to RabbitMQ",
+                format!("no answer within {limit:?}"),
+            ))
+        }
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| broker("amqps", e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsAdaptor::new(
-        tokio_rustls::TlsConnector::from(Arc::new(config)),
-        host.to_owned(),
-    ))
 }
 
 impl AmqpSource {
@@ -184,9 +252,12 @@ impl Source for AmqpSource {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            let consumed = self.session(&sink, &ready, &shutdown).await;
-            // A session that got as far as consuming starts the backoff over.
-            if ready.swap(false, Ordering::AcqRel) {
+            let mut consuming_since = None;
+            let consumed = self
+                .session(&sink, &ready, &mut consuming_since, &shutdown)
+                .await;
+            ready.store(false, Ordering::Release);
+            if consuming_since.is_some_and(|t: tokio::time::Instant| t.elapsed() >= STEADY) {
                 backoff.reset();
             }
             if let Ok(true) = consumed {
@@ -211,239 +282,119 @@ impl AmqpSource {
         &self,
         sink: &Arc<dyn Sink>,
         ready: &AtomicBool,
+        consuming_since: &mut Option<tokio::time::Instant>,
         shutdown: &CancellationToken,
     ) -> Result<bool> {
-        let events = Arc::new(Events::default());
-        let connection = open_connection(&self.endpoint).await?;
-        connection
-            .register_callback(ConnectionEvents(events.clone()))
-            .await
-            .map_err(|e| broker("connection callback", e))?;
+        let name = format!("hermes-consumer-{}", std::process::id());
+        let connection = open_connection(&self.endpoint, &name).await?;
+        let events = tokio::spawn(log_events(connection.events_listener()));
         let result = self
-            .consume(&connection, &events, sink, ready, shutdown)
+            .consume(&connection, &name, sink, ready, consuming_since, shutdown)
             .await;
-        if connection.is_open() {
-            let _ = connection.close().await;
+        if connection.status().connected() {
+            let _ = connection.close(200, "bye".into()).await;
         }
+        events.abort();
         result
     }
 
     async fn consume(
         &self,
         connection: &Connection,
-        events: &Arc<Events>,
+        tag: &str,
         sink: &Arc<dyn Sink>,
         ready: &AtomicBool,
+        consuming_since: &mut Option<tokio::time::Instant>,
         shutdown: &CancellationToken,
     ) -> Result<bool> {
         let s = &self.settings;
         let channel = connection
-            .open_channel(None)
+            .create_channel()
             .await
             .map_err(|e| broker("cannot open a channel", e))?;
-        channel
-            .register_callback(ChannelEvents(events.clone()))
-            .await
-            .map_err(|e| broker("channel callback", e))?;
         declare_topology(connection, &channel, s, &self.delivery.policy.delays).await?;
         channel
-            .confirm_select(ConfirmSelectArguments::default())
+            .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| broker("confirm.select", e))?;
         channel
-            .basic_qos(BasicQosArguments::new(0, s.prefetch, false))
+            .basic_qos(s.prefetch, BasicQosOptions::default())
             .await
             .map_err(|e| broker("basic.qos", e))?;
-        let tag = format!("hermes-consumer-{}", std::process::id());
-        let (tag, rx) = channel
-            .basic_consume_rx(
-                BasicConsumeArguments::new(&s.queue, &tag)
-                    .manual_ack(true)
-                    .finish(),
+        let consumer = channel
+            .basic_consume(
+                s.queue.as_str().into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
             )
             .await
             .map_err(|e| broker("basic.consume", e))?;
         ready.store(true, Ordering::Release);
+        *consuming_since = Some(tokio::time::Instant::now());
         tracing::info!(queue = %s.queue, prefetch = s.prefetch, "consuming from RabbitMQ");
 
         // On shutdown, cancel the consumer: the stream ends once in-flight messages are done.
         let canceller = {
-            let channel = channel.clone();
-            let shutdown = shutdown.clone();
+            let (channel, shutdown, tag) = (channel.clone(), shutdown.clone(), tag.to_owned());
             tokio::spawn(async move {
                 shutdown.cancelled().await;
-                if let Err(error) = channel.basic_cancel(BasicCancelArguments::new(&tag)).await {
+                if let Err(error) = channel
+                    .basic_cancel(tag.into(), BasicCancelOptions::default())
+                    .await
+                {
                     tracing::warn!(%error, "basic.cancel failed");
                 }
             })
         };
-        // Deliveries until the consumer ends. An end that is not the shutdown's means the
-        // channel or connection is gone: republishes waiting for a confirm give up at once.
-        let lost = CancellationToken::new();
-        let deliveries = futures_util::stream::unfold(rx, |mut rx| {
-            let (lost, shutdown) = (lost.clone(), shutdown.clone());
-            async move {
-                let message = rx.recv().await;
-                if message.is_none() && !shutdown.is_cancelled() {
-                    lost.cancel();
+        // Deliveries until the consumer ends: with an error when the channel or the
+        // connection failed, without one when it was cancelled (by us or by the broker).
+        let failed: Mutex<Option<lapin::Error>> = Mutex::new(None);
+        let deliveries = consumer.scan((), |(), delivery| {
+            std::future::ready(match delivery {
+                Ok(delivery) => Some(delivery),
+                Err(error) => {
+                    failed.lock().get_or_insert(error);
+                    None
                 }
-                message.map(|m| (m, rx))
-            }
+            })
         });
         let session = Session {
             channel: channel.clone(),
             settings: self.settings.clone(),
             delivery: self.delivery.clone(),
-            events: events.clone(),
-            lost: lost.clone(),
-            publishing: tokio::sync::Mutex::new(()),
         };
         deliveries
-            .for_each_concurrent(self.delivery.concurrency, |message| {
-                handle(&session, sink.as_ref(), message)
+            .for_each_concurrent(self.delivery.concurrency, |delivery| {
+                handle(&session, sink.as_ref(), delivery)
             })
             .await;
         canceller.abort();
+        if let Some(error) = failed.into_inner() {
+            return Err(broker("the connection to RabbitMQ failed", error));
+        }
         if shutdown.is_cancelled() {
-            let _ = channel.close().await;
+            let _ = channel.close(200, "bye".into()).await;
             return Ok(true);
         }
-        if events.cancelled.load(Ordering::Acquire) {
-            tracing::warn!("the broker cancelled the consumer");
-            return Ok(false);
-        }
-        let why = events
-            .closed
-            .lock()
-            .clone()
-            .unwrap_or_else(|| "the connection to RabbitMQ was lost".into());
-        Err(Error::Broker(why))
+        tracing::warn!("the broker cancelled the consumer");
+        Ok(false)
     }
 }
 
-/// What the broker told a session through callbacks.
-#[derive(Default)]
-struct Events {
-    /// Publisher confirms waited for.
-    confirms: Mutex<Confirms>,
-    /// Why the broker closed the channel or the connection.
-    closed: Mutex<Option<String>>,
-    /// The broker cancelled the consumer (its queue was deleted, say).
-    cancelled: AtomicBool,
-}
-
-/// Publisher confirms of the channel: delivery tags count publishes from 1.
-#[derive(Default)]
-struct Confirms {
-    last_tag: u64,
-    waiting: BTreeMap<u64, oneshot::Sender<bool>>,
-}
-
-impl Events {
-    /// Settles the confirm of `tag` (and of every earlier one when `multiple`).
-    fn settle(&self, tag: u64, multiple: bool, acked: bool) {
-        let settled: Vec<oneshot::Sender<bool>> = {
-            let mut c = self.confirms.lock();
-            if multiple {
-                let later = c.waiting.split_off(&(tag + 1));
-                std::mem::replace(&mut c.waiting, later)
-                    .into_values()
-                    .collect()
-            } else {
-                c.waiting.remove(&tag).into_iter().collect()
+/// Logs what the broker says about the connection.
+async fn log_events(events: impl futures_util::Stream<Item = Event>) {
+    futures_util::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Event::ConnectionBlocked(reason) => {
+                tracing::warn!(%reason, "RabbitMQ blocked the connection: retries and dead letters wait");
             }
-        };
-        for s in settled {
-            let _ = s.send(acked);
+            Event::ConnectionUnblocked => tracing::info!("RabbitMQ unblocked the connection"),
+            Event::Error(error) => tracing::debug!(%error, "RabbitMQ connection error"),
+            _ => {}
         }
     }
-
-    /// The channel or the connection is gone: no confirm will come.
-    fn close(&self, why: String) {
-        self.closed.lock().get_or_insert(why);
-        self.confirms.lock().waiting.clear();
-    }
-}
-
-struct ChannelEvents(Arc<Events>);
-
-#[async_trait::async_trait]
-impl ChannelCallback for ChannelEvents {
-    async fn close(
-        &mut self,
-        _channel: &Channel,
-        close: CloseChannel,
-    ) -> std::result::Result<(), amqprs::error::Error> {
-        self.0.close(format!(
-            "the broker closed the channel: {} {}",
-            close.reply_code(),
-            close.reply_text()
-        ));
-        Ok(())
-    }
-
-    async fn cancel(
-        &mut self,
-        _channel: &Channel,
-        _cancel: Cancel,
-    ) -> std::result::Result<(), amqprs::error::Error> {
-        self.0.cancelled.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    async fn flow(
-        &mut self,
-        _channel: &Channel,
-        active: bool,
-    ) -> std::result::Result<bool, amqprs::error::Error> {
-        Ok(active)
-    }
-
-    async fn publish_ack(&mut self, _channel: &Channel, ack: Ack) {
-        self.0.settle(ack.delivery_tag(), ack.mutiple(), true);
-    }
-
-    async fn publish_nack(&mut self, _channel: &Channel, nack: Nack) {
-        self.0.settle(nack.delivery_tag(), nack.multiple(), false);
-    }
-
-    async fn publish_return(
-        &mut self,
-        _channel: &Channel,
-        _ret: Return,
-        _properties: BasicProperties,
-        _content: Vec<u8>,
-    ) {
-        // Nothing is published `mandatory`: the broker returns nothing.
-    }
-}
-
-struct ConnectionEvents(Arc<Events>);
-
-#[async_trait::async_trait]
-impl ConnectionCallback for ConnectionEvents {
-    async fn close(
-        &mut self,
-        _connection: &Connection,
-        close: Close,
-    ) -> std::result::Result<(), amqprs::error::Error> {
-        self.0.close(format!(
-            "the broker closed the connection: {} {}",
-            close.reply_code(),
-            close.reply_text()
-        ));
-        Ok(())
-    }
-
-    async fn blocked(&mut self, _connection: &Connection, reason: String) {
-        tracing::warn!(%reason, "RabbitMQ blocked the connection: retries and dead letters wait");
-    }
-
-    async fn unblocked(&mut self, _connection: &Connection) {
-        tracing::info!("RabbitMQ unblocked the connection");
-    }
-
-    async fn secret_updated(&mut self, _connection: &Connection) {}
 }
 
 /// What every delivery of one session shares.
@@ -451,19 +402,14 @@ struct Session {
     channel: Channel,
     settings: Arc<AmqpSettings>,
     delivery: Arc<Delivery>,
-    events: Arc<Events>,
-    /// Cancelled when the consumer ended without a shutdown: the channel is gone.
-    lost: CancellationToken,
-    /// Publishes and their delivery tags are taken in the same order.
-    publishing: tokio::sync::Mutex<()>,
 }
 
-/// A queue declaration with `arguments`, durable.
-fn durable(queue: &str, arguments: FieldTable) -> QueueDeclareArguments {
-    QueueDeclareArguments::new(queue)
-        .durable(true)
-        .arguments(arguments)
-        .finish()
+/// A durable queue declaration.
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
 }
 
 /// Declares the queue (if absent), its retry queues and its dead-letter queue.
@@ -476,41 +422,50 @@ async fn declare_topology(
     // A passive declare that fails closes its channel: probe on a throwaway one, so an
     // existing queue declared with other arguments is used as it is.
     let probe = connection
-        .open_channel(None)
+        .create_channel()
         .await
         .map_err(|e| broker("cannot open a channel", e))?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
     let exists = probe
-        .queue_declare(QueueDeclareArguments::new(&s.queue).passive(true).finish())
+        .queue_declare(s.queue.as_str().into(), passive, FieldTable::default())
         .await
         .is_ok();
-    if probe.is_open() {
-        let _ = probe.close().await;
+    if probe.status().connected() {
+        let _ = probe.close(200, "probed".into()).await;
     }
     if !exists {
         channel
-            .queue_declare(durable(&s.queue, FieldTable::new()))
+            .queue_declare(s.queue.as_str().into(), durable(), FieldTable::default())
             .await
             .map_err(|e| broker(&format!("cannot declare queue {}", s.queue), e))?;
     }
     channel
-        .queue_declare(durable(&s.dead_letter_queue(), FieldTable::new()))
+        .queue_declare(
+            s.dead_letter_queue().into(),
+            durable(),
+            FieldTable::default(),
+        )
         .await
         .map_err(|e| broker("cannot declare the dead-letter queue", e))?;
     for delay in retry_delays {
-        let mut args = FieldTable::new();
-        set(
-            &mut args,
-            "x-message-ttl",
-            FieldValue::l(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
         );
-        set(&mut args, "x-dead-letter-exchange", FieldValue::from(""));
-        set(
-            &mut args,
-            "x-dead-letter-routing-key",
-            FieldValue::from(s.queue.as_str()),
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(s.queue.as_str().into()),
         );
         channel
-            .queue_declare(durable(&s.retry_queue(*delay), args))
+            .queue_declare(s.retry_queue(*delay).into(), durable(), args)
             .await
             .map_err(|e| broker("cannot declare a retry queue", e))?;
     }
@@ -518,19 +473,19 @@ async fn declare_topology(
 }
 
 /// Routes one delivery and settles it: ack, retry later, or dead-letter.
-async fn handle(session: &Session, sink: &dyn Sink, message: ConsumerMessage) {
-    let (Some(deliver), Some(content)) = (message.deliver, message.content) else {
-        return;
-    };
-    let properties = message.basic_properties.unwrap_or_default();
+async fn handle(session: &Session, sink: &dyn Sink, delivery: AmqpDelivery) {
     let s = &session.settings;
-    let headers = properties.headers().cloned().unwrap_or_default();
-    let failed_before = header_u32(&headers, ATTEMPTS_HEADER).unwrap_or(0);
-    let fallback_id =
-        header_string(&headers, ID_HEADER).or_else(|| properties.message_id().cloned());
+    let properties = &delivery.properties;
+    let headers = properties.headers().as_ref();
+    let failed_before = headers
+        .and_then(|h| header_u32(h, ATTEMPTS_HEADER))
+        .unwrap_or(0);
+    let fallback_id = headers
+        .and_then(|h| header_string(h, ID_HEADER))
+        .or_else(|| properties.message_id().as_ref().map(|id| id.to_string()));
     let routed = sink
         .route(Incoming {
-            body: &content,
+            body: &delivery.data,
             fallback_id: fallback_id.as_deref(),
             sent_at: None,
         })
@@ -542,24 +497,22 @@ async fn handle(session: &Session, sink: &dyn Sink, message: ConsumerMessage) {
         .decide(routed.outcome, failed_before.saturating_add(1));
 
     let republish = |queue: String, attempts: u32, why: Option<&str>| {
-        let mut headers = headers.clone();
-        set(
-            &mut headers,
-            ATTEMPTS_HEADER,
-            FieldValue::l(i64::from(attempts)),
+        let mut headers = headers.cloned().unwrap_or_default();
+        headers.insert(
+            ATTEMPTS_HEADER.into(),
+            AMQPValue::LongLongInt(i64::from(attempts)),
         );
         if let Some(id) = id.as_deref() {
-            set(&mut headers, ID_HEADER, FieldValue::from(id));
+            headers.insert(ID_HEADER.into(), AMQPValue::LongString(id.into()));
         }
         if let Some(why) = why {
-            set(&mut headers, REASON_HEADER, FieldValue::from(why));
+            headers.insert(REASON_HEADER.into(), AMQPValue::LongString(why.into()));
         }
         let properties = properties
             .clone()
             .with_headers(headers)
-            .with_delivery_mode(amqprs::DELIVERY_MODE_PERSISTENT)
-            .finish();
-        publish_confirmed(session, queue, properties, &content)
+            .with_delivery_mode(PERSISTENT);
+        publish_confirmed(&session.channel, queue, properties, &delivery.data)
     };
     let settled = match &decision {
         Decision::Ack => Ok(()),
@@ -584,15 +537,10 @@ async fn handle(session: &Session, sink: &dyn Sink, message: ConsumerMessage) {
             settled
         }
     };
-    let tag = deliver.delivery_tag();
     match settled {
         Ok(()) => {
             sink.count(SOURCE, decision.label());
-            if let Err(error) = session
-                .channel
-                .basic_ack(BasicAckArguments::new(tag, false))
-                .await
-            {
+            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
                 // The connection is gone: the broker redelivers, gateways drop the repeat.
                 tracing::warn!(%error, "ack failed");
             }
@@ -600,181 +548,225 @@ async fn handle(session: &Session, sink: &dyn Sink, message: ConsumerMessage) {
         Err(error) => {
             tracing::warn!(%error, "could not move a message aside; returning it to the queue");
             sink.count(SOURCE, "requeued");
-            let _ = session
-                .channel
-                .basic_nack(BasicNackArguments::new(tag, false, true))
-                .await;
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
+            let _ = delivery.acker.nack(requeue).await;
         }
     }
 }
 
 /// Publishes `body` to `queue` (default exchange) and waits for the broker's confirm.
 async fn publish_confirmed(
-    session: &Session,
+    channel: &Channel,
     queue: String,
     properties: BasicProperties,
     body: &[u8],
 ) -> Result<()> {
-    let confirmed = {
-        let _in_order = session.publishing.lock().await;
-        if !session.channel.is_open() {
-            return Err(Error::Broker("the channel is closed".into()));
-        }
-        let (tx, rx) = oneshot::channel();
-        let tag = {
-            let mut c = session.events.confirms.lock();
-            c.last_tag += 1;
-            let tag = c.last_tag;
-            c.waiting.insert(tag, tx);
-            tag
-        };
-        if let Err(e) = session
-            .channel
+    let published = async {
+        channel
             .basic_publish(
+                ShortString::default(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
                 properties,
-                body.to_vec(),
-                BasicPublishArguments::new("", &queue),
             )
             .await
-        {
-            session.events.confirms.lock().waiting.remove(&tag);
-            return Err(broker("publish", e));
-        }
-        rx
+            .map_err(|e| broker("publish", e))?
+            .await
+            .map_err(|e| broker("publisher confirm", e))
     };
-    let acked = tokio::select! {
-        answer = confirmed => answer.map_err(|_| Error::Broker("the channel closed before the publisher confirm".into()))?,
-        () = session.lost.cancelled() => return Err(Error::Broker("the connection was lost before the publisher confirm".into())),
-        () = tokio::time::sleep(CONFIRM_TIMEOUT) => return Err(Error::Broker("no publisher confirm in time".into())),
-    };
-    if acked {
-        Ok(())
-    } else {
-        Err(Error::Broker(format!(
+    match tokio::time::timeout(CONFIRM_TIMEOUT, published).await {
+        Err(_) => Err(Error::Broker("no publisher confirm in time".into())),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(Confirmation::Ack(_))) => Ok(()),
+        Ok(Ok(Confirmation::Nack(_))) => Err(Error::Broker(format!(
             "the broker refused a message for {queue}"
-        )))
+        ))),
+        Ok(Ok(Confirmation::NotRequested)) => {
+            Err(Error::Broker("the channel is not in confirm mode".into()))
+        }
     }
 }
 
-/// Sets a header, replacing any value it had.
-fn set(table: &mut FieldTable, key: &str, value: FieldValue) {
-    let Ok(name) = FieldName::try_from(key) else {
-        return;
-    };
-    // amqprs counts the table's encoded size on insert without subtracting a replaced
-    // value: remove first, or the frame's length would be wrong.
-    table.remove(&name);
-    table.insert(name, value);
-}
-
-fn get<'a>(table: &'a FieldTable, key: &str) -> Option<&'a FieldValue> {
-    table.get(&FieldName::try_from(key).ok()?)
-}
-
+/// A header read as a number of attempts: any integer type, or a decimal string.
 fn header_u32(headers: &FieldTable, key: &str) -> Option<u32> {
-    let n: i64 = match get(headers, key)? {
-        FieldValue::l(v) => *v,
-        FieldValue::I(v) => i64::from(*v),
-        FieldValue::i(v) => i64::from(*v),
-        FieldValue::s(v) => i64::from(*v),
-        FieldValue::u(v) => i64::from(*v),
-        FieldValue::b(v) => i64::from(*v),
-        FieldValue::B(v) => i64::from(*v),
-        other @ FieldValue::S(_) => <&str>::try_from(other).ok()?.parse().ok()?,
+    let n: i64 = match headers.inner().get(key)? {
+        AMQPValue::LongLongInt(v) => *v,
+        AMQPValue::LongInt(v) => i64::from(*v),
+        AMQPValue::LongUInt(v) => i64::from(*v),
+        AMQPValue::ShortInt(v) => i64::from(*v),
+        AMQPValue::ShortUInt(v) => i64::from(*v),
+        AMQPValue::ShortShortInt(v) => i64::from(*v),
+        AMQPValue::ShortShortUInt(v) => i64::from(*v),
+        AMQPValue::LongString(v) => std::str::from_utf8(v.as_bytes())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?,
+        AMQPValue::ShortString(v) => v.as_str().trim().parse().ok()?,
         _ => return None,
     };
     u32::try_from(n).ok()
 }
 
+/// A header read as text: a long or short string that is UTF-8 and not empty.
 fn header_string(headers: &FieldTable, key: &str) -> Option<String> {
-    <&str>::try_from(get(headers, key)?).ok().map(str::to_owned)
+    let text = match headers.inner().get(key)? {
+        AMQPValue::LongString(v) => std::str::from_utf8(v.as_bytes()).ok()?,
+        AMQPValue::ShortString(v) => v.as_str(),
+        _ => return None,
+    };
+    Some(text.to_owned()).filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lapin::types::LongString;
+
+    fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (k, v) in entries {
+            t.insert((*k).into(), v.clone());
+        }
+        t
+    }
 
     #[test]
     fn attempt_headers_are_read_whatever_their_integer_type() {
-        let mut h = FieldTable::new();
-        set(&mut h, ATTEMPTS_HEADER, FieldValue::I(3));
-        assert_eq!(header_u32(&h, ATTEMPTS_HEADER), Some(3));
-        set(&mut h, ATTEMPTS_HEADER, FieldValue::from("4"));
-        assert_eq!(header_u32(&h, ATTEMPTS_HEADER), Some(4));
-        set(&mut h, ATTEMPTS_HEADER, FieldValue::l(-1));
+        let read = |v: AMQPValue| header_u32(&table(&[(ATTEMPTS_HEADER, v)]), ATTEMPTS_HEADER);
+        assert_eq!(read(AMQPValue::LongInt(3)), Some(3));
+        assert_eq!(read(AMQPValue::ShortShortUInt(2)), Some(2));
+        assert_eq!(read(AMQPValue::LongString("4".into())), Some(4));
+        assert_eq!(read(AMQPValue::ShortString("5".into())), Some(5));
+        assert_eq!(read(AMQPValue::LongLongInt(-1)), None);
+        assert_eq!(read(AMQPValue::LongLongInt(i64::MAX)), None);
+        assert_eq!(header_u32(&FieldTable::default(), ATTEMPTS_HEADER), None);
+    }
+
+    #[test]
+    fn hermes_headers_with_bytes_that_are_not_utf8_or_of_another_type_are_ignored() {
+        let bad = || LongString::from(vec![0xff, 0xfe, b'7']);
+        let h = table(&[
+            (ATTEMPTS_HEADER, AMQPValue::LongString(bad())),
+            (ID_HEADER, AMQPValue::ByteArray(vec![0xc3, 0x28].into())),
+        ]);
         assert_eq!(header_u32(&h, ATTEMPTS_HEADER), None);
-        assert_eq!(header_u32(&FieldTable::new(), ATTEMPTS_HEADER), None);
+        assert_eq!(header_string(&h, ID_HEADER), None);
+        let h = table(&[
+            (
+                ATTEMPTS_HEADER,
+                AMQPValue::FieldTable(FieldTable::default()),
+            ),
+            (ID_HEADER, AMQPValue::LongString(bad())),
+        ]);
+        assert_eq!(header_u32(&h, ATTEMPTS_HEADER), None);
+        assert_eq!(header_string(&h, ID_HEADER), None);
+        let h = table(&[(ID_HEADER, AMQPValue::LongString("m-1".into()))]);
+        assert_eq!(header_string(&h, ID_HEADER).as_deref(), Some("m-1"));
+        let h = table(&[(ID_HEADER, AMQPValue::LongString("".into()))]);
+        assert_eq!(header_string(&h, ID_HEADER), None);
     }
 
-    #[test]
-    fn a_replaced_header_leaves_the_table_the_size_of_its_values() {
-        let mut replaced = FieldTable::new();
-        set(
-            &mut replaced,
-            ATTEMPTS_HEADER,
-            FieldValue::from("a long first value"),
-        );
-        set(&mut replaced, ATTEMPTS_HEADER, FieldValue::l(2));
-        let mut fresh = FieldTable::new();
-        set(&mut fresh, ATTEMPTS_HEADER, FieldValue::l(2));
-        assert_eq!(replaced, fresh, "same entries and the same encoded length");
-    }
+    /// A listener that accepts one socket and never says a word of AMQP; the task ends
+    /// when the consumer closes the socket.
+    async fn silent_broker() -> (AmqpEndpoint, tokio::task::JoinHandle<()>) {
+        use tokio::io::AsyncReadExt;
 
-    #[test]
-    fn confirms_settle_one_tag_or_every_tag_up_to_a_multiple() {
-        let events = Events::default();
-        let mut answers = Vec::new();
-        for _ in 0..4 {
-            let (tx, rx) = oneshot::channel();
-            let mut c = events.confirms.lock();
-            c.last_tag += 1;
-            let tag = c.last_tag;
-            c.waiting.insert(tag, tx);
-            answers.push(rx);
-        }
-        events.settle(2, false, false);
-        events.settle(3, true, true);
-        let settled: Vec<Option<bool>> = answers.iter_mut().map(|rx| rx.try_recv().ok()).collect();
-        assert_eq!(settled, vec![Some(true), Some(false), Some(true), None]);
-        events.close("gone".into());
-        assert!(answers[3].try_recv().is_err(), "closing drops the waiters");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_broker_that_accepts_and_never_answers_fails_the_connect_after_the_timeout() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a loopback listener");
         let port = listener.local_addr().expect("its address").port();
-        // Accepts the socket and holds it open without a word of AMQP.
         let held = tokio::spawn(async move {
-            let (socket, _) = listener.accept().await.expect("the consumer connects");
-            std::future::pending::<()>().await;
-            drop(socket);
+            let (mut socket, _) = listener.accept().await.expect("the consumer connects");
+            let mut buf = [0u8; 64];
+            while socket.read(&mut buf).await.is_ok_and(|n| n > 0) {}
         });
         let endpoint = AmqpEndpoint::parse(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
             .expect("a valid URL");
+        (endpoint, held)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broker_that_accepts_and_never_answers_fails_the_connect_after_the_timeout() {
+        let (endpoint, held) = silent_broker().await;
         let started = tokio::time::Instant::now();
         // Paused time runs ahead while everything waits: without its timeout the connect
         // would fail this guard, not hang the test.
-        let error = match tokio::time::timeout(2 * CONNECT_TIMEOUT, open_connection(&endpoint))
-            .await
-            .expect("the connect gave up by itself")
-        {
-            Ok(_) => panic!("a silent broker gave a connection"),
-            Err(e) => e.to_string(),
-        };
+        let error =
+            match tokio::time::timeout(2 * CONNECT_TIMEOUT, open_connection(&endpoint, "test"))
+                .await
+                .expect("the connect gave up by itself")
+            {
+                Ok(_) => panic!("a silent broker gave a connection"),
+                Err(e) => e.to_string(),
+            };
         assert!(error.contains("no answer within 30s"), "{error}");
         assert!(started.elapsed() >= CONNECT_TIMEOUT, "gave up early");
         held.abort();
     }
 
+    #[tokio::test]
+    async fn a_connect_given_up_on_closes_its_socket() {
+        let (endpoint, held) = silent_broker().await;
+        let error = open_connection_within(&endpoint, "test", Duration::from_millis(300))
+            .await
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("no answer within 300ms")),
+            "{error:?}"
+        );
+        // The broker side reads the end of the socket lapin's thread was holding.
+        tokio::time::timeout(Duration::from_secs(10), held)
+            .await
+            .expect("the abandoned socket was closed")
+            .expect("the broker side ran");
+    }
+
     #[test]
-    fn amqps_urls_get_a_tls_connector_from_the_system_roots() {
-        assert!(tls("mq.example.com").is_ok());
-        let e = AmqpEndpoint::parse("amqps://u:p@mq.example.com/v").expect("valid");
-        let args = connection_args(&e).expect("arguments with TLS");
-        assert_eq!((args.get_port(), args.get_virtual_host()), (5671, "v"));
+    fn amqps_urls_get_a_tls_connector_from_the_system_roots_and_the_url_as_decoded() {
+        assert!(tls().is_ok());
+        let e = AmqpEndpoint::parse("amqps://us%40er:p%3Ass@mq.example.com/v%2Fx?heartbeat=7")
+            .expect("valid");
+        let uri = amqp_uri(&e);
+        assert_eq!(uri.scheme, AMQPScheme::AMQPS);
+        assert_eq!(
+            (
+                uri.authority.host.as_str(),
+                uri.authority.port,
+                uri.vhost.as_str()
+            ),
+            ("mq.example.com", 5671, "v/x")
+        );
+        assert_eq!(
+            (
+                uri.authority.userinfo.username.as_str(),
+                uri.authority.userinfo.password.as_str()
+            ),
+            ("us@er", "p:ss")
+        );
+        assert_eq!(uri.query.heartbeat, Some(7));
+        let plain = amqp_uri(&AmqpEndpoint::parse("amqp://rabbit").expect("valid"));
+        assert_eq!(
+            (plain.scheme, plain.authority.port, plain.vhost.as_str()),
+            (AMQPScheme::AMQP, 5672, "/")
+        );
+    }
+
+    #[test]
+    fn settings_debug_never_shows_the_url() {
+        let s = AmqpSettings {
+            url: "amqp://u:hunter2@h/".into(),
+            queue: "q".into(),
+            prefetch: 1,
+        };
+        assert!(!format!("{s:?}").contains("hunter2"));
     }
 
     #[test]
