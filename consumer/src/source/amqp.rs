@@ -33,8 +33,8 @@ use futures_util::StreamExt;
 use hermes_shared::config::AmqpEndpoint;
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::tcp::{AsyncTcpStream, RustlsConnector, RustlsConnectorConfig};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -43,6 +43,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::acks;
 use super::policy::{self, Backoff, Decision};
 use super::{Delivery, Incoming, Sink, Source};
 use crate::{Error, Result};
@@ -359,10 +360,13 @@ impl AmqpSource {
                 }
             })
         });
+        let (settled, batches) = tokio::sync::mpsc::unbounded_channel();
+        let acker = tokio::spawn(acks::run(channel.clone(), batches));
         let session = Session {
             channel: channel.clone(),
             settings: self.settings.clone(),
             delivery: self.delivery.clone(),
+            settled,
         };
         deliveries
             .for_each_concurrent(self.delivery.concurrency, |delivery| {
@@ -370,6 +374,9 @@ impl AmqpSource {
             })
             .await;
         canceller.abort();
+        // The last acknowledgements go out before the channel closes.
+        drop(session);
+        let _ = acker.await;
         if let Some(error) = failed.into_inner() {
             return Err(broker("the connection to RabbitMQ failed", error));
         }
@@ -402,6 +409,8 @@ struct Session {
     channel: Channel,
     settings: Arc<AmqpSettings>,
     delivery: Arc<Delivery>,
+    /// To the channel's acknowledgements, sent in batches ([`acks`]).
+    settled: tokio::sync::mpsc::UnboundedSender<acks::Settle>,
 }
 
 /// A durable queue declaration.
@@ -537,22 +546,18 @@ async fn handle(session: &Session, sink: &dyn Sink, delivery: AmqpDelivery) {
             settled
         }
     };
+    // Should the acknowledgement not make it (the connection is gone), the broker
+    // redelivers and the gateways drop the repeat.
+    let tag = delivery.delivery_tag;
     match settled {
         Ok(()) => {
             sink.count(SOURCE, decision.label());
-            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-                // The connection is gone: the broker redelivers, gateways drop the repeat.
-                tracing::warn!(%error, "ack failed");
-            }
+            let _ = session.settled.send(acks::Settle::Ack(tag));
         }
         Err(error) => {
             tracing::warn!(%error, "could not move a message aside; returning it to the queue");
             sink.count(SOURCE, "requeued");
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            };
-            let _ = delivery.acker.nack(requeue).await;
+            let _ = session.settled.send(acks::Settle::Requeue(tag));
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - The [`Sink`] is the processor (`crate::processor::Processor`): validate and route.
 //! - [`from_config`] builds the configured source.
 
+pub mod acks;
 pub mod amqp;
 pub mod policy;
 pub mod sqs;
