@@ -306,6 +306,48 @@ enum Cli {
         #[arg(long, default_value = "hermes-bench-queue-floor")]
         queue: String,
     },
+    /// The AMQP client's cost per consumed and acknowledged message: CPU and context
+    /// switches of a child process that consumes, parses and acks on one runtime thread
+    /// (see bench/src/amqp_cost.rs).
+    AmqpCost {
+        /// Messages per second.
+        #[arg(long, default_value_t = 5_000)]
+        rate: u64,
+        /// Seconds of measured publishing.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Seconds of publishing at the same rate before the measurement.
+        #[arg(long, default_value_t = 3)]
+        warmup_seconds: u64,
+        /// The consumer's prefetch (the Hermes consumer's default).
+        #[arg(long, default_value_t = 64)]
+        prefetch: u16,
+        /// The RabbitMQ URL.
+        #[arg(
+            long,
+            env = "HERMES_TEST_AMQP_URL",
+            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        )]
+        amqp_url: String,
+        /// The queue (declared durable, purged before the run).
+        #[arg(long, default_value = "hermes-bench-amqp-cost")]
+        queue: String,
+        /// How each message is acknowledged.
+        #[arg(long, value_enum, default_value = "source")]
+        ack: amqp_cost::Ack,
+    },
+    /// The measured consumer of `amqp-cost` (started by it).
+    #[command(hide = true)]
+    AmqpCostConsumer {
+        #[arg(long)]
+        amqp_url: String,
+        #[arg(long)]
+        queue: String,
+        #[arg(long)]
+        prefetch: u16,
+        #[arg(long, value_enum)]
+        ack: amqp_cost::Ack,
+    },
     /// The floor under a fan-out on this box: N loopback TCP pairs, one write and one read
     /// per pair, no server (see bench/src/floor.rs).
     Floor {
@@ -651,6 +693,38 @@ async fn main() -> Result<()> {
             println!("{}", queue_floor::run(&args).await?);
             Ok(())
         }
+        Cli::AmqpCost {
+            rate,
+            seconds,
+            warmup_seconds,
+            prefetch,
+            amqp_url,
+            queue,
+            ack,
+        } => {
+            let args = amqp_cost::AmqpCostArgs {
+                amqp_url,
+                queue,
+                rate,
+                seconds,
+                warmup_seconds,
+                prefetch,
+                ack,
+            };
+            println!("{}", amqp_cost::run(&args).await?);
+            Ok(())
+        }
+        // On a runtime of one thread of its own: this one's workers stay idle.
+        Cli::AmqpCostConsumer {
+            amqp_url,
+            queue,
+            prefetch,
+            ack,
+        } => {
+            tokio::task::spawn_blocking(move || amqp_cost::consume(amqp_url, queue, prefetch, ack))
+                .await
+                .context("the consumer thread")?
+        }
         Cli::Floor {
             pairs,
             rounds,
@@ -678,6 +752,7 @@ async fn main() -> Result<()> {
     }
 }
 
+mod amqp_cost;
 mod floor;
 mod holder;
 mod p3;

@@ -4,15 +4,14 @@
 //!
 //! - Hermes: RabbitMQ → `hermes-consumer` → `hermes-gateway serve` (another process) →
 //!   socket, both processes on the ScyllaDB/Cassandra registry of `scripts/services/up.sh`.
-//!   The publisher is pipelined: one AMQP channel in confirm mode, the broker's confirms
-//!   counted as they come in, so the schedule never waits for the broker.
+//!   The publisher is pipelined: one AMQP channel in confirm mode, each publish's confirm
+//!   awaited by a separate task, so the schedule never waits for the broker.
 //! - Centrifugo has no RabbitMQ consumer (v6.9.1: PostgreSQL outbox, Kafka, NATS JetStream,
 //!   Redis Streams, Google Pub/Sub, AWS SQS, Azure Service Bus): its nearest path is the
 //!   server HTTP API, `POST /api/publish` into each user's own channel (`bench:<user>`,
 //!   subscribed server-side through the connection JWT's `channels` claim), many requests
 //!   in flight over kept-alive connections.
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::IpAddr;
 use std::process::Stdio;
@@ -20,18 +19,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use amqprs::callbacks::{ChannelCallback, DefaultConnectionCallback};
-use amqprs::channel::{
-    BasicPublishArguments, Channel, ConfirmSelectArguments, QueueDeclareArguments,
-    QueuePurgeArguments,
-};
-use amqprs::connection::{Connection, OpenConnectionArguments};
-use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, DELIVERY_MODE_PERSISTENT, Nack, Return};
 use anyhow::{Context, Result, bail};
-use async_trait::async_trait;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use hermes_consumer::config::AmqpEndpoint;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -95,43 +90,23 @@ fn stride(sockets: usize) -> usize {
     s
 }
 
-/// Opens a connection to the broker at `url` (`amqp://user:password@host:port/vhost`; user,
-/// password and vhost percent-decoded, so `%2f` is the vhost `/`).
+/// Opens a connection to the broker at `url` (`amqp://user:password@host:port/vhost`, read
+/// by lapin: user, password and vhost percent-decoded, so `%2f` is the vhost `/`), on this
+/// tokio runtime.
 pub(crate) async fn amqp_connect(url: &str) -> Result<Connection> {
-    let args = amqp_arguments(url)?;
-    let connection = Connection::open(&args).await?;
-    // Without callbacks amqprs drops some of the server's frames.
-    connection
-        .register_callback(DefaultConnectionCallback)
-        .await?;
-    Ok(connection)
+    Ok(Connection::connect(url, ConnectionProperties::default()).await?)
 }
 
-/// amqprs's connection arguments for an AMQP URL, read as the consumer reads it
-/// ([`AmqpEndpoint`]: percent-decoded, unlike amqprs's own URI parsing, which would make the
-/// vhost of `.../%2f` `%2f`).
-fn amqp_arguments(url: &str) -> Result<OpenConnectionArguments> {
-    let e = AmqpEndpoint::parse(url).map_err(|why| anyhow::anyhow!("the AMQP URL {why}"))?;
-    if e.tls {
-        bail!("the bench speaks amqp://, not amqps://");
-    }
-    let mut args = OpenConnectionArguments::new(&e.host, e.port, &e.username, &e.password);
-    args.virtual_host(&e.vhost);
-    if let Some(seconds) = e.heartbeat {
-        args.heartbeat(seconds);
-    }
-    Ok(args)
-}
-
-/// P3's publisher: one channel in confirm mode on a durable queue. The broker's confirms come
-/// in through the channel's callback ([`Confirmer`]), so the schedule never waits for them.
+/// P3's publisher: one channel in confirm mode on a durable queue. Each publish's confirm is
+/// awaited by a task of its own ([`Publisher::finish`] collects them), so the schedule never
+/// waits for the broker.
 pub(crate) struct Publisher {
     channel: Channel,
-    args: BasicPublishArguments,
-    properties: BasicProperties,
-    /// Messages handed to the channel: the delivery tag of the last one.
-    published: AtomicU64,
-    settled: tokio::sync::watch::Receiver<Settled>,
+    queue: String,
+    confirms: tokio::sync::mpsc::UnboundedSender<PublisherConfirm>,
+    acked: Arc<AtomicU64>,
+    nacked: Arc<AtomicU64>,
+    confirmer: tokio::task::JoinHandle<()>,
 }
 
 /// What became of a publisher's messages.
@@ -142,83 +117,6 @@ pub(crate) struct Confirms {
     pub complete: bool,
 }
 
-/// The delivery tags the broker has confirmed (acked or nacked), each counted once.
-#[derive(Default)]
-struct Settled {
-    /// Every tag up to this one is settled.
-    through: u64,
-    /// Tags above `through` settled one by one, ahead of a tag below them.
-    above: BTreeSet<u64>,
-    acked: u64,
-    nacked: u64,
-    /// The broker closed the channel: no more confirms will come.
-    closed: bool,
-}
-
-impl Settled {
-    /// Settles `tag` (with `multiple`, also every tag below it); returns how many tags this
-    /// settled that were not settled before.
-    fn settle(&mut self, tag: u64, multiple: bool) -> u64 {
-        if tag <= self.through {
-            return 0;
-        }
-        let newly = if multiple {
-            let keep = self.above.split_off(&tag.saturating_add(1));
-            let singles = std::mem::replace(&mut self.above, keep).len() as u64;
-            let newly = tag - self.through - singles;
-            self.through = tag;
-            newly
-        } else {
-            u64::from(self.above.insert(tag))
-        };
-        while self.above.remove(&(self.through + 1)) {
-            self.through += 1;
-        }
-        newly
-    }
-
-    fn count(&self) -> u64 {
-        self.through + self.above.len() as u64
-    }
-}
-
-/// The publisher channel's callback: counts the broker's acks and nacks into [`Settled`].
-struct Confirmer(tokio::sync::watch::Sender<Settled>);
-
-type AmqpResult<T> = std::result::Result<T, amqprs::error::Error>;
-
-#[async_trait]
-impl ChannelCallback for Confirmer {
-    async fn close(&mut self, _: &Channel, close: CloseChannel) -> AmqpResult<()> {
-        eprintln!("[publisher] the broker closed the channel: {close}");
-        self.0.send_modify(|s| s.closed = true);
-        Ok(())
-    }
-
-    async fn cancel(&mut self, _: &Channel, _: Cancel) -> AmqpResult<()> {
-        Ok(())
-    }
-
-    async fn flow(&mut self, _: &Channel, _active: bool) -> AmqpResult<bool> {
-        Ok(true)
-    }
-
-    async fn publish_ack(&mut self, _: &Channel, ack: Ack) {
-        self.0.send_modify(|s| {
-            s.acked += s.settle(ack.delivery_tag(), ack.mutiple());
-        });
-    }
-
-    async fn publish_nack(&mut self, _: &Channel, nack: Nack) {
-        self.0.send_modify(|s| {
-            s.nacked += s.settle(nack.delivery_tag(), nack.multiple());
-        });
-    }
-
-    /// Not `mandatory`: nothing is returned.
-    async fn publish_return(&mut self, _: &Channel, _: Return, _: BasicProperties, _: Vec<u8>) {}
-}
-
 impl Publisher {
     /// Declares `queue` (durable) on a new channel of `connection`, purges it and puts the
     /// channel in confirm mode.
@@ -226,24 +124,43 @@ impl Publisher {
         if queue.len() > 255 {
             bail!("the queue name is longer than AMQP's 255 bytes: {queue}");
         }
-        let channel = connection.open_channel(None).await?;
-        let (settled_tx, settled) = tokio::sync::watch::channel(Settled::default());
-        channel.register_callback(Confirmer(settled_tx)).await?;
+        let channel = connection.create_channel().await?;
         channel
-            .queue_declare(QueueDeclareArguments::durable_client_named(queue))
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
             .await?;
-        channel.queue_purge(QueuePurgeArguments::new(queue)).await?;
         channel
-            .confirm_select(ConfirmSelectArguments::default())
+            .queue_purge(queue.into(), QueuePurgeOptions::default())
             .await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let (confirms, mut rx) = tokio::sync::mpsc::unbounded_channel::<PublisherConfirm>();
+        let acked = Arc::new(AtomicU64::new(0));
+        let nacked = Arc::new(AtomicU64::new(0));
+        let confirmer = {
+            let (acked, nacked) = (acked.clone(), nacked.clone());
+            tokio::spawn(async move {
+                // Confirms come in publishing order: awaiting them one after the other waits
+                // no longer than the last one.
+                while let Some(c) = rx.recv().await {
+                    match c.await {
+                        Ok(c) if c.is_ack() => acked.fetch_add(1, Ordering::SeqCst),
+                        _ => nacked.fetch_add(1, Ordering::SeqCst),
+                    };
+                }
+            })
+        };
         Ok(Self {
             channel,
-            args: BasicPublishArguments::new("", queue),
-            properties: BasicProperties::default()
-                .with_delivery_mode(DELIVERY_MODE_PERSISTENT)
-                .finish(),
-            published: AtomicU64::new(0),
-            settled,
+            queue: queue.to_owned(),
+            confirms,
+            acked,
+            nacked,
+            confirmer,
         })
     }
 
@@ -257,38 +174,37 @@ impl Publisher {
             "data": {"n": n, "sent_us": now_micros()},
         })
         .to_string();
-        self.channel
+        let confirm = self
+            .channel
             .basic_publish(
-                self.properties.clone(),
-                body.into_bytes(),
-                self.args.clone(),
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
             )
             .await
             .context("basic.publish")?;
-        self.published.fetch_add(1, Ordering::SeqCst);
+        let _ = self.confirms.send(confirm);
         Ok(())
     }
 
     /// Waits up to 30 s for the confirms still out.
     pub(crate) async fn finish(self) -> Confirms {
-        let published = self.published.load(Ordering::SeqCst);
-        let mut settled = self.settled;
-        // Returns early (an error) if the channel's callback is gone with the connection.
+        drop(self.confirms);
+        let complete = tokio::time::timeout(Duration::from_secs(30), self.confirmer)
+            .await
+            .is_ok();
         let _ = tokio::time::timeout(
-            Duration::from_secs(30),
-            settled.wait_for(|s| s.closed || s.count() >= published),
+            Duration::from_secs(5),
+            self.channel.close(200, "done".into()),
         )
         .await;
-        let confirms = {
-            let s = settled.borrow();
-            Confirms {
-                acked: s.acked,
-                nacked: s.nacked,
-                complete: s.count() >= published,
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.channel.close()).await;
-        confirms
+        Confirms {
+            acked: self.acked.load(Ordering::SeqCst),
+            nacked: self.nacked.load(Ordering::SeqCst),
+            complete,
+        }
     }
 }
 
@@ -722,7 +638,7 @@ async fn hermes(o: &Options, a: &P3Args) -> Result<Value> {
     holders.stop().await;
     drop(consumer);
     drop(gateway);
-    let _ = amqp.close().await;
+    let _ = amqp.close(200, "done".into()).await;
     Ok(out)
 }
 
@@ -828,55 +744,4 @@ async fn open_sockets(server: &str, targets: Vec<Target>, a: &P3Args) -> Result<
         holders.open, holders.failed, holders.connect_seconds
     );
     Ok(holders)
-}
-
-#[cfg(test)]
-mod tests {
-    use amqprs::security::SecurityCredentials;
-
-    use super::*;
-
-    #[test]
-    fn the_amqp_url_is_percent_decoded_into_user_password_and_vhost() -> Result<()> {
-        let a = amqp_arguments("amqp://guest:guest@127.0.0.1:5672/%2f")?;
-        assert_eq!(
-            (a.get_host(), a.get_port(), a.get_virtual_host()),
-            ("127.0.0.1", 5672, "/")
-        );
-        assert!(*a.get_credentials() == SecurityCredentials::new_plain("guest", "guest"));
-
-        let a = amqp_arguments("amqp://us%40er:p%3Ass@rabbit/hermes%2Fp3?heartbeat=10")?;
-        assert_eq!(
-            (a.get_host(), a.get_port(), a.get_virtual_host()),
-            ("rabbit", 5672, "hermes/p3")
-        );
-        assert_eq!(a.get_heartbeat(), 10);
-        assert!(*a.get_credentials() == SecurityCredentials::new_plain("us@er", "p:ss"));
-
-        for url in ["amqp://rabbit", "amqp://rabbit/"] {
-            let a = amqp_arguments(url)?;
-            assert_eq!(a.get_virtual_host(), "/", "{url}");
-            assert!(*a.get_credentials() == SecurityCredentials::new_plain("guest", "guest"));
-        }
-        assert_eq!(amqp_arguments("amqp://[::1]:5673/")?.get_host(), "::1");
-        assert!(amqp_arguments("amqps://rabbit/").is_err());
-        Ok(())
-    }
-
-    #[test]
-    fn each_delivery_tag_is_settled_once() {
-        let mut s = Settled::default();
-        assert_eq!(s.settle(1, false), 1);
-        assert_eq!(s.settle(3, false), 1); // ahead of 2
-        assert_eq!(s.settle(3, false), 0);
-        assert_eq!((s.through, s.count()), (1, 2));
-        assert_eq!(s.settle(5, true), 3); // 2, 4 and 5; 3 was settled
-        assert_eq!((s.through, s.count()), (5, 5));
-        assert_eq!(s.settle(4, true), 0);
-        assert_eq!(s.settle(7, false), 1);
-        assert_eq!(s.settle(6, false), 1); // fills the gap: through 7
-        assert_eq!((s.through, s.count(), s.above.len()), (7, 7, 0));
-        assert_eq!(s.settle(10, true), 3);
-        assert_eq!(s.count(), 10);
-    }
 }

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use amqprs::callbacks::DefaultChannelCallback;
-use amqprs::channel::{BasicAckArguments, BasicConsumeArguments, BasicQosArguments};
 use anyhow::{Context, Result, bail};
 use futures_util::TryStreamExt;
 use hdrhistogram::Histogram;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
 use crate::p3::{Publisher, Watch, amqp_connect, cpu_percent, pids_named, schedule, ticks, user};
@@ -50,18 +50,16 @@ pub async fn run(a: &QueueFloorArgs) -> Result<Value> {
     let consumer_conn = amqp_connect(&a.amqp_url)
         .await
         .context("connect the consumer")?;
-    let consumer_channel = consumer_conn.open_channel(None).await?;
+    let consumer_channel = consumer_conn.create_channel().await?;
     consumer_channel
-        .register_callback(DefaultChannelCallback)
+        .basic_qos(a.prefetch, BasicQosOptions::default())
         .await?;
-    consumer_channel
-        .basic_qos(BasicQosArguments::new(0, a.prefetch, false))
-        .await?;
-    let (_, deliveries) = consumer_channel
-        .basic_consume_rx(
-            BasicConsumeArguments::new(&a.queue, "hermes-bench-queue-floor")
-                .manual_ack(true)
-                .finish(),
+    let deliveries = consumer_channel
+        .basic_consume(
+            a.queue.as_str().into(),
+            "hermes-bench-queue-floor".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
         )
         .await?;
     let tally = Arc::new(Tally::default());
@@ -70,19 +68,14 @@ pub async fn run(a: &QueueFloorArgs) -> Result<Value> {
         // No more than the prefetch can be unacknowledged at once anyway.
         let in_flight = usize::from(a.prefetch.max(1));
         tokio::spawn(async move {
-            let channel = &consumer_channel;
             let tally = &tally;
-            let deliveries = futures_util::stream::unfold(deliveries, |mut rx| async move {
-                rx.recv().await.map(|m| (Ok(m), rx))
-            });
-            // Ends at the first failed ack, as a consumer whose channel is gone would.
+            // Ends at the first failed delivery or ack, as a consumer whose channel is gone
+            // would.
             let _ = deliveries
                 .try_for_each_concurrent(in_flight, |d| async move {
                     let now = now_micros();
-                    let sent = d
-                        .content
-                        .as_deref()
-                        .and_then(|body| serde_json::from_slice::<Value>(body).ok())
+                    let sent = serde_json::from_slice::<Value>(&d.data)
+                        .ok()
                         .and_then(|v| v["data"]["sent_us"].as_u64());
                     if let (Some(sent), Some(h)) = (
                         sent,
@@ -95,14 +88,7 @@ pub async fn run(a: &QueueFloorArgs) -> Result<Value> {
                         let _ = h.record(now.saturating_sub(sent).max(1));
                     }
                     tally.received.fetch_add(1, Ordering::SeqCst);
-                    match d.deliver {
-                        Some(deliver) => {
-                            channel
-                                .basic_ack(BasicAckArguments::new(deliver.delivery_tag(), false))
-                                .await
-                        }
-                        None => Ok(()),
-                    }
+                    d.ack(BasicAckOptions::default()).await.map(|_| ())
                 })
                 .await;
         })
@@ -153,8 +139,9 @@ pub async fn run(a: &QueueFloorArgs) -> Result<Value> {
         .take()
         .context("no histogram")?;
     consumer.abort();
-    let _ = consumer_conn.close().await;
-    let _ = connection.close().await;
+    drop(consumer_channel);
+    let _ = consumer_conn.close(200, "done".into()).await;
+    let _ = connection.close(200, "done".into()).await;
     Ok(json!({
         "scenario": "queue_floor",
         "path": "RabbitMQ (persistent, publisher confirms) -> one AMQP consumer that acks; no server",

@@ -1,6 +1,7 @@
-//! `hermes-consumer`: pulls messages from RabbitMQ (`amqp`) or SQS (`sqs`), validates
-//! them (`processor`), routes each to the gateways holding its targets through the shared
-//! `Router`, and acknowledges a message only once its routing outcome is known.
+//! `hermes-consumer`: pulls messages from RabbitMQ or SQS (`source`: `source::amqp`,
+//! `source::sqs`), validates them (`processor`, the sources' sink), routes each to the
+//! gateways holding its targets through the shared `Router`, and acknowledges a message only
+//! once its routing outcome is known.
 //!
 //! Outcomes: delivered → ack; transient failure (registry down, a gateway not answering)
 //! → retried after a backoff delay, dead-lettered after `HERMES_MAX_ATTEMPTS`; invalid
@@ -8,12 +9,11 @@
 //!
 //! It must not hold sockets: gateways do.
 
-pub mod amqp;
 pub mod config;
 pub mod kube;
 pub mod processor;
 pub mod run;
-pub mod sqs;
+pub mod source;
 
 /// Errors of the consumer.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,8 @@ pub enum Error {
         #[source]
         source: ::kube::Error,
     },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     #[error("server failed: {0}")]
     Server(#[from] std::io::Error),
 }

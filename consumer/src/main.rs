@@ -27,27 +27,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    // One thread by default: routing a message is mostly waiting, and handing it between
-    // threads costs more CPU than it saves (docs/consumer.md, Measured).
-    let threads = config.threads;
-    let system = actix_web::rt::System::with_tokio_rt(move || {
-        let mut builder = if threads == 1 {
-            tokio::runtime::Builder::new_current_thread()
-        } else {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(threads);
-            b
-        };
-        builder
-            .enable_all()
-            .thread_name("hermes-consumer")
-            .build()
-            .unwrap_or_else(|e| {
-                eprintln!("hermes-consumer: cannot start the runtime: {e}");
-                std::process::exit(1)
-            })
-    });
-    match system.block_on(hermes_consumer::run::run(config)) {
+    match hermes_consumer::run::block_on(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hermes-consumer: {e}");

@@ -1,43 +1,18 @@
-//! From a queue message's bytes to a verdict: what the source must do with it.
+//! From a queue message's bytes to its routing outcome: the [`Sink`] every source hands
+//! its messages to.
 
 use std::sync::Arc;
 
 use hermes_shared::metrics::Metrics;
 use hermes_shared::router::Router;
-use hermes_shared::wire::{PublishMessage, RouteOutcome};
+use hermes_shared::wire::PublishMessage;
 
-/// What the source does with a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Every target gateway answered (or its connections were proven gone): acknowledge.
-    Delivered(RouteOutcome),
-    /// A transient failure: deliver again later (the message id makes it idempotent).
-    Retry { reason: String },
-    /// The message can never be delivered: dead-letter it at once with the reason.
-    Poison { reason: String },
-}
-
-impl Verdict {
-    /// A metric label.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Verdict::Delivered(_) => "delivered",
-            Verdict::Retry { .. } => "retried",
-            Verdict::Poison { .. } => "dead_lettered",
-        }
-    }
-}
+use crate::source::{Incoming, Outcome, Routed, Sink};
 
 /// Validates and routes queue messages.
 pub struct Processor {
     router: Router,
     metrics: Arc<Metrics>,
-}
-
-/// Reasons a message is dead-lettered (metric labels of `hermes_dead_letters_total`).
-pub mod reason {
-    pub const INVALID: &str = "invalid_message";
-    pub const EXHAUSTED: &str = "attempts_exhausted";
 }
 
 impl Processor {
@@ -48,64 +23,61 @@ impl Processor {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
+}
 
-    /// Routes one message. `fallback_id` (the broker's message id) is used as the
-    /// de-duplication id when the body carries none, so a redelivery is not pushed twice;
-    /// `sent_at` (the broker's send time, ms since the epoch) stands in for a missing
-    /// `published_at`, the start of the end-to-end latency the gateways measure.
-    /// Returns the verdict and the id the message was routed under.
-    pub async fn process(
-        &self,
-        body: &[u8],
-        fallback_id: Option<&str>,
-        sent_at: Option<u64>,
-    ) -> (Verdict, Option<String>) {
-        let mut message = match PublishMessage::parse(body) {
+#[async_trait::async_trait]
+impl Sink for Processor {
+    /// Routes one message. The broker's id is used as the de-duplication id when the body
+    /// carries none, so a redelivery is not pushed twice; the broker's send time stands in
+    /// for a missing `published_at`, the start of the end-to-end latency the gateways
+    /// measure.
+    async fn route(&self, incoming: Incoming<'_>) -> Routed {
+        let mut message = match PublishMessage::parse(incoming.body) {
             Ok(m) => m,
             Err(e) => {
-                return (
-                    Verdict::Poison {
+                return Routed {
+                    outcome: Outcome::DeadLetter {
                         reason: e.to_string(),
                     },
-                    None,
-                );
+                    id: None,
+                };
             }
         };
         if message.id.is_none() {
-            message.id = fallback_id.map(str::to_owned);
+            message.id = incoming.fallback_id.map(str::to_owned);
         }
         if message.published_at.is_none() {
-            message.published_at = sent_at;
+            message.published_at = incoming.sent_at;
         }
         if message.id.is_none() {
             message.id = Some(hermes_shared::ids::new_message_id());
         }
-        let id = message.id.clone();
-        let verdict = match self.router.publish(&message).await {
-            Ok(outcome) if outcome.failed.is_empty() => Verdict::Delivered(outcome),
-            Ok(outcome) => Verdict::Retry {
+        let outcome = match self.router.publish(&message).await {
+            Ok(outcome) if outcome.failed.is_empty() => Outcome::Ack,
+            Ok(outcome) => Outcome::Retry {
                 reason: format!("gateways did not answer: {}", outcome.failed.join(", ")),
             },
-            Err(e) if e.is_transient() => Verdict::Retry {
+            Err(e) if e.is_transient() => Outcome::Retry {
                 reason: e.to_string(),
             },
-            Err(e) => Verdict::Poison {
+            Err(e) => Outcome::DeadLetter {
                 reason: e.to_string(),
             },
         };
-        (verdict, id)
+        Routed {
+            outcome,
+            id: message.id,
+        }
     }
 
-    /// Counts a message's final outcome for `source`.
-    pub fn count(&self, source: &str, outcome: &str) {
+    fn count(&self, source: &str, outcome: &str) {
         self.metrics
             .queue_messages
             .with_label_values(&[source, outcome])
             .inc();
     }
 
-    /// Counts a dead letter.
-    pub fn count_dead_letter(&self, reason: &str) {
+    fn count_dead_letter(&self, reason: &str) {
         self.metrics.dead_letters.with_label_values(&[reason]).inc();
     }
 }
@@ -132,27 +104,41 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn invalid_messages_are_poison_with_a_reason() {
-        let p = processor(Arc::new(MemoryRegistry::new()));
-        let (v, _) = p.process(b"{\"user_id\":\"u\"}", None, None).await;
-        assert!(matches!(v, Verdict::Poison { reason } if reason.contains("room_id")));
-        let (v, _) = p.process(b"\xff\xfe", None, None).await;
-        assert!(matches!(v, Verdict::Poison { .. }));
+    async fn route(
+        p: &Processor,
+        body: &[u8],
+        fallback_id: Option<&str>,
+        sent_at: Option<u64>,
+    ) -> Routed {
+        p.route(Incoming {
+            body,
+            fallback_id,
+            sent_at,
+        })
+        .await
     }
 
     #[tokio::test]
-    async fn a_room_nobody_holds_is_delivered_to_nobody() {
+    async fn invalid_messages_are_dead_lettered_with_a_reason() {
         let p = processor(Arc::new(MemoryRegistry::new()));
-        let (v, id) = p
-            .process(
-                br#"{"user_id":"u","room_id":"r","data":1}"#,
-                Some("mid-1"),
-                None,
-            )
-            .await;
-        assert!(matches!(v, Verdict::Delivered(o) if o.gateways == 0));
-        assert_eq!(id.as_deref(), Some("mid-1"));
+        let r = route(&p, b"{\"user_id\":\"u\"}", None, None).await;
+        assert!(matches!(r.outcome, Outcome::DeadLetter { reason } if reason.contains("room_id")));
+        let r = route(&p, b"\xff\xfe", None, None).await;
+        assert!(matches!(r.outcome, Outcome::DeadLetter { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_room_nobody_holds_is_acknowledged_under_the_broker_id() {
+        let p = processor(Arc::new(MemoryRegistry::new()));
+        let r = route(
+            &p,
+            br#"{"user_id":"u","room_id":"r","data":1}"#,
+            Some("mid-1"),
+            None,
+        )
+        .await;
+        assert_eq!(r.outcome, Outcome::Ack);
+        assert_eq!(r.id.as_deref(), Some("mid-1"));
     }
 
     #[tokio::test]
@@ -174,14 +160,14 @@ mod tests {
             .await
             .expect("add");
         let p = processor(registry);
-        let (v, _) = p
-            .process(
-                br#"{"user_id":"u","room_id":"r","data":1,"id":"m"}"#,
-                None,
-                None,
-            )
-            .await;
-        assert!(matches!(v, Verdict::Retry { .. }), "{v:?}");
+        let r = route(
+            &p,
+            br#"{"user_id":"u","room_id":"r","data":1,"id":"m"}"#,
+            None,
+            None,
+        )
+        .await;
+        assert!(matches!(r.outcome, Outcome::Retry { .. }), "{r:?}");
     }
 
     struct Recorder(parking_lot::Mutex<Vec<hermes_shared::wire::DeliverRequest>>);
@@ -222,13 +208,15 @@ mod tests {
             Router::new(registry, client, Some(local), metrics.clone()),
             metrics,
         );
-        p.process(
+        route(
+            &p,
             br#"{"user_id":"u","room_id":"r","data":1}"#,
             None,
             Some(1234),
         )
         .await;
-        p.process(
+        route(
+            &p,
             br#"{"user_id":"u","room_id":"r","data":1,"published_at":99}"#,
             None,
             Some(1234),

@@ -1,6 +1,6 @@
 //! Starting and stopping a consumer.
 //!
-//! Order: open the registry, start the Kubernetes tasks if configured (EndpointSlice view,
+//! Order: build the source the configuration names, open the registry, start the Kubernetes tasks if configured (EndpointSlice view,
 //! Lease, reaper), build the router (no local gateway; the EndpointSlice view as its
 //! directory), serve `/metrics`, `/healthz`, `/readyz`, run the source. On SIGTERM/SIGINT
 //! the source stops taking new messages, finishes the ones in flight (acknowledging each
@@ -10,18 +10,16 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::config::{ConsumerConfig, SourceConfig};
+use crate::config::ConsumerConfig;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use hermes_shared::metrics::Metrics;
 use hermes_shared::router::GatewayClient;
 use hermes_shared::router::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::{AmqpSettings, AmqpSource};
 use crate::kube::Kube;
 use crate::processor::Processor;
-use crate::sqs::{SqsSettings, SqsSource};
-use crate::{Error, Result};
+use crate::{Error, Result, source};
 
 struct Probe {
     metrics: Arc<Metrics>,
@@ -46,8 +44,27 @@ async fn readyz(p: web::Data<Probe>) -> HttpResponse {
     }
 }
 
+/// Runs the consumer until SIGTERM/SIGINT on a runtime of `config.threads` threads: one by
+/// default, since routing a message is mostly waiting and handing it between threads costs
+/// more CPU than it saves (docs/consumer.md, Measured).
+pub fn block_on(config: ConsumerConfig) -> Result<()> {
+    let threads = config.threads;
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder.enable_all().thread_name("hermes-consumer");
+    let runtime = builder.build().map_err(Error::Runtime)?;
+    let system = actix_web::rt::System::with_tokio_rt(move || runtime);
+    system.block_on(run(config))
+}
+
 /// Runs the consumer until SIGTERM/SIGINT.
 pub async fn run(config: ConsumerConfig) -> Result<()> {
+    let source = source::from_config(&config).await?;
     let metrics = Arc::new(Metrics::new());
     let registry = hermes_shared::registry::connect(
         &config.registry,
@@ -106,43 +123,8 @@ pub async fn run(config: ConsumerConfig) -> Result<()> {
         signal_token.cancel();
     });
 
-    let result = match &config.source {
-        SourceConfig::Amqp {
-            url,
-            queue,
-            prefetch,
-        } => {
-            AmqpSource::new(AmqpSettings {
-                url: url.clone(),
-                queue: queue.clone(),
-                prefetch: *prefetch,
-                max_attempts: config.max_attempts,
-                retry_delays: config.retry_delays.clone(),
-                concurrency: config.concurrency,
-            })
-            .run(processor, ready, shutdown.clone())
-            .await
-        }
-        SourceConfig::Sqs {
-            queue_url,
-            dead_letter_queue_url,
-            wait,
-            visibility,
-        } => {
-            SqsSource::new(SqsSettings {
-                queue_url: queue_url.clone(),
-                dead_letter_queue_url: dead_letter_queue_url.clone(),
-                wait: *wait,
-                visibility: *visibility,
-                max_attempts: config.max_attempts,
-                retry_delays: config.retry_delays.clone(),
-                concurrency: config.concurrency,
-            })
-            .await?
-            .run(processor, ready, shutdown.clone())
-            .await
-        }
-    };
+    tracing::info!(source = source.name(), "starting the source");
+    let result = source.run(processor, ready, shutdown.clone()).await;
     // The source has stopped (or failed): stop the Kubernetes tasks too, releasing the Lease.
     shutdown.cancel();
     if let Some(kube) = kube {

@@ -116,10 +116,12 @@ pub struct AmqpPublisher {
 
 impl AmqpPublisher {
     pub fn new() -> Self {
-        Self {
-            url: crate::amqp_url(),
-            channel: None,
-        }
+        Self::with_url(crate::amqp_url())
+    }
+
+    /// A publisher to the broker at `url` (a proxy in front of the test RabbitMQ, say).
+    pub fn with_url(url: String) -> Self {
+        Self { url, channel: None }
     }
 
     async fn channel(&mut self) -> Result<&Channel, lapin::Error> {
@@ -160,9 +162,19 @@ impl AmqpPublisher {
     /// Publishes one persistent message; retries (reconnecting) until the broker confirms
     /// it or the deadline passes.
     pub async fn publish(&mut self, queue: &str, body: &[u8]) {
+        self.publish_with(
+            queue,
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await;
+    }
+
+    /// Publishes one message with `properties`, as [`Self::publish`].
+    pub async fn publish_with(&mut self, queue: &str, body: &[u8], properties: BasicProperties) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
-            match self.try_publish(queue, body).await {
+            match self.try_publish(queue, body, properties.clone()).await {
                 Ok(()) => return,
                 Err(error) => {
                     self.channel = None;
@@ -176,7 +188,12 @@ impl AmqpPublisher {
         }
     }
 
-    async fn try_publish(&mut self, queue: &str, body: &[u8]) -> Result<(), String> {
+    async fn try_publish(
+        &mut self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), String> {
         let ch = self.channel().await.map_err(|e| e.to_string())?;
         let confirm = ch
             .basic_publish(
@@ -184,7 +201,7 @@ impl AmqpPublisher {
                 queue.into(),
                 BasicPublishOptions::default(),
                 body,
-                BasicProperties::default().with_delivery_mode(2),
+                properties,
             )
             .await
             .map_err(|e| e.to_string())?
@@ -199,11 +216,7 @@ impl AmqpPublisher {
 
     /// Takes one message from `queue`: its body and its headers as strings.
     pub async fn get(&mut self, queue: &str) -> Option<(Vec<u8>, Vec<(String, String)>)> {
-        let ch = self.channel().await.expect("RabbitMQ reachable");
-        let got = ch
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await
-            .expect("basic.get")?;
+        let got = self.get_raw(queue).await?;
         let headers = got
             .delivery
             .properties
@@ -225,6 +238,14 @@ impl AmqpPublisher {
             })
             .unwrap_or_default();
         Some((got.delivery.data.clone(), headers))
+    }
+
+    /// Takes one message from `queue` as lapin reads it.
+    pub async fn get_raw(&mut self, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+        let ch = self.channel().await.expect("RabbitMQ reachable");
+        ch.basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
     }
 }
 

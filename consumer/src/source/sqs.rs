@@ -44,7 +44,8 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::processor::{Processor, Verdict, reason};
+use super::policy::{self, Backoff, Decision};
+use super::{Delivery, Incoming, Sink, Source};
 use crate::{Error, Result};
 
 /// The metric label of this source.
@@ -57,8 +58,6 @@ pub const ATTEMPTS_ATTRIBUTE: &str = "hermes-attempts";
 const MAX_BATCH: usize = 10;
 const MAX_MESSAGE_ATTRIBUTES: usize = 10;
 const MAX_VISIBILITY_SECS: u64 = 43_200;
-/// Longest dead-letter reason kept in the attribute.
-const MAX_REASON_CHARS: usize = 1000;
 
 /// Settings of the SQS source.
 #[derive(Debug, Clone)]
@@ -67,28 +66,13 @@ pub struct SqsSettings {
     pub dead_letter_queue_url: Option<String>,
     pub wait: Duration,
     pub visibility: Duration,
-    pub max_attempts: u32,
-    pub retry_delays: Vec<Duration>,
-    pub concurrency: usize,
-}
-
-impl SqsSettings {
-    /// The backoff before the next delivery after failed attempt number `attempt` (1-based);
-    /// the last delay repeats.
-    pub fn retry_delay(&self, attempt: u32) -> Duration {
-        let index = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
-        self.retry_delays
-            .get(index)
-            .or_else(|| self.retry_delays.last())
-            .copied()
-            .unwrap_or(Duration::from_secs(1))
-    }
 }
 
 /// Pulls messages from SQS.
 pub struct SqsSource {
     client: Client,
     settings: Arc<SqsSettings>,
+    delivery: Delivery,
 }
 
 fn broker(context: &str, e: impl std::fmt::Display) -> Error {
@@ -131,11 +115,11 @@ fn visibility_secs(d: Duration) -> i32 {
 
 impl SqsSource {
     /// Builds the client from the standard `AWS_*` environment.
-    pub async fn new(settings: SqsSettings) -> Result<Self> {
+    pub async fn new(settings: SqsSettings, delivery: Delivery) -> Result<Self> {
         if settings.queue_url.trim().is_empty() {
             return Err(Error::Broker("the SQS queue URL is empty".into()));
         }
-        if settings.retry_delays.is_empty() {
+        if delivery.policy.delays.is_empty() {
             return Err(Error::Broker("no retry delays configured".into()));
         }
         let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
@@ -147,22 +131,33 @@ impl SqsSource {
         Ok(Self {
             client: Client::new(&config),
             settings: Arc::new(settings),
+            delivery,
         })
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for SqsSource {
+    fn name(&self) -> &'static str {
+        SOURCE
     }
 
     /// Runs until `shutdown`; `ready` is true while messages are being received.
-    pub async fn run(
-        self,
-        processor: Arc<Processor>,
+    async fn run(
+        self: Box<Self>,
+        sink: Arc<dyn Sink>,
         ready: Arc<AtomicBool>,
         shutdown: CancellationToken,
     ) -> Result<()> {
+        let this = *self;
         let worker = Arc::new(Worker {
-            client: self.client,
-            settings: self.settings,
-            processor,
+            client: this.client,
+            settings: this.settings,
+            delivery: this.delivery,
+            sink,
         });
         let s = &worker.settings;
+        let concurrency = worker.delivery.concurrency;
         if worker.inspect_queue().await {
             ready.store(true, Ordering::Release);
         }
@@ -171,13 +166,13 @@ impl SqsSource {
             dead_letter_queue_url = s.dead_letter_queue_url.as_deref().unwrap_or("(none)"),
             wait_s = s.wait.as_secs(),
             visibility_s = s.visibility.as_secs(),
-            concurrency = s.concurrency,
+            concurrency,
             "consuming from SQS"
         );
 
-        let slots = Arc::new(Semaphore::new(s.concurrency.max(1)));
+        let slots = Arc::new(Semaphore::new(concurrency.max(1)));
         let mut batches = JoinSet::new();
-        let mut backoff = Duration::from_millis(250);
+        let mut backoff = Backoff::new();
         loop {
             // Reap finished batches (their panics are logged, never fatal).
             while let Some(done) = batches.try_join_next() {
@@ -206,7 +201,7 @@ impl SqsSource {
             match received {
                 Ok(messages) => {
                     ready.store(true, Ordering::Release);
-                    backoff = Duration::from_millis(250);
+                    backoff.reset();
                     if messages.is_empty() {
                         continue;
                     }
@@ -223,12 +218,12 @@ impl SqsSource {
                 Err(error) => {
                     ready.store(false, Ordering::Release);
                     drop(permits);
-                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "receiving from SQS failed; retrying");
+                    let wait = backoff.failed();
+                    tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "receiving from SQS failed; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(jitter(backoff)) => {}
+                        () = tokio::time::sleep(wait) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
         }
@@ -253,16 +248,11 @@ fn log_join(done: std::result::Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// A random delay between half and all of `d`.
-fn jitter(d: Duration) -> Duration {
-    let half = d / 2;
-    half + half.mul_f64(rand::random::<f64>())
-}
-
 struct Worker {
     client: Client,
     settings: Arc<SqsSettings>,
-    processor: Arc<Processor>,
+    delivery: Delivery,
+    sink: Arc<dyn Sink>,
 }
 
 /// A received message, reduced to what settling it needs.
@@ -359,12 +349,14 @@ impl Worker {
                 "no dead-letter queue configured: the queue's redrive policy dead-letters \
                  (without a reason attribute)"
             ),
-            (Some(_), Some(n)) if n <= u64::from(s.max_attempts) => tracing::warn!(
-                max_receive_count = n,
-                max_attempts = s.max_attempts,
-                "the queue's redrive policy moves messages before the consumer's last attempt: \
+            (Some(_), Some(n)) if n <= u64::from(self.delivery.policy.max_attempts) => {
+                tracing::warn!(
+                    max_receive_count = n,
+                    max_attempts = self.delivery.policy.max_attempts,
+                    "the queue's redrive policy moves messages before the consumer's last attempt: \
                  set maxReceiveCount above HERMES_MAX_ATTEMPTS"
-            ),
+                )
+            }
             _ => {}
         }
         true
@@ -417,26 +409,30 @@ impl Worker {
                 .collect(),
         );
         let work = async {
-            let verdicts = join_all(received.iter().map(|m| async move {
+            let decisions = join_all(received.iter().map(|m| async move {
                 // An empty fallback id would make such messages duplicates of each other.
                 let id = Some(m.message_id.as_str()).filter(|id| !id.is_empty());
-                let (verdict, _) = self
-                    .processor
-                    .process(m.body.as_bytes(), id, m.sent_at)
+                let routed = self
+                    .sink
+                    .route(Incoming {
+                        body: m.body.as_bytes(),
+                        fallback_id: id,
+                        sent_at: m.sent_at,
+                    })
                     .await;
-                verdict
+                self.delivery.policy.decide(routed.outcome, m.attempt)
             }))
             .await;
-            let decisions = join_all(
+            let settled = join_all(
                 received
                     .iter()
-                    .zip(verdicts)
-                    .map(|(m, v)| self.settle(m, v, &pending)),
+                    .zip(decisions)
+                    .map(|(m, d)| self.settle(m, d, &pending)),
             )
             .await;
             let to_delete: Vec<(&Received, &'static str)> = received
                 .iter()
-                .zip(decisions)
+                .zip(settled)
                 .filter_map(|(m, d)| match d {
                     Settled::Delete { outcome } => Some((m, outcome)),
                     Settled::Left => None,
@@ -505,91 +501,69 @@ impl Worker {
         }
     }
 
-    /// Decides and performs what a verdict asks, except the deletion (batched by the caller).
+    /// Performs what a decision asks, except the deletion (batched by the caller).
     async fn settle(
         &self,
         m: &Received,
-        verdict: Verdict,
+        decision: Decision,
         pending: &Mutex<HashMap<String, String>>,
     ) -> Settled {
         let s = &self.settings;
-        let p = &self.processor;
-        match verdict {
-            Verdict::Delivered(_) => Settled::Delete {
+        let sink = &self.sink;
+        match decision {
+            Decision::Ack => Settled::Delete {
                 outcome: "delivered",
             },
-            Verdict::Poison { reason: why } => {
-                if s.dead_letter_queue_url.is_none() {
-                    tracing::error!(
-                        message_id = %m.message_id,
-                        reason = %why,
-                        "invalid message and no dead-letter queue configured \
-                         (HERMES_SQS_DEAD_LETTER_QUEUE_URL): leaving it to the queue's redrive policy"
-                    );
-                    p.count(SOURCE, "left_to_redrive");
-                    self.release(m, s.retry_delay(m.attempt), pending).await;
-                    return Settled::Left;
-                }
-                self.move_to_dead_letter(m, &why, &why, reason::INVALID, pending)
-                    .await
+            Decision::Retry { delay, reason, .. } => {
+                tracing::info!(
+                    message_id = %m.message_id,
+                    %reason,
+                    attempt = m.attempt,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "retrying a message later"
+                );
+                sink.count(SOURCE, "retried");
+                self.release(m, delay, pending).await;
+                Settled::Left
             }
-            Verdict::Retry { reason: why } => {
-                let delay = s.retry_delay(m.attempt);
-                if m.attempt < s.max_attempts {
-                    tracing::info!(
-                        message_id = %m.message_id,
-                        reason = %why,
-                        attempt = m.attempt,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "retrying a message later"
-                    );
-                    p.count(SOURCE, "retried");
-                    self.release(m, delay, pending).await;
-                    return Settled::Left;
-                }
+            Decision::DeadLetter { label, reason, .. } => {
                 if s.dead_letter_queue_url.is_none() {
                     tracing::error!(
                         message_id = %m.message_id,
-                        reason = %why,
+                        %reason,
                         attempt = m.attempt,
-                        "a message failed its last attempt and no dead-letter queue is configured \
-                         (HERMES_SQS_DEAD_LETTER_QUEUE_URL): leaving it to the queue's redrive policy"
+                        "{} and no dead-letter queue configured \
+                         (HERMES_SQS_DEAD_LETTER_QUEUE_URL): leaving it to the queue's redrive policy",
+                        policy::describe(label)
                     );
-                    p.count(SOURCE, "left_to_redrive");
-                    self.release(m, delay, pending).await;
+                    sink.count(SOURCE, "left_to_redrive");
+                    self.release(m, self.delivery.policy.delay(m.attempt), pending)
+                        .await;
                     return Settled::Left;
                 }
-                let tagged = format!("{}: {why}", reason::EXHAUSTED);
-                self.move_to_dead_letter(m, &why, &tagged, reason::EXHAUSTED, pending)
-                    .await
+                tracing::warn!(
+                    message_id = %m.message_id,
+                    %reason,
+                    attempt = m.attempt,
+                    "dead-lettering {}",
+                    policy::describe(label)
+                );
+                self.move_to_dead_letter(m, &reason, label, pending).await
             }
         }
     }
 
-    /// Sends a copy carrying `copy_reason` to the dead-letter queue; the original is deleted
-    /// only if that worked. Logs and counts the outcome, both here: a dead letter (`why`,
-    /// under `label`) once the copy is in the queue, a failed one otherwise.
+    /// Sends a copy to the dead-letter queue; the original is deleted only if that worked.
     async fn move_to_dead_letter(
         &self,
         m: &Received,
         why: &str,
-        copy_reason: &str,
         label: &str,
         pending: &Mutex<HashMap<String, String>>,
     ) -> Settled {
-        match self.send_dead_letter(m, copy_reason).await {
+        match self.send_dead_letter(m, why).await {
             Ok(()) => {
-                if label == reason::INVALID {
-                    tracing::warn!(message_id = %m.message_id, reason = %why, "dead-lettering an invalid message");
-                } else {
-                    tracing::warn!(
-                        message_id = %m.message_id,
-                        reason = %why,
-                        attempt = m.attempt,
-                        "dead-lettering a message after its last attempt"
-                    );
-                }
-                self.processor.count_dead_letter(label);
+                self.sink.count_dead_letter(label);
                 Settled::Delete {
                     outcome: "dead_lettered",
                 }
@@ -597,12 +571,11 @@ impl Worker {
             Err(error) => {
                 tracing::warn!(
                     message_id = %m.message_id,
-                    reason = %why,
                     %error,
                     "cannot send a message to the dead-letter queue; it comes back later"
                 );
-                self.processor.count(SOURCE, "dead_letter_failed");
-                self.release(m, self.settings.retry_delay(m.attempt), pending)
+                self.sink.count(SOURCE, "dead_letter_failed");
+                self.release(m, self.delivery.policy.delay(m.attempt), pending)
                     .await;
                 Settled::Left
             }
@@ -662,7 +635,7 @@ impl Worker {
         if settled.is_empty() {
             return;
         }
-        let p = &self.processor;
+        let p = &self.sink;
         let entries: Vec<DeleteMessageBatchRequestEntry> = settled
             .iter()
             .filter_map(|(m, _)| {
@@ -711,19 +684,14 @@ impl Worker {
     }
 }
 
-/// The dead-letter copy's message attributes: the reason and the attempts, then as many of
-/// the original's as SQS's limit of 10 allows (ours replace any of the same name).
+/// The dead-letter copy's message attributes: the reason (clipped by the policy) and the
+/// attempts, then as many of the original's as SQS's limit of 10 allows (ours replace any of
+/// the same name).
 fn dead_letter_attributes(
     original: &HashMap<String, MessageAttributeValue>,
     why: &str,
     attempt: u32,
 ) -> Result<HashMap<String, MessageAttributeValue>> {
-    let why: String = why.chars().take(MAX_REASON_CHARS).collect();
-    let why = if why.is_empty() {
-        "unknown".to_owned()
-    } else {
-        why
-    };
     let mut attributes = HashMap::new();
     attributes.insert(
         REASON_ATTRIBUTE.to_owned(),
@@ -769,29 +737,6 @@ fn dead_letter_attributes(
 mod tests {
     use super::*;
 
-    fn settings(delays: &[u64]) -> SqsSettings {
-        SqsSettings {
-            queue_url: "http://127.0.0.1:9324/123456789012/q".into(),
-            dead_letter_queue_url: None,
-            wait: Duration::from_secs(1),
-            visibility: Duration::from_secs(30),
-            max_attempts: 5,
-            retry_delays: delays.iter().map(|ms| Duration::from_millis(*ms)).collect(),
-            concurrency: 4,
-        }
-    }
-
-    #[test]
-    fn the_retry_delay_follows_the_attempt_and_the_last_one_repeats() {
-        let s = settings(&[1000, 5000, 30000]);
-        assert_eq!(s.retry_delay(0), Duration::from_secs(1));
-        assert_eq!(s.retry_delay(1), Duration::from_secs(1));
-        assert_eq!(s.retry_delay(2), Duration::from_secs(5));
-        assert_eq!(s.retry_delay(3), Duration::from_secs(30));
-        assert_eq!(s.retry_delay(9), Duration::from_secs(30));
-        assert_eq!(s.retry_delay(u32::MAX), Duration::from_secs(30));
-    }
-
     #[test]
     fn visibility_is_rounded_up_to_whole_seconds_within_sqs_limits() {
         assert_eq!(visibility_secs(Duration::ZERO), 0);
@@ -816,13 +761,9 @@ mod tests {
             original.insert(format!("a{i:02}"), text("x"));
         }
         original.insert(REASON_ATTRIBUTE.to_owned(), text("old"));
-        let long = "r".repeat(5000);
-        let a = dead_letter_attributes(&original, &long, 3).expect("attributes");
+        let a = dead_letter_attributes(&original, "invalid: why", 3).expect("attributes");
         assert_eq!(a.len(), MAX_MESSAGE_ATTRIBUTES);
-        assert_eq!(
-            a[REASON_ATTRIBUTE].string_value().map(str::len),
-            Some(MAX_REASON_CHARS)
-        );
+        assert_eq!(a[REASON_ATTRIBUTE].string_value(), Some("invalid: why"));
         assert_eq!(a[ATTEMPTS_ATTRIBUTE].data_type(), "Number");
         assert_eq!(a[ATTEMPTS_ATTRIBUTE].string_value(), Some("3"));
         assert!(a.contains_key("a00") && a.contains_key("a07") && !a.contains_key("a08"));
