@@ -38,8 +38,10 @@ use hermes_consumer::source::policy::RetryPolicy;
 use hermes_consumer::source::{Delivery, Incoming, Outcome, Routed, Sink, Source};
 use tokio_util::sync::CancellationToken;
 
-use crate::p3::{Publisher, Watch, amqp_connect, cpu_percent, pids_named, schedule, ticks, user};
-use crate::{ms, now_micros};
+use crate::measure::{Watch, cpu_percent, pids_named, ticks};
+use crate::measure::{ms, now_micros};
+use crate::publisher::user;
+use crate::publisher::{Publisher, amqp_connect, schedule};
 
 pub struct AmqpCostArgs {
     pub amqp_url: String,

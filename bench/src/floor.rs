@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use crate::ms;
+use crate::measure::ms;
 
 const MESSAGE: usize = 64;
 

@@ -44,7 +44,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::now_micros;
+use crate::measure::now_micros;
 use crate::servers::{Kind, Target};
 
 use base64::Engine;

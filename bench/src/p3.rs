@@ -22,18 +22,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::holder::{HolderOpts, Holders};
-use crate::ms;
-use crate::now_micros;
+use crate::measure::{Watch, cpu_percent, ms, now_micros, pids_named, ticks};
+use crate::publisher::{Publisher, ROOM, amqp_connect, schedule, user};
 use crate::servers::{
     self, ADMIN_KEY, INTERNAL_SECRET, Kind, Options, Server, Target, banner_field, issue_token,
     wait_ready,
@@ -41,10 +36,6 @@ use crate::servers::{
 
 /// The JWT secret of P3's gateway.
 const JWT_SECRET: &str = "bench-jwt-secret-0123456789-abcdef";
-/// The room every P3 user's token is issued for.
-const ROOM: &str = "p3";
-/// The sender of every notification.
-const SENDER: &str = "p3-backend";
 
 pub struct P3Args {
     pub sockets: usize,
@@ -72,10 +63,6 @@ pub struct P3Args {
     pub token_concurrency: usize,
 }
 
-pub(crate) fn user(i: usize) -> String {
-    format!("p3-u{i}")
-}
-
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
@@ -88,124 +75,6 @@ fn stride(sockets: usize) -> usize {
         s += 1;
     }
     s
-}
-
-/// Opens a connection to the broker at `url` (`amqp://user:password@host:port/vhost`, read
-/// by lapin: user, password and vhost percent-decoded, so `%2f` is the vhost `/`), on this
-/// tokio runtime.
-pub(crate) async fn amqp_connect(url: &str) -> Result<Connection> {
-    Ok(Connection::connect(url, ConnectionProperties::default()).await?)
-}
-
-/// P3's publisher: one channel in confirm mode on a durable queue. Each publish's confirm is
-/// awaited by a task of its own ([`Publisher::finish`] collects them), so the schedule never
-/// waits for the broker.
-pub(crate) struct Publisher {
-    channel: Channel,
-    queue: String,
-    confirms: tokio::sync::mpsc::UnboundedSender<PublisherConfirm>,
-    acked: Arc<AtomicU64>,
-    nacked: Arc<AtomicU64>,
-    confirmer: tokio::task::JoinHandle<()>,
-}
-
-/// What became of a publisher's messages.
-pub(crate) struct Confirms {
-    pub acked: u64,
-    pub nacked: u64,
-    /// Every confirm came within 30 s of the last publish.
-    pub complete: bool,
-}
-
-impl Publisher {
-    /// Declares `queue` (durable) on a new channel of `connection`, purges it and puts the
-    /// channel in confirm mode.
-    pub(crate) async fn new(connection: &Connection, queue: &str) -> Result<Self> {
-        if queue.len() > 255 {
-            bail!("the queue name is longer than AMQP's 255 bytes: {queue}");
-        }
-        let channel = connection.create_channel().await?;
-        channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_purge(queue.into(), QueuePurgeOptions::default())
-            .await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let (confirms, mut rx) = tokio::sync::mpsc::unbounded_channel::<PublisherConfirm>();
-        let acked = Arc::new(AtomicU64::new(0));
-        let nacked = Arc::new(AtomicU64::new(0));
-        let confirmer = {
-            let (acked, nacked) = (acked.clone(), nacked.clone());
-            tokio::spawn(async move {
-                // Confirms come in publishing order: awaiting them one after the other waits
-                // no longer than the last one.
-                while let Some(c) = rx.recv().await {
-                    match c.await {
-                        Ok(c) if c.is_ack() => acked.fetch_add(1, Ordering::SeqCst),
-                        _ => nacked.fetch_add(1, Ordering::SeqCst),
-                    };
-                }
-            })
-        };
-        Ok(Self {
-            channel,
-            queue: queue.to_owned(),
-            confirms,
-            acked,
-            nacked,
-            confirmer,
-        })
-    }
-
-    /// Publishes notification `n` to `to_user`, persistent, its `sent_us` stamped now.
-    pub(crate) async fn publish(&self, n: u64, to_user: &str) -> Result<()> {
-        let body = json!({
-            "user_id": SENDER,
-            "room_id": ROOM,
-            "to_user_id": to_user,
-            "id": format!("p3-{n}"),
-            "data": {"n": n, "sent_us": now_micros()},
-        })
-        .to_string();
-        let confirm = self
-            .channel
-            .basic_publish(
-                "".into(),
-                self.queue.as_str().into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .context("basic.publish")?;
-        let _ = self.confirms.send(confirm);
-        Ok(())
-    }
-
-    /// Waits up to 30 s for the confirms still out.
-    pub(crate) async fn finish(self) -> Confirms {
-        drop(self.confirms);
-        let complete = tokio::time::timeout(Duration::from_secs(30), self.confirmer)
-            .await
-            .is_ok();
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            self.channel.close(200, "done".into()),
-        )
-        .await;
-        Confirms {
-            acked: self.acked.load(Ordering::SeqCst),
-            nacked: self.nacked.load(Ordering::SeqCst),
-            complete,
-        }
-    }
 }
 
 /// The user index of notification `n`.
@@ -223,25 +92,6 @@ fn expected(first: u64, count: u64, stride: usize, h: &Holders, sockets: usize) 
         }
     }
     out
-}
-
-/// Calls `send(n)` for `n` in `first..first + count` at `rate` per second (each call is
-/// awaited: it must only hand the message off). Returns the seconds from the first send to
-/// the return of the last.
-pub(crate) async fn schedule<F, Fut>(first: u64, count: u64, rate: u64, mut send: F) -> Result<f64>
-where
-    F: FnMut(u64) -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    let started = Instant::now();
-    for i in 0..count {
-        let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
-        if Instant::now() < due {
-            tokio::time::sleep_until(due.into()).await;
-        }
-        send(first + i).await?;
-    }
-    Ok(started.elapsed().as_secs_f64())
 }
 
 /// Starts `cmd` (stdout piped, stderr to ours) and waits for its stdout line starting with
@@ -298,58 +148,6 @@ struct Measured {
     warmup_received: u64,
     /// CPU % (of one core) of each watched process over the measured publishing.
     cpu_percent: Value,
-}
-
-/// utime + stime of a process in clock ticks, 0 if it is gone.
-fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Fields are counted after the command name's closing parenthesis.
-    let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    field(11) + field(12)
-}
-
-/// Processes whose command name is `comm` (RabbitMQ's `beam.smp`, Cassandra's `java`).
-pub(crate) fn pids_named(comm: &str) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
-        })
-        .collect()
-}
-
-/// Named groups of processes whose CPU is measured over the publishing window.
-pub(crate) type Watch = Vec<(&'static str, Vec<u32>)>;
-
-pub(crate) fn ticks(watch: &Watch) -> Vec<u64> {
-    watch
-        .iter()
-        .map(|(_, pids)| pids.iter().map(|&p| cpu_ticks(p)).sum())
-        .collect()
-}
-
-/// CPU % (of one core) of each watched group since `c0` (its `ticks`), `wall` seconds ago.
-pub(crate) fn cpu_percent(watch: &Watch, c0: &[u64], wall: f64) -> Value {
-    let c1 = ticks(watch);
-    // Clock ticks are 1/100 s on Linux (CLK_TCK).
-    let cpu: serde_json::Map<String, Value> = watch
-        .iter()
-        .zip(c0.iter().zip(&c1))
-        .map(|((name, _), (a, b))| {
-            let pct = b.saturating_sub(*a) as f64 / wall.max(1e-9);
-            ((*name).to_owned(), json!((pct * 10.0).round() / 10.0))
-        })
-        .collect();
-    Value::Object(cpu)
 }
 
 /// One rate of the ramp: its notifications are numbered from `first` (ids stay unique

@@ -30,8 +30,8 @@ use tokio::process::Command;
 use tokio_tungstenite::tungstenite;
 
 use crate::holder::{self, HolderOpts, Holders};
-use crate::ms;
-use crate::now_micros;
+use crate::measure::ms;
+use crate::measure::now_micros;
 use crate::servers::{self, INTERNAL_SECRET, Kind, Options, Server, Target};
 
 /// The room of Hermes's flood tokens (not the measured room).

@@ -28,7 +28,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::holder::Holders;
-use crate::rss_kib;
+use crate::measure::rss_kib;
 use crate::scenarios::{Ramp, RampArgs, Receipts, ramp};
 use crate::servers::{
     ADMIN_KEY, CENTRIFUGO_CHANNEL, HERMES_ROOM, Kind, Options, Publisher, Target, USER,

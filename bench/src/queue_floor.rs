@@ -17,8 +17,10 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
-use crate::p3::{Publisher, Watch, amqp_connect, cpu_percent, pids_named, schedule, ticks, user};
-use crate::{ms, now_micros};
+use crate::measure::{Watch, cpu_percent, pids_named, ticks};
+use crate::measure::{ms, now_micros};
+use crate::publisher::user;
+use crate::publisher::{Publisher, amqp_connect, schedule};
 
 pub struct QueueFloorArgs {
     pub amqp_url: String,

@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::holder::{self, BatchReport, Holders, MAX_SEQ};
-use crate::ms;
+use crate::measure::ms;
+use crate::measure::{now_micros, rss_kib};
 use crate::servers::{Kind, Options, Publisher, Server, Target};
-use crate::{now_micros, rss_kib};
 
 /// utime + stime of a process, in clock ticks (/proc/PID/stat fields 14 and 15).
 fn cpu_ticks(pid: u32) -> Result<u64> {
