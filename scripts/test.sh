@@ -70,7 +70,7 @@ HERMES_HELM="$(scripts/kube/helm.sh path)"
 export HERMES_TEST_KUBECONFIG HERMES_KUBE_SERVER HERMES_KUBECTL HERMES_HELM
 
 step "format" cargo fmt --all -- --check
-step "vendored actix-http" scripts/vendor.sh check
+step "vendored crates" scripts/vendor.sh check
 step "dependencies pinned once" scripts/deps-check.sh
 step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build" cargo build --workspace --bins --locked

@@ -249,7 +249,7 @@ cat >"$DIR/method.md" <<EOF
   run) and RabbitMQ on the same box (durable queue \`hermes-bench-p3\`, purged before each run).
   Each message is \`{"user_id": "p3-backend", "room_id": "p3", "to_user_id": "p3-u<k>", "id":
   "p3-<n>", "data": {"n", "sent_us"}}\`, persistent, to the default exchange; the publisher
-  (amqprs, one channel in confirm mode) hands each message off and the channel's callback counts its
+  (lapin, one channel in confirm mode) hands each message off and a task of its own awaits its
   confirm, so confirms never hold up the $P3_RATE/s schedule (\`confirms_acked\`/\`_nacked\` in
   the JSON). Every user's token comes from the gateway's \`POST /v1/tokens\` (a bcrypt hash per
   token) with \`HERMES_BCRYPT_COST=4\` on this gateway so that $P3_SOCKETS tokens issue in
@@ -268,7 +268,7 @@ cat >"$DIR/method.md" <<EOF
   publish → last receipt with this generator on this box.
 - queue-floor (once per run, no server): P3's publisher (the same body, persistent, confirms
   off the schedule) into RabbitMQ at $P3_RATE/s for $P3_SECONDS s after 3 s of warm-up, and one
-  AMQP consumer (amqprs, the client of Hermes's consumer) on its own connection with P3's prefetch (64) that reads \`sent_us\` and acks
+  AMQP consumer (lapin, the client of Hermes's consumer) on its own connection with P3's prefetch (64) that reads \`sent_us\` and acks
   each message: publish → consumer latency and the CPU of RabbitMQ and of this process. The
   least any RabbitMQ-fed server's P3 costs on this box.
 - P5: $P5_SOCKETS sockets in one room / channel (as in P2) get $P5_RATE publishes/s through the HTTP
