@@ -389,15 +389,29 @@ pub async fn metric_value(url: &str, series: &str) -> f64 {
 }
 
 /// Spawns `cmd` (stdout and stderr piped), collects its stderr (the logs) and waits for
-/// the stdout line starting with `prefix` in which it announces where it listens.
-pub async fn spawn_announced(
+/// the stdout line starting with `prefix` in which it announces where it listens; panics
+/// with the logs if none comes within [`DEADLINE`].
+pub async fn spawn_announced(cmd: Command, prefix: &str) -> (Child, String, Arc<Mutex<String>>) {
+    spawn_announced_within(cmd, prefix, DEADLINE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`spawn_announced`] with its own limit and an error instead of a panic: the error names
+/// the line waited for and carries the logs written so far (benches start servers that take
+/// longer than a test's deadline and report failures as errors).
+pub async fn spawn_announced_within(
     mut cmd: Command,
     prefix: &str,
-) -> (Child, String, Arc<Mutex<String>>) {
+    limit: Duration,
+) -> Result<(Child, String, Arc<Mutex<String>>), String> {
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("the binary starts");
+    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
     let logs = Arc::new(Mutex::new(String::new()));
     let stderr = child.stderr.take().expect("stderr is piped");
     let sink = logs.clone();
@@ -411,7 +425,7 @@ pub async fn spawn_announced(
     });
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut lines = BufReader::new(stdout).lines();
-    let banner = tokio::time::timeout(DEADLINE, async {
+    let banner = tokio::time::timeout(limit, async {
         while let Ok(Some(line)) = lines.next_line().await {
             if line.starts_with(prefix) {
                 return Some(line);
@@ -421,10 +435,15 @@ pub async fn spawn_announced(
     })
     .await
     .ok()
-    .flatten()
-    .unwrap_or_else(|| panic!("no `{prefix}` line; logs:\n{}", logs.lock().expect("logs")));
+    .flatten();
+    let Some(banner) = banner else {
+        return Err(format!(
+            "{program} wrote no `{prefix}` line within {limit:?}; logs:\n{}",
+            logs.lock().expect("logs")
+        ));
+    };
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, banner, logs)
+    Ok((child, banner, logs))
 }
 
 /// Polls `check` until it holds or the deadline passes (then panics).
