@@ -35,7 +35,7 @@ use tokio::process::{ChildStdin, ChildStdout, Command};
 
 use hermes_consumer::source::amqp::{AmqpSettings, AmqpSource};
 use hermes_consumer::source::policy::RetryPolicy;
-use hermes_consumer::source::{Delivery, Incoming, Outcome, Routed, Sink, Source};
+use hermes_consumer::source::{DeadLettered, Delivery, Incoming, Outcome, Routed, Sink, Source};
 use tokio_util::sync::CancellationToken;
 
 use crate::measure::{Watch, cpu_percent, pids_named, ticks};
@@ -49,6 +49,8 @@ pub struct AmqpCostArgs {
     pub rate: u64,
     pub seconds: u64,
     pub warmup_seconds: u64,
+    /// The publisher's turn (`schedule`); zero: each message at its own time.
+    pub publish_slot: Duration,
     pub prefetch: u16,
     pub ack: Ack,
 }
@@ -227,7 +229,7 @@ pub async fn run(a: &AmqpCostArgs) -> Result<Value> {
         async move { publisher.publish(n, &user((n % 19_000) as usize)).await }
     };
     let warm = a.rate * a.warmup_seconds;
-    schedule(0, warm, a.rate, &send).await?;
+    schedule(0, warm, a.rate, a.publish_slot, &send).await?;
     io.wait_count(warm).await?;
     io.ask("reset").await?;
 
@@ -235,7 +237,7 @@ pub async fn run(a: &AmqpCostArgs) -> Result<Value> {
     let total = a.rate * a.seconds;
     let (u0, n0) = (usage(pid)?, io.count().await?);
     let (t0, c0) = (Instant::now(), ticks(&watch));
-    let publish_seconds = schedule(warm, total, a.rate, &send).await?;
+    let publish_seconds = schedule(warm, total, a.rate, a.publish_slot, &send).await?;
     let cpu = cpu_percent(&watch, &c0, t0.elapsed().as_secs_f64());
     io.wait_count(warm + total).await?;
     let (u1, n1) = (usage(pid)?, io.count().await?);
@@ -322,7 +324,7 @@ impl Sink for ParseSink {
         }
     }
 
-    fn count_dead_letter(&self, _reason: &str) {}
+    fn dead_lettered(&self, _dead: DeadLettered<'_>) {}
 }
 
 async fn consume_on_this_thread(

@@ -5,7 +5,8 @@
 //! - Hermes: RabbitMQ → `hermes-consumer` → `hermes-gateway serve` (another process) →
 //!   socket, both processes on the ScyllaDB/Cassandra registry of `scripts/services/up.sh`.
 //!   The publisher is pipelined: one AMQP channel in confirm mode, each publish's confirm
-//!   awaited by a separate task, so the schedule never waits for the broker.
+//!   awaited by a separate task, so the schedule never waits for the broker; the messages
+//!   due in the same `--publish-slot-ms` turn (1 ms) are handed to lapin together.
 //! - Centrifugo has no RabbitMQ consumer (v6.9.1: PostgreSQL outbox, Kafka, NATS JetStream,
 //!   Redis Streams, Google Pub/Sub, AWS SQS, Azure Service Bus): its nearest path is the
 //!   server HTTP API, `POST /api/publish` into each user's own channel (`bench:<user>`,
@@ -14,7 +15,6 @@
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,8 +23,9 @@ use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+
+use hermes_e2e::spawn_announced_within;
 
 use crate::holder::{HolderOpts, Holders};
 use crate::measure::{Watch, cpu_percent, ms, now_micros, pids_named, ticks};
@@ -46,6 +47,8 @@ pub struct P3Args {
     pub seconds: u64,
     /// Seconds of publishing at the same rate before each measurement.
     pub warmup_seconds: u64,
+    /// The publisher's turn (`schedule`); zero: each message at its own time.
+    pub publish_slot: Duration,
     /// Rates measured before `rate`, in this order, on the same sockets.
     pub ramp: Vec<u64>,
     /// Seconds to wait for the last notifications after the publishing ends.
@@ -92,35 +95,6 @@ fn expected(first: u64, count: u64, stride: usize, h: &Holders, sockets: usize) 
         }
     }
     out
-}
-
-/// Starts `cmd` (stdout piped, stderr to ours) and waits for its stdout line starting with
-/// `prefix`.
-pub(crate) async fn spawn_announced(
-    mut cmd: Command,
-    prefix: &str,
-    limit: Duration,
-) -> Result<(Child, String)> {
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().context("start the process")?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let banner = tokio::time::timeout(limit, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.starts_with(prefix) {
-                return Some(line);
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten()
-    .with_context(|| format!("no `{prefix}` line within {limit:?}"))?;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, banner))
 }
 
 pub async fn p3(kind: Kind, o: &Options, a: &P3Args) -> Result<Value> {
@@ -216,7 +190,7 @@ where
     let Step { rate, first } = step;
     holders.lat_reset().await?;
     let warm = rate * a.warmup_seconds;
-    schedule(first, warm, rate, &mut send).await?;
+    schedule(first, warm, rate, a.publish_slot, &mut send).await?;
     settle().await;
     let warmup_received = holders
         .wait_received(
@@ -227,7 +201,7 @@ where
     holders.lat_reset().await?;
     let total = rate * a.seconds;
     let (t0, c0) = (Instant::now(), ticks(watch));
-    let publish_seconds = schedule(first + warm, total, rate, &mut send).await?;
+    let publish_seconds = schedule(first + warm, total, rate, a.publish_slot, &mut send).await?;
     let cpu_percent = cpu_percent(watch, &c0, t0.elapsed().as_secs_f64());
     settle().await;
     let want = expected(first + warm, total, stride, holders, a.sockets);
@@ -312,9 +286,10 @@ async fn hermes(o: &Options, a: &P3Args) -> Result<Value> {
             "HERMES_PING_INTERVAL_SECONDS",
             o.heartbeat_seconds.to_string(),
         );
-    let (gateway, banner) =
-        spawn_announced(cmd, "hermes-gateway listening ", Duration::from_secs(120))
+    let (gateway, banner, _logs) =
+        spawn_announced_within(cmd, "hermes-gateway listening ", Duration::from_secs(120))
             .await
+            .map_err(anyhow::Error::msg)
             .context("hermes-gateway serve")?;
     let field = |n: &str| banner_field(&banner, n);
     let public = field("public")?.replace("http://", "ws://");
@@ -339,12 +314,13 @@ async fn hermes(o: &Options, a: &P3Args) -> Result<Value> {
         .env("HERMES_AMQP_URL", &a.amqp_url)
         .env("HERMES_AMQP_QUEUE", &a.queue)
         .env("HERMES_CONSUMER_LISTEN", "127.0.0.1:0");
-    let (consumer, banner) = spawn_announced(
+    let (consumer, banner, _logs) = spawn_announced_within(
         cmd,
         "hermes-consumer listening http=",
         Duration::from_secs(120),
     )
     .await
+    .map_err(anyhow::Error::msg)
     .context("hermes-consumer")?;
     let consumer_http = banner
         .trim_start_matches("hermes-consumer listening http=")

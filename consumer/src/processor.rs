@@ -7,7 +7,8 @@ use hermes_shared::metrics::Metrics;
 use hermes_shared::router::Router;
 use hermes_shared::wire::PublishMessage;
 
-use crate::source::{Incoming, Outcome, Routed, Sink};
+use crate::source::policy;
+use crate::source::{DeadLettered, Incoming, Outcome, Routed, Sink};
 
 /// Validates and routes queue messages.
 pub struct Processor {
@@ -77,8 +78,18 @@ impl Sink for Processor {
             .inc();
     }
 
-    fn count_dead_letter(&self, reason: &str) {
-        self.metrics.dead_letters.with_label_values(&[reason]).inc();
+    fn dead_lettered(&self, dead: DeadLettered<'_>) {
+        tracing::warn!(
+            message_id = dead.message_id.unwrap_or("-"),
+            reason = %dead.reason,
+            attempts = dead.attempts,
+            "dead-lettered {}",
+            policy::describe(dead.label)
+        );
+        self.metrics
+            .dead_letters
+            .with_label_values(&[dead.label])
+            .inc();
     }
 }
 

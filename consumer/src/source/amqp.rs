@@ -44,8 +44,8 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::acks;
-use super::policy::{self, Backoff, Decision};
-use super::{Delivery, Incoming, Sink, Source};
+use super::policy::{Backoff, Decision};
+use super::{DeadLettered, Delivery, Incoming, Sink, Source};
 use crate::{Error, Result};
 
 /// The metric label of this source.
@@ -538,10 +538,14 @@ async fn handle(session: &Session, sink: &dyn Sink, delivery: AmqpDelivery) {
             reason,
             attempts,
         } => {
-            tracing::warn!(%reason, attempts, "dead-lettering {}", policy::describe(label));
             let settled = republish(s.dead_letter_queue(), *attempts, Some(reason)).await;
             if settled.is_ok() {
-                sink.count_dead_letter(label);
+                sink.dead_lettered(DeadLettered {
+                    label,
+                    reason,
+                    attempts: *attempts,
+                    message_id: id.as_deref(),
+                });
             }
             settled
         }

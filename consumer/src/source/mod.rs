@@ -53,6 +53,18 @@ pub struct Routed {
     pub id: Option<String>,
 }
 
+/// A message now on the dead-letter queue.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLettered<'a> {
+    /// `hermes_dead_letters_total`'s reason label (see [`policy::describe`]).
+    pub label: &'a str,
+    /// Why, in words (also on the copy).
+    pub reason: &'a str,
+    pub attempts: u32,
+    /// The message's id (SQS's message id, or the id Hermes routed it under), if known.
+    pub message_id: Option<&'a str>,
+}
+
 /// Where sources hand their messages: routes one and says what became of it; counts what
 /// the source then did.
 #[async_trait::async_trait]
@@ -61,8 +73,9 @@ pub trait Sink: Send + Sync {
     async fn route(&self, message: Incoming<'_>) -> Routed;
     /// Counts a message's final outcome (`hermes_queue_messages_total{source,outcome}`).
     fn count(&self, source: &str, outcome: &str);
-    /// Counts a dead letter (`hermes_dead_letters_total{reason}`).
-    fn count_dead_letter(&self, reason: &str);
+    /// Logs and counts (`hermes_dead_letters_total{reason}`) a message the source has
+    /// moved to its dead-letter queue: called once the copy is there, never before.
+    fn dead_lettered(&self, dead: DeadLettered<'_>);
 }
 
 /// What every source is given besides its broker's settings.

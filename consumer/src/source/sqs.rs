@@ -45,7 +45,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::policy::{self, Backoff, Decision};
-use super::{Delivery, Incoming, Sink, Source};
+use super::{DeadLettered, Delivery, Incoming, Sink, Source};
 use crate::{Error, Result};
 
 /// The metric label of this source.
@@ -541,13 +541,6 @@ impl Worker {
                         .await;
                     return Settled::Left;
                 }
-                tracing::warn!(
-                    message_id = %m.message_id,
-                    %reason,
-                    attempt = m.attempt,
-                    "dead-lettering {}",
-                    policy::describe(label)
-                );
                 self.move_to_dead_letter(m, &reason, label, pending).await
             }
         }
@@ -563,7 +556,12 @@ impl Worker {
     ) -> Settled {
         match self.send_dead_letter(m, why).await {
             Ok(()) => {
-                self.sink.count_dead_letter(label);
+                self.sink.dead_lettered(DeadLettered {
+                    label,
+                    reason: why,
+                    attempts: m.attempt,
+                    message_id: Some(&m.message_id),
+                });
                 Settled::Delete {
                     outcome: "dead_lettered",
                 }
