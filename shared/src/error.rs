@@ -41,9 +41,16 @@ pub enum Error {
         source: Option<Cause>,
     },
 
-    /// A gateway's internal deliver API failed or could not be reached.
-    #[error("gateway {gateway_id} unreachable: {reason}")]
-    GatewayUnreachable { gateway_id: String, reason: String },
+    /// A gateway's internal deliver API failed or could not be reached. The reason says
+    /// what failed (a request, an answer); the source is the HTTP or WebSocket client's
+    /// error, absent when the answer itself was wrong (a status, a count).
+    #[error("gateway {gateway_id} unreachable: {reason}{}", Because(.source))]
+    GatewayUnreachable {
+        gateway_id: String,
+        reason: String,
+        #[source]
+        source: Option<Cause>,
+    },
 
     /// The bcrypt pool is saturated; retry after the given delay.
     #[error("token verification is overloaded, retry in {retry_after:?}")]
@@ -79,6 +86,28 @@ impl Error {
         Error::RegistryUnavailable {
             context: context.into(),
             source: None,
+        }
+    }
+
+    /// Gateway `gateway_id` could not be reached or answered wrongly; `reason` says how.
+    pub fn unreachable(gateway_id: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::GatewayUnreachable {
+            gateway_id: gateway_id.into(),
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// A request to gateway `gateway_id` (`reason` says which) failed because of `source`.
+    pub fn unreachable_by(
+        gateway_id: impl Into<String>,
+        reason: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::GatewayUnreachable {
+            gateway_id: gateway_id.into(),
+            reason: reason.into(),
+            source: Some(Box::new(source)),
         }
     }
 

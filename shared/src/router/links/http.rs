@@ -98,14 +98,14 @@ impl GatewayClient {
             )
             .await?;
         if answers.len() != requests.len() {
-            return Err(Error::GatewayUnreachable {
-                gateway_id: gateway_id.to_owned(),
-                reason: format!(
+            return Err(Error::unreachable(
+                gateway_id,
+                format!(
                     "bad answer: {} answers to {} requests",
                     answers.len(),
                     requests.len()
                 ),
-            });
+            ));
         }
         Ok(answers)
     }
@@ -136,10 +136,7 @@ impl GatewayClient {
                     .deliver_requests
                     .with_label_values(&["client", label])
                     .inc();
-                return Err(Error::GatewayUnreachable {
-                    gateway_id: gateway_id.to_owned(),
-                    reason: e.to_string(),
-                });
+                return Err(Error::unreachable_by(gateway_id, "POST failed", e));
             }
         };
         let status = response.status();
@@ -149,18 +146,15 @@ impl GatewayClient {
             .inc();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
-            return Err(Error::GatewayUnreachable {
-                gateway_id: gateway_id.to_owned(),
-                reason: format!("{status}: {}", body.chars().take(200).collect::<String>()),
-            });
+            return Err(Error::unreachable(
+                gateway_id,
+                format!("{status}: {}", body.chars().take(200).collect::<String>()),
+            ));
         }
         response
             .json()
             .await
-            .map_err(|e| Error::GatewayUnreachable {
-                gateway_id: gateway_id.to_owned(),
-                reason: format!("bad answer: {e}"),
-            })
+            .map_err(|e| Error::unreachable_by(gateway_id, "bad answer", e))
     }
 
     /// Asks the holding gateway about one of its connections.
@@ -171,25 +165,21 @@ impl GatewayClient {
         connection_id: &str,
     ) -> Result<Option<ConnectionInfo>> {
         let url = format!("{base_url}{CONNECTIONS_PATH}/{connection_id}");
-        let unreachable = |reason: String| Error::GatewayUnreachable {
-            gateway_id: gateway_id.to_owned(),
-            reason,
-        };
         let response = self
             .http
             .get(&url)
             .header(SECRET_HEADER, &*self.secret)
             .send()
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| Error::unreachable_by(gateway_id, "GET failed", e))?;
         match response.status().as_u16() {
             200 => response
                 .json()
                 .await
                 .map(Some)
-                .map_err(|e| unreachable(e.to_string())),
+                .map_err(|e| Error::unreachable_by(gateway_id, "bad answer", e)),
             404 | 410 => Ok(None),
-            status => Err(unreachable(format!("status {status}"))),
+            status => Err(Error::unreachable(gateway_id, format!("status {status}"))),
         }
     }
 }

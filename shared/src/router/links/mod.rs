@@ -98,10 +98,10 @@ impl Links {
             Link::Http(batcher) => (batcher, request),
         };
         batcher.submit(request).await.unwrap_or_else(|| {
-            Err(crate::Error::GatewayUnreachable {
-                gateway_id: gateway_id.to_owned(),
-                reason: "its delivery batch was lost".into(),
-            })
+            Err(crate::Error::unreachable(
+                gateway_id,
+                "its delivery batch was lost",
+            ))
         })
     }
 
@@ -175,18 +175,20 @@ impl Links {
                     match client.deliver_batch(&g, &u, &requests).await {
                         Ok(answers) => answers.into_iter().map(Ok).collect(),
                         Err(error) => {
+                            // Every request of the batch failed with it; each gets its
+                            // words (an error's source cannot be shared).
                             let reason = match error {
+                                crate::Error::GatewayUnreachable {
+                                    reason,
+                                    source: Some(cause),
+                                    ..
+                                } => format!("{reason}: {cause}"),
                                 crate::Error::GatewayUnreachable { reason, .. } => reason,
                                 other => other.to_string(),
                             };
                             requests
                                 .iter()
-                                .map(|_| {
-                                    Err(crate::Error::GatewayUnreachable {
-                                        gateway_id: g.clone(),
-                                        reason: reason.clone(),
-                                    })
-                                })
+                                .map(|_| Err(crate::Error::unreachable(g.clone(), reason.clone())))
                                 .collect()
                         }
                     }

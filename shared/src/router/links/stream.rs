@@ -137,10 +137,7 @@ impl DeliverStream {
 
 impl Target {
     fn unreachable(&self, reason: String) -> Error {
-        Error::GatewayUnreachable {
-            gateway_id: self.gateway_id.clone(),
-            reason,
-        }
+        Error::unreachable(self.gateway_id.clone(), reason)
     }
 
     fn count(&self, status: &str) {
