@@ -1,5 +1,7 @@
 //! The command line: one subcommand per scenario, and the dispatch to it.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use clap::Parser;
 
@@ -120,6 +122,11 @@ pub enum Cli {
         /// at 1,000/s against 6 ms after 40 s).
         #[arg(long, default_value_t = 20)]
         warmup_seconds: u64,
+        /// The publisher's turn in milliseconds: each turn publishes the messages due by then
+        /// together (5 a turn at 5,000/s); 0 publishes each at its own time (see
+        /// bench/src/publisher.rs `schedule`).
+        #[arg(long, default_value_t = 1)]
+        publish_slot_ms: u64,
         /// Lower rates measured first on the same sockets (comma-separated, ascending):
         /// where the box still meets the target (`at_<rate>_*` keys).
         #[arg(long, value_delimiter = ',', default_value = "1000,2000")]
@@ -270,6 +277,11 @@ pub enum Cli {
         /// Seconds of publishing at the same rate before the measurement.
         #[arg(long, default_value_t = 3)]
         warmup_seconds: u64,
+        /// The publisher's turn in milliseconds: each turn publishes the messages due by then
+        /// together (5 a turn at 5,000/s); 0 publishes each at its own time (see
+        /// bench/src/publisher.rs `schedule`).
+        #[arg(long, default_value_t = 1)]
+        publish_slot_ms: u64,
         /// The consumer's prefetch (the Hermes consumer's default).
         #[arg(long, default_value_t = 64)]
         prefetch: u16,
@@ -297,6 +309,11 @@ pub enum Cli {
         /// Seconds of publishing at the same rate before the measurement.
         #[arg(long, default_value_t = 3)]
         warmup_seconds: u64,
+        /// The publisher's turn in milliseconds: each turn publishes the messages due by then
+        /// together (5 a turn at 5,000/s); 0 publishes each at its own time (see
+        /// bench/src/publisher.rs `schedule`).
+        #[arg(long, default_value_t = 0)]
+        publish_slot_ms: u64,
         /// The consumer's prefetch (the Hermes consumer's default).
         #[arg(long, default_value_t = 64)]
         prefetch: u16,
@@ -530,6 +547,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             rate,
             seconds,
             warmup_seconds,
+            publish_slot_ms,
             ramp,
             drain_seconds,
             consumer_bin,
@@ -547,6 +565,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 rate,
                 seconds,
                 warmup_seconds,
+                publish_slot: Duration::from_millis(publish_slot_ms),
                 ramp,
                 drain_seconds,
                 consumer_bin,
@@ -634,6 +653,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             rate,
             seconds,
             warmup_seconds,
+            publish_slot_ms,
             prefetch,
             amqp_url,
             queue,
@@ -644,6 +664,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 rate,
                 seconds,
                 warmup_seconds,
+                publish_slot: Duration::from_millis(publish_slot_ms),
                 prefetch,
             };
             println!("{}", queue_floor::run(&args).await?);
@@ -653,6 +674,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             rate,
             seconds,
             warmup_seconds,
+            publish_slot_ms,
             prefetch,
             amqp_url,
             queue,
@@ -664,6 +686,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 rate,
                 seconds,
                 warmup_seconds,
+                publish_slot: Duration::from_millis(publish_slot_ms),
                 prefetch,
                 ack,
             };

@@ -28,6 +28,8 @@ pub struct QueueFloorArgs {
     pub rate: u64,
     pub seconds: u64,
     pub warmup_seconds: u64,
+    /// The publisher's turn (`schedule`); zero: each message at its own time.
+    pub publish_slot: Duration,
     /// The consumer's `basic.qos` prefetch (the Hermes consumer's default).
     pub prefetch: u16,
 }
@@ -120,7 +122,7 @@ pub async fn run(a: &QueueFloorArgs) -> Result<Value> {
     };
 
     let warm = a.rate * a.warmup_seconds;
-    schedule(0, warm, a.rate, &send).await?;
+    schedule(0, warm, a.rate, a.publish_slot, &send).await?;
     wait_received(warm).await?;
     *tally.measured.lock().unwrap_or_else(|p| p.into_inner()) =
         Some(Histogram::new_with_bounds(1, 60_000_000, 3)?);
@@ -130,7 +132,7 @@ pub async fn run(a: &QueueFloorArgs) -> Result<Value> {
     ];
     let total = a.rate * a.seconds;
     let (t0, c0) = (Instant::now(), ticks(&watch));
-    let publish_seconds = schedule(warm, total, a.rate, &send).await?;
+    let publish_seconds = schedule(warm, total, a.rate, a.publish_slot, &send).await?;
     let cpu = cpu_percent(&watch, &c0, t0.elapsed().as_secs_f64());
     wait_received(warm + total).await?;
     let confirms = publisher.finish().await;
