@@ -161,6 +161,27 @@ families! {
             "Deliver streams opened from this router to gateways, by result",
             ["result"]
         ),
+        /// Deliver-stream writes a gateway did not take in within the deliver timeout (the
+        /// connection is then dropped and its requests fail).
+        deliver_stalled_writes: IntCounter(
+            "hermes_deliver_stalled_writes_total",
+            "Deliver-stream writes that a gateway did not take in within the deliver timeout"
+        ),
+        /// Per gateway whose circuit is not closed: 1 open (deliveries fail at once), 2
+        /// half-open (one probe delivery in flight). A gateway with a closed circuit has no
+        /// series.
+        deliver_breaker_state: IntGaugeVec(
+            "hermes_deliver_breaker_state",
+            "Circuit state of a gateway the router stopped sending to: 1 open, 2 half-open",
+            ["gateway"]
+        ),
+        /// Circuits opened, and deliveries failed at once because their gateway's circuit
+        /// was open (`event` = `opened` or `rejected`).
+        deliver_breaker_events: IntCounterVec(
+            "hermes_deliver_breaker_events_total",
+            "Circuit breaker events of the router's links: opened, rejected",
+            ["event"]
+        ),
     }
     queue {
         /// Queue messages by source and outcome.
@@ -336,7 +357,7 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "a family declared twice");
-        assert_eq!(names.len(), 23);
+        assert_eq!(names.len(), 26);
         // Registering a family again is refused: each one is in the registry already.
         assert!(
             m.registry

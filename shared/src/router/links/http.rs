@@ -35,6 +35,9 @@ impl GatewayClient {
             // burst has to open again (a handshake on the delivery path).
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
+            // A pooled connection whose data a gateway stops acknowledging fails in the kernel
+            // after the timeout too (the request's own timeout bounds the call).
+            .tcp_user_timeout(timeout)
             .build()
             .map_err(|e| Error::Config(format!("cannot build the gateway client: {e}")))?;
         Ok(Self {

@@ -8,20 +8,29 @@
 //! alone). Deliveries of routed messages and of broadcasts take the same link; a
 //! connection lookup goes over HTTP on the links' client (the stream carries deliveries
 //! only).
+//!
+//! Every delivery is bounded: it fails if no answer came within the client's timeout
+//! (plus [`DEADLINE_MARGIN`], a backstop over the link's own deadlines), and a gateway that
+//! keeps failing gets its circuit opened ([`breaker`]): its deliveries then fail at once
+//! until a probe gets through. A gateway that stops reading therefore holds up only the
+//! messages that target it, each for one fast failure.
 
+pub mod breaker;
 mod http;
 mod stream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use breaker::Breakers;
 pub use http::GatewayClient;
 use stream::{DeliverStream, StreamError};
 
 use crate::batch::{BatchFn, Batcher};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::wire::{ConnectionInfo, DELIVER_BATCH_MAX, DeliverRequest, DeliverResponse};
 
 /// How a router sends deliveries to other gateways (`HERMES_DELIVER_TRANSPORT`).
@@ -49,6 +58,10 @@ impl DeliverTransport {
 /// Delivery requests to one gateway in flight at once (the rest wait and go out together).
 const DELIVERIES_IN_FLIGHT: usize = 4;
 
+/// How much longer than the client's timeout a delivery may take in all before it fails
+/// (queueing in a batcher, a connect before the write).
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
+
 /// Gateways the router keeps a delivery link for before it forgets them all.
 const MAX_DELIVERY_LINKS: usize = 256;
 
@@ -70,18 +83,53 @@ pub(super) struct Links {
     /// Internal URL → the gateway there and the link deliveries to it take (a URL taken
     /// over by another gateway gets a new link).
     links: Mutex<HashMap<String, (String, Link)>>,
+    breakers: Breakers,
 }
 
 impl Links {
     pub(super) fn new(client: GatewayClient) -> Self {
+        let breakers = Breakers::new(client.timeout() + DEADLINE_MARGIN, client.metrics().clone());
         Self {
             client,
             links: Mutex::new(HashMap::new()),
+            breakers,
         }
     }
 
-    /// Delivers to the gateway at `url` over its link.
+    /// Delivers to the gateway at `url` over its link, unless its circuit is open; fails
+    /// after the client's timeout and [`DEADLINE_MARGIN`] whatever the link does.
     pub(super) async fn deliver(
+        &self,
+        gateway_id: &str,
+        url: &str,
+        request: DeliverRequest,
+    ) -> Result<DeliverResponse> {
+        let pass = self.breakers.admit(gateway_id).map_err(|open| {
+            Error::unreachable(
+                gateway_id,
+                format!(
+                    "not sent: its last {} deliveries failed (circuit open, next probe in {} ms)",
+                    open.failures,
+                    open.next_probe_in.as_millis()
+                ),
+            )
+        })?;
+        let limit = self.client.timeout() + DEADLINE_MARGIN;
+        let result = tokio::time::timeout(limit, self.send(gateway_id, url, request))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::unreachable(
+                    gateway_id,
+                    format!("no answer within {} ms", limit.as_millis()),
+                ))
+            });
+        let failed = matches!(result, Err(Error::GatewayUnreachable { .. }));
+        self.breakers.record(gateway_id, pass, !failed);
+        result
+    }
+
+    /// Sends one delivery over the gateway's link.
+    async fn send(
         &self,
         gateway_id: &str,
         url: &str,

@@ -15,7 +15,16 @@
 //! Failure semantics are those of the HTTP call it replaces: a request not answered within
 //! the client's timeout fails (and the connection is dropped, so a stalled gateway gets a
 //! fresh connection next time); a connection that breaks fails the requests it carried; a
-//! connect that fails fails the requests waiting for it. A gateway that answers the
+//! connect that fails fails the requests waiting for it.
+//!
+//! Nothing waits without a bound: a write (and its flush) that a gateway does not take in
+//! within the client's timeout fails the requests in flight and drops the connection (a
+//! frozen gateway's TCP window fills, and the write would otherwise wait for ever); the
+//! socket carries `TCP_USER_TIMEOUT` = that timeout, so the kernel gives up on data left
+//! unacknowledged as well; at most [`MAX_OUTSTANDING`] requests wait in the stream or in
+//! flight, and one beyond that fails at once. A frame holds at most [`DELIVER_BATCH_MAX`]
+//! requests and at most [`FRAME_BYTES`] of JSON (a request larger than that goes alone), so
+//! one large notification never makes a frame the gateway refuses. A gateway that answers the
 //! upgrade with 404 (a version without the stream) makes the stream hand every request
 //! back as [`StreamError::Unsupported`], and the router delivers to it over HTTP.
 
@@ -26,6 +35,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -37,9 +47,17 @@ use super::GatewayClient;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::wire::{
-    DELIVER_BATCH_MAX, DELIVER_STREAM_PATH, DELIVER_STREAM_PROTOCOL, DeliverBatch,
-    DeliverBatchReply, DeliverRequest, DeliverResponse, SECRET_HEADER,
+    DELIVER_BATCH_MAX, DELIVER_STREAM_PATH, DELIVER_STREAM_PROTOCOL, DeliverBatchReply,
+    DeliverRequest, DeliverResponse, SECRET_HEADER,
 };
+
+/// Requests one stream holds at most, queued and in flight together; one more fails at once
+/// (a gateway that stopped answering must not collect every message of the router).
+pub const MAX_OUTSTANDING: usize = 4_096;
+
+/// A frame's JSON is at most this long, unless one request alone is longer. Under every
+/// gateway's frame limit: 32 × (2 × its message limit + 64 KiB) ≥ 2 MiB.
+pub const FRAME_BYTES: usize = 1024 * 1024;
 
 /// Why a request submitted to a stream was not answered.
 #[derive(Debug)]
@@ -62,7 +80,7 @@ struct Submission {
 #[derive(Clone)]
 pub struct DeliverStream {
     target: Arc<Target>,
-    sender: Arc<Mutex<Option<mpsc::UnboundedSender<Submission>>>>,
+    sender: Arc<Mutex<Option<mpsc::Sender<Submission>>>>,
 }
 
 /// Where a stream connects and what it needs to.
@@ -102,7 +120,7 @@ impl DeliverStream {
         let mut submission = Submission { request, reply };
         // A task that ended (its runtime shut down) is replaced once.
         for _ in 0..2 {
-            match self.sender().send(submission) {
+            match self.sender().try_send(submission) {
                 Ok(()) => {
                     return answer.await.unwrap_or_else(|_| {
                         Err(StreamError::Failed(self.target.unreachable(
@@ -110,7 +128,13 @@ impl DeliverStream {
                         )))
                     });
                 }
-                Err(mpsc::error::SendError(back)) => {
+                Err(TrySendError::Full(_)) => {
+                    self.target.count("overloaded");
+                    return Err(StreamError::Failed(self.target.unreachable(format!(
+                        "{MAX_OUTSTANDING} deliveries are already waiting for it"
+                    ))));
+                }
+                Err(TrySendError::Closed(back)) => {
                     submission = back;
                     self.sender.lock().take();
                 }
@@ -123,12 +147,14 @@ impl DeliverStream {
     }
 
     /// The sender of the running task, started if there is none.
-    fn sender(&self) -> mpsc::UnboundedSender<Submission> {
+    fn sender(&self) -> mpsc::Sender<Submission> {
         let mut slot = self.sender.lock();
         if let Some(tx) = slot.as_ref().filter(|tx| !tx.is_closed()) {
             return tx.clone();
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        // The task takes what is queued only while fewer than MAX_OUTSTANDING are in flight,
+        // so queued and in flight together stay within twice that at most.
+        let (tx, rx) = mpsc::channel(MAX_OUTSTANDING);
         tokio::spawn(run(self.target.clone(), rx));
         *slot = Some(tx.clone());
         tx
@@ -181,6 +207,12 @@ async fn connect(target: &Target) -> Result<Ws, ConnectError> {
             .map_err(|e| ConnectError::Failed(format!("connect {addr}: {e}")))?;
         tcp.set_nodelay(true)
             .map_err(|e| ConnectError::Failed(format!("TCP_NODELAY: {e}")))?;
+        // Data the gateway does not acknowledge (or cannot take: a shut window) in time
+        // fails the connection in the kernel too, not after tcp_retries2 (~15 minutes).
+        #[cfg(target_os = "linux")]
+        if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(target.timeout)) {
+            tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT on a deliver stream");
+        }
         match tokio_tungstenite::client_async(request, tcp).await {
             Ok((ws, _)) => Ok(ws),
             Err(WsError::Http(response)) if response.status().as_u16() == 404 => {
@@ -228,15 +260,25 @@ impl Link {
     }
 }
 
-/// Takes what else is queued right now (up to a frame's worth per call site).
-fn drain_queued(rx: &mut mpsc::UnboundedReceiver<Submission>, into: &mut Vec<Submission>) {
-    while let Ok(s) = rx.try_recv() {
-        into.push(s);
+impl Link {
+    /// Requests written and not answered yet.
+    fn outstanding(&self) -> usize {
+        self.in_flight.iter().map(|f| f.replies.len()).sum()
+    }
+}
+
+/// Takes what else is queued right now, up to [`MAX_OUTSTANDING`] in all.
+fn drain_queued(rx: &mut mpsc::Receiver<Submission>, into: &mut Vec<Submission>) {
+    while into.len() < MAX_OUTSTANDING {
+        match rx.try_recv() {
+            Ok(s) => into.push(s),
+            Err(_) => break,
+        }
     }
 }
 
 /// The stream's task: writes batches, matches answers, times requests out, reconnects.
-async fn run(target: Arc<Target>, mut rx: mpsc::UnboundedReceiver<Submission>) {
+async fn run(target: Arc<Target>, mut rx: mpsc::Receiver<Submission>) {
     let mut link = Link {
         ws: None,
         in_flight: VecDeque::new(),
@@ -300,9 +342,12 @@ async fn run(target: Arc<Target>, mut rx: mpsc::UnboundedReceiver<Submission>) {
             continue;
         }
         let deadline = link.in_flight.front().map(|f| f.deadline);
+        // Take more only while the gateway keeps up; meanwhile new requests wait in the
+        // channel, and fail at once when it is full.
+        let room = link.outstanding() < MAX_OUTSTANDING;
         let Some(ws) = link.ws.as_mut() else { continue };
         tokio::select! {
-            submission = rx.recv() => {
+            submission = rx.recv(), if room => {
                 let Some(first) = submission else {
                     // Every handle is gone: close politely and end.
                     let _ = ws.close(None).await;
@@ -349,58 +394,102 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Writes `batch` as frames of at most [`DELIVER_BATCH_MAX`] requests, flushed once.
+/// Writes `batch` as frames of at most [`DELIVER_BATCH_MAX`] requests and [`FRAME_BYTES`],
+/// flushed once; the writes and the flush must be done by the client's timeout.
 async fn send(target: &Target, link: &mut Link, batch: &mut Vec<Submission>) {
-    let Some(ws) = link.ws.as_mut() else {
+    if link.ws.is_none() {
         for s in batch.drain(..) {
             let _ = s.reply.send(Err(StreamError::Failed(
                 target.unreachable("the deliver stream is not connected".into()),
             )));
         }
         return;
-    };
+    }
     let deadline = Instant::now() + target.timeout;
-    let mut written: Result<(), WsError> = Ok(());
-    let mut requests = Vec::with_capacity(batch.len().min(DELIVER_BATCH_MAX));
-    let mut chunks = batch.drain(..).peekable();
-    while chunks.peek().is_some() {
-        requests.clear();
-        let mut replies = Vec::new();
-        for s in chunks.by_ref().take(DELIVER_BATCH_MAX) {
-            requests.push(s.request);
-            replies.push(s.reply);
-        }
-        let seq = link.next_seq;
-        link.next_seq += 1;
-        let frame = match serde_json::to_string(&DeliverBatch {
-            seq,
-            requests: requests.as_slice(),
-        }) {
-            Ok(frame) => frame,
+    let mut frames = Vec::new();
+    let mut frame = FrameBuilder::default();
+    for s in batch.drain(..) {
+        let request = match serde_json::to_string(&s.request) {
+            Ok(json) => json,
             Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(StreamError::Failed(Error::Invalid(format!(
-                        "cannot encode a deliver request: {e}"
-                    )))));
-                }
+                let _ = s.reply.send(Err(StreamError::Failed(Error::Invalid(format!(
+                    "cannot encode a deliver request: {e}"
+                )))));
                 continue;
             }
         };
+        if !frame.fits(&request) {
+            frames.push(std::mem::take(&mut frame));
+        }
+        frame.push(request, s.reply);
+    }
+    if !frame.replies.is_empty() {
+        frames.push(frame);
+    }
+    let mut texts = Vec::with_capacity(frames.len());
+    for frame in frames {
+        let seq = link.next_seq;
+        link.next_seq += 1;
+        texts.push(frame.text(seq));
         link.in_flight.push_back(InFlight {
             seq,
             deadline,
-            replies,
+            replies: frame.replies,
         });
-        if written.is_ok() {
-            written = ws.feed(Message::text(frame)).await;
+    }
+    let Some(ws) = link.ws.as_mut() else { return };
+    let write = async {
+        for text in texts {
+            ws.feed(Message::text(text)).await?;
+        }
+        ws.flush().await
+    };
+    match tokio::time::timeout_at(deadline, write).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            target.count("unreachable");
+            link.fail_all(target, &format!("deliver stream write: {e}"));
+        }
+        Err(_) => {
+            target.count("timeout");
+            target.metrics.deliver_stalled_writes.inc();
+            link.fail_all(
+                target,
+                &format!(
+                    "the gateway did not take in a write within {} ms",
+                    target.timeout.as_millis()
+                ),
+            );
         }
     }
-    if written.is_ok() {
-        written = ws.flush().await;
+}
+
+/// One frame being put together: the requests' JSON, joined by commas, and their callers.
+#[derive(Default)]
+struct FrameBuilder {
+    requests: String,
+    replies: Vec<oneshot::Sender<Answer>>,
+}
+
+impl FrameBuilder {
+    /// Whether `request` may join this frame (an empty frame takes anything).
+    fn fits(&self, request: &str) -> bool {
+        self.replies.is_empty()
+            || (self.replies.len() < DELIVER_BATCH_MAX
+                && self.requests.len() + 1 + request.len() <= FRAME_BYTES)
     }
-    if let Err(e) = written {
-        target.count("unreachable");
-        link.fail_all(target, &format!("deliver stream write: {e}"));
+
+    fn push(&mut self, request: String, reply: oneshot::Sender<Answer>) {
+        if !self.replies.is_empty() {
+            self.requests.push(',');
+        }
+        self.requests.push_str(&request);
+        self.replies.push(reply);
+    }
+
+    /// The frame: a [`crate::wire::DeliverBatch`] (`{"seq":…,"requests":[…]}`).
+    fn text(&self, seq: u64) -> String {
+        format!(r#"{{"seq":{seq},"requests":[{}]}}"#, self.requests)
     }
 }
 
@@ -448,7 +537,7 @@ mod tests {
     use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
     use super::*;
-    use crate::wire::{DeliverAction, Frame, Target as To};
+    use crate::wire::{DeliverAction, DeliverBatch, Frame, Target as To};
 
     const SECRET: &str = "secret-secret-secret";
 
@@ -651,6 +740,124 @@ mod tests {
             stream.submit(request(1)).await,
             Err(StreamError::Failed(Error::GatewayUnreachable { .. }))
         ));
+    }
+
+    /// A request whose notification is `bytes` long.
+    fn large_request(n: usize, bytes: usize) -> DeliverRequest {
+        let mut r = request(n);
+        r.action = DeliverAction::Send {
+            frame: Frame::from_text(format!("\"{}\"", "x".repeat(bytes))),
+        };
+        r
+    }
+
+    #[tokio::test]
+    async fn large_requests_are_split_into_frames_under_the_byte_bound_and_all_answered() {
+        let (url, _, frames) = fake_gateway(vec![Behaviour::Answer]).await;
+        let stream =
+            DeliverStream::new("g", &url, &client(Duration::from_secs(5))).expect("http URL");
+        // 12 requests of 300 KB: at most 3 fit in a frame of FRAME_BYTES.
+        let answers = join_all((1..=12).map(|n| stream.submit(large_request(n, 300_000)))).await;
+        for (n, answer) in (1..=12).zip(answers) {
+            assert_eq!(answer.expect("answered").delivered, n);
+        }
+        assert!(
+            frames.load(Ordering::SeqCst) >= 4,
+            "12 × 300 KB in frames of 1 MiB"
+        );
+
+        let mut small = FrameBuilder::default();
+        let (tx, _rx) = oneshot::channel();
+        small.push("{}".into(), tx);
+        assert!(!small.fits(&"x".repeat(FRAME_BYTES)), "over the byte bound");
+        let empty = FrameBuilder::default();
+        assert!(
+            empty.fits(&"x".repeat(2 * FRAME_BYTES)),
+            "a large request goes alone"
+        );
+        let text = small.text(7);
+        let parsed: DeliverBatch<Vec<serde_json::Value>> =
+            serde_json::from_str(&text).expect("a deliver batch");
+        assert_eq!((parsed.seq, parsed.requests.len()), (7, 1));
+    }
+
+    #[tokio::test]
+    async fn a_gateway_that_stops_reading_fails_the_stalled_write_at_the_deadline() {
+        // A gateway that accepts the stream, then reads nothing (a SIGSTOPped process): with
+        // small socket buffers the router's write fills them and can go no further.
+        let listener = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        listener.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        listener
+            .bind(
+                &"127.0.0.1:0"
+                    .parse::<std::net::SocketAddr>()
+                    .expect("addr")
+                    .into(),
+            )
+            .expect("bind");
+        listener.listen(16).expect("listen");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let listener = TcpListener::from_std(listener.into()).expect("tokio listener");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                // The error type is tungstenite's, an HTTP response.
+                #[allow(clippy::result_large_err)]
+                let respond = |_: &Request, mut response: Response| {
+                    response.headers_mut().insert(
+                        "Sec-WebSocket-Protocol",
+                        HeaderValue::from_static(DELIVER_STREAM_PROTOCOL),
+                    );
+                    Ok(response)
+                };
+                if let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, respond).await {
+                    held.push(ws);
+                }
+            }
+        });
+        let metrics = Arc::new(Metrics::new());
+        let client = GatewayClient::new(SECRET, Duration::from_millis(300), metrics.clone())
+            .expect("client");
+        let stream = DeliverStream::new("g", &url, &client).expect("http URL");
+        // 32 MB in all: far more than the socket buffers hold.
+        let answers = tokio::time::timeout(
+            Duration::from_secs(20),
+            join_all((1..=32).map(|n| stream.submit(large_request(n, 1_000_000)))),
+        )
+        .await
+        .expect("every request fails instead of waiting for ever");
+        for answer in answers {
+            assert!(matches!(
+                answer,
+                Err(StreamError::Failed(Error::GatewayUnreachable { .. }))
+            ));
+        }
+        assert!(
+            metrics.deliver_stalled_writes.get() >= 1,
+            "the write was cut off at its deadline"
+        );
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_outstanding_bound_fail_at_once() {
+        let (url, _, _) = fake_gateway(vec![Behaviour::Silent]).await;
+        let stream =
+            DeliverStream::new("g", &url, &client(Duration::from_secs(2))).expect("http URL");
+        let answers = join_all((0..3 * MAX_OUTSTANDING).map(|n| stream.submit(request(n)))).await;
+        let refused = answers
+            .iter()
+            .filter(|a| {
+                matches!(a, Err(StreamError::Failed(Error::GatewayUnreachable { reason, .. }))
+                    if reason.contains("already waiting"))
+            })
+            .count();
+        assert!(refused >= MAX_OUTSTANDING, "{refused} refused at once");
+        assert!(
+            answers.iter().all(|a| a.is_err()),
+            "a silent gateway answers nothing"
+        );
     }
 
     #[test]

@@ -132,3 +132,60 @@ async fn a_connection_lookup_asks_the_holding_gateway_and_forgets_rows_of_a_dead
     assert_eq!(asked("c").await.expect("asked"), None);
     assert_eq!(registry.connection("c").await.expect("get"), None);
 }
+
+/// A gateway that accepts connections and then does nothing (a frozen process); counts them.
+async fn frozen_gateway() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn a_gateway_that_keeps_failing_is_not_sent_to_while_its_circuit_is_open() {
+    let (url, accepted) = frozen_gateway().await;
+    let registry = Arc::new(MemoryRegistry::new());
+    live(&registry, "frozen", &url).await;
+    registry
+        .add_user_gateway("v", "frozen", Duration::from_secs(60))
+        .await
+        .expect("add");
+    let metrics = Arc::new(Metrics::new());
+    let r = router_counting(registry, Arc::new(Recorder::default()), metrics.clone());
+    let to_v = message(r#"{"user_id":"u","room_id":"r","data":1,"to_user_id":"v"}"#);
+    for _ in 0..crate::router::links::breaker::FAILURES_TO_OPEN {
+        let o = r.publish(&to_v).await.expect("routed");
+        assert_eq!(o.failed, vec!["frozen".to_owned()]);
+    }
+    let tried = accepted.load(Ordering::SeqCst);
+    assert!(tried >= 1, "the first deliveries were tried");
+    for _ in 0..20 {
+        let o = r.publish(&to_v).await.expect("routed");
+        assert_eq!(
+            o.failed,
+            vec!["frozen".to_owned()],
+            "still reported as failed"
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        tried,
+        "no delivery went out while the circuit was open"
+    );
+    let text = metrics.render();
+    assert!(
+        text.contains("hermes_deliver_breaker_state{gateway=\"frozen\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("hermes_deliver_breaker_events_total{event=\"rejected\"} 20"));
+}
