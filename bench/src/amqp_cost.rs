@@ -315,6 +315,7 @@ impl Sink for ParseSink {
         Routed {
             outcome: Outcome::Ack,
             id: None,
+            answered: Vec::new(),
         }
     }
 

@@ -41,6 +41,7 @@ impl Sink for Processor {
                         reason: e.to_string(),
                     },
                     id: None,
+                    answered: incoming.answered.to_vec(),
                 };
             }
         };
@@ -53,7 +54,13 @@ impl Sink for Processor {
         if message.id.is_none() {
             message.id = Some(hermes_shared::ids::new_message_id());
         }
-        let outcome = match self.router.publish(&message).await {
+        let mut answered = incoming.answered.to_vec();
+        let routed = self
+            .router
+            .publish_except(&message, incoming.answered)
+            .await
+            .inspect(|outcome| answered.extend(outcome.answered.iter().cloned()));
+        let outcome = match routed {
             Ok(outcome) if outcome.failed.is_empty() => Outcome::Ack,
             Ok(outcome) => Outcome::Retry {
                 reason: format!("gateways did not answer: {}", outcome.failed.join(", ")),
@@ -68,6 +75,7 @@ impl Sink for Processor {
         Routed {
             outcome,
             id: message.id,
+            answered,
         }
     }
 
@@ -125,6 +133,7 @@ mod tests {
             body,
             fallback_id,
             sent_at,
+            answered: &[],
         })
         .await
     }

@@ -527,6 +527,15 @@ pub fn close_code(code: u16) -> CloseCode {
 }
 
 /// Sends SIGTERM to a child process.
+/// Sends `signal` (`STOP`, `CONT`, ...) to process `pid` with kill(1).
+pub fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
 pub fn sigterm(child: &tokio::process::Child) {
     let pid = child.id().expect("running");
     let status = std::process::Command::new("kill")

@@ -54,6 +54,9 @@ const SOURCE: &str = "amqp";
 pub const ATTEMPTS_HEADER: &str = "x-hermes-attempts";
 /// Header carrying the id a message was first routed under.
 pub const ID_HEADER: &str = "x-hermes-id";
+/// Header listing the gateways (comma-separated ids) earlier attempts reached; a retry goes
+/// only to the others.
+pub const ANSWERED_HEADER: &str = "x-hermes-answered";
 /// Header carrying the dead-letter reason.
 pub const REASON_HEADER: &str = "x-hermes-dead-reason";
 /// How long a republished message may wait for the broker's confirm.
@@ -492,11 +495,16 @@ async fn handle(session: &Session, sink: &dyn Sink, delivery: AmqpDelivery) {
     let fallback_id = headers
         .and_then(|h| header_string(h, ID_HEADER))
         .or_else(|| properties.message_id().as_ref().map(|id| id.to_string()));
+    let answered = headers
+        .and_then(|h| header_string(h, ANSWERED_HEADER))
+        .map(|list| answered_gateways(&list))
+        .unwrap_or_default();
     let routed = sink
         .route(Incoming {
             body: &delivery.data,
             fallback_id: fallback_id.as_deref(),
             sent_at: None,
+            answered: &answered,
         })
         .await;
     let id = routed.id;
@@ -513,6 +521,12 @@ async fn handle(session: &Session, sink: &dyn Sink, delivery: AmqpDelivery) {
         );
         if let Some(id) = id.as_deref() {
             headers.insert(ID_HEADER.into(), AMQPValue::LongString(id.into()));
+        }
+        if !routed.answered.is_empty() {
+            headers.insert(
+                ANSWERED_HEADER.into(),
+                AMQPValue::LongString(routed.answered.join(",").into()),
+            );
         }
         if let Some(why) = why {
             headers.insert(REASON_HEADER.into(), AMQPValue::LongString(why.into()));
@@ -631,10 +645,30 @@ fn header_string(headers: &FieldTable, key: &str) -> Option<String> {
     Some(text.to_owned()).filter(|t| !t.is_empty())
 }
 
+/// The gateway ids of an [`ANSWERED_HEADER`] value, each once.
+fn answered_gateways(list: &str) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for id in list.split(',').map(str::trim).filter(|id| !id.is_empty()) {
+        if !ids.iter().any(|known| known == id) {
+            ids.push(id.to_owned());
+        }
+    }
+    ids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use lapin::types::LongString;
+
+    #[test]
+    fn the_answered_header_lists_each_gateway_once() {
+        assert_eq!(
+            answered_gateways("gw-a, gw-b,,gw-a"),
+            vec!["gw-a".to_owned(), "gw-b".to_owned()]
+        );
+        assert!(answered_gateways("").is_empty());
+    }
 
     fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
         let mut t = FieldTable::default();

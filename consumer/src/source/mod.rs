@@ -31,6 +31,9 @@ pub struct Incoming<'a> {
     pub fallback_id: Option<&'a str>,
     /// When the producer sent it, ms since the epoch, if the broker says.
     pub sent_at: Option<u64>,
+    /// The gateways earlier attempts at this message reached (carried by the retry copy,
+    /// or remembered by the source): not sent to again.
+    pub answered: &'a [String],
 }
 
 /// The outcome of routing one message: what the sink asks the source to do with it.
@@ -51,6 +54,9 @@ pub struct Routed {
     /// The id the message was routed under (carried on retry copies so that a redelivery
     /// is de-duplicated), if it got that far.
     pub id: Option<String>,
+    /// The gateways done with it, this attempt's and the earlier ones' (carried on a retry
+    /// copy: the retry goes only to the others).
+    pub answered: Vec<String>,
 }
 
 /// A message now on the dead-letter queue.

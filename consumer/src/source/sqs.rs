@@ -155,6 +155,7 @@ impl Source for SqsSource {
             settings: this.settings,
             delivery: this.delivery,
             sink,
+            answered: AnsweredMemory::default(),
         });
         let s = &worker.settings;
         let concurrency = worker.delivery.concurrency;
@@ -253,6 +254,48 @@ struct Worker {
     settings: Arc<SqsSettings>,
     delivery: Delivery,
     sink: Arc<dyn Sink>,
+    /// The gateways earlier attempts at a message reached, by SQS message id, while the
+    /// message waits for its retry. SQS cannot change a message's attributes when it makes
+    /// it visible again, so this consumer remembers them; a retry that another consumer
+    /// receives goes to every holder again, and the gateways' de-duplication drops the
+    /// repeat.
+    answered: AnsweredMemory,
+}
+
+/// Gateways that answered a message, kept for the messages waiting for a retry: at most
+/// [`AnsweredMemory::MAX`] messages, each for [`AnsweredMemory::KEEP`].
+#[derive(Default)]
+struct AnsweredMemory(parking_lot::Mutex<HashMap<String, (std::time::Instant, Vec<String>)>>);
+
+impl AnsweredMemory {
+    const MAX: usize = 100_000;
+    /// Longer than the longest retry delay of the default policy (30 s) with room to spare.
+    const KEEP: Duration = Duration::from_secs(15 * 60);
+
+    fn get(&self, message_id: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .get(message_id)
+            .map(|(_, ids)| ids.clone())
+            .unwrap_or_default()
+    }
+
+    /// Remembers `ids` for a message that will be retried; forgets it when `ids` is `None`.
+    fn set(&self, message_id: &str, ids: Option<Vec<String>>) {
+        let mut map = self.0.lock();
+        let Some(ids) = ids.filter(|ids| !ids.is_empty()) else {
+            map.remove(message_id);
+            return;
+        };
+        if map.len() >= Self::MAX {
+            let now = std::time::Instant::now();
+            map.retain(|_, (at, _)| now.duration_since(*at) < Self::KEEP);
+            if map.len() >= Self::MAX {
+                map.clear();
+            }
+        }
+        map.insert(message_id.to_owned(), (std::time::Instant::now(), ids));
+    }
 }
 
 /// A received message, reduced to what settling it needs.
@@ -412,15 +455,22 @@ impl Worker {
             let decisions = join_all(received.iter().map(|m| async move {
                 // An empty fallback id would make such messages duplicates of each other.
                 let id = Some(m.message_id.as_str()).filter(|id| !id.is_empty());
+                let answered = id.map(|id| self.answered.get(id)).unwrap_or_default();
                 let routed = self
                     .sink
                     .route(Incoming {
                         body: m.body.as_bytes(),
                         fallback_id: id,
                         sent_at: m.sent_at,
+                        answered: &answered,
                     })
                     .await;
-                self.delivery.policy.decide(routed.outcome, m.attempt)
+                let decision = self.delivery.policy.decide(routed.outcome, m.attempt);
+                if let Some(id) = id {
+                    let retried = matches!(decision, Decision::Retry { .. });
+                    self.answered.set(id, retried.then_some(routed.answered));
+                }
+                decision
             }))
             .await;
             let settled = join_all(

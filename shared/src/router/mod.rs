@@ -121,6 +121,17 @@ impl Router {
 
     /// Routes a published message. Its text is serialized here, once.
     pub async fn publish(&self, message: &PublishMessage) -> Result<RouteOutcome> {
+        self.publish_except(message, &[]).await
+    }
+
+    /// Routes a published message to the gateways holding its targets except `done`, the
+    /// gateways an earlier attempt at the same message reached ([`RouteOutcome::answered`]):
+    /// a retry goes only to those that did not answer.
+    pub async fn publish_except(
+        &self,
+        message: &PublishMessage,
+        done: &[String],
+    ) -> Result<RouteOutcome> {
         let id = message
             .id
             .clone()
@@ -134,11 +145,16 @@ impl Router {
                 frame: message.frame(),
             },
         };
-        self.route(request).await
+        self.route_except(request, done).await
     }
 
     /// Routes a deliver request to the gateways holding its target.
     pub async fn route(&self, request: DeliverRequest) -> Result<RouteOutcome> {
+        self.route_except(request, &[]).await
+    }
+
+    /// Routes a deliver request to the gateways holding its target, except `done`.
+    async fn route_except(&self, request: DeliverRequest, done: &[String]) -> Result<RouteOutcome> {
         let started = Instant::now();
         let mut outcome = RouteOutcome {
             id: request.id.clone().unwrap_or_default(),
@@ -184,13 +200,15 @@ impl Router {
             }
         };
 
-        let deliveries = groups.into_iter().map(|(gateway_id, req)| async move {
-            let delivery = match self.hops.hop(&gateway_id).await {
-                Ok(hop) => self.deliver(&gateway_id, hop, req).await,
-                Err(error) => Delivery::Failed(error),
-            };
-            (gateway_id, delivery)
-        });
+        let deliveries = groups.into_iter().filter(|(g, _)| !done.contains(g)).map(
+            |(gateway_id, req)| async move {
+                let delivery = match self.hops.hop(&gateway_id).await {
+                    Ok(hop) => self.deliver(&gateway_id, hop, req).await,
+                    Err(error) => Delivery::Failed(error),
+                };
+                (gateway_id, delivery)
+            },
+        );
 
         let mut failures = Vec::new();
         for (gateway_id, delivery) in join_all(deliveries).await {
@@ -198,10 +216,14 @@ impl Router {
                 Delivery::Answered(response) => {
                     outcome.gateways += 1;
                     outcome.delivered += response.delivered;
+                    outcome.answered.push(gateway_id);
                     response.gone
                 }
                 // Its rows were just removed; connections it held are gone with it.
-                Delivery::Dead(gone) => gone,
+                Delivery::Dead(gone) => {
+                    outcome.answered.push(gateway_id);
+                    gone
+                }
                 Delivery::Skipped => {
                     self.metrics
                         .route_skipped

@@ -135,6 +135,10 @@ pub struct RouteOutcome {
     pub gone: usize,
     /// Gateways that held targets and answered.
     pub gateways: usize,
+    /// The gateways that are done with this message: they answered (whatever they
+    /// delivered) or are gone with their connections. A retry goes only to the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answered: Vec<String>,
     /// Gateways that held targets but could not be reached (transient).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<String>,

@@ -74,3 +74,39 @@ async fn a_broadcast_reaches_the_listed_local_gateway_once_and_names_those_it_ca
     assert_eq!((o.gateways, o.delivered), (1, 1), "{o:?}");
     assert_eq!(local.requests.lock().len(), 1);
 }
+
+#[tokio::test]
+async fn a_retry_goes_only_to_the_gateways_that_did_not_answer_the_earlier_attempt() {
+    let (far, far_requests) = fake_gateway_counting(1).await;
+    let registry = Arc::new(MemoryRegistry::new());
+    live(&registry, "far", &far).await;
+    live(&registry, "frozen", "http://127.0.0.1:9").await;
+    for g in ["local", "far", "frozen"] {
+        registry
+            .add_room_gateway("r", g, Duration::from_secs(60))
+            .await
+            .expect("add");
+    }
+    let local = Arc::new(Recorder::default());
+    let r = router(registry, local.clone());
+    let m = message(r#"{"user_id":"u","room_id":"r","data":1,"id":"m-1"}"#);
+    let first = r.publish(&m).await.expect("routed");
+    let mut answered = first.answered.clone();
+    answered.sort();
+    assert_eq!(answered, vec!["far".to_owned(), "local".to_owned()]);
+    assert_eq!(first.failed, vec!["frozen".to_owned()]);
+
+    let retry = r.publish_except(&m, &first.answered).await.expect("routed");
+    assert_eq!(retry.failed, vec!["frozen".to_owned()], "tried again");
+    assert!(retry.answered.is_empty());
+    assert_eq!(
+        local.requests.lock().len(),
+        1,
+        "the local gateway got it once"
+    );
+    assert_eq!(
+        far_requests.load(Ordering::SeqCst),
+        1,
+        "the far gateway got it once"
+    );
+}
