@@ -65,6 +65,11 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         }
     }
 
+    /// Items submitted and not yet taken into a batch.
+    pub fn pending(&self) -> usize {
+        self.inner.state.lock().pending.len()
+    }
+
     /// Submits one item and waits for its result. `None` only if its batch was lost: `run`
     /// panicked or returned fewer results than items, or the runtime is shutting down.
     pub async fn submit(&self, item: T) -> Option<R> {
@@ -184,7 +189,7 @@ mod tests {
             })
             .collect();
         // Every later item is queued behind the running batch.
-        while b.inner.state.lock().pending.len() < 5 {
+        while b.pending() < 5 {
             tokio::task::yield_now().await;
         }
         gate.add_permits(3);
@@ -194,6 +199,7 @@ mod tests {
         }
         // One alone, then the five queued ones in batches of at most three.
         assert_eq!(*sizes.lock(), vec![1, 3, 2]);
+        assert_eq!(b.pending(), 0, "nothing waits once all are answered");
         assert_eq!(b.inner.state.lock().in_flight, 0);
     }
 

@@ -145,6 +145,22 @@ impl Links {
             },
             Link::Http(batcher) => (batcher, request),
         };
+        // The same bound as a stream's: a gateway that stops answering does not collect
+        // every delivery of the router.
+        if batcher.pending() >= stream::MAX_OUTSTANDING {
+            self.client
+                .metrics()
+                .deliver_requests
+                .with_label_values(&["client", "overloaded"])
+                .inc();
+            return Err(Error::unreachable(
+                gateway_id,
+                format!(
+                    "{} deliveries are already waiting for it",
+                    stream::MAX_OUTSTANDING
+                ),
+            ));
+        }
         batcher.submit(request).await.unwrap_or_else(|| {
             Err(crate::Error::unreachable(
                 gateway_id,
