@@ -209,6 +209,9 @@ impl GatewayConfig {
         };
 
         let registry = RegistryKind::from_strings(s, &stage)?;
+        let registry_ttl = positive_secs(s, REGISTRY_TTL, 30)?;
+        let drain = secs(s, DRAIN, 10)?;
+        check_drain_within_ttl(&registry, drain, registry_ttl)?;
 
         let limits = SocketLimits {
             max_message_bytes: positive(s, MAX_MESSAGE_BYTES, 128 * 1024)?,
@@ -233,9 +236,9 @@ impl GatewayConfig {
             internal_secret,
             allowed_origins,
             registry,
-            registry_ttl: positive_secs(s, REGISTRY_TTL, 30)?,
+            registry_ttl,
             limits,
-            drain: secs(s, DRAIN, 10)?,
+            drain,
             shutdown_grace: positive_secs(s, SHUTDOWN_GRACE, 25)?,
             deliver_timeout: config::deliver_timeout(s)?,
             deliver_transport: deliver_transport(s)?,
@@ -244,6 +247,25 @@ impl GatewayConfig {
             dedup_window: num(s, DEDUP_WINDOW, 4096usize)?,
         })
     }
+}
+
+/// A shared registry's rows (`remote`, `scylla`) must not depend on the heartbeat for a
+/// whole TTL of the drain: a drain at least as long as `HERMES_REGISTRY_TTL_SECONDS` is
+/// refused. The heartbeat refreshes the rows of the sockets still open during the drain,
+/// but the registry is another process: if it is slow or unreachable then, those rows
+/// expire under open sockets, and other processes route around them. The gateway's own
+/// in-process `memory` registry is exempt: its refresh cannot fail, and it lives and dies
+/// with the drain.
+fn check_drain_within_ttl(registry: &RegistryKind, drain: Duration, ttl: Duration) -> Result<()> {
+    if matches!(registry, RegistryKind::Memory) || drain < ttl {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "{DRAIN}: {} s must be shorter than {REGISTRY_TTL} ({} s) with a shared registry; \
+         lower {DRAIN} or raise {REGISTRY_TTL}",
+        drain.as_secs(),
+        ttl.as_secs()
+    )))
 }
 
 #[cfg(test)]
@@ -255,7 +277,7 @@ mod tests {
     };
     use hermes_shared::auth::{Algorithm, BcryptPriority};
     use hermes_shared::config::{DELIVER_TRANSPORT, INTERNAL_SECRET, STAGE};
-    use hermes_shared::registry::config::REGISTRY;
+    use hermes_shared::registry::config::{REGISTRY, REGISTRY_URL};
 
     use super::*;
 
@@ -317,6 +339,53 @@ mod tests {
                 .unwrap_or_default();
             assert!(err.starts_with(named), "{key}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn a_drain_as_long_as_a_shared_registry_ttl_is_refused_naming_both_variables() {
+        for (registry, drain, ttl) in [
+            ("remote", "10", "10"),
+            ("remote", "31", "30"),
+            ("scylla", "30", "30"),
+        ] {
+            let mut env = serve_env();
+            env.extend([
+                (REGISTRY, registry),
+                (REGISTRY_URL, "http://registry:8081"),
+                (DRAIN, drain),
+                (REGISTRY_TTL, ttl),
+            ]);
+            let err = GatewayConfig::from_strings(&env, Mode::Serve)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.starts_with("HERMES_DRAIN_SECONDS: "), "{err}");
+            assert!(err.contains("HERMES_REGISTRY_TTL_SECONDS"), "{err}");
+        }
+        let mut env = serve_env();
+        env.extend([
+            (REGISTRY, "remote"),
+            (REGISTRY_URL, "http://registry:8081"),
+            (DRAIN, "29"),
+        ]);
+        let c = GatewayConfig::from_strings(&env, Mode::Serve).expect("shorter than the TTL");
+        assert_eq!(
+            (c.drain, c.registry_ttl),
+            (Duration::from_secs(29), Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn the_embedded_memory_registry_allows_a_drain_longer_than_its_ttl() {
+        let mut env = serve_env();
+        env.extend([(DRAIN, "60"), (REGISTRY_TTL, "3")]);
+        let c = GatewayConfig::from_strings(&env, Mode::Serve).expect("memory: no limit");
+        assert_eq!(
+            (c.drain, c.registry_ttl),
+            (Duration::from_secs(60), Duration::from_secs(3))
+        );
+        let env = HashMap::from([(DRAIN, "60"), (REGISTRY_TTL, "3")]);
+        GatewayConfig::from_strings(&env, Mode::Standalone).expect("standalone: no limit");
     }
 
     #[test]

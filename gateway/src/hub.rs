@@ -120,8 +120,20 @@ impl Connection {
 #[derive(Default)]
 struct Index {
     connections: HashMap<String, Arc<Connection>>,
-    rooms: HashMap<String, HashMap<String, Arc<Connection>>>,
-    users: HashMap<String, HashMap<String, Arc<Connection>>>,
+    rooms: HashMap<String, Members>,
+    users: HashMap<String, Members>,
+}
+
+/// This gateway's sockets of one room (or one user), and whether the registry row that
+/// says so (`room_gateways` / `user_gateways`) is known to be written.
+#[derive(Default)]
+struct Members {
+    sockets: HashMap<String, Arc<Connection>>,
+    /// Set once a member's write of the row completed. Until then every socket that joins
+    /// writes the row itself before its 101 (an idempotent upsert), rather than trusting a
+    /// write still in flight, which may yet fail. A flag, not a shared future to wait on:
+    /// no allocation per room or user, and a socket never waits for another's write.
+    row_written: bool,
 }
 
 /// Whether a connection was the first (on insert) or last (on remove) of its room/user.
@@ -129,6 +141,14 @@ struct Index {
 pub struct Membership {
     pub room_edge: bool,
     pub user_edge: bool,
+}
+
+/// Which registry rows a socket joining the hub must write before its 101: those of its
+/// room and user that no member has finished writing yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unwritten {
+    pub room_row: bool,
+    pub user_row: bool,
 }
 
 /// Message ids recently delivered, to drop redeliveries.
@@ -190,24 +210,39 @@ impl SessionHub {
         }
     }
 
-    /// Adds a socket.
-    pub fn insert(&self, conn: Arc<Connection>) -> Membership {
+    /// Adds a socket. Returns the rows of its room and user that are not known to be
+    /// written: the caller writes them, then reports each with [`Self::room_row_written`] /
+    /// [`Self::user_row_written`].
+    pub fn insert(&self, conn: Arc<Connection>) -> Unwritten {
         let mut index = self.index.write();
         let id = conn.id().to_owned();
         let room = index.rooms.entry(conn.record.room_id.clone()).or_default();
-        let room_edge = room.is_empty();
-        room.insert(id.clone(), conn.clone());
+        let room_row = !room.row_written;
+        room.sockets.insert(id.clone(), conn.clone());
         let user = index.users.entry(conn.record.user_id.clone()).or_default();
-        let user_edge = user.is_empty();
-        user.insert(id.clone(), conn.clone());
+        let user_row = !user.row_written;
+        user.sockets.insert(id.clone(), conn.clone());
         index.connections.insert(id, conn);
         self.metrics
             .connections_open
             .set(index.connections.len() as i64);
         self.count.send_replace(index.connections.len());
-        Membership {
-            room_edge,
-            user_edge,
+        Unwritten { room_row, user_row }
+    }
+
+    /// A member's write of the room's `room_gateways` row completed: sockets that join from
+    /// now on need not write it. (The caller is still a member, so this is the entry its
+    /// write was for: an entry goes only with its last member.)
+    pub fn room_row_written(&self, room_id: &str) {
+        if let Some(members) = self.index.write().rooms.get_mut(room_id) {
+            members.row_written = true;
+        }
+    }
+
+    /// As [`Self::room_row_written`], for the user's `user_gateways` row.
+    pub fn user_row_written(&self, user_id: &str) {
+        if let Some(members) = self.index.write().users.get_mut(user_id) {
+            members.row_written = true;
         }
     }
 
@@ -288,13 +323,18 @@ impl SessionHub {
         let excluded = |c: &Connection| exclude.is_some_and(|e| e == c.id());
         match target {
             Target::Room { room_id } => {
-                if let Some(conns) = index.rooms.get(room_id) {
-                    conns.values().filter(|c| !excluded(c)).for_each(&mut f);
+                if let Some(members) = index.rooms.get(room_id) {
+                    members
+                        .sockets
+                        .values()
+                        .filter(|c| !excluded(c))
+                        .for_each(&mut f);
                 }
             }
             Target::User { user_id, room_id } => {
-                if let Some(conns) = index.users.get(user_id) {
-                    conns
+                if let Some(members) = index.users.get(user_id) {
+                    members
+                        .sockets
                         .values()
                         .filter(|c| !excluded(c))
                         .filter(|c| room_id.as_ref().is_none_or(|r| *r == c.record.room_id))
@@ -337,15 +377,11 @@ impl SessionHub {
     }
 }
 
-fn remove_from(
-    map: &mut HashMap<String, HashMap<String, Arc<Connection>>>,
-    key: &str,
-    id: &str,
-) -> bool {
+fn remove_from(map: &mut HashMap<String, Members>, key: &str, id: &str) -> bool {
     match map.get_mut(key) {
         Some(members) => {
-            members.remove(id);
-            if members.is_empty() {
+            members.sockets.remove(id);
+            if members.sockets.is_empty() {
                 map.remove(key);
                 true
             } else {
@@ -460,25 +496,50 @@ mod tests {
         }
     }
 
+    /// Two first sockets of a room arriving together both write the room row (the first
+    /// one's write may still be in flight, or fail); once a write completed, sockets that
+    /// join need not; a room that emptied starts over.
     #[test]
-    fn first_and_last_members_are_reported() {
+    fn every_socket_writes_the_room_and_user_rows_until_one_write_completed() {
+        let hub = SessionHub::new(Arc::new(Metrics::new()), 16);
+        let (a, _ra) = conn("a", "r", "u", 4);
+        let (b, _rb) = conn("b", "r", "u", 4);
+        let (c, _rc) = conn("c", "r", "v", 4);
+        let both = Unwritten {
+            room_row: true,
+            user_row: true,
+        };
+        assert_eq!(hub.insert(a.clone()), both);
+        // a's writes are in flight: b must not get its 101 on their strength.
+        assert_eq!(hub.insert(b.clone()), both);
+        hub.room_row_written("r");
+        assert_eq!(
+            hub.insert(c.clone()),
+            Unwritten {
+                room_row: false,
+                user_row: true
+            }
+        );
+        hub.user_row_written("u");
+        for x in [&a, &b, &c] {
+            hub.remove(x);
+        }
+        // The room emptied (its row is removed): its next first socket writes it again.
+        assert_eq!(hub.insert(a.clone()), both);
+        // A write reported for a room or user this gateway no longer holds is ignored.
+        hub.remove(&a);
+        hub.room_row_written("r");
+        hub.user_row_written("u");
+        assert_eq!(hub.insert(a), both);
+    }
+
+    #[test]
+    fn last_members_are_reported() {
         let hub = SessionHub::new(Arc::new(Metrics::new()), 16);
         let (a, _ra) = conn("a", "r", "u", 4);
         let (b, _rb) = conn("b", "r", "v", 4);
-        assert_eq!(
-            hub.insert(a.clone()),
-            Membership {
-                room_edge: true,
-                user_edge: true
-            }
-        );
-        assert_eq!(
-            hub.insert(b.clone()),
-            Membership {
-                room_edge: false,
-                user_edge: true
-            }
-        );
+        hub.insert(a.clone());
+        hub.insert(b.clone());
         assert_eq!(
             hub.remove(&a),
             Membership {

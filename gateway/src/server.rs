@@ -12,8 +12,10 @@
 //! 3. open sockets are closed with 1012 (service restart), spread evenly over
 //!    `HERMES_DRAIN_SECONDS` so their reconnects do not stampede the other replicas;
 //!    each close removes that socket's registry rows, so routing follows the clients;
-//! 4. the gateway row is deleted, deliver streams from routers are closed (1001) and both
-//!    servers stop;
+//!    the heartbeat goes on meanwhile, so the rows of the sockets not closed yet stay
+//!    fresh (the configuration refuses a drain as long as a shared registry's TTL);
+//! 4. the heartbeat stops (a refresh in flight finishes first), the gateway row is
+//!    deleted, deliver streams from routers are closed (1001) and both servers stop;
 //! 5. the process exits, at the latest `HERMES_SHUTDOWN_GRACE_SECONDS` after the signal.
 
 use std::net::{SocketAddr, TcpListener};
@@ -28,7 +30,7 @@ use hermes_shared::auth::Authenticator;
 use hermes_shared::ids::now_millis;
 use hermes_shared::metrics::Metrics;
 use hermes_shared::registry::RegistryKind;
-use hermes_shared::registry::{GatewayRecord, Registry};
+use hermes_shared::registry::{GatewayRecord, Registry, heartbeat_interval};
 use hermes_shared::router::GatewayClient;
 use hermes_shared::router::{LocalGateway, NEW_GATEWAY_GRACE, Router};
 use hermes_shared::wire::{
@@ -147,7 +149,8 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
 
     announce(&gw, bound);
 
-    let heartbeat = tokio::spawn(heartbeat(gw.clone()));
+    let heartbeat_stop = CancellationToken::new();
+    let mut heartbeat = tokio::spawn(heartbeat(gw.clone(), heartbeat_stop.clone()));
     let signal = hermes_shared::process::shutdown_signal();
     tokio::pin!(signal);
     tokio::select! {
@@ -160,7 +163,16 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
     gw.draining.cancel();
     public_handle.pause().await;
     let drained = tokio::time::timeout_at(deadline, drain(&gw)).await.is_ok();
-    heartbeat.abort();
+    // The heartbeat refreshed the rows of the sockets still open throughout the drain. A
+    // refresh in flight is let finish (until the deadline), so that none of its writes
+    // lands after the gateway row's delete.
+    heartbeat_stop.cancel();
+    if tokio::time::timeout_at(deadline, &mut heartbeat)
+        .await
+        .is_err()
+    {
+        heartbeat.abort();
+    }
     if let Err(error) = gw.registry.remove_gateway(&gw.record.gateway_id).await {
         tracing::warn!(%error, "cannot remove the gateway row; its TTL will");
     }
@@ -338,36 +350,49 @@ async fn admit_at_once(gw: &Gateway) -> Result<()> {
     Ok(())
 }
 
-/// Refreshes this gateway's registry rows; unless [`admit_at_once`] admitted it, the
-/// gateway accepts sockets and is ready [`NEW_GATEWAY_GRACE`] after the first success.
-async fn heartbeat(gw: Arc<Gateway>) {
-    let period = (gw.config.registry_ttl / 3).max(Duration::from_millis(200));
-    let mut tick = tokio::time::interval(period);
+/// Refreshes this gateway's registry rows every [`heartbeat_interval`] until `stop`, which
+/// comes after the drain: the rows of sockets still open while the gateway drains are
+/// refreshed like any others. Unless [`admit_at_once`] admitted it, the gateway accepts
+/// sockets and is ready [`NEW_GATEWAY_GRACE`] after the first success.
+async fn heartbeat(gw: Arc<Gateway>, stop: CancellationToken) {
+    let ttl = gw.config.registry_ttl;
+    let mut tick = tokio::time::interval(heartbeat_interval(ttl));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures = 0u32;
+    let mut admission = None;
     loop {
-        tick.tick().await;
-        if gw.draining.is_cancelled() {
-            return;
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
         }
         let holdings = gw.hub.holdings();
-        match gw
-            .registry
-            .refresh(&gw.record, &holdings, gw.config.registry_ttl)
-            .await
-        {
+        let refresh = gw.registry.refresh(&gw.record, &holdings, ttl);
+        let result = while_refreshing(refresh, &mut tick, || async {
+            if let Err(error) = gw.registry.upsert_gateway(&gw.record, ttl).await {
+                tracing::warn!(%error, "cannot write the gateway row during a long refresh");
+            }
+        })
+        .await;
+        match result {
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!("registry reachable again");
                 }
                 failures = 0;
-                if !gw.is_accepting() {
+                if gw.is_accepting() {
+                    gw.set_ready(true);
+                } else if admission.is_none() {
                     // Routers that send to every listed gateway list this one only after
-                    // its row exists: hold no socket before they all can have seen it.
-                    tokio::time::sleep(NEW_GATEWAY_GRACE).await;
-                    gw.set_accepting();
+                    // its row exists: hold no socket before they all can have seen it. In
+                    // a task of its own, so that the next heartbeats are not held up.
+                    let gw = gw.clone();
+                    admission = Some(tokio::spawn(async move {
+                        tokio::time::sleep(NEW_GATEWAY_GRACE).await;
+                        gw.set_accepting();
+                        gw.set_ready(true);
+                    }));
                 }
-                gw.set_ready(true);
             }
             Err(error) => {
                 failures += 1;
@@ -377,6 +402,29 @@ async fn heartbeat(gw: Arc<Gateway>) {
                     gw.set_ready(false);
                 }
             }
+        }
+    }
+    if let Some(admission) = admission {
+        admission.abort();
+    }
+}
+
+/// Awaits a heartbeat's `refresh`, calling `keep_alive` (which writes the gateway row) on
+/// every tick that passes meanwhile. A refresh of many rows against a slow cluster can
+/// outlast several intervals; the gateway row, which is what says "alive", must still be
+/// written every interval, or routers would take a gateway that is only slow to refresh for
+/// dead (see [`hermes_shared::registry::HEARTBEATS_PER_TTL`]).
+async fn while_refreshing<T, K: Future<Output = ()>>(
+    refresh: impl Future<Output = T>,
+    tick: &mut tokio::time::Interval,
+    mut keep_alive: impl FnMut() -> K,
+) -> T {
+    tokio::pin!(refresh);
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut refresh => return result,
+            _ = tick.tick() => keep_alive().await,
         }
     }
 }
@@ -417,5 +465,34 @@ mod tests {
             .expect("every connect completes without a SYN retransmit");
         assert!(streams.iter().all(Result::is_ok));
         drop(listener);
+    }
+
+    /// A refresh that outlasts several heartbeat intervals (thousands of rows against a slow
+    /// cluster) still has the gateway row written every interval: routers would otherwise
+    /// take the gateway for dead once the row's TTL ran out in the middle of the refresh.
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_longer_than_the_interval_still_writes_the_gateway_row_every_interval() {
+        let ttl = Duration::from_secs(3);
+        let interval = heartbeat_interval(ttl);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let started = Instant::now();
+        // The refresh itself writes the gateway row first, then takes 5 intervals more.
+        let written = parking_lot::Mutex::new(vec![started]);
+        let refresh = tokio::time::sleep(interval * 5 + interval / 2);
+        while_refreshing(refresh, &mut tick, || async {
+            written.lock().push(Instant::now());
+        })
+        .await;
+        let written = written.into_inner();
+        assert_eq!(written.len(), 6, "one write per interval: {written:?}");
+        for pair in written.windows(2) {
+            assert!(pair[1] - pair[0] <= interval, "{written:?}");
+        }
+        // Never more than one interval without a write: the row (TTL three intervals)
+        // never comes near expiring.
+        let last = *written.last().expect("writes");
+        assert!(Instant::now() - last <= interval, "{written:?}");
     }
 }

@@ -111,22 +111,26 @@ pub async fn open(
 }
 
 /// Adds the socket to the hub and its rows to the registry: its `connections` row, and
-/// the `room_gateways` / `user_gateways` rows when it is this gateway's first socket of
-/// that room / user.
+/// the `room_gateways` / `user_gateways` rows unless another socket of that room / user
+/// already finished writing them. A socket that joins while the first one's write is still
+/// in flight writes the row too: its 101 never goes out on the strength of a write that has
+/// not completed (and may fail), so a publish right after any socket's handshake finds it.
 async fn admit(gw: &Gateway, conn: &Arc<Connection>) -> hermes_shared::Result<()> {
-    let edges = gw.hub.insert(conn.clone());
+    let unwritten = gw.hub.insert(conn.clone());
     let ttl = gw.config.registry_ttl;
     let r = &conn.record;
     gw.registry.put_connection(r, ttl).await?;
-    if edges.room_edge {
+    if unwritten.room_row {
         gw.registry
             .add_room_gateway(&r.room_id, &r.gateway_id, ttl)
             .await?;
+        gw.hub.room_row_written(&r.room_id);
     }
-    if edges.user_edge {
+    if unwritten.user_row {
         gw.registry
             .add_user_gateway(&r.user_id, &r.gateway_id, ttl)
             .await?;
+        gw.hub.user_row_written(&r.user_id);
     }
     Ok(())
 }
@@ -349,5 +353,232 @@ async fn release(gw: &Gateway, conn: &Connection) {
                 .add_user_gateway(&r.user_id, &gw.record.gateway_id, gw.config.registry_ttl)
                 .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use async_trait::async_trait;
+    use futures_util::FutureExt as _;
+    use hermes_shared::auth::Authenticator;
+    use hermes_shared::metrics::Metrics;
+    use hermes_shared::registry::memory::MemoryRegistry;
+    use hermes_shared::registry::{GatewayKeys, GatewayRecord, Registry, TokenRecord};
+    use hermes_shared::router::{GatewayClient, LocalGateway, Router};
+    use hermes_shared::{Error, Result};
+    use tokio::sync::Semaphore;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::config::{GatewayConfig, Mode};
+    use crate::deliver::Deliveries;
+    use crate::hub::SessionHub;
+    use crate::ws::Outbox;
+
+    /// The memory registry, except that each `room_gateways` write waits for a permit the
+    /// test hands out (a write in flight for as long as the test wants), and fails when
+    /// the test says so.
+    struct HeldRoomWrites {
+        inner: MemoryRegistry,
+        room_writes: Semaphore,
+        fail_next: AtomicBool,
+    }
+
+    impl HeldRoomWrites {
+        /// Lets one held room write complete, failing it when `fail`.
+        fn release_one(&self, fail: bool) {
+            self.fail_next
+                .store(fail, std::sync::atomic::Ordering::SeqCst);
+            self.room_writes.add_permits(1);
+        }
+    }
+
+    #[async_trait]
+    impl Registry for HeldRoomWrites {
+        async fn upsert_gateway(&self, g: &GatewayRecord, ttl: Duration) -> Result<()> {
+            self.inner.upsert_gateway(g, ttl).await
+        }
+        async fn remove_gateway(&self, id: &str) -> Result<()> {
+            self.inner.remove_gateway(id).await
+        }
+        async fn gateway(&self, id: &str) -> Result<Option<GatewayRecord>> {
+            self.inner.gateway(id).await
+        }
+        async fn gateways(&self) -> Result<Vec<GatewayRecord>> {
+            self.inner.gateways().await
+        }
+        async fn put_connection(&self, c: &ConnectionRecord, ttl: Duration) -> Result<()> {
+            self.inner.put_connection(c, ttl).await
+        }
+        async fn remove_connection(&self, id: &str) -> Result<()> {
+            self.inner.remove_connection(id).await
+        }
+        async fn connection(&self, id: &str) -> Result<Option<ConnectionRecord>> {
+            self.inner.connection(id).await
+        }
+        async fn add_room_gateway(&self, room: &str, gw: &str, ttl: Duration) -> Result<()> {
+            self.room_writes
+                .acquire()
+                .await
+                .map_err(|_| Error::registry_answer("the test closed the registry"))?
+                .forget();
+            if self
+                .fail_next
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(Error::registry_answer(
+                    "add_room_gateway: the test failed it",
+                ));
+            }
+            self.inner.add_room_gateway(room, gw, ttl).await
+        }
+        async fn remove_room_gateway(&self, room: &str, gw: &str) -> Result<()> {
+            self.inner.remove_room_gateway(room, gw).await
+        }
+        async fn room_gateways(&self, room: &str) -> Result<Vec<String>> {
+            self.inner.room_gateways(room).await
+        }
+        async fn add_user_gateway(&self, user: &str, gw: &str, ttl: Duration) -> Result<()> {
+            self.inner.add_user_gateway(user, gw, ttl).await
+        }
+        async fn remove_user_gateway(&self, user: &str, gw: &str) -> Result<()> {
+            self.inner.remove_user_gateway(user, gw).await
+        }
+        async fn user_gateways(&self, user: &str) -> Result<Vec<String>> {
+            self.inner.user_gateways(user).await
+        }
+        async fn put_token(&self, t: &TokenRecord) -> Result<()> {
+            self.inner.put_token(t).await
+        }
+        async fn token(&self, user: &str, room: &str) -> Result<Option<TokenRecord>> {
+            self.inner.token(user, room).await
+        }
+        async fn set_fast_verifier(&self, u: &str, r: &str, h: &str, v: &str) -> Result<bool> {
+            self.inner.set_fast_verifier(u, r, h, v).await
+        }
+        async fn delete_token(&self, user: &str, room: &str) -> Result<bool> {
+            self.inner.delete_token(user, room).await
+        }
+        async fn gateway_keys(&self, id: &str) -> Result<GatewayKeys> {
+            self.inner.gateway_keys(id).await
+        }
+        async fn clear_gateway_keys(&self, id: &str) -> Result<()> {
+            self.inner.clear_gateway_keys(id).await
+        }
+    }
+
+    /// A standalone gateway's state over `registry`, without servers.
+    fn gateway(registry: Arc<dyn Registry>) -> Arc<Gateway> {
+        let env = std::collections::HashMap::<&str, &str>::new();
+        let config = GatewayConfig::from_strings(&env, Mode::Standalone).expect("config");
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(SessionHub::new(metrics.clone(), 16));
+        let auth = Arc::new(Authenticator::new(
+            config.auth.clone(),
+            registry.clone(),
+            metrics.clone(),
+        ));
+        let deliveries = Arc::new(Deliveries::new(hub.clone(), auth.clone(), metrics.clone()));
+        let client = GatewayClient::new(
+            &config.internal_secret,
+            Duration::from_secs(1),
+            metrics.clone(),
+        )
+        .expect("client");
+        let local = LocalGateway {
+            gateway_id: config.gateway_id.clone(),
+            delivery: deliveries.clone(),
+        };
+        let router = Router::new(registry.clone(), client, Some(local), metrics.clone());
+        let record = GatewayRecord {
+            gateway_id: config.gateway_id.clone(),
+            internal_url: "http://127.0.0.1:9".into(),
+            started_at: 0,
+        };
+        Arc::new(Gateway {
+            config,
+            metrics,
+            registry,
+            hub,
+            auth,
+            deliveries,
+            router,
+            record,
+            ready: AtomicBool::new(true),
+            accepting: AtomicBool::new(true),
+            draining: CancellationToken::new(),
+            stopping: CancellationToken::new(),
+        })
+    }
+
+    fn socket(gw: &Gateway, id: &str, user: &str) -> Arc<Connection> {
+        let (outbox, _body) = Outbox::new(4, None);
+        let record = ConnectionRecord {
+            connection_id: id.into(),
+            room_id: "room".into(),
+            user_id: user.into(),
+            gateway_id: gw.record.gateway_id.clone(),
+            connected_at: 0,
+            source_ip: String::new(),
+            user_agent: String::new(),
+        };
+        Connection::new(record, true, outbox)
+    }
+
+    /// Two first sockets of a room connecting together: the second is admitted (gets its
+    /// 101) only once a `room_gateways` write has completed, also when the first one's
+    /// write fails.
+    #[tokio::test]
+    async fn a_second_socket_of_a_room_is_admitted_only_after_the_room_row_is_written() {
+        let registry = Arc::new(HeldRoomWrites {
+            inner: MemoryRegistry::new(),
+            room_writes: Semaphore::new(0),
+            fail_next: AtomicBool::new(false),
+        });
+        let gw = gateway(registry.clone());
+        let (a, b) = (socket(&gw, "a", "ann"), socket(&gw, "b", "bob"));
+        let mut first = Box::pin(admit(&gw, &a));
+        let mut second = Box::pin(admit(&gw, &b));
+        // Both are under way (the memory registry answers at once: one poll takes each as
+        // far as the held room write); the room row is written by neither yet.
+        for admission in [&mut first, &mut second] {
+            assert!(
+                admission.as_mut().now_or_never().is_none(),
+                "admitted before the room row was written"
+            );
+        }
+        assert!(
+            registry
+                .room_gateways("room")
+                .await
+                .expect("read")
+                .is_empty()
+        );
+
+        // The first socket's write fails: it is refused; the second is still not admitted.
+        registry.release_one(true);
+        assert!(first.await.is_err(), "the first socket's write failed");
+        assert!(
+            second.as_mut().now_or_never().is_none(),
+            "admitted on the strength of a failed write"
+        );
+
+        // Its own write completes: admitted, and the row is there.
+        registry.release_one(false);
+        second.await.expect("admitted");
+        assert_eq!(
+            registry.room_gateways("room").await.expect("read"),
+            vec![gw.record.gateway_id.clone()]
+        );
+
+        // A third socket of the room needs no room write (none is let through any more).
+        let c = socket(&gw, "c", "cyd");
+        let third = admit(&gw, &c).now_or_never();
+        assert!(
+            matches!(third, Some(Ok(()))),
+            "admitted at once, without a room write"
+        );
     }
 }

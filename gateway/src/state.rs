@@ -25,7 +25,8 @@ pub struct Gateway {
     pub router: Router,
     /// This gateway's registry row (its internal URL is known once bound).
     pub record: GatewayRecord,
-    /// False while starting and once draining.
+    /// False while starting and while the registry fails; [`Gateway::is_ready`] is false
+    /// once draining too, whatever this says (the heartbeat goes on during the drain).
     pub(crate) ready: AtomicBool,
     /// Set once the gateway may hold sockets (they are accepted from then on, until
     /// draining): [`hermes_shared::router::NEW_GATEWAY_GRACE`] after its row was first
@@ -39,8 +40,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Registered, the registry reachable, and not draining.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && !self.draining.is_cancelled()
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -33,6 +33,32 @@ fn a_bad_configuration_value_prints_one_line_and_exits_64() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("HERMES_JWT_SECRET: required"));
 }
 
+/// With a shared registry the rows of sockets still open during a drain must not outlive
+/// their TTL on the heartbeat alone: a drain as long as the TTL is refused before anything
+/// is bound or connected.
+#[test]
+fn a_drain_as_long_as_the_shared_registry_ttl_exits_64_naming_both_variables() {
+    let out = gateway_cmd()
+        .args(["serve"])
+        .env("HERMES_JWT_SECRET", JWT_SECRET)
+        .env("HERMES_ADMIN_KEY", ADMIN_KEY)
+        .env("HERMES_INTERNAL_SECRET", INTERNAL_SECRET)
+        .env("HERMES_REGISTRY", "remote")
+        .env("HERMES_REGISTRY_URL", "http://127.0.0.1:9")
+        .env("HERMES_REGISTRY_TTL_SECONDS", "10")
+        .env("HERMES_DRAIN_SECONDS", "10")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(out.stdout.is_empty(), "nothing was started");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("HERMES_DRAIN_SECONDS") && stderr.contains("HERMES_REGISTRY_TTL_SECONDS"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn the_token_command_prints_a_jwt_the_cluster_accepts() {
     let gw = Gateway::start(&[]).await;

@@ -111,3 +111,64 @@ async fn a_gateway_accepts_no_socket_before_its_row_is_written() {
         1.0
     );
 }
+
+/// The heartbeat goes on through the drain: a socket the drain has not closed yet keeps its
+/// rows after their TTL has run out since the signal. The gateway's own memory registry
+/// allows a drain longer than its TTL (a shared one refuses it, see tests/cli.rs), so a
+/// 1 s TTL and a 6 s drain make the gap plain: without a heartbeat, every row written
+/// before the signal is gone 1 s after it, while the second socket stays open for 3 s.
+#[tokio::test]
+async fn rows_of_sockets_still_open_during_a_drain_are_refreshed_past_their_ttl() {
+    let mut gw = Gateway::start(&[
+        ("HERMES_REGISTRY_TTL_SECONDS", "1"),
+        ("HERMES_DRAIN_SECONDS", "6"),
+        ("HERMES_SHUTDOWN_GRACE_SECONDS", "12"),
+    ])
+    .await;
+    let token = gw.token("u", "drain-room").await;
+    let (mut one, one_id) = gw.connect_modern(&token).await;
+    let (mut two, two_id) = gw.connect_modern(&token).await;
+    let signalled = Instant::now();
+    gw.terminate();
+
+    // The drain closes one socket at once and the other 3 s in. Two TTLs after the signal
+    // (the time that passes is what is under test, not a wait for an event), the rows
+    // written before it have expired unless the heartbeat refreshed them.
+    tokio::time::sleep_until((signalled + Duration::from_secs(2)).into()).await;
+    let mut open = Vec::new();
+    for id in [&one_id, &two_id] {
+        let status = gw
+            .admin(reqwest::Method::GET, &format!("/@connections/{id}"))
+            .send()
+            .await
+            .expect("GET @connections")
+            .status()
+            .as_u16();
+        if status == 200 {
+            open.push(id.clone());
+        } else {
+            assert_eq!(status, 410, "{id}");
+        }
+    }
+    assert_eq!(
+        open.len(),
+        1,
+        "exactly the socket not closed yet has its row"
+    );
+    // The gateway row and the room row are fresh too: a publish reaches that socket.
+    let (status, outcome) = gw
+        .publish(serde_json::json!({"user_id": "ops", "room_id": "drain-room", "data": {"n": 1}}))
+        .await;
+    assert_eq!(status, 202, "{outcome}");
+    assert_eq!(outcome["delivered"].as_u64(), Some(1), "{outcome}");
+
+    // A 200 comes from the hub: that socket was open when its row was read.
+    let still_open = if open[0] == one_id {
+        &mut one
+    } else {
+        &mut two
+    };
+    assert_eq!(recv_json(still_open).await["data"]["n"], 1);
+    assert_eq!(recv_close(still_open).await, 1012);
+    assert!(gw.wait_exit(Duration::from_secs(12)).await.success());
+}

@@ -242,7 +242,12 @@ async fn a_message_for_a_gateway_that_never_answers_is_retried_then_dead_lettere
 
 #[tokio::test]
 async fn a_killed_gateway_leaves_the_registry_and_the_others_keep_receiving() {
-    let mut c = Cluster::start(&[("HERMES_REGISTRY_TTL_SECONDS", "3")]).await;
+    // A drain shorter than the short TTL: a shared registry refuses one as long as it.
+    let mut c = Cluster::start(&[
+        ("HERMES_REGISTRY_TTL_SECONDS", "3"),
+        ("HERMES_DRAIN_SECONDS", "2"),
+    ])
+    .await;
     let mut alive = Vec::new();
     for i in [0usize, 2] {
         let gw = &c.gateways[i];

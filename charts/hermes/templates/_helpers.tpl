@@ -143,6 +143,9 @@ workload template so `helm template` and `helm lint` report them.
 {{- if ge (int $v.gateway.drainSeconds) (int $v.gateway.shutdownGraceSeconds) -}}
 {{- fail "gateway.shutdownGraceSeconds must be greater than gateway.drainSeconds: the drain happens inside the grace period" -}}
 {{- end -}}
+{{- if and (eq $v.registry.type "scylla") (ge (int $v.gateway.drainSeconds) (int $v.registry.ttlSeconds)) -}}
+{{- fail "registry.ttlSeconds must be greater than gateway.drainSeconds: the gateway refuses a drain as long as a shared registry's TTL (HERMES_DRAIN_SECONDS, HERMES_REGISTRY_TTL_SECONDS)" -}}
+{{- end -}}
 {{- if and (not $v.scylla.username) $v.scylla.password -}}
 {{- fail "scylla.username and scylla.password: set both or neither" -}}
 {{- end -}}

@@ -100,6 +100,22 @@ pub struct Reaped {
     pub connections: usize,
 }
 
+/// Heartbeats per TTL: a gateway writes its `gateways` row (and refreshes the rest of its
+/// rows) every [`heartbeat_interval`], a third of the TTL the row is written with.
+///
+/// A router takes a gateway whose `gateways` row is missing for dead and deletes the rows
+/// that point at it, so this is the liveness rule: **a gateway is dead once it has missed
+/// two heartbeats in a row**. The row written by the last heartbeat it made lives
+/// `HEARTBEATS_PER_TTL` intervals: two missed ones, and one more as the margin for the
+/// write's latency, the clocks and a scheduler late to fire the tick.
+pub const HEARTBEATS_PER_TTL: u32 = 3;
+
+/// How often a gateway whose rows are written with `ttl` refreshes them
+/// ([`HEARTBEATS_PER_TTL`] times per TTL).
+pub fn heartbeat_interval(ttl: Duration) -> Duration {
+    ttl / HEARTBEATS_PER_TTL
+}
+
 /// How many row checks and deletes one [`Registry::reap_gateway`] keeps in flight: a dead
 /// gateway may have held tens of thousands of connections, each a read and a delete.
 pub const REAP_CONCURRENCY: usize = 64;
@@ -267,5 +283,26 @@ pub trait Registry: Send + Sync + 'static {
             self.put_connection(connection, ttl).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Routers take a missing `gateways` row for a dead gateway: the row of a gateway's
+    /// last heartbeat must outlive the next two heartbeats it misses, with a margin.
+    #[test]
+    fn a_gateway_row_outlives_two_missed_heartbeats_with_a_margin() {
+        for ttl in [1, 2, 3, 10, 30, 3_600].map(Duration::from_secs) {
+            let interval = heartbeat_interval(ttl);
+            assert!(!interval.is_zero(), "ttl {ttl:?}");
+            let two_missed = 2 * interval;
+            let margin = ttl.saturating_sub(two_missed);
+            assert!(
+                margin >= interval,
+                "ttl {ttl:?}: interval {interval:?} leaves a margin of {margin:?}"
+            );
+        }
     }
 }

@@ -129,7 +129,11 @@ impl Hops {
         self.registry_hop(gateway_id).await
     }
 
-    /// Where the registry's heartbeat row says a gateway is.
+    /// Where the registry's heartbeat row says a gateway is. No row: dead. The row lives
+    /// [`HEARTBEATS_PER_TTL`] heartbeat intervals, so a gateway is dead only once it has
+    /// missed two heartbeats in a row (see [`HEARTBEATS_PER_TTL`]).
+    ///
+    /// [`HEARTBEATS_PER_TTL`]: crate::registry::HEARTBEATS_PER_TTL
     async fn registry_hop(&self, gateway_id: &str) -> Result<Hop> {
         if let Some(url) = self.urls.fresh(gateway_id) {
             return Ok(Hop::Remote(url));
