@@ -13,6 +13,8 @@ use hermes_shared::registry::RegistryKind;
 use hermes_shared::router::DeliverTransport;
 use hermes_shared::{Error, Result};
 
+pub use hermes_shared::config::MAX_MESSAGE_BYTES;
+
 // The variables. Each is documented in docs/configuration.md.
 pub const CONSUMER_LISTEN: &str = "HERMES_CONSUMER_LISTEN";
 pub const SOURCE: &str = "HERMES_SOURCE";
@@ -166,6 +168,9 @@ pub struct ConsumerConfig {
     pub retry_delays: Vec<Duration>,
     /// Messages routed at the same time.
     pub concurrency: usize,
+    /// The largest `data` a message may carry (its JSON text, bytes): a larger one is
+    /// dead-lettered at once as `too_large`.
+    pub max_message_bytes: usize,
     /// Runtime threads. 1: everything on one thread, so a message changes threads only
     /// between the broker client's reader and the router; more: a work-stealing runtime
     /// with this many workers, for more than one core's worth of routing per replica.
@@ -366,6 +371,7 @@ impl ConsumerConfig {
             max_attempts,
             retry_delays,
             concurrency: positive(s, CONCURRENCY, 64)?,
+            max_message_bytes: config::max_message_bytes(s)?,
             threads: positive(s, CONSUMER_THREADS, 1)?,
             route_to_all_max_gateways: num(s, ROUTE_TO_ALL_MAX_GATEWAYS, 2usize)?,
             kube: KubeConfig::from_strings(s)?,

@@ -3,22 +3,37 @@
 
 use std::sync::Arc;
 
+use hermes_shared::Error;
+use hermes_shared::config::DEFAULT_MAX_MESSAGE_BYTES;
 use hermes_shared::metrics::Metrics;
 use hermes_shared::router::Router;
-use hermes_shared::wire::PublishMessage;
+use hermes_shared::wire::{PublishMessage, RouteOutcome};
 
 use crate::source::policy;
+use crate::source::policy::reason;
 use crate::source::{DeadLettered, Incoming, Outcome, Routed, Sink};
 
 /// Validates and routes queue messages.
 pub struct Processor {
     router: Router,
     metrics: Arc<Metrics>,
+    max_message_bytes: usize,
 }
 
 impl Processor {
     pub fn new(router: Router, metrics: Arc<Metrics>) -> Self {
-        Self { router, metrics }
+        Self {
+            router,
+            metrics,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+
+    /// Dead-letters messages whose `data` is longer than `max` bytes of JSON text
+    /// (`HERMES_MAX_MESSAGE_BYTES`; 128 KiB unless set).
+    pub fn with_max_message_bytes(mut self, max: usize) -> Self {
+        self.max_message_bytes = max;
+        self
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -33,11 +48,12 @@ impl Sink for Processor {
     /// for a missing `published_at`, the start of the end-to-end latency the gateways
     /// measure.
     async fn route(&self, incoming: Incoming<'_>) -> Routed {
-        let mut message = match PublishMessage::parse(incoming.body) {
+        let mut message = match PublishMessage::parse(incoming.body, self.max_message_bytes) {
             Ok(m) => m,
             Err(e) => {
                 return Routed {
                     outcome: Outcome::DeadLetter {
+                        label: dead_letter_label(&e),
                         reason: e.to_string(),
                     },
                     id: None,
@@ -61,6 +77,11 @@ impl Sink for Processor {
             .await
             .inspect(|outcome| answered.extend(outcome.answered.iter().cloned()));
         let outcome = match routed {
+            // A refusal for good: retrying would be refused again (whatever else failed).
+            Ok(outcome) if !outcome.rejected.is_empty() => Outcome::DeadLetter {
+                label: reason::REJECTED,
+                reason: rejections(&outcome),
+            },
             Ok(outcome) if outcome.failed.is_empty() => Outcome::Ack,
             Ok(outcome) => Outcome::Retry {
                 reason: format!("gateways did not answer: {}", outcome.failed.join(", ")),
@@ -69,6 +90,7 @@ impl Sink for Processor {
                 reason: e.to_string(),
             },
             Err(e) => Outcome::DeadLetter {
+                label: dead_letter_label(&e),
                 reason: e.to_string(),
             },
         };
@@ -99,6 +121,32 @@ impl Sink for Processor {
             .with_label_values(&[dead.label])
             .inc();
     }
+}
+
+/// The dead-letter label of a message that failed for good with `error`.
+fn dead_letter_label(error: &Error) -> &'static str {
+    match error {
+        Error::TooLarge { .. } => reason::TOO_LARGE,
+        Error::GatewayRejected { .. } => reason::REJECTED,
+        _ => reason::INVALID,
+    }
+}
+
+/// The dead-letter reason of a message some gateways rejected: each refusal, then the
+/// gateways that did not answer, if any.
+fn rejections(outcome: &RouteOutcome) -> String {
+    let mut why: Vec<String> = outcome
+        .rejected
+        .iter()
+        .map(|r| Error::rejected(r.gateway_id.as_str(), r.status, r.reason.as_str()).to_string())
+        .collect();
+    if !outcome.failed.is_empty() {
+        why.push(format!(
+            "gateways did not answer: {}",
+            outcome.failed.join(", ")
+        ));
+    }
+    why.join("; ")
 }
 
 #[cfg(test)]
@@ -142,9 +190,17 @@ mod tests {
     async fn invalid_messages_are_dead_lettered_with_a_reason() {
         let p = processor(Arc::new(MemoryRegistry::new()));
         let r = route(&p, b"{\"user_id\":\"u\"}", None, None).await;
-        assert!(matches!(r.outcome, Outcome::DeadLetter { reason } if reason.contains("room_id")));
+        assert!(
+            matches!(r.outcome, Outcome::DeadLetter { label: reason::INVALID, reason } if reason.contains("room_id"))
+        );
         let r = route(&p, b"\xff\xfe", None, None).await;
-        assert!(matches!(r.outcome, Outcome::DeadLetter { .. }));
+        assert!(matches!(
+            r.outcome,
+            Outcome::DeadLetter {
+                label: reason::INVALID,
+                ..
+            }
+        ));
     }
 
     #[tokio::test]
@@ -188,6 +244,102 @@ mod tests {
         )
         .await;
         assert!(matches!(r.outcome, Outcome::Retry { .. }), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn data_over_the_limit_is_dead_lettered_as_too_large_and_at_the_limit_is_routed() {
+        let p = processor(Arc::new(MemoryRegistry::new())).with_max_message_bytes(10);
+        // `data` is the JSON text "12345678": 10 bytes with its quotes.
+        let r = route(
+            &p,
+            br#"{"user_id":"u","room_id":"r","data":"12345678"}"#,
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(r.outcome, Outcome::Ack);
+        let r = route(
+            &p,
+            br#"{"user_id":"u","room_id":"r","data":"123456789"}"#,
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(
+            r.outcome,
+            Outcome::DeadLetter {
+                label: reason::TOO_LARGE,
+                reason: "field `data` is 11 bytes, more than the limit of 10 bytes".into()
+            }
+        );
+    }
+
+    /// A gateway on loopback that answers every request, the deliver stream's upgrade
+    /// included, with 401 (another internal secret).
+    async fn refusing_gateway() -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    // The upgrade request has no body: its head is all there is to read.
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_gateway_that_refuses_the_secret_dead_letters_the_message_as_rejected_at_once() {
+        let registry = Arc::new(MemoryRegistry::new());
+        registry
+            .upsert_gateway(
+                &GatewayRecord {
+                    gateway_id: "g".into(),
+                    internal_url: refusing_gateway().await,
+                    started_at: 0,
+                },
+                Duration::from_secs(60),
+            )
+            .await
+            .expect("upsert");
+        registry
+            .add_room_gateway("r", "g", Duration::from_secs(60))
+            .await
+            .expect("add");
+        let p = processor(registry);
+        let r = route(
+            &p,
+            br#"{"user_id":"u","room_id":"r","data":1,"id":"m"}"#,
+            None,
+            None,
+        )
+        .await;
+        match r.outcome {
+            Outcome::DeadLetter { label, reason } => {
+                assert_eq!(label, reason::REJECTED);
+                assert!(
+                    reason.starts_with("gateway g rejected the request with 401: "),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+        assert_eq!(p.metrics().internal_auth_failures.get(), 1);
     }
 
     struct Recorder(parking_lot::Mutex<Vec<hermes_shared::wire::DeliverRequest>>);

@@ -90,7 +90,9 @@ pub async fn run(config: ConsumerConfig) -> Result<()> {
         }
         None => None,
     };
-    let processor = Arc::new(Processor::new(router, metrics.clone()));
+    let processor = Arc::new(
+        Processor::new(router, metrics.clone()).with_max_message_bytes(config.max_message_bytes),
+    );
     let ready = Arc::new(AtomicBool::new(false));
 
     let listener = TcpListener::bind(config.listen).map_err(|source| Error::Bind {

@@ -96,19 +96,38 @@ pub async fn delete_token(
     }
 }
 
-/// `POST /v1/publish`: a queue-message body → 202 with the routing outcome.
+/// `POST /v1/publish`: a queue-message body → 202 with the routing outcome; 413 when its
+/// `data` is longer than `HERMES_MAX_MESSAGE_BYTES` (the body than twice that and 64 KiB).
 pub async fn publish(
     _: AdminKey,
-    body: web::Bytes,
+    payload: web::Payload,
     gw: web::Data<Arc<Gateway>>,
 ) -> Result<HttpResponse, HttpError> {
-    let message = PublishMessage::parse(&body)?;
+    let max = gw.config.limits.max_message_bytes;
+    let limit = crate::server::admin_body_limit(max);
+    let body = match payload.to_bytes_limited(limit).await {
+        Ok(Ok(body)) => body,
+        Err(_) => {
+            return Err(HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the body is larger than {limit} bytes; `data` may be at most {max} bytes \
+                     (HERMES_MAX_MESSAGE_BYTES)"
+                ),
+            ));
+        }
+        Ok(Err(e)) => return Err(HttpError::invalid(format!("cannot read the body: {e}"))),
+    };
+    let message = PublishMessage::parse(&body, max)?;
     let outcome = gw.router.publish(&message).await?;
-    Ok(if outcome.failed.is_empty() {
-        HttpResponse::Accepted().json(outcome)
-    } else {
-        HttpResponse::BadGateway().json(outcome)
-    })
+    Ok(
+        if outcome.failed.is_empty() && outcome.rejected.is_empty() {
+            HttpResponse::Accepted().json(outcome)
+        } else {
+            HttpResponse::BadGateway().json(outcome)
+        },
+    )
 }
 
 /// The stage of `/{stage}/@connections/{id}` must be this gateway's.

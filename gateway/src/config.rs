@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hermes_shared::auth::AuthConfig;
+pub use hermes_shared::config::MAX_MESSAGE_BYTES;
 use hermes_shared::config::{
     self, INTERNAL_SECRET, STAGE, Strings, addr, deliver_transport, host_name, num, positive,
     positive_f64, positive_secs, secret, secs,
@@ -22,7 +23,6 @@ pub const INTERNAL_URL: &str = "HERMES_INTERNAL_URL";
 pub const ADMIN_KEY: &str = "HERMES_ADMIN_KEY";
 pub const ALLOWED_ORIGINS: &str = "HERMES_ALLOWED_ORIGINS";
 pub const REGISTRY_TTL: &str = "HERMES_REGISTRY_TTL_SECONDS";
-pub const MAX_MESSAGE_BYTES: &str = "HERMES_MAX_MESSAGE_BYTES";
 pub const IDLE_TIMEOUT: &str = "HERMES_IDLE_TIMEOUT_SECONDS";
 pub const PING_INTERVAL: &str = "HERMES_PING_INTERVAL_SECONDS";
 pub const PONG_TIMEOUT: &str = "HERMES_PONG_TIMEOUT_SECONDS";
@@ -214,7 +214,7 @@ impl GatewayConfig {
         check_drain_within_ttl(&registry, drain, registry_ttl)?;
 
         let limits = SocketLimits {
-            max_message_bytes: positive(s, MAX_MESSAGE_BYTES, 128 * 1024)?,
+            max_message_bytes: config::max_message_bytes(s)?,
             idle_timeout: positive_secs(s, IDLE_TIMEOUT, 600)?,
             ping_interval: positive_secs(s, PING_INTERVAL, 30)?,
             pong_timeout: positive_secs(s, PONG_TIMEOUT, 60)?,

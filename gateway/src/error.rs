@@ -153,6 +153,15 @@ impl From<SharedError> for HttpError {
     fn from(e: SharedError) -> Self {
         match &e {
             SharedError::Invalid(m) => Self::invalid(m.clone()),
+            SharedError::TooLarge { .. } => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                e.metric_label(),
+                format!("{e} (HERMES_MAX_MESSAGE_BYTES)"),
+            ),
+            // Another gateway refused this one's request for good (its secret, say).
+            SharedError::GatewayRejected { .. } => {
+                Self::new(StatusCode::BAD_GATEWAY, e.metric_label(), e.to_string())
+            }
             SharedError::Overloaded { retry_after } => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string())
                     .retry_after(retry_after.as_secs().max(1))
@@ -241,6 +250,20 @@ mod tests {
             ),
             (SharedError::registry_answer("x"), 503, Some("1")),
             (SharedError::crypto("x", std::fmt::Error), 500, None),
+            (
+                SharedError::TooLarge {
+                    field: "data",
+                    size: 2,
+                    limit: 1,
+                },
+                413,
+                None,
+            ),
+            (
+                SharedError::rejected("g", 401, "401 Unauthorized"),
+                502,
+                None,
+            ),
         ];
         for (error, status, retry) in cases {
             let r = HttpError::from(error).error_response();

@@ -264,12 +264,18 @@ fn public_server(gw: Arc<Gateway>, listener: TcpListener) -> Result<actix_web::d
     Ok(server)
 }
 
+/// The largest body the internal listener reads for a message of at most
+/// `max_message_bytes` (its fields and JSON escapes besides): twice that and 64 KiB.
+pub(crate) fn admin_body_limit(max_message_bytes: usize) -> usize {
+    max_message_bytes * 2 + 64 * 1024
+}
+
 fn internal_server(
     gw: Arc<Gateway>,
     listener: TcpListener,
     served: Option<Arc<dyn Registry>>,
 ) -> Result<actix_web::dev::Server> {
-    let body_limit = gw.config.limits.max_message_bytes * 2 + 64 * 1024;
+    let body_limit = admin_body_limit(gw.config.limits.max_message_bytes);
     let data = web::Data::new(gw);
     let served = web::Data::new(ServedRegistry(served));
     let server = HttpServer::new(move || {

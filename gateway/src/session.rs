@@ -291,10 +291,10 @@ fn handle_text(gw: &Arc<Gateway>, conn: &Arc<Connection>, text: &str) -> Option<
             // Through the router, like any publish: it reaches the room on every replica.
             actix_web::rt::spawn(async move {
                 let failure = match gw.router.publish(&message).await {
-                    Ok(outcome) if outcome.failed.is_empty() => None,
+                    Ok(outcome) if outcome.failed.is_empty() && outcome.rejected.is_empty() => None,
                     Ok(outcome) => Some(format!(
                         "the message did not reach {} gateway(s); it may be missing for some members",
-                        outcome.failed.len()
+                        outcome.failed.len() + outcome.rejected.len()
                     )),
                     Err(error) => {
                         tracing::warn!(%error, "sendMessage routing failed");

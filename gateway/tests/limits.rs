@@ -166,3 +166,36 @@ async fn a_slow_client_fills_only_its_own_queue_and_is_closed_with_1013() {
     assert_eq!(recv_close(&mut slow).await, 1013);
     println!("slow client cut off after {published} messages of 64 KiB");
 }
+
+#[tokio::test]
+async fn a_published_message_over_the_size_limit_is_refused_with_413_and_one_at_it_delivered() {
+    let gw = Gateway::start(&[("HERMES_MAX_MESSAGE_BYTES", "1024")]).await;
+    let mut ws = gw.connect(&gw.token("u", "r").await).await;
+    // A JSON string of 1024 bytes, its quotes included: at the limit.
+    let at_limit = "x".repeat(1022);
+    let (status, body) = gw
+        .publish(json!({"user_id": "ops", "room_id": "r", "data": at_limit}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(recv_json(&mut ws).await["data"], at_limit);
+
+    let (status, body) = gw
+        .publish(json!({"user_id": "ops", "room_id": "r", "data": "x".repeat(1023)}))
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"]["code"], "too_large");
+    assert_eq!(
+        body["error"]["message"],
+        "field `data` is 1025 bytes, more than the limit of 1024 bytes (HERMES_MAX_MESSAGE_BYTES)"
+    );
+    // A body far over any message is refused before it is parsed, in the same shape.
+    let (status, body) = gw
+        .publish(json!({"user_id": "ops", "room_id": "r", "data": "x".repeat(200_000)}))
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"]["code"], "too_large");
+    // Nothing else reached the socket: the next frame is the next message.
+    gw.publish(json!({"user_id": "ops", "room_id": "r", "data": "after"}))
+        .await;
+    assert_eq!(recv_json(&mut ws).await["data"], "after");
+}

@@ -99,6 +99,10 @@ pub const STAGE: &str = "HERMES_STAGE";
 pub const INTERNAL_SECRET: &str = "HERMES_INTERNAL_SECRET";
 pub const DELIVER_TIMEOUT: &str = "HERMES_DELIVER_TIMEOUT_MS";
 pub const DELIVER_TRANSPORT: &str = "HERMES_DELIVER_TRANSPORT";
+pub const MAX_MESSAGE_BYTES: &str = "HERMES_MAX_MESSAGE_BYTES";
+
+/// The default of `HERMES_MAX_MESSAGE_BYTES`: 128 KiB, API Gateway's message quota.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 128 * 1024;
 
 /// `HERMES_STAGE` (default `production`).
 pub fn stage(s: &dyn Strings) -> String {
@@ -111,6 +115,13 @@ pub fn deliver_timeout(s: &dyn Strings) -> Result<Duration> {
     Ok(Duration::from_millis(
         num(s, DELIVER_TIMEOUT, 2_000u64)?.max(1),
     ))
+}
+
+/// `HERMES_MAX_MESSAGE_BYTES` (default [`DEFAULT_MAX_MESSAGE_BYTES`]): the largest message,
+/// in bytes. The gateway bounds browsers' frames and `@connections` bodies with it, and
+/// the consumer and `POST /v1/publish` a published message's `data` (its JSON text).
+pub fn max_message_bytes(s: &dyn Strings) -> Result<usize> {
+    positive(s, MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGE_BYTES)
 }
 
 /// The host name: `HOSTNAME`, else `/etc/hostname`, else `fallback`.

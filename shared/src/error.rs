@@ -52,6 +52,16 @@ pub enum Error {
         source: Option<Cause>,
     },
 
+    /// A gateway's internal API refused the request for good: the same request would be
+    /// refused again (see [`Error::rejected`] for which statuses). `reason` is what the
+    /// gateway said, clipped.
+    #[error("gateway {gateway_id} rejected the request with {status}: {reason}")]
+    GatewayRejected {
+        gateway_id: String,
+        status: u16,
+        reason: String,
+    },
+
     /// The bcrypt pool is saturated; retry after the given delay.
     #[error("token verification is overloaded, retry in {retry_after:?}")]
     Overloaded { retry_after: Duration },
@@ -59,6 +69,14 @@ pub enum Error {
     /// An input (message, request body) is invalid. The message names the field.
     #[error("{0}")]
     Invalid(String),
+
+    /// An input is larger than its configured limit.
+    #[error("field `{field}` is {size} bytes, more than the limit of {limit} bytes")]
+    TooLarge {
+        field: &'static str,
+        size: usize,
+        limit: usize,
+    },
 
     /// Hashing or signing failed for an internal reason.
     #[error("crypto failure: {context}: {source}")]
@@ -111,6 +129,26 @@ impl Error {
         }
     }
 
+    /// Gateway `gateway_id` answered `status` to a request, and would answer it again:
+    /// 400 (the request is malformed), 401 and 403 (the internal secrets differ: a
+    /// configuration error), 413 (the request is larger than the gateway accepts). Every
+    /// other status (404, 408, 429, 5xx...) is [`Error::GatewayUnreachable`], transient:
+    /// a gateway restarting or a rollout with two versions may answer them for a while.
+    /// `reason` is the gateway's answer (the caller clips it).
+    pub fn rejected(gateway_id: impl Into<String>, status: u16, reason: impl Into<String>) -> Self {
+        Error::GatewayRejected {
+            gateway_id: gateway_id.into(),
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether a gateway answering `status` rejects the request for good (see
+    /// [`Error::rejected`]).
+    pub fn is_rejection(status: u16) -> bool {
+        matches!(status, 400 | 401 | 403 | 413)
+    }
+
     /// A configuration file or client (`context`) failed because of `source`.
     pub fn config_source(
         context: impl Into<String>,
@@ -139,8 +177,10 @@ impl Error {
             Error::Config(_) | Error::ConfigSource { .. } => "config",
             Error::RegistryUnavailable { .. } => "registry_unavailable",
             Error::GatewayUnreachable { .. } => "gateway_unreachable",
+            Error::GatewayRejected { .. } => "gateway_rejected",
             Error::Overloaded { .. } => "overloaded",
             Error::Invalid(_) => "invalid",
+            Error::TooLarge { .. } => "too_large",
             Error::Crypto { .. } => "crypto",
         }
     }

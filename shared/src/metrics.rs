@@ -182,6 +182,12 @@ families! {
             "Circuit breaker events of the router's links: opened, rejected",
             ["event"]
         ),
+        /// Calls to a gateway's internal API (deliver, deliver stream, connection lookup)
+        /// refused with 401: this process's `HERMES_INTERNAL_SECRET` is not the gateway's.
+        internal_auth_failures: IntCounter(
+            "hermes_internal_auth_failures_total",
+            "Calls to a gateway's internal API refused with 401: HERMES_INTERNAL_SECRET differs"
+        ),
     }
     queue {
         /// Queue messages by source and outcome.
@@ -357,7 +363,7 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "a family declared twice");
-        assert_eq!(names.len(), 26);
+        assert_eq!(names.len(), 27);
         // Registering a family again is refused: each one is in the registry already.
         assert!(
             m.registry

@@ -28,16 +28,30 @@ impl Cluster {
     /// Starts the cluster with a RabbitMQ consumer; `extra` is added to every process's
     /// environment.
     pub async fn start(extra: &[(&str, &str)]) -> Self {
-        Self::start_with(extra, None).await
+        Self::start_with(extra, None, &[]).await
+    }
+
+    /// Starts the cluster with a RabbitMQ consumer; `extra` is added to every process's
+    /// environment, then `consumer_only` to the consumer's (a setting the gateways must
+    /// not share, such as another internal secret).
+    pub async fn start_with_consumer_env(
+        extra: &[(&str, &str)],
+        consumer_only: &[(&str, &str)],
+    ) -> Self {
+        Self::start_with(extra, None, consumer_only).await
     }
 
     /// Starts the cluster with a consumer of `sqs_source` (its environment, see
     /// [`crate::sqs::consumer_env`]) instead of RabbitMQ.
     pub async fn start_sqs(extra: &[(&str, &str)], sqs_source: Vec<(String, String)>) -> Self {
-        Self::start_with(extra, Some(sqs_source)).await
+        Self::start_with(extra, Some(sqs_source), &[]).await
     }
 
-    async fn start_with(extra: &[(&str, &str)], sqs_source: Option<Vec<(String, String)>>) -> Self {
+    async fn start_with(
+        extra: &[(&str, &str)],
+        sqs_source: Option<Vec<(String, String)>>,
+        consumer_only: &[(&str, &str)],
+    ) -> Self {
         let keyspace = unique("e2e");
         let queue = unique("hermes-e2e-queue");
         let mut env = scylla_env(&keyspace);
@@ -64,6 +78,9 @@ impl Cluster {
         }
         if !extra.iter().any(|(k, _)| *k == "HERMES_RETRY_DELAYS_MS") {
             c.push(("HERMES_RETRY_DELAYS_MS".into(), "1000,2000".into()));
+        }
+        for (k, v) in consumer_only {
+            c.push(((*k).into(), (*v).into()));
         }
         let consumer = Consumer::start(&env_refs(&c)).await;
         Self {

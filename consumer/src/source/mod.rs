@@ -43,8 +43,9 @@ pub enum Outcome {
     Ack,
     /// A transient failure: deliver again later (the message id makes it idempotent).
     Retry { reason: String },
-    /// The message can never be delivered: dead-letter it at once with the reason.
-    DeadLetter { reason: String },
+    /// The message can never be delivered: dead-letter it at once with the reason, counted
+    /// under `label` (one of [`policy::reason`]).
+    DeadLetter { label: &'static str, reason: String },
 }
 
 /// What the sink answers for one message.

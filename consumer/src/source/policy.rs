@@ -8,7 +8,13 @@ use super::Outcome;
 
 /// Reasons a message is dead-lettered (labels of `hermes_dead_letters_total`).
 pub mod reason {
+    /// Not a message: not JSON, a required field missing or of the wrong type.
     pub const INVALID: &str = "invalid_message";
+    /// Its `data` is larger than `HERMES_MAX_MESSAGE_BYTES`.
+    pub const TOO_LARGE: &str = "too_large";
+    /// A gateway refused its delivery for good (400, 401, 403, 413).
+    pub const REJECTED: &str = "rejected";
+    /// Transient failures until the last attempt.
     pub const EXHAUSTED: &str = "attempts_exhausted";
 }
 
@@ -69,13 +75,14 @@ impl RetryPolicy {
 
     /// Weighs the routing outcome of delivery number `attempt` (1-based): a transient
     /// failure is retried until the attempt is the last one, then dead-lettered as
-    /// exhausted; an invalid message is dead-lettered at once.
+    /// exhausted; a message that can never be delivered (invalid, too large, rejected) is
+    /// dead-lettered at once under its own label.
     pub fn decide(&self, outcome: Outcome, attempt: u32) -> Decision {
         let attempt = attempt.max(1);
         match outcome {
             Outcome::Ack => Decision::Ack,
-            Outcome::DeadLetter { reason: why } => Decision::DeadLetter {
-                label: reason::INVALID,
+            Outcome::DeadLetter { label, reason: why } => Decision::DeadLetter {
+                label,
                 reason: clip(&why),
                 attempts: attempt,
             },
@@ -97,10 +104,11 @@ impl RetryPolicy {
 
 /// How logs name a message dead-lettered under `label`.
 pub fn describe(label: &str) -> &'static str {
-    if label == reason::EXHAUSTED {
-        "a message after its last attempt"
-    } else {
-        "an invalid message"
+    match label {
+        reason::EXHAUSTED => "a message after its last attempt",
+        reason::TOO_LARGE => "a message larger than HERMES_MAX_MESSAGE_BYTES",
+        reason::REJECTED => "a message a gateway refused",
+        _ => "an invalid message",
     }
 }
 
@@ -223,7 +231,11 @@ mod tests {
     fn an_invalid_message_is_dead_lettered_at_once_with_its_reason_clipped() {
         let p = policy(5, &[1000]);
         let long = "r".repeat(5000);
-        match p.decide(Outcome::DeadLetter { reason: long }, 1) {
+        let invalid = |reason: String| Outcome::DeadLetter {
+            label: reason::INVALID,
+            reason,
+        };
+        match p.decide(invalid(long), 1) {
             Decision::DeadLetter {
                 label,
                 reason,
@@ -234,10 +246,35 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            p.decide(Outcome::DeadLetter { reason: String::new() }, 1),
+            p.decide(invalid(String::new()), 1),
             Decision::DeadLetter { reason, .. } if reason == "unknown"
         ));
         assert_eq!(p.decide(Outcome::Ack, 7), Decision::Ack);
+    }
+
+    #[test]
+    fn a_too_large_or_rejected_message_is_dead_lettered_at_once_under_its_label() {
+        let p = policy(5, &[1000]);
+        for label in [reason::TOO_LARGE, reason::REJECTED] {
+            let outcome = Outcome::DeadLetter {
+                label,
+                reason: "why".into(),
+            };
+            assert_eq!(
+                p.decide(outcome, 1),
+                Decision::DeadLetter {
+                    label,
+                    reason: "why".into(),
+                    attempts: 1
+                }
+            );
+        }
+        assert_eq!(
+            describe(reason::TOO_LARGE),
+            "a message larger than HERMES_MAX_MESSAGE_BYTES"
+        );
+        assert_eq!(describe(reason::REJECTED), "a message a gateway refused");
+        assert_eq!(describe(reason::INVALID), "an invalid message");
     }
 
     #[test]

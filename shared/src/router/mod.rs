@@ -251,7 +251,16 @@ impl Router {
         }
         for (gateway_id, error) in failures {
             tracing::warn!(%error, gateway_id, "delivery to a gateway failed");
-            outcome.failed.push(gateway_id);
+            match error {
+                crate::Error::GatewayRejected { status, reason, .. } => {
+                    outcome.rejected.push(crate::wire::Rejection {
+                        gateway_id,
+                        status,
+                        reason,
+                    });
+                }
+                _ => outcome.failed.push(gateway_id),
+            }
         }
         self.metrics
             .routing_duration

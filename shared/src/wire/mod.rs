@@ -21,7 +21,7 @@ pub use internal::{
     DeliverRequest, DeliverResponse, Identity, REGISTRY_PATH, SECRET_HEADER, Target,
     rfc3339_millis,
 };
-pub use queue::{PublishMessage, RouteOutcome};
+pub use queue::{PublishMessage, Rejection, RouteOutcome};
 
 use crate::error::{Error, Result};
 

@@ -37,18 +37,21 @@ pub struct PublishMessage {
 }
 
 impl PublishMessage {
-    /// Parses and validates a message. The error names the offending field.
-    pub fn parse(body: &[u8]) -> Result<Self> {
+    /// Parses and validates a message (`data` at most `max_data_bytes`, see
+    /// [`Self::validate`]). The error names the offending field.
+    pub fn parse(body: &[u8], max_data_bytes: usize) -> Result<Self> {
         let msg: Self = match serde_json::from_slice(body) {
             Ok(m) => m,
             Err(e) => return Err(Error::Invalid(describe_parse_error(body, &e))),
         };
-        msg.validate()?;
+        msg.validate(max_data_bytes)?;
         Ok(msg)
     }
 
-    /// Checks field contents.
-    pub fn validate(&self) -> Result<()> {
+    /// Checks field contents, and that `data`, measured as its JSON text (what browsers
+    /// receive, copied as it came), is at most `max_data_bytes` long
+    /// ([`Error::TooLarge`] otherwise: `HERMES_MAX_MESSAGE_BYTES`).
+    pub fn validate(&self, max_data_bytes: usize) -> Result<()> {
         check_id("user_id", &self.user_id)?;
         check_id("room_id", &self.room_id)?;
         for (name, value) in [
@@ -60,6 +63,14 @@ impl PublishMessage {
             if let Some(v) = value {
                 check_id(name, v)?;
             }
+        }
+        let size = self.data.get().len();
+        if size > max_data_bytes {
+            return Err(Error::TooLarge {
+                field: "data",
+                size,
+                limit: max_data_bytes,
+            });
         }
         Ok(())
     }
@@ -146,17 +157,34 @@ pub struct RouteOutcome {
     /// sockets are being closed and reconnect elsewhere), so they were not sent to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
+    /// Gateways that held targets and refused the delivery for good (400, 401, 403, 413:
+    /// see `Error::rejected`): sending it again would be refused again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<Rejection>,
+}
+
+/// A gateway's refusal of a delivery, for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub gateway_id: String,
+    /// The HTTP status it answered (the request's or the deliver stream's upgrade).
+    pub status: u16,
+    /// What it said.
+    pub reason: String,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_MAX_MESSAGE_BYTES as MAX;
 
     #[test]
     fn original_message_parses_and_targets_the_room() {
-        let m =
-            PublishMessage::parse(br#"{"user_id":"u1","room_id":"r1","data":{"type":"x","n":1}}"#)
-                .expect("valid");
+        let m = PublishMessage::parse(
+            br#"{"user_id":"u1","room_id":"r1","data":{"type":"x","n":1}}"#,
+            MAX,
+        )
+        .expect("valid");
         assert_eq!(
             m.target(),
             Target::Room {
@@ -173,12 +201,15 @@ mod tests {
     fn connection_beats_user_beats_room() {
         let m = PublishMessage::parse(
             br#"{"user_id":"u","room_id":"r","data":1,"to_user_id":"v","connection_id":"c"}"#,
+            MAX,
         )
         .expect("valid");
         assert_eq!(m.target(), Target::Connections(vec!["c".into()]));
-        let m =
-            PublishMessage::parse(br#"{"user_id":"u","room_id":"r","data":1,"to_user_id":"v"}"#)
-                .expect("valid");
+        let m = PublishMessage::parse(
+            br#"{"user_id":"u","room_id":"r","data":1,"to_user_id":"v"}"#,
+            MAX,
+        )
+        .expect("valid");
         assert_eq!(
             m.target(),
             Target::User {
@@ -209,7 +240,7 @@ mod tests {
             ),
         ];
         for (body, expected) in cases {
-            let err = PublishMessage::parse(body)
+            let err = PublishMessage::parse(body, MAX)
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();
@@ -219,5 +250,43 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    /// A message whose `data` is a JSON string of `len` bytes in all (quotes included).
+    fn with_data_of(len: usize) -> Vec<u8> {
+        let text = "x".repeat(len - 2);
+        format!(r#"{{"user_id":"u","room_id":"r","data":"{text}"}}"#).into_bytes()
+    }
+
+    #[test]
+    fn data_at_the_limit_is_accepted_and_one_byte_more_is_too_large() {
+        let limit = 1000;
+        let m = PublishMessage::parse(&with_data_of(limit), limit).expect("at the limit");
+        assert_eq!(m.data.get().len(), limit);
+        match PublishMessage::parse(&with_data_of(limit + 1), limit) {
+            Err(e @ Error::TooLarge { .. }) => {
+                assert_eq!(e.metric_label(), "too_large");
+                assert!(!e.is_transient());
+                assert_eq!(
+                    e.to_string(),
+                    "field `data` is 1001 bytes, more than the limit of 1000 bytes"
+                );
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_size_of_data_is_its_json_text_as_it_came() {
+        // Six bytes of JSON text, whitespace and escapes included: the bytes browsers get.
+        let body = br#"{"user_id":"u","room_id":"r","data":[1, 2]}"#;
+        assert!(PublishMessage::parse(body, 6).is_ok());
+        assert!(matches!(
+            PublishMessage::parse(body, 5),
+            Err(Error::TooLarge { size: 6, .. })
+        ));
+        // The other fields do not count.
+        let body = br#"{"user_id":"a-rather-long-user-id","room_id":"r","data":1}"#;
+        assert!(PublishMessage::parse(body, 1).is_ok());
     }
 }

@@ -149,10 +149,7 @@ impl GatewayClient {
             .inc();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
-            return Err(Error::unreachable(
-                gateway_id,
-                format!("{status}: {}", body.chars().take(200).collect::<String>()),
-            ));
+            return Err(self.refused(gateway_id, status, &body));
         }
         response
             .json()
@@ -182,7 +179,186 @@ impl GatewayClient {
                 .map(Some)
                 .map_err(|e| Error::unreachable_by(gateway_id, "bad answer", e)),
             404 | 410 => Ok(None),
-            status => Err(Error::unreachable(gateway_id, format!("status {status}"))),
+            _ => {
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                Err(self.refused(gateway_id, status, &body))
+            }
         }
+    }
+
+    /// The error for a gateway's answer `status` (not a success) with `body`: rejected for
+    /// good when retrying cannot help ([`Error::is_rejection`]), unreachable otherwise.
+    fn refused(&self, gateway_id: &str, status: reqwest::StatusCode, body: &str) -> Error {
+        let reason = format!("{status}: {}", body.chars().take(200).collect::<String>());
+        if Error::is_rejection(status.as_u16()) {
+            note_rejection(&self.metrics, gateway_id, status.as_u16());
+            Error::rejected(gateway_id, status.as_u16(), reason)
+        } else {
+            Error::unreachable(gateway_id, reason)
+        }
+    }
+}
+
+/// Logs and counts what a rejection by gateway `gateway_id` with `status` says about this
+/// process: a 401 means the two processes' `HERMES_INTERNAL_SECRET` differ, a configuration
+/// error nothing mends but fixing it (logged at error level, counted in
+/// `hermes_internal_auth_failures_total`; the secret itself is never logged). Other
+/// rejections are the request's own fault and are reported with it.
+pub(super) fn note_rejection(metrics: &Metrics, gateway_id: &str, status: u16) {
+    if status == 401 {
+        metrics.internal_auth_failures.inc();
+        tracing::error!(
+            gateway_id,
+            status,
+            "gateway {gateway_id} refused this process's internal secret: HERMES_INTERNAL_SECRET \
+             is not the same here and there, a configuration error; deliveries to it are \
+             rejected (dead-lettered as `rejected`, never retried) until it is fixed"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{DeliverAction, Frame, Target};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An HTTP server on loopback answering every request with `status` and `body`.
+    async fn answering(status: &'static str, body: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    // The head, then as much body as it announces.
+                    loop {
+                        let n = socket.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&seen).into_owned();
+                        let Some(end) = text.find("\r\n\r\n") else {
+                            continue;
+                        };
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if seen.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        url
+    }
+
+    fn client(metrics: &Arc<Metrics>) -> GatewayClient {
+        GatewayClient::new(
+            "secret-secret-secret",
+            Duration::from_secs(2),
+            metrics.clone(),
+        )
+        .expect("client")
+    }
+
+    fn request() -> DeliverRequest {
+        DeliverRequest {
+            id: Some("m".into()),
+            target: Target::Room {
+                room_id: "r".into(),
+            },
+            exclude_connection_id: None,
+            published_at: None,
+            action: DeliverAction::Send {
+                frame: Frame::from_text("{}"),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_for_good_is_rejected_and_anything_else_stays_transient() {
+        let cases = [
+            ("400 Bad Request", Some(400)),
+            ("401 Unauthorized", Some(401)),
+            ("403 Forbidden", Some(403)),
+            ("413 Payload Too Large", Some(413)),
+            ("404 Not Found", None),
+            ("408 Request Timeout", None),
+            ("429 Too Many Requests", None),
+            ("500 Internal Server Error", None),
+            ("503 Service Unavailable", None),
+        ];
+        for (status, rejected) in cases {
+            let metrics = Arc::new(Metrics::new());
+            let url = answering(status, "what the gateway said").await;
+            let error = client(&metrics)
+                .deliver("g", &url, &request())
+                .await
+                .expect_err(status);
+            match (rejected, &error) {
+                (
+                    Some(code),
+                    Error::GatewayRejected {
+                        gateway_id,
+                        status: got,
+                        reason,
+                    },
+                ) => {
+                    assert_eq!((gateway_id.as_str(), *got), ("g", code));
+                    assert_eq!(reason, &format!("{status}: what the gateway said"));
+                    assert!(!error.is_transient());
+                    assert_eq!(error.metric_label(), "gateway_rejected");
+                }
+                (None, Error::GatewayUnreachable { .. }) => assert!(error.is_transient()),
+                _ => panic!("{status}: unexpected {error:?}"),
+            }
+            let auth_failures = if status.starts_with("401") { 1 } else { 0 };
+            assert_eq!(
+                metrics.internal_auth_failures.get(),
+                auth_failures,
+                "{status}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rejected_batch_and_connection_lookup_are_rejected_too() {
+        let metrics = Arc::new(Metrics::new());
+        let url = answering("401 Unauthorized", "missing or wrong secret").await;
+        let c = client(&metrics);
+        assert!(matches!(
+            c.deliver_batch("g", &url, &[request(), request()]).await,
+            Err(Error::GatewayRejected { status: 401, .. })
+        ));
+        assert!(matches!(
+            c.connection_info("g", &url, "c1").await,
+            Err(Error::GatewayRejected { status: 401, .. })
+        ));
+        assert_eq!(metrics.internal_auth_failures.get(), 2);
+
+        let url = answering("500 Internal Server Error", "").await;
+        assert!(matches!(
+            c.connection_info("g", &url, "c1").await,
+            Err(Error::GatewayUnreachable { .. })
+        ));
+        let url = answering("404 Not Found", "").await;
+        assert!(matches!(c.connection_info("g", &url, "c1").await, Ok(None)));
     }
 }

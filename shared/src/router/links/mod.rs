@@ -242,6 +242,19 @@ impl Links {
                             // Every request of the batch failed with it; each gets its
                             // words (an error's source cannot be shared).
                             let reason = match error {
+                                // Refused for good: each request is.
+                                crate::Error::GatewayRejected { status, reason, .. } => {
+                                    return requests
+                                        .iter()
+                                        .map(|_| {
+                                            Err(crate::Error::rejected(
+                                                g.clone(),
+                                                status,
+                                                reason.clone(),
+                                            ))
+                                        })
+                                        .collect();
+                                }
                                 crate::Error::GatewayUnreachable {
                                     reason,
                                     source: Some(cause),

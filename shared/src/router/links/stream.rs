@@ -181,6 +181,26 @@ enum ConnectError {
     /// The gateway has no stream endpoint.
     Unsupported,
     Failed(String),
+    /// The gateway refused the upgrade for good (401, 403: the internal secrets differ).
+    Rejected {
+        status: u16,
+        reason: String,
+    },
+}
+
+impl ConnectError {
+    /// What a request waiting for the connect fails with.
+    fn error(&self, target: &Target) -> Error {
+        match self {
+            ConnectError::Rejected { status, reason } => {
+                Error::rejected(target.gateway_id.clone(), *status, reason.clone())
+            }
+            ConnectError::Failed(reason) => target.unreachable(reason.clone()),
+            ConnectError::Unsupported => {
+                target.unreachable("the gateway has no deliver stream".into())
+            }
+        }
+    }
 }
 
 /// Opens the WebSocket (no Nagle: frames are small and must not wait for an ACK).
@@ -217,6 +237,14 @@ async fn connect(target: &Target) -> Result<Ws, ConnectError> {
             Ok((ws, _)) => Ok(ws),
             Err(WsError::Http(response)) if response.status().as_u16() == 404 => {
                 Err(ConnectError::Unsupported)
+            }
+            Err(WsError::Http(response)) if matches!(response.status().as_u16(), 401 | 403) => {
+                let status = response.status().as_u16();
+                super::http::note_rejection(&target.metrics, &target.gateway_id, status);
+                Err(ConnectError::Rejected {
+                    status,
+                    reason: format!("the stream upgrade was refused with {}", response.status()),
+                })
             }
             Err(WsError::Http(response)) => Err(ConnectError::Failed(format!(
                 "the stream upgrade was refused with {}",
@@ -311,7 +339,7 @@ async fn run(target: Arc<Target>, mut rx: mpsc::Receiver<Submission>) {
                         tracing::info!(gateway_id = %target.gateway_id, "the gateway has no deliver stream; delivering to it over HTTP");
                         link.unsupported = true;
                     }
-                    Err(ConnectError::Failed(reason)) => {
+                    Err(failure) => {
                         target
                             .metrics
                             .deliver_stream_connects
@@ -322,7 +350,7 @@ async fn run(target: Arc<Target>, mut rx: mpsc::Receiver<Submission>) {
                         for s in batch.drain(..) {
                             let _ = s
                                 .reply
-                                .send(Err(StreamError::Failed(target.unreachable(reason.clone()))));
+                                .send(Err(StreamError::Failed(failure.error(&target))));
                         }
                         continue;
                     }

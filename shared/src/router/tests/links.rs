@@ -189,3 +189,89 @@ async fn a_gateway_that_keeps_failing_is_not_sent_to_while_its_circuit_is_open()
     );
     assert!(text.contains("hermes_deliver_breaker_events_total{event=\"rejected\"} 20"));
 }
+
+/// A gateway on loopback whose internal API refuses every request (the deliver stream's
+/// upgrade included) with 401, as one with another internal secret does.
+async fn refusing_gateway() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen).into_owned();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if seen.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+                let body = "missing or wrong X-Hermes-Internal-Secret";
+                let response = format!(
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_gateway_refusing_the_secret_rejects_the_message_over_the_stream_and_over_http() {
+    for transport in [DeliverTransport::Stream, DeliverTransport::Http] {
+        let url = refusing_gateway().await;
+        let registry = Arc::new(MemoryRegistry::new());
+        live(&registry, "far", &url).await;
+        registry
+            .add_room_gateway("r", "far", Duration::from_secs(60))
+            .await
+            .expect("add");
+        let metrics = Arc::new(Metrics::new());
+        let client = GatewayClient::new(
+            "secret-secret-secret",
+            Duration::from_secs(2),
+            metrics.clone(),
+        )
+        .expect("client")
+        .with_transport(transport);
+        let r = Router::new(registry, client, None, metrics.clone());
+        // Concurrent messages: over HTTP some share a batch request.
+        let m = message(r#"{"user_id":"u","room_id":"r","data":1}"#);
+        let outcomes = join_all((0..8).map(|_| r.publish(&m))).await;
+        for o in outcomes {
+            let o = o.expect("routed");
+            assert!(o.failed.is_empty(), "{transport:?}: {o:?}");
+            assert_eq!(o.rejected.len(), 1, "{transport:?}: {o:?}");
+            assert_eq!(
+                (o.rejected[0].gateway_id.as_str(), o.rejected[0].status),
+                ("far", 401),
+                "{transport:?}"
+            );
+        }
+        assert!(
+            metrics.internal_auth_failures.get() >= 1,
+            "{transport:?}: the refusal is counted"
+        );
+    }
+}

@@ -71,7 +71,7 @@ fn router_counting(
 }
 
 fn message(json: &str) -> PublishMessage {
-    PublishMessage::parse(json.as_bytes()).expect("valid")
+    PublishMessage::parse(json.as_bytes(), crate::config::DEFAULT_MAX_MESSAGE_BYTES).expect("valid")
 }
 
 /// A token revocation, as the admin API broadcasts it.
