@@ -216,7 +216,12 @@ impl Router {
                 Delivery::Answered(response) => {
                     outcome.gateways += 1;
                     outcome.delivered += response.delivered;
-                    outcome.answered.push(gateway_id);
+                    // A gateway that reached nobody is not done with the message: a socket
+                    // that joins it before the retry must get it, and asking it again
+                    // cannot push a second copy to anyone.
+                    if response.delivered > 0 || response.duplicate {
+                        outcome.answered.push(gateway_id);
+                    }
                     response.gone
                 }
                 // Its rows were just removed; connections it held are gone with it.

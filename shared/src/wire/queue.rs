@@ -146,8 +146,9 @@ pub struct RouteOutcome {
     pub gone: usize,
     /// Gateways that held targets and answered.
     pub gateways: usize,
-    /// The gateways that are done with this message: they answered (whatever they
-    /// delivered) or are gone with their connections. A retry goes only to the others.
+    /// The gateways that are done with this message: they delivered it to at least one
+    /// socket (or had already), or are gone with their connections. A retry goes only to
+    /// the others, so a gateway that answered but reached nobody is asked again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub answered: Vec<String>,
     /// Gateways that held targets but could not be reached (transient).

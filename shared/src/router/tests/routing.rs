@@ -110,3 +110,30 @@ async fn a_retry_goes_only_to_the_gateways_that_did_not_answer_the_earlier_attem
         "the far gateway got it once"
     );
 }
+
+#[tokio::test]
+async fn a_retry_asks_again_a_gateway_that_answered_but_reached_nobody() {
+    let (empty, empty_requests) = fake_gateway_counting(0).await;
+    let registry = Arc::new(MemoryRegistry::new());
+    live(&registry, "empty", &empty).await;
+    live(&registry, "frozen", "http://127.0.0.1:9").await;
+    for g in ["empty", "frozen"] {
+        registry
+            .add_room_gateway("r", g, Duration::from_secs(60))
+            .await
+            .expect("add");
+    }
+    let r = router(registry, Arc::new(Recorder::default()));
+    let m = message(r#"{"user_id":"u","room_id":"r","data":1,"id":"m-2"}"#);
+    let first = r.publish(&m).await.expect("routed");
+    assert!(
+        !first.answered.contains(&"empty".to_owned()),
+        "a gateway that delivered to no socket is not done: {first:?}"
+    );
+    r.publish_except(&m, &first.answered).await.expect("routed");
+    assert_eq!(
+        empty_requests.load(Ordering::SeqCst),
+        2,
+        "a socket that joined it meanwhile gets the retry"
+    );
+}
