@@ -9,6 +9,7 @@ use hermes_shared::config::{
     self, INTERNAL_SECRET, Strings, addr, deliver_transport, host_name, num, positive,
     positive_secs, secs,
 };
+use hermes_shared::history::HistorySettings;
 use hermes_shared::registry::RegistryKind;
 use hermes_shared::router::DeliverTransport;
 use hermes_shared::{Error, Result};
@@ -24,9 +25,7 @@ pub const AMQP_PREFETCH: &str = "HERMES_AMQP_PREFETCH";
 pub const SQS_QUEUE_URL: &str = "HERMES_SQS_QUEUE_URL";
 pub const SQS_DLQ_URL: &str = "HERMES_SQS_DEAD_LETTER_QUEUE_URL";
 pub const SQS_WAIT: &str = "HERMES_SQS_WAIT_SECONDS";
-pub const SQS_VISIBILITY: &str = "HERMES_SQS_VISIBILITY_TIMEOUT_SECONDS";
-pub const MAX_ATTEMPTS: &str = "HERMES_MAX_ATTEMPTS";
-pub const RETRY_DELAYS: &str = "HERMES_RETRY_DELAYS_MS";
+pub use hermes_shared::config::{MAX_ATTEMPTS, RETRY_DELAYS, SQS_VISIBILITY};
 pub const CONCURRENCY: &str = "HERMES_CONSUMER_CONCURRENCY";
 pub const CONSUMER_THREADS: &str = "HERMES_CONSUMER_THREADS";
 pub const ROUTE_TO_ALL_MAX_GATEWAYS: &str = "HERMES_ROUTE_TO_ALL_MAX_GATEWAYS";
@@ -180,6 +179,8 @@ pub struct ConsumerConfig {
     pub route_to_all_max_gateways: usize,
     /// Kubernetes awareness (EndpointSlice view, Lease, reaper), when configured.
     pub kube: Option<KubeConfig>,
+    /// The streams' history, which the router records every notification in.
+    pub history: HistorySettings,
 }
 
 /// The consumer's Kubernetes awareness. On when `HERMES_KUBE_GATEWAY_SERVICE` is set; the
@@ -277,6 +278,7 @@ impl ConsumerConfig {
     /// Reads and validates the consumer's configuration.
     pub fn from_strings(s: &dyn Strings) -> Result<Self> {
         let stage = config::stage(s);
+        let redelivery = config::Redelivery::from_strings(s)?;
         let source = match s.get(SOURCE).as_deref() {
             None | Some("amqp") => {
                 let url = s
@@ -315,7 +317,7 @@ impl ConsumerConfig {
                     queue_url,
                     dead_letter_queue_url: s.get(SQS_DLQ_URL),
                     wait,
-                    visibility: positive_secs(s, SQS_VISIBILITY, 30)?,
+                    visibility: redelivery.sqs_visibility,
                 }
             }
             Some(other) => {
@@ -324,39 +326,6 @@ impl ConsumerConfig {
                 )));
             }
         };
-        let retry_delays = match s.get(RETRY_DELAYS) {
-            None => vec![
-                Duration::from_secs(1),
-                Duration::from_secs(5),
-                Duration::from_secs(30),
-            ],
-            Some(list) => list
-                .split(',')
-                .map(|v| {
-                    v.trim()
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|ms| *ms > 0)
-                        .map(Duration::from_millis)
-                        .ok_or_else(|| {
-                            Error::Config(format!(
-                                "{RETRY_DELAYS}: {v:?} is not a positive number of milliseconds"
-                            ))
-                        })
-                })
-                .collect::<Result<Vec<_>>>()?,
-        };
-        if retry_delays.is_empty() || retry_delays.len() > 10 {
-            return Err(Error::Config(format!(
-                "{RETRY_DELAYS}: give 1 to 10 delays"
-            )));
-        }
-        let max_attempts: u32 = num(s, MAX_ATTEMPTS, 5u32)?;
-        if max_attempts == 0 {
-            return Err(Error::Config(format!(
-                "{MAX_ATTEMPTS}: must be greater than 0"
-            )));
-        }
         let internal_secret = s
             .get(INTERNAL_SECRET)
             .ok_or_else(|| Error::Config(format!("{INTERNAL_SECRET}: required")))?;
@@ -368,13 +337,14 @@ impl ConsumerConfig {
             deliver_timeout: config::deliver_timeout(s)?,
             deliver_transport: deliver_transport(s)?,
             source,
-            max_attempts,
-            retry_delays,
+            max_attempts: redelivery.max_attempts,
+            retry_delays: redelivery.delays,
             concurrency: positive(s, CONCURRENCY, 64)?,
             max_message_bytes: config::max_message_bytes(s)?,
             threads: positive(s, CONSUMER_THREADS, 1)?,
             route_to_all_max_gateways: num(s, ROUTE_TO_ALL_MAX_GATEWAYS, 2usize)?,
             kube: KubeConfig::from_strings(s)?,
+            history: HistorySettings::from_strings(s)?,
         })
     }
 }

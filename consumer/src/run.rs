@@ -81,7 +81,8 @@ pub async fn run(config: ConsumerConfig) -> Result<()> {
     .with_transport(config.deliver_transport);
     let shutdown = CancellationToken::new();
     let mut router = Router::new(registry.clone(), client, None, metrics.clone())
-        .with_route_to_all_up_to(config.route_to_all_max_gateways);
+        .with_route_to_all_up_to(config.route_to_all_max_gateways)
+        .with_history(config.history, config.deliver_timeout);
     let kube = match &config.kube {
         Some(kube) => {
             let kube = Kube::start(kube, registry, metrics.clone(), shutdown.clone()).await?;

@@ -80,6 +80,8 @@ pub async fn delete_token(
         exclude_connection_id: None,
         published_at: None,
         action: DeliverAction::Revoke { user_id, room_id },
+        pos: None,
+        expires_at: None,
     };
     let outcome = gw.router.broadcast(request).await?;
     if !outcome.failed.is_empty() {
@@ -176,7 +178,10 @@ pub async fn post_to_connection(
         published_at: Some(hermes_shared::ids::now_millis()),
         action: DeliverAction::Send {
             frame: Frame::from_text(text.to_owned()),
+            raw: true,
         },
+        pos: None,
+        expires_at: None,
     };
     connection_outcome(&gw, &path.id, request, HttpResponse::Ok().finish()).await
 }
@@ -197,6 +202,8 @@ pub async fn delete_connection(
             code: close::DISCONNECTED,
             reason: "disconnected by the server".into(),
         },
+        pos: None,
+        expires_at: None,
     };
     connection_outcome(&gw, &path.id, request, HttpResponse::NoContent().finish()).await
 }

@@ -9,6 +9,7 @@
 //! | 1011 | internal error | reconnect with backoff |
 //! | 1012 | service restart (the gateway is draining) | reconnect soon, with jitter |
 //! | 1013 | try again later (the client read too slowly) | reconnect with backoff |
+//! | 4001 | the token expired | reconnect with a new token (hermes.js asks its token function) |
 //! | 4000–4099 | do not reconnect (4003 token revoked, 4004 disconnected by the admin API) | stop |
 
 pub const NORMAL: u16 = 1000;
@@ -21,5 +22,6 @@ pub const MESSAGE_TOO_BIG: u16 = 1009;
 pub const INTERNAL_ERROR: u16 = 1011;
 pub const SERVICE_RESTART: u16 = 1012;
 pub const TRY_AGAIN_LATER: u16 = 1013;
+pub const TOKEN_EXPIRED: u16 = 4001;
 pub const TOKEN_REVOKED: u16 = 4003;
 pub const DISCONNECTED: u16 = 4004;

@@ -11,6 +11,7 @@ use hermes_shared::config::{
     self, INTERNAL_SECRET, STAGE, Strings, addr, deliver_transport, host_name, num, positive,
     positive_f64, positive_secs, secret, secs,
 };
+use hermes_shared::history::HistorySettings;
 use hermes_shared::registry::RegistryKind;
 use hermes_shared::router::DeliverTransport;
 use hermes_shared::{Error, Result};
@@ -34,6 +35,7 @@ pub const SHUTDOWN_GRACE: &str = "HERMES_SHUTDOWN_GRACE_SECONDS";
 pub const WORKERS: &str = "HERMES_WORKERS";
 pub const LISTEN_BACKLOG: &str = "HERMES_LISTEN_BACKLOG";
 pub const DEDUP_WINDOW: &str = "HERMES_DEDUP_WINDOW";
+pub const DEDUP_SECONDS: &str = "HERMES_DEDUP_SECONDS";
 
 /// Whether browsers from an Origin may connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +94,21 @@ pub struct GatewayConfig {
     /// Pending connections the kernel queues per listener before it drops SYNs (capped by
     /// net.core.somaxconn); a reconnect storm needs more than the usual 128.
     pub listen_backlog: usize,
-    pub dedup_window: usize,
+    pub dedup: DedupSettings,
+    /// The streams' history: recorded by this gateway's router, replayed to resuming
+    /// sockets.
+    pub history: HistorySettings,
+}
+
+/// How long and how many delivered message ids the gateway remembers (`crate::dedup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupSettings {
+    /// At least the longest redelivery path: `HERMES_DEDUP_SECONDS`, by default
+    /// [`hermes_shared::config::Redelivery::window`] of the queue settings the gateway
+    /// sees (the chart gives the gateways and the consumer the same ones).
+    pub window: Duration,
+    /// At most this many ids (`HERMES_DEDUP_WINDOW`, 0: no de-duplication).
+    pub max: usize,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -244,7 +260,24 @@ impl GatewayConfig {
             deliver_transport: deliver_transport(s)?,
             workers: positive(s, WORKERS, cpus)?,
             listen_backlog: positive(s, LISTEN_BACKLOG, 4096)?.min(i32::MAX as usize),
-            dedup_window: num(s, DEDUP_WINDOW, 4096usize)?,
+            dedup: DedupSettings::from_strings(s)?,
+            history: HistorySettings::from_strings(s)?,
+        })
+    }
+}
+
+impl DedupSettings {
+    fn from_strings(s: &dyn Strings) -> Result<Self> {
+        // One attempt: its history write and its deliveries, each bounded by the deliver
+        // timeout (the router's outer deadline adds 500 ms), and a second of margin.
+        let attempt = config::deliver_timeout(s)? * 2 + Duration::from_millis(1500);
+        let derived = config::Redelivery::from_strings(s)?.window(attempt);
+        Ok(Self {
+            window: match s.get(DEDUP_SECONDS) {
+                None => derived,
+                Some(_) => positive_secs(s, DEDUP_SECONDS, 1)?,
+            },
+            max: num(s, DEDUP_WINDOW, 1 << 20)?,
         })
     }
 }

@@ -5,22 +5,26 @@
 //! later) instead of growing memory or slowing anyone else down. A message is encoded into
 //! a WebSocket frame once, and every socket that receives it queues the same bytes.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix_web::web::Bytes;
+use hermes_shared::history::{CLOCK_ALLOWANCE, Pos};
+use hermes_shared::ids::now_millis;
 use hermes_shared::metrics::Metrics;
 use hermes_shared::registry::{ConnectionRecord, Holdings};
 use hermes_shared::router::LocalDelivery;
 use hermes_shared::wire::{
     ConnectionInfo, DeliverAction, DeliverRequest, DeliverResponse, Frame, Identity, Target,
-    rfc3339_millis,
+    notification_v1, rfc3339_millis,
 };
 use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::close;
+use crate::config::DedupSettings;
+use crate::dedup::{Key, Seen, SeenIds};
 use crate::ws::{self, Outbox, PushError};
 
 /// One open socket, as the hub sees it.
@@ -35,11 +39,39 @@ pub struct Connection {
     close_with: Mutex<Option<(u16, String)>>,
     /// Milliseconds since the epoch of the last frame from the client.
     last_active: AtomicU64,
+    /// When the socket's token expires, seconds since the epoch: it is closed then (4001).
+    pub token_exp: u64,
+    /// While a resuming socket is sent what it missed, the notifications that arrive live
+    /// wait here (`Some`); they follow the replay, each once ([`Self::finish_replay`]).
+    held: Mutex<Option<Box<Replaying>>>,
+}
+
+/// The live notifications held while a socket's replay is sent (boxed in
+/// [`Connection`], so that a socket that is not resuming pays one pointer).
+#[derive(Default)]
+struct Replaying {
+    frames: Vec<Held>,
+}
+
+/// A live notification held while its socket's replay is sent.
+struct Held {
+    id: String,
+    pos: Option<Pos>,
+    frame: Bytes,
+    published_at: Option<u64>,
 }
 
 impl Connection {
-    /// A connection whose frames go to `outbox`.
-    pub fn new(record: ConnectionRecord, modern: bool, outbox: Outbox) -> Arc<Self> {
+    /// A connection whose frames go to `outbox`, for a token that expires at `token_exp`
+    /// (seconds since the epoch). A `resuming` socket holds live notifications until its
+    /// replay is sent.
+    pub fn new(
+        record: ConnectionRecord,
+        modern: bool,
+        outbox: Outbox,
+        token_exp: u64,
+        resuming: bool,
+    ) -> Arc<Self> {
         let now = record.connected_at;
         Arc::new(Self {
             record,
@@ -48,7 +80,56 @@ impl Connection {
             kill: CancellationToken::new(),
             close_with: Mutex::new(None),
             last_active: AtomicU64::new(now),
+            token_exp,
+            held: Mutex::new(resuming.then(Box::default)),
         })
+    }
+
+    /// Sends the notifications held during the replay, in position order, except those
+    /// the replay sent (`replayed` ids); from then on notifications go out as they come.
+    pub fn finish_replay(&self, replayed: &HashSet<String>) -> Result<(), PushError> {
+        let mut held = self.held.lock();
+        let Some(replaying) = held.take() else {
+            return Ok(());
+        };
+        let mut frames = replaying.frames;
+        frames.sort_by_key(|h| h.pos);
+        for h in frames {
+            if !replayed.contains(&h.id) {
+                self.outbox.push(h.frame, h.published_at)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a notification for a `hermes.v1` socket: held while its replay is sent,
+    /// queued otherwise. False (and the socket closed with 1013) when there is no room.
+    fn push_notification(
+        &self,
+        frame: &Bytes,
+        id: &str,
+        pos: Option<Pos>,
+        published_at: Option<u64>,
+        metrics: &Metrics,
+    ) -> bool {
+        {
+            let mut held = self.held.lock();
+            if let Some(replaying) = held.as_mut() {
+                if replaying.frames.len() < self.outbox.capacity() {
+                    replaying.frames.push(Held {
+                        id: id.to_owned(),
+                        pos,
+                        frame: frame.clone(),
+                        published_at,
+                    });
+                    return true;
+                }
+                drop(held);
+                self.overflowed(metrics);
+                return false;
+            }
+        }
+        self.push(frame.clone(), published_at, metrics)
     }
 
     pub fn id(&self) -> &str {
@@ -86,24 +167,29 @@ impl Connection {
         self.push(ws::text_frame(frame.as_str()), None, metrics)
     }
 
+    /// The socket's queue is full: it is closed with 1013 (try again later).
+    fn overflowed(&self, metrics: &Metrics) {
+        if !self.kill.is_cancelled() {
+            metrics.send_queue_overflows.inc();
+            tracing::info!(
+                connection_id = self.id(),
+                "send queue full; closing a slow client"
+            );
+        }
+        metrics
+            .messages_dropped
+            .with_label_values(&["queue_full"])
+            .inc();
+        self.close(close::TRY_AGAIN_LATER, "client too slow: send queue full");
+    }
+
     /// Queues an encoded frame without waiting. Returns false (and closes the socket with
     /// 1013) when the queue is full.
     fn push(&self, frame: Bytes, published_at: Option<u64>, metrics: &Metrics) -> bool {
         match self.outbox.push(frame, published_at) {
             Ok(()) => true,
             Err(PushError::Full) => {
-                if !self.kill.is_cancelled() {
-                    metrics.send_queue_overflows.inc();
-                    tracing::info!(
-                        connection_id = self.id(),
-                        "send queue full; closing a slow client"
-                    );
-                }
-                metrics
-                    .messages_dropped
-                    .with_label_values(&["queue_full"])
-                    .inc();
-                self.close(close::TRY_AGAIN_LATER, "client too slow: send queue full");
+                self.overflowed(metrics);
                 false
             }
             Err(PushError::Closed) => {
@@ -151,61 +237,21 @@ pub struct Unwritten {
     pub user_row: bool,
 }
 
-/// Message ids recently delivered, to drop redeliveries.
-struct Dedup {
-    seen: HashSet<String>,
-    order: VecDeque<String>,
-    capacity: usize,
-}
-
-impl Dedup {
-    /// True when `id` was seen within the window; remembers it otherwise.
-    fn check_and_insert(&mut self, id: &str) -> bool {
-        if self.capacity == 0 {
-            return false;
-        }
-        if self.seen.contains(id) {
-            return true;
-        }
-        if self.order.len() >= self.capacity
-            && let Some(old) = self.order.pop_front()
-        {
-            self.seen.remove(&old);
-        }
-        self.seen.insert(id.to_owned());
-        self.order.push_back(id.to_owned());
-        false
-    }
-
-    /// Forgets an id just remembered (it reached no socket). It is at or near the back.
-    fn forget(&mut self, id: &str) {
-        if self.seen.remove(id)
-            && let Some(at) = self.order.iter().rposition(|o| o == id)
-        {
-            self.order.remove(at);
-        }
-    }
-}
-
 /// The gateway's sockets.
 pub struct SessionHub {
     index: RwLock<Index>,
     /// The number of open sockets, for waiters (the drain).
     count: tokio::sync::watch::Sender<usize>,
-    dedup: Mutex<Dedup>,
+    dedup: Mutex<SeenIds>,
     metrics: Arc<Metrics>,
 }
 
 impl SessionHub {
-    pub fn new(metrics: Arc<Metrics>, dedup_window: usize) -> Self {
+    pub fn new(metrics: Arc<Metrics>, dedup: DedupSettings) -> Self {
         Self {
             index: RwLock::new(Index::default()),
             count: tokio::sync::watch::Sender::new(0),
-            dedup: Mutex::new(Dedup {
-                seen: HashSet::new(),
-                order: VecDeque::new(),
-                capacity: dedup_window,
-            }),
+            dedup: Mutex::new(SeenIds::new(dedup.window, dedup.max)),
             metrics,
         }
     }
@@ -377,6 +423,30 @@ impl SessionHub {
     }
 }
 
+impl SessionHub {
+    /// Remembers that message `id` is being delivered to `target` here, unless it was
+    /// within the de-duplication window ([`Seen::Duplicate`]: a redelivery); the key
+    /// forgets it again.
+    fn remember(&self, target: &Target, id: &str) -> (Key, Seen) {
+        let mut seen = self.dedup.lock();
+        let key = seen.key(target, id);
+        let evicted = seen.evicted;
+        let found = seen.check_and_insert(key);
+        if seen.evicted > evicted {
+            self.metrics.dedup_evictions.inc_by(seen.evicted - evicted);
+        }
+        self.metrics.dedup_ids.set(seen.len() as i64);
+        (key, found)
+    }
+}
+
+/// True when a delivery that expires at `expires_at` (ms since the epoch) arrives too late,
+/// clock allowance included.
+fn expired(expires_at: u64) -> bool {
+    let allowance = u64::try_from(CLOCK_ALLOWANCE.as_millis()).unwrap_or(u64::MAX);
+    now_millis() > expires_at.saturating_add(allowance)
+}
+
 fn remove_from(map: &mut HashMap<String, Members>, key: &str, id: &str) -> bool {
     match map.get_mut(key) {
         Some(members) => {
@@ -396,10 +466,20 @@ impl LocalDelivery for SessionHub {
     fn deliver(&self, request: &DeliverRequest) -> DeliverResponse {
         let exclude = request.exclude_connection_id.as_deref();
         match &request.action {
-            DeliverAction::Send { frame } => {
-                if let Some(id) = &request.id
-                    && self.dedup.lock().check_and_insert(id)
-                {
+            DeliverAction::Send { frame, raw } => {
+                if request.expires_at.is_some_and(expired) {
+                    // The router counted it failed; its retry is recorded anew.
+                    self.metrics
+                        .messages_dropped
+                        .with_label_values(&["expired"])
+                        .inc();
+                    return DeliverResponse::default();
+                }
+                let remembered = request
+                    .id
+                    .as_deref()
+                    .map(|id| self.remember(&request.target, id));
+                if let Some((_, Seen::Duplicate)) = remembered {
                     self.metrics
                         .messages_dropped
                         .with_label_values(&["duplicate"])
@@ -410,22 +490,48 @@ impl LocalDelivery for SessionHub {
                         duplicate: true,
                     };
                 }
-                // Encoded once: every socket queues the same bytes.
-                let encoded = ws::text_frame(frame.as_str());
+                // Encoded once: every socket queues the same bytes; `hermes.v1` sockets
+                // get the notification with its id and position (encoded once too, when
+                // one of them is a target).
+                let plain = ws::text_frame(frame.as_str());
+                let notification = match (&request.id, raw) {
+                    (Some(id), false) => Some(id.as_str()),
+                    _ => None,
+                };
+                let pos = request.pos.as_deref();
+                let mut modern: Option<Option<Bytes>> = None;
                 let mut delivered = 0usize;
                 let gone = self.for_each_target(&request.target, exclude, |c| {
-                    if c.push(encoded.clone(), request.published_at, &self.metrics) {
+                    let pushed = match notification {
+                        Some(id) if c.modern => {
+                            let v1 = modern.get_or_insert_with(|| {
+                                notification_v1(frame.as_str(), id, pos).map(|t| ws::text_frame(&t))
+                            });
+                            match v1 {
+                                Some(v1) => c.push_notification(
+                                    v1,
+                                    id,
+                                    pos.and_then(Pos::parse),
+                                    request.published_at,
+                                    &self.metrics,
+                                ),
+                                None => c.push(plain.clone(), request.published_at, &self.metrics),
+                            }
+                        }
+                        _ => c.push(plain.clone(), request.published_at, &self.metrics),
+                    };
+                    if pushed {
                         delivered += 1;
                     }
                 });
                 self.metrics.messages_delivered.inc_by(delivered as u64);
                 if delivered == 0
-                    && let Some(id) = &request.id
+                    && let Some((key, Seen::New)) = remembered
                 {
                     // Nothing here got it: a retry may still reach sockets that arrive
                     // meanwhile (a router that sends to every gateway reaches gateways
                     // without targets on every attempt).
-                    self.dedup.lock().forget(id);
+                    self.dedup.lock().forget(key);
                 }
                 DeliverResponse {
                     delivered,
@@ -462,9 +568,18 @@ impl LocalDelivery for SessionHub {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::ws::OutboxBody;
+
+    pub(crate) fn dedup(max: usize) -> DedupSettings {
+        DedupSettings {
+            window: Duration::from_secs(300),
+            max,
+        }
+    }
 
     fn conn(id: &str, room: &str, user: &str, queue: usize) -> (Arc<Connection>, OutboxBody) {
         let (outbox, body) = Outbox::new(queue, None);
@@ -480,6 +595,8 @@ mod tests {
             },
             true,
             outbox,
+            u64::MAX,
+            false,
         );
         (conn, body)
     }
@@ -491,8 +608,11 @@ mod tests {
             exclude_connection_id: exclude.map(Into::into),
             published_at: None,
             action: DeliverAction::Send {
+                raw: false,
                 frame: Frame::from_text("{}"),
             },
+            pos: None,
+            expires_at: None,
         }
     }
 
@@ -501,7 +621,7 @@ mod tests {
     /// join need not; a room that emptied starts over.
     #[test]
     fn every_socket_writes_the_room_and_user_rows_until_one_write_completed() {
-        let hub = SessionHub::new(Arc::new(Metrics::new()), 16);
+        let hub = SessionHub::new(Arc::new(Metrics::new()), dedup(16));
         let (a, _ra) = conn("a", "r", "u", 4);
         let (b, _rb) = conn("b", "r", "u", 4);
         let (c, _rc) = conn("c", "r", "v", 4);
@@ -535,7 +655,7 @@ mod tests {
 
     #[test]
     fn last_members_are_reported() {
-        let hub = SessionHub::new(Arc::new(Metrics::new()), 16);
+        let hub = SessionHub::new(Arc::new(Metrics::new()), dedup(16));
         let (a, _ra) = conn("a", "r", "u", 4);
         let (b, _rb) = conn("b", "r", "v", 4);
         hub.insert(a.clone());
@@ -566,7 +686,7 @@ mod tests {
 
     #[test]
     fn room_delivery_skips_the_excluded_connection_and_user_delivery_filters_by_room() {
-        let hub = SessionHub::new(Arc::new(Metrics::new()), 16);
+        let hub = SessionHub::new(Arc::new(Metrics::new()), dedup(16));
         let (a, mut ra) = conn("a", "r", "u", 4);
         let (b, mut rb) = conn("b", "r", "v", 4);
         let (c, mut rc) = conn("c", "other", "u", 4);
@@ -604,7 +724,7 @@ mod tests {
 
     #[test]
     fn a_message_id_that_reached_no_socket_is_not_remembered() {
-        let hub = SessionHub::new(Arc::new(Metrics::new()), 8);
+        let hub = SessionHub::new(Arc::new(Metrics::new()), dedup(8));
         let room = || Target::Room {
             room_id: "r".into(),
         };
@@ -622,7 +742,7 @@ mod tests {
 
     #[test]
     fn a_redelivered_message_id_is_sent_once() {
-        let hub = SessionHub::new(Arc::new(Metrics::new()), 2);
+        let hub = SessionHub::new(Arc::new(Metrics::new()), dedup(2));
         let (a, mut ra) = conn("a", "r", "u", 8);
         hub.insert(a);
         let room = || Target::Room {
@@ -644,7 +764,7 @@ mod tests {
     #[test]
     fn a_full_queue_closes_only_that_socket_with_1013() {
         let metrics = Arc::new(Metrics::new());
-        let hub = SessionHub::new(metrics.clone(), 0);
+        let hub = SessionHub::new(metrics.clone(), dedup(0));
         let (slow, _keep_slow_queue) = conn("slow", "r", "u", 1);
         let (fast, mut rf) = conn("fast", "r", "v", 8);
         hub.insert(slow.clone());

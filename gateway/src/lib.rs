@@ -17,6 +17,7 @@ pub mod access_log;
 pub mod admin;
 pub mod close;
 pub mod config;
+pub mod dedup;
 pub mod deliver;
 pub mod error;
 pub mod extract;

@@ -99,7 +99,7 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
     .await?;
     // The embedded memory registry is served to other processes (development clusters).
     let served = matches!(config.registry, RegistryKind::Memory).then(|| registry.clone());
-    let hub = Arc::new(SessionHub::new(metrics.clone(), config.dedup_window));
+    let hub = Arc::new(SessionHub::new(metrics.clone(), config.dedup));
     let auth = Arc::new(Authenticator::new(
         config.auth.clone(),
         registry.clone(),
@@ -116,7 +116,8 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
         gateway_id: config.gateway_id.clone(),
         delivery: deliveries.clone(),
     };
-    let router = Router::new(registry.clone(), client, Some(local), metrics.clone());
+    let router = Router::new(registry.clone(), client, Some(local), metrics.clone())
+        .with_history(config.history, config.deliver_timeout);
     let record = GatewayRecord {
         gateway_id: config.gateway_id.clone(),
         internal_url,

@@ -5,16 +5,20 @@
 //! frames and a heartbeat tick; when it ends, `release` takes the socket out of the hub
 //! and the registry. Outgoing pushes bypass the task (see `ws::Outbox`).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_http::ws::CloseReason;
 use actix_web::dev::Payload;
 use actix_web::{HttpRequest, HttpResponse};
-use hermes_shared::ids::{new_message_id, now_millis};
+use hermes_shared::auth::{AuthError, Ticket};
+use hermes_shared::history::{self, Pos, Timing, now_micros};
+use hermes_shared::ids::{new_message_id, now_millis, now_secs};
 use hermes_shared::registry::ConnectionRecord;
 use hermes_shared::wire::{
-    ClientFrame, Frame, PublishMessage, connected_frame, error_frame, pong_frame,
+    ClientFrame, Frame, PublishMessage, connected_frame, error_frame, notification_v1, pong_frame,
+    recovered_frame,
 };
 use tokio::time::Instant;
 
@@ -69,17 +73,36 @@ enum End {
     Vanished,
 }
 
-/// Accepts an authorized upgrade as the socket `record`, speaking `protocol` when the
-/// client negotiated one (`hermes.v1`: it gets the `connected` frame). Returns the 101
-/// answer once the socket is admitted; the refusal otherwise (400 for a bad handshake,
-/// 503 when the registry cannot take its rows).
+/// What an authorized upgrade asks for.
+pub struct Admission<'a> {
+    pub record: ConnectionRecord,
+    /// The negotiated subprotocol: `hermes.v1` clients get the `connected` frame, and
+    /// notifications with their `id` and `pos`.
+    pub protocol: Option<&'a str>,
+    /// When the token expires, seconds since the epoch: the socket is closed then (4001).
+    pub token_exp: u64,
+    /// The position a `hermes.v1` client resumes from (`since`), as it sent it.
+    pub since: Option<String>,
+    /// What this process knew of revocations when the connect started.
+    pub ticket: Ticket,
+}
+
+/// Accepts an authorized upgrade as a socket. Returns the 101 answer once the socket is
+/// admitted; the refusal otherwise (400 for a bad handshake, 503 when the registry cannot
+/// take its rows, 403 when the token was revoked meanwhile).
 pub async fn open(
     gw: Arc<Gateway>,
     req: &HttpRequest,
     payload: Payload,
-    record: ConnectionRecord,
-    protocol: Option<&str>,
+    admission: Admission<'_>,
 ) -> Result<HttpResponse, HttpError> {
+    let Admission {
+        record,
+        protocol,
+        token_exp,
+        since,
+        ticket,
+    } = admission;
     let limits = &gw.config.limits;
     let Accepted {
         response,
@@ -95,7 +118,15 @@ pub async fn open(
             metrics: Some(gw.metrics.clone()),
         },
     )?;
-    let conn = Connection::new(record, protocol.is_some(), outbox);
+    let modern = protocol.is_some();
+    let resume = since.filter(|_| modern);
+    if modern {
+        // First, before the socket is in the hub: nothing may come before it.
+        let r = &record;
+        let _ =
+            outbox.push_text(connected_frame(&r.connection_id, &r.user_id, &r.room_id).as_str());
+    }
+    let conn = Connection::new(record, modern, outbox, token_exp, resume.is_some());
     if let Err(error) = admit(&gw, &conn).await {
         tracing::warn!(%error, "cannot register a connection");
         gw.hub.remove(&conn);
@@ -104,9 +135,19 @@ pub async fn open(
             "the connection registry is unavailable; retry shortly",
         ));
     }
+    // A revocation that reached this gateway while the token was checked or the socket
+    // admitted wins: it may have closed the (user, room)'s sockets before this one was in
+    // the hub.
+    if gw
+        .auth
+        .revoked_since(&conn.record.user_id, &conn.record.room_id, ticket)
+    {
+        release(&gw, &conn).await;
+        return Err(HttpError::from(&AuthError::Revoked));
+    }
     gw.metrics.connects.with_label_values(&["accepted"]).inc();
     tracing::debug!(connection_id = conn.id(), room_id = %conn.record.room_id, "connected");
-    actix_web::rt::spawn(run(gw, incoming, conn));
+    actix_web::rt::spawn(run(gw, incoming, conn, resume));
     Ok(response)
 }
 
@@ -137,22 +178,36 @@ async fn admit(gw: &Gateway, conn: &Arc<Connection>) -> hermes_shared::Result<()
 
 /// Runs a socket until it closes, then releases it. Pushes from the hub do not pass
 /// through here: they go straight into the socket's outbox, which its connection writes from.
-async fn run(gw: Arc<Gateway>, mut incoming: Incoming, conn: Arc<Connection>) {
+async fn run(
+    gw: Arc<Gateway>,
+    mut incoming: Incoming,
+    conn: Arc<Connection>,
+    resume: Option<String>,
+) {
     let limits = gw.config.limits.clone();
     let outbox = conn.outbox.clone();
     let mut tick =
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    expire_with_token(&mut tick, conn.token_exp, limits.ping_interval);
     let mut last_frame = Instant::now();
     let mut awaiting_pong: Option<Instant> = None;
     let mut bucket = TokenBucket::new(limits.client_rate, limits.client_burst);
 
     let end = 'socket: {
-        if conn.modern {
-            let r = &conn.record;
-            let frame = connected_frame(&r.connection_id, &r.user_id, &r.room_id);
-            if outbox.push_text(frame.as_str()).is_err() {
-                break 'socket End::Vanished;
+        if let Some(since) = resume {
+            tokio::select! {
+                biased;
+                () = conn.killed() => {
+                    let (code, reason) = conn.requested_close().unwrap_or((close::NORMAL, String::new()));
+                    break 'socket End::Close(code, reason);
+                }
+                () = outbox.gone() => break 'socket End::Vanished,
+                replayed = tokio::time::timeout(REPLAY_TIMEOUT, replay(&gw, &conn, &since)) => match replayed {
+                    Ok(Ok(())) => {}
+                    Ok(Err(end)) => break 'socket end,
+                    Err(_) => break 'socket End::Close(close::TRY_AGAIN_LATER, "the replay was not read in time; resume again".into()),
+                },
             }
         }
         loop {
@@ -198,6 +253,10 @@ async fn run(gw: Arc<Gateway>, mut incoming: Incoming, conn: Arc<Connection>) {
                     }
                 }
                 _ = tick.tick() => {
+                    if now_secs() >= conn.token_exp {
+                        break 'socket End::Close(close::TOKEN_EXPIRED, "token expired".into());
+                    }
+                    expire_with_token(&mut tick, conn.token_exp, limits.ping_interval);
                     if last_frame.elapsed() >= limits.idle_timeout {
                         break 'socket End::Close(close::GOING_AWAY, "idle timeout".into());
                     }
@@ -241,6 +300,92 @@ async fn run(gw: Arc<Gateway>, mut incoming: Incoming, conn: Arc<Connection>) {
             outbox.abort();
         }
     }
+}
+
+/// How long a resuming socket's replay may take (the client reading it included).
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Makes the heartbeat tick fire when the token expires if that comes before the next
+/// regular tick, so the socket is closed on time (4001) without a timer of its own.
+fn expire_with_token(tick: &mut tokio::time::Interval, token_exp: u64, period: Duration) {
+    let left = Duration::from_secs(token_exp.saturating_sub(now_secs()));
+    if left < period {
+        tick.reset_at(Instant::now() + left);
+    }
+}
+
+/// Sends a resuming socket what it missed: the notifications of its room's and its
+/// user's streams after its position (read from `since − lookback`: see
+/// `hermes_shared::history`), then the `recovered` frame, then the notifications that
+/// arrived live meanwhile, each once. A position that is not ours, older than the history
+/// window or too far behind gets `recovered: false` and no replay; a history that cannot
+/// be read closes the socket with 1013, so that the client resumes again, losing nothing.
+async fn replay(gw: &Gateway, conn: &Connection, since: &str) -> Result<(), End> {
+    let settings = gw.config.history;
+    let since = Pos::parse(since);
+    let window_start =
+        now_micros().saturating_sub(u64::try_from(settings.ttl.as_micros()).unwrap_or(u64::MAX));
+    let (entries, recovered) = match since {
+        Some(since) if settings.enabled() && since.micros >= window_start => {
+            let from = since.minus(Timing::new(gw.config.deliver_timeout).lookback());
+            // The lookback's entries come on top of the ones the client may replay.
+            let limit = settings.max.saturating_mul(2);
+            let r = &conn.record;
+            let room_stream = history::room_stream(&r.room_id);
+            let user_stream = history::user_stream(&r.user_id);
+            let (room, user) = tokio::join!(
+                gw.registry.read_history(&room_stream, from, limit),
+                gw.registry.read_history(&user_stream, from, limit),
+            );
+            match (room, user) {
+                (Ok(room), Ok(user)) => {
+                    gw.metrics.history_reads.with_label_values(&["ok"]).inc();
+                    let entries = history::replay(vec![room.clone(), user.clone()], &r.room_id);
+                    let after = entries.iter().filter(|e| e.pos > since).count();
+                    if room.complete && user.complete && after <= settings.max {
+                        (entries, true)
+                    } else {
+                        (Vec::new(), false)
+                    }
+                }
+                (Err(error), _) | (_, Err(error)) => {
+                    gw.metrics.history_reads.with_label_values(&["error"]).inc();
+                    gw.metrics.resumes.with_label_values(&["failed"]).inc();
+                    tracing::warn!(%error, "cannot read the history of a resuming socket");
+                    return Err(End::Close(
+                        close::TRY_AGAIN_LATER,
+                        "history unavailable; resume again".into(),
+                    ));
+                }
+            }
+        }
+        _ => (Vec::new(), false),
+    };
+    let missed = since.map_or(0, |since| entries.iter().filter(|e| e.pos > since).count());
+    let outbox = &conn.outbox;
+    let mut replayed = HashSet::with_capacity(entries.len());
+    for e in entries {
+        let pos = e.pos.encode();
+        let text = notification_v1(&e.frame, &e.id, Some(&pos)).unwrap_or(e.frame);
+        outbox
+            .push_when_room(ws::text_frame(&text))
+            .await
+            .map_err(unsent)?;
+        gw.metrics.replayed.inc();
+        replayed.insert(e.id);
+    }
+    gw.metrics
+        .resumes
+        .with_label_values(&[if recovered {
+            "recovered"
+        } else {
+            "not_recovered"
+        }])
+        .inc();
+    outbox
+        .push_text(recovered_frame(recovered, missed).as_str())
+        .map_err(unsent)?;
+    conn.finish_replay(&replayed).map_err(unsent)
 }
 
 /// How the socket ends when a frame of its own (a reply, a ping) cannot be queued.
@@ -363,6 +508,7 @@ mod tests {
     use async_trait::async_trait;
     use futures_util::FutureExt as _;
     use hermes_shared::auth::Authenticator;
+    use hermes_shared::history::{HistoryEntry, HistoryPage, Pos};
     use hermes_shared::metrics::Metrics;
     use hermes_shared::registry::memory::MemoryRegistry;
     use hermes_shared::registry::{GatewayKeys, GatewayRecord, Registry, TokenRecord};
@@ -467,6 +613,22 @@ mod tests {
         async fn clear_gateway_keys(&self, id: &str) -> Result<()> {
             self.inner.clear_gateway_keys(id).await
         }
+        async fn append_history(
+            &self,
+            entry: &HistoryEntry,
+            ttl: Duration,
+            keep: usize,
+        ) -> Result<()> {
+            self.inner.append_history(entry, ttl, keep).await
+        }
+        async fn read_history(
+            &self,
+            stream: &str,
+            after: Pos,
+            limit: usize,
+        ) -> Result<HistoryPage> {
+            self.inner.read_history(stream, after, limit).await
+        }
     }
 
     /// A standalone gateway's state over `registry`, without servers.
@@ -474,7 +636,10 @@ mod tests {
         let env = std::collections::HashMap::<&str, &str>::new();
         let config = GatewayConfig::from_strings(&env, Mode::Standalone).expect("config");
         let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(SessionHub::new(metrics.clone(), 16));
+        let hub = Arc::new(SessionHub::new(
+            metrics.clone(),
+            crate::hub::tests::dedup(16),
+        ));
         let auth = Arc::new(Authenticator::new(
             config.auth.clone(),
             registry.clone(),
@@ -524,7 +689,7 @@ mod tests {
             source_ip: String::new(),
             user_agent: String::new(),
         };
-        Connection::new(record, true, outbox)
+        Connection::new(record, true, outbox, u64::MAX, false)
     }
 
     /// Two first sockets of a room connecting together: the second is admitted (gets its

@@ -23,6 +23,7 @@ use crate::state::Gateway;
 /// The subprotocol Hermes speaks.
 pub const PROTOCOL: &str = "hermes.v1";
 const BEARER_PREFIX: &str = "bearer.";
+const SINCE_PREFIX: &str = "since.";
 
 /// Where the token came from.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,11 +31,14 @@ struct Credentials {
     token: Option<String>,
     /// The client offered `hermes.v1` (it gets the `connected` frame).
     modern: bool,
+    /// The position it resumes from: the subprotocol item `since.<pos>`, else `?since=`.
+    since: Option<String>,
 }
 
 fn credentials(req: &HttpRequest) -> Result<Credentials, HttpError> {
     let mut offered_modern = false;
     let mut bearer = None;
+    let mut since = None;
     for value in req.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL) {
         let Ok(value) = value.to_str() else { continue };
         for protocol in value.split(',').map(str::trim) {
@@ -42,6 +46,8 @@ fn credentials(req: &HttpRequest) -> Result<Credentials, HttpError> {
                 offered_modern = true;
             } else if let Some(token) = protocol.strip_prefix(BEARER_PREFIX) {
                 bearer = Some(token.to_owned());
+            } else if let Some(pos) = protocol.strip_prefix(SINCE_PREFIX) {
+                since = Some(pos.to_owned());
             }
         }
     }
@@ -53,7 +59,7 @@ fn credentials(req: &HttpRequest) -> Result<Credentials, HttpError> {
         ));
     }
     let token = bearer
-        .or_else(|| query_token(req.query_string()))
+        .or_else(|| query_param(req.query_string(), "token"))
         .or_else(|| {
             req.headers()
                 .get(header::AUTHORIZATION)
@@ -64,13 +70,16 @@ fn credentials(req: &HttpRequest) -> Result<Credentials, HttpError> {
     Ok(Credentials {
         token,
         modern: offered_modern,
+        since: since
+            .filter(|s| !s.is_empty())
+            .or_else(|| query_param(req.query_string(), "since")),
     })
 }
 
-/// The `token` query parameter, percent-decoded.
-fn query_token(query: &str) -> Option<String> {
+/// A query parameter, percent-decoded; `None` when absent or empty.
+fn query_param(query: &str, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "token")
+        .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
         .filter(|v| !v.is_empty())
 }
@@ -140,6 +149,8 @@ pub async fn websocket(
     let Some(token) = creds.token else {
         return Err(auth_refusal(&gw, &AuthError::Missing, origin.as_deref()));
     };
+    // Taken before the token is checked: a revocation from now on wins (session::open).
+    let ticket = gw.auth.ticket();
     let identity = match gw.auth.authenticate(&token).await {
         Ok((identity, _path)) => identity,
         Err(error) => return Err(auth_refusal(&gw, &error, origin.as_deref())),
@@ -178,8 +189,14 @@ pub async fn websocket(
             .map(|ua| ua.chars().take(512).collect())
             .unwrap_or_default(),
     };
-    let protocol = creds.modern.then_some(PROTOCOL);
-    session::open(gw.clone(), &req, body.into_inner(), record, protocol)
+    let admission = session::Admission {
+        record,
+        protocol: creds.modern.then_some(PROTOCOL),
+        token_exp: identity.exp,
+        since: creds.since,
+        ticket,
+    };
+    session::open(gw.clone(), &req, body.into_inner(), admission)
         .await
         .map_err(|e| refused(&gw, e))
 }
@@ -246,7 +263,8 @@ mod tests {
             credentials(&req).ok(),
             Some(Credentials {
                 token: Some("abc.def.ghi".into()),
-                modern: true
+                modern: true,
+                since: None,
             })
         );
         let req = TestRequest::get()
@@ -256,9 +274,30 @@ mod tests {
             credentials(&req).ok(),
             Some(Credentials {
                 token: Some("a.b.c".into()),
-                modern: false
+                modern: false,
+                since: None,
             })
         );
+    }
+
+    #[test]
+    fn the_resume_position_comes_from_the_subprotocol_or_the_query() {
+        let req = TestRequest::get()
+            .uri("/production?since=q")
+            .insert_header((
+                header::SEC_WEBSOCKET_PROTOCOL,
+                "hermes.v1, bearer.a.b.c, since.00000000000000010000000a",
+            ))
+            .to_http_request();
+        let creds = credentials(&req).expect("valid");
+        assert_eq!(creds.since.as_deref(), Some("00000000000000010000000a"));
+        let req = TestRequest::get()
+            .uri("/production?token=a.b.c&since=00000000000000010000000a")
+            .insert_header((header::SEC_WEBSOCKET_PROTOCOL, "hermes.v1"))
+            .to_http_request();
+        let creds = credentials(&req).expect("valid");
+        assert_eq!(creds.since.as_deref(), Some("00000000000000010000000a"));
+        assert!(creds.modern);
     }
 
     #[test]

@@ -143,6 +143,9 @@ struct State {
     aborted: bool,
     /// The body was dropped: the connection is gone.
     gone: bool,
+    /// The socket's task waits in [`Outbox::push_when_room`] (its waker is `watcher`):
+    /// the next frame written wakes it.
+    wants_room: bool,
 }
 
 struct Shared {
@@ -174,6 +177,7 @@ impl Outbox {
                 ending: false,
                 aborted: false,
                 gone: false,
+                wants_room: false,
             }),
             capacity: capacity.max(1),
         });
@@ -188,6 +192,45 @@ impl Outbox {
     /// Queues an encoded data frame unless the queue is full or the socket is closing.
     pub fn push(&self, frame: Bytes, published_at: Option<u64>) -> Result<(), PushError> {
         self.enqueue(frame, published_at, self.shared.capacity)
+    }
+
+    /// Queues an encoded data frame, waiting while the queue is full (a replay sent at the
+    /// pace the client reads); fails only when the socket is closing or gone.
+    pub async fn push_when_room(&self, frame: Bytes) -> Result<(), PushError> {
+        let mut frame = Some(frame);
+        poll_fn(|cx| {
+            let waker = {
+                let mut state = self.shared.state.lock();
+                if state.ending || state.gone || state.aborted {
+                    return Poll::Ready(Err(PushError::Closed));
+                }
+                if state.frames.len() >= self.shared.capacity {
+                    state.wants_room = true;
+                    if !state
+                        .watcher
+                        .as_ref()
+                        .is_some_and(|w| w.will_wake(cx.waker()))
+                    {
+                        state.watcher = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+                if let Some(frame) = frame.take() {
+                    state.frames.push_back((frame, None));
+                }
+                state.writer.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await
+    }
+
+    /// The most data frames the queue holds.
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity
     }
 
     /// Queues a text frame that answers the client or comes from the gateway itself
@@ -319,6 +362,12 @@ impl OutboxBody {
                 Some(item) => {
                     if state.frames.is_empty() && state.frames.capacity() > KEEP {
                         state.frames = VecDeque::new();
+                    }
+                    if state.wants_room {
+                        state.wants_room = false;
+                        if let Some(task) = state.watcher.clone() {
+                            task.wake();
+                        }
                     }
                     item
                 }

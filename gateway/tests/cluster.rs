@@ -70,11 +70,11 @@ async fn room_spread_over_two_gateways(a: &Gateway, b: &Gateway) {
         (Some(2), Some(2))
     );
     assert_eq!(
-        recv_json(&mut on_a).await,
+        recv_notification(&mut on_a).await,
         json!({"user_id": "ops", "data": {"type": "one"}})
     );
     assert_eq!(
-        recv_json(&mut on_b).await,
+        recv_notification(&mut on_b).await,
         json!({"user_id": "ops", "data": {"type": "one"}})
     );
 
@@ -85,11 +85,11 @@ async fn room_spread_over_two_gateways(a: &Gateway, b: &Gateway) {
     )
     .await;
     assert_eq!(
-        recv_json(&mut on_a).await,
+        recv_notification(&mut on_a).await,
         json!({"user_id": "bob", "data": {"type": "chat"}})
     );
     assert_eq!(
-        recv_json(&mut on_b).await,
+        recv_notification(&mut on_b).await,
         json!({"user_id": "bob", "data": {"type": "chat"}})
     );
 

@@ -69,7 +69,7 @@ async fn a_batch_reaches_the_sockets_and_is_answered_request_by_request_under_it
     // Delivered, held by nobody here, a repeat of the first id.
     assert_eq!(answers, vec![(1, false), (0, false), (0, true)]);
     assert_eq!(
-        recv_json(&mut ann).await,
+        recv_notification(&mut ann).await,
         json!({"user_id": "ops", "data": {"n": 1}})
     );
 

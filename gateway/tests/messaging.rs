@@ -50,7 +50,7 @@ async fn publish_targets_a_room_a_user_a_connection_and_honours_the_exclusion() 
     );
     for ws in [&mut a1, &mut a2, &mut b] {
         assert_eq!(
-            recv_json(ws).await,
+            recv_notification(ws).await,
             json!({"user_id": "ops", "data": {"type": "room"}})
         );
     }

@@ -124,6 +124,100 @@ pub fn max_message_bytes(s: &dyn Strings) -> Result<usize> {
     positive(s, MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGE_BYTES)
 }
 
+/// `HERMES_RETRY_DELAYS_MS`: the consumer's delays before each retry, comma-separated.
+pub const RETRY_DELAYS: &str = "HERMES_RETRY_DELAYS_MS";
+/// `HERMES_MAX_ATTEMPTS`: deliveries of one queue message before it is dead-lettered.
+pub const MAX_ATTEMPTS: &str = "HERMES_MAX_ATTEMPTS";
+/// `HERMES_SQS_VISIBILITY_TIMEOUT_SECONDS`: how long SQS hides a received message.
+pub const SQS_VISIBILITY: &str = "HERMES_SQS_VISIBILITY_TIMEOUT_SECONDS";
+
+/// How a queue hands a message over again: the consumer's retry policy and the SQS
+/// visibility timeout. The consumer retries by it; a gateway derives from it how long it
+/// must remember a delivered id so that no redelivery pushes twice ([`Self::window`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redelivery {
+    /// Delay before each retry (the last one repeats).
+    pub delays: Vec<Duration>,
+    /// Deliveries of one message before it is dead-lettered.
+    pub max_attempts: u32,
+    /// SQS's visibility timeout: a message received by a consumer that then died is
+    /// handed over again after it.
+    pub sqs_visibility: Duration,
+}
+
+impl Redelivery {
+    /// Reads `HERMES_RETRY_DELAYS_MS` (default 1000,5000,30000), `HERMES_MAX_ATTEMPTS`
+    /// (default 5) and `HERMES_SQS_VISIBILITY_TIMEOUT_SECONDS` (default 30).
+    pub fn from_strings(s: &dyn Strings) -> Result<Self> {
+        let delays = match s.get(RETRY_DELAYS) {
+            None => vec![
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            ],
+            Some(list) => list
+                .split(',')
+                .map(|v| {
+                    v.trim()
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|ms| *ms > 0)
+                        .map(Duration::from_millis)
+                        .ok_or_else(|| {
+                            Error::Config(format!(
+                                "{RETRY_DELAYS}: {v:?} is not a positive number of milliseconds"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
+        if delays.is_empty() || delays.len() > 10 {
+            return Err(Error::Config(format!(
+                "{RETRY_DELAYS}: give 1 to 10 delays"
+            )));
+        }
+        let max_attempts: u32 = num(s, MAX_ATTEMPTS, 5u32)?;
+        if max_attempts == 0 {
+            return Err(Error::Config(format!(
+                "{MAX_ATTEMPTS}: must be greater than 0"
+            )));
+        }
+        Ok(Self {
+            delays,
+            max_attempts,
+            sqs_visibility: positive_secs(s, SQS_VISIBILITY, 30)?,
+        })
+    }
+
+    /// The delay before the retry that follows attempt `attempt` (1-based; the last delay
+    /// repeats).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        retry_delay(&self.delays, attempt)
+    }
+
+    /// The longest time between two hand-overs of one message to the gateways, with
+    /// `attempt_time` the longest one attempt may take (its registry writes and its
+    /// deliveries' deadlines): every retry delay, plus for every attempt its own time and
+    /// an SQS visibility timeout (a consumer that died holding the message), plus a
+    /// minute of margin for clocks and schedulers. With the defaults (1, 5 and 30 s
+    /// delays, 5 attempts, a 30 s visibility) and 5 s attempts: 66 + 5 × 35 + 60 = 301 s.
+    pub fn window(&self, attempt_time: Duration) -> Duration {
+        let retries: Duration = (1..self.max_attempts).map(|a| self.delay(a)).sum();
+        retries + (attempt_time + self.sqs_visibility) * self.max_attempts + Duration::from_secs(60)
+    }
+}
+
+/// The delay before the retry that follows failed attempt `attempt` (1-based) under
+/// `delays`: the last delay repeats; 1 s when there is none.
+pub fn retry_delay(delays: &[Duration], attempt: u32) -> Duration {
+    let at = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+    delays
+        .get(at)
+        .or_else(|| delays.last())
+        .copied()
+        .unwrap_or(Duration::from_secs(1))
+}
+
 /// The host name: `HOSTNAME`, else `/etc/hostname`, else `fallback`.
 pub fn host_name(fallback: &str) -> String {
     std::env::var("HOSTNAME")

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod batch;
 pub mod config;
 pub mod error;
+pub mod history;
 pub mod ids;
 pub mod metrics;
 pub mod process;

@@ -10,6 +10,7 @@
 //! | `sockets`  | the gateway's sockets: `upgrade`, `session`, `hub`, `ws`            |
 //! | `auth`     | `auth` (the authorizer and its bcrypt pool)                         |
 //! | `registry` | `registry::instrumented` (every registry call)                      |
+//! | `history`  | the router's history writes, the gateway's resumes (`session`)      |
 //! | `router`   | `router` and its links (`router::links`), and the gateway's deliver |
 //! |            | endpoints (`deliver`)                                               |
 //! | `queue`    | the consumer's sources and `processor`                              |
@@ -98,6 +99,16 @@ families! {
             "Frames not delivered to a socket, by reason",
             ["reason"]
         ),
+        /// Message ids remembered for de-duplication.
+        dedup_ids: IntGauge(
+            "hermes_dedup_ids",
+            "Delivered message ids the gateway remembers to drop redeliveries"
+        ),
+        /// Ids forgotten before their window ended because the bound was reached.
+        dedup_evictions: IntCounter(
+            "hermes_dedup_evictions_total",
+            "Delivered message ids forgotten before their de-duplication window ended (HERMES_DEDUP_WINDOW reached)"
+        ),
         /// Sockets closed because their send queue was full.
         send_queue_overflows: IntCounter(
             "hermes_send_queue_overflows_total",
@@ -134,6 +145,31 @@ families! {
             "hermes_registry_duration_seconds",
             "Registry call latency, by operation",
             ["op"]
+        ),
+    }
+    history {
+        /// History writes by result (`ok`, `error`).
+        history_writes: IntCounterVec(
+            "hermes_history_writes_total",
+            "Notifications written to their stream's history, by result",
+            ["result"]
+        ),
+        /// History reads of resuming sockets, by result (`ok`, `error`).
+        history_reads: IntCounterVec(
+            "hermes_history_reads_total",
+            "Stream history reads of resuming sockets, by result",
+            ["result"]
+        ),
+        /// Resumes by outcome (`recovered`, `not_recovered`, `failed`).
+        resumes: IntCounterVec(
+            "hermes_resumes_total",
+            "hermes.v1 sockets that asked to resume, by outcome",
+            ["outcome"]
+        ),
+        /// Notifications replayed to resuming sockets.
+        replayed: IntCounter(
+            "hermes_replayed_messages_total",
+            "Notifications sent from history to resuming sockets"
         ),
     }
     router {
@@ -363,7 +399,7 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "a family declared twice");
-        assert_eq!(names.len(), 27);
+        assert_eq!(names.len(), 33);
         // Registering a family again is refused: each one is in the registry already.
         assert!(
             m.registry
@@ -377,7 +413,9 @@ mod tests {
         let owners: Vec<&str> = Metrics::OWNERS.iter().map(|(owner, _)| *owner).collect();
         assert_eq!(
             owners,
-            ["sockets", "auth", "registry", "router", "queue", "kube"]
+            [
+                "sockets", "auth", "registry", "history", "router", "queue", "kube"
+            ]
         );
     }
 }

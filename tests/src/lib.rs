@@ -487,6 +487,27 @@ pub async fn recv_json(ws: &mut Ws) -> Value {
     serde_json::from_str(&recv_text(ws).await).expect("text frames are JSON")
 }
 
+/// The next notification on a `hermes.v1` socket, without the `id` (checked to be there)
+/// and `pos` (checked to be a position when present) the protocol adds: what an original
+/// client would have received.
+pub async fn recv_notification(ws: &mut Ws) -> Value {
+    let mut v = recv_json(ws).await;
+    let object = v.as_object_mut().expect("a notification is a JSON object");
+    let id = object.remove("id");
+    assert!(
+        id.as_ref().is_some_and(Value::is_string),
+        "hermes.v1 notifications carry their id: {id:?}"
+    );
+    if let Some(pos) = object.remove("pos") {
+        assert!(
+            pos.as_str()
+                .is_some_and(|p| p.len() == 24 && p.bytes().all(|b| b.is_ascii_hexdigit())),
+            "a position is 24 hex digits: {pos}"
+        );
+    }
+    v
+}
+
 /// The next text frame's raw text.
 pub async fn recv_text(ws: &mut Ws) -> String {
     loop {

@@ -484,6 +484,22 @@ async fn declare_topology(
     Ok(())
 }
 
+/// The id of a message that names none (no `id` in its body, no `message_id` property):
+/// derived from its queue, the properties a producer sets per publish (`timestamp`,
+/// `correlation_id`) and its body, so that the broker's redelivery of it (after a consumer
+/// died holding it) is recognised by the gateways and not pushed twice. Two publishes of
+/// the same body without any of these are one message to Hermes: give each an `id` (or a
+/// `message_id`) to send the same body twice.
+fn content_id(queue: &str, properties: &lapin::BasicProperties, body: &[u8]) -> String {
+    let timestamp = properties.timestamp().unwrap_or_default().to_be_bytes();
+    let correlation = properties
+        .correlation_id()
+        .as_ref()
+        .map(|c| c.as_str().as_bytes().to_vec())
+        .unwrap_or_default();
+    hermes_shared::ids::content_id("amqp-", &[queue.as_bytes(), &timestamp, &correlation, body])
+}
+
 /// Routes one delivery and settles it: ack, retry later, or dead-letter.
 async fn handle(session: &Session, sink: &dyn Sink, delivery: AmqpDelivery) {
     let s = &session.settings;
@@ -494,7 +510,8 @@ async fn handle(session: &Session, sink: &dyn Sink, delivery: AmqpDelivery) {
         .unwrap_or(0);
     let fallback_id = headers
         .and_then(|h| header_string(h, ID_HEADER))
-        .or_else(|| properties.message_id().as_ref().map(|id| id.to_string()));
+        .or_else(|| properties.message_id().as_ref().map(|id| id.to_string()))
+        .unwrap_or_else(|| content_id(&s.queue, properties, &delivery.data));
     let answered = headers
         .and_then(|h| header_string(h, ANSWERED_HEADER))
         .map(|list| answered_gateways(&list))
@@ -502,7 +519,7 @@ async fn handle(session: &Session, sink: &dyn Sink, delivery: AmqpDelivery) {
     let routed = sink
         .route(Incoming {
             body: &delivery.data,
-            fallback_id: fallback_id.as_deref(),
+            fallback_id: Some(&fallback_id),
             sent_at: None,
             answered: &answered,
         })

@@ -65,12 +65,7 @@ impl Decision {
 impl RetryPolicy {
     /// The backoff after failed attempt number `attempt` (1-based); the last delay repeats.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let index = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
-        self.delays
-            .get(index)
-            .or_else(|| self.delays.last())
-            .copied()
-            .unwrap_or(Duration::from_secs(1))
+        hermes_shared::config::retry_delay(&self.delays, attempt)
     }
 
     /// Weighs the routing outcome of delivery number `attempt` (1-based): a transient

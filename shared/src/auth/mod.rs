@@ -18,12 +18,14 @@ mod bcrypt_pool;
 mod cache;
 pub mod config;
 mod jwt;
+pub mod revocations;
 mod verdict;
 mod verifier;
 
 pub use bcrypt_pool::{BcryptPool, BcryptPriority};
 pub use config::{AuthConfig, TokenCheck};
 pub use jwt::{Algorithm, Claims, JwtCodec};
+pub use revocations::{Revocations, Ticket};
 pub use verdict::{AuthError, AuthPath, Identity};
 pub use verifier::{derive_key, fast_verifier, original_token};
 
@@ -56,6 +58,7 @@ pub struct Authenticator {
     registry: Arc<dyn Registry>,
     pool: BcryptPool,
     cache: VerdictCache,
+    revocations: Revocations,
     metrics: Arc<Metrics>,
 }
 
@@ -75,6 +78,7 @@ impl Authenticator {
             registry,
             pool,
             cache,
+            revocations: Revocations::default(),
             metrics,
         }
     }
@@ -84,13 +88,26 @@ impl Authenticator {
         &self.codec
     }
 
+    /// What this process knew of revocations when a connect started: a socket admitted
+    /// on a verdict reached after a revocation of its (user, room) must not stay
+    /// ([`Self::revoked_since`]).
+    pub fn ticket(&self) -> Ticket {
+        self.revocations.ticket()
+    }
+
+    /// True when (user, room)'s token was revoked in this process after `ticket`.
+    pub fn revoked_since(&self, user_id: &str, room_id: &str, ticket: Ticket) -> bool {
+        self.revocations.revoked_since(user_id, room_id, ticket)
+    }
+
     /// Verifies a connect token through every layer.
     pub async fn authenticate(
         &self,
         jwt: &str,
     ) -> std::result::Result<(Identity, AuthPath), AuthError> {
         let started = Instant::now();
-        let result = self.authenticate_inner(jwt).await;
+        let ticket = self.ticket();
+        let result = self.authenticate_inner(jwt, ticket).await;
         let label = match &result {
             Ok((_, path)) => path.label(),
             Err(_) => "refused",
@@ -105,6 +122,7 @@ impl Authenticator {
     async fn authenticate_inner(
         &self,
         jwt: &str,
+        ticket: Ticket,
     ) -> std::result::Result<(Identity, AuthPath), AuthError> {
         if jwt.is_empty() {
             return Err(AuthError::Missing);
@@ -127,6 +145,11 @@ impl Authenticator {
             TokenCheck::Off => AuthPath::JwtOnly,
             TokenCheck::Bcrypt => self.check_second_layer(&claims).await?,
         };
+        // A revocation that came while the token was checked wins: its verdict is
+        // neither cached nor used.
+        if self.revoked_since(&identity.user_id, &identity.room_id, ticket) {
+            return Err(AuthError::Revoked);
+        }
         self.cache.insert(key, &identity, now);
         Ok((identity, path))
     }
@@ -225,8 +248,10 @@ impl Authenticator {
         Ok(existed)
     }
 
-    /// Drops cached verdicts of (user, room) in this process.
+    /// A revocation of (user, room)'s token reached this process: its cached verdicts
+    /// go, and connects being checked now are refused ([`Self::revoked_since`]).
     pub fn forget(&self, user_id: &str, room_id: &str) -> usize {
+        self.revocations.record(user_id, room_id);
         self.cache.forget(user_id, room_id)
     }
 }

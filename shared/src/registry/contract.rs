@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::{
     ConnectionRecord, GatewayKeys, GatewayRecord, Holdings, Reaped, Registry, TokenRecord,
 };
+use crate::history::{Clock, HistoryEntry, Pos};
 
 const TTL: Duration = Duration::from_secs(60);
 
@@ -29,6 +30,8 @@ pub async fn run_all(r: &dyn Registry) {
     connections_are_found_by_id(r).await;
     fast_verifier_is_stored_only_for_the_same_hash(r).await;
     reap_gateway_deletes_every_row_of_that_gateway_only(r).await;
+    history_is_read_after_a_position_in_order(r).await;
+    history_read_says_when_more_came_than_the_limit(r).await;
 }
 
 async fn gateways_are_listed_until_removed(r: &dyn Registry) {
@@ -214,4 +217,77 @@ async fn reap_gateway_deletes_every_row_of_that_gateway_only(r: &dyn Registry) {
             .expect("lookup")
             .is_empty()
     );
+}
+
+fn history_entry(stream: &str, pos: Pos, id: &str, room: Option<&str>) -> HistoryEntry {
+    HistoryEntry {
+        stream: stream.into(),
+        pos,
+        id: id.into(),
+        room_id: room.map(str::to_owned),
+        frame: format!(r#"{{"user_id":"u","data":"{id}"}}"#),
+        published_at: Some(7),
+    }
+}
+
+/// Entries come back after the position asked, in position order (whatever order two
+/// writers appended them in), with what was written; other streams' entries do not.
+async fn history_is_read_after_a_position_in_order(r: &dyn Registry) {
+    let (a, b) = (Clock::new(), Clock::new());
+    let mut positions = [a.next(), b.next(), a.next()];
+    positions.sort();
+    let [first, second, third] = positions;
+    let p1 = first;
+    // Appended out of order, as racing writers may.
+    for (pos, id) in [(third, "m3"), (second, "m2"), (first, "m1")] {
+        r.append_history(&history_entry("room:h1", pos, id, None), TTL, 100)
+            .await
+            .expect("append");
+    }
+    r.append_history(&history_entry("user:h1", p1, "other", Some("r")), TTL, 100)
+        .await
+        .expect("append");
+    let page = r
+        .read_history("room:h1", first.minus(Duration::from_secs(1)), 10)
+        .await
+        .expect("read");
+    assert!(page.complete);
+    let ids: Vec<&str> = page.entries.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["m1", "m2", "m3"]);
+    assert_eq!(page.entries[0], history_entry("room:h1", first, "m1", None));
+    let after_first = r.read_history("room:h1", first, 10).await.expect("read");
+    let ids: Vec<&str> = after_first.entries.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["m2", "m3"], "strictly after the position");
+    let user = r
+        .read_history("user:h1", Pos::default(), 10)
+        .await
+        .expect("read");
+    assert_eq!(user.entries.len(), 1);
+    assert_eq!(user.entries[0].room_id.as_deref(), Some("r"));
+    let none = r
+        .read_history("room:nobody", Pos::default(), 10)
+        .await
+        .expect("read");
+    assert!(none.complete && none.entries.is_empty());
+}
+
+/// A read returns at most the limit, the oldest first, and says it is not complete.
+async fn history_read_says_when_more_came_than_the_limit(r: &dyn Registry) {
+    let clock = Clock::new();
+    let start = clock.next();
+    for n in 0..5 {
+        r.append_history(
+            &history_entry("room:h2", clock.next(), &format!("m{n}"), None),
+            TTL,
+            100,
+        )
+        .await
+        .expect("append");
+    }
+    let page = r.read_history("room:h2", start, 3).await.expect("read");
+    assert!(!page.complete);
+    let ids: Vec<&str> = page.entries.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["m0", "m1", "m2"]);
+    let all = r.read_history("room:h2", start, 5).await.expect("read");
+    assert!(all.complete && all.entries.len() == 5);
 }

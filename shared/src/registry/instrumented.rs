@@ -11,6 +11,7 @@ use super::{
     ConnectionRecord, GatewayKeys, GatewayRecord, Holdings, Reaped, Registry, TokenRecord,
 };
 use crate::error::Result;
+use crate::history::{HistoryEntry, HistoryPage, Pos};
 use crate::metrics::Metrics;
 
 /// Times every call of the inner registry.
@@ -141,6 +142,20 @@ impl Registry for Instrumented {
     async fn reap_gateway(&self, gateway_id: &str) -> Result<Reaped> {
         self.timed("reap_gateway", self.inner.reap_gateway(gateway_id))
             .await
+    }
+    async fn append_history(&self, entry: &HistoryEntry, ttl: Duration, keep: usize) -> Result<()> {
+        self.timed(
+            "append_history",
+            self.inner.append_history(entry, ttl, keep),
+        )
+        .await
+    }
+    async fn read_history(&self, stream: &str, after: Pos, limit: usize) -> Result<HistoryPage> {
+        self.timed(
+            "read_history",
+            self.inner.read_history(stream, after, limit),
+        )
+        .await
     }
     async fn refresh(
         &self,

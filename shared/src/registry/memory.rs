@@ -4,7 +4,7 @@
 //! It keeps no per-gateway index: [`Registry::gateway_keys`] scans the maps (memory can),
 //! so there is nothing to clear after a reap.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use super::{ConnectionRecord, GatewayKeys, GatewayRecord, Registry, TokenRecord};
 use crate::error::Result;
+use crate::history::{HistoryEntry, HistoryPage, Pos};
 
 #[derive(Default)]
 struct Tables {
@@ -20,6 +21,45 @@ struct Tables {
     room_gateways: HashMap<String, HashMap<String, Instant>>,
     user_gateways: HashMap<String, HashMap<String, Instant>>,
     tokens: HashMap<(String, String), TokenRecord>,
+    history: HashMap<String, StreamHistory>,
+}
+
+/// One stream's entries in position order, each with its expiry, at most `keep` of them.
+#[derive(Default)]
+struct StreamHistory {
+    entries: VecDeque<(HistoryEntry, Instant)>,
+    /// The newest position dropped to keep the bound: a read after an older position is
+    /// not complete.
+    trimmed_to: Option<Pos>,
+}
+
+impl StreamHistory {
+    fn append(&mut self, entry: HistoryEntry, exp: Instant, keep: usize, now: Instant) {
+        while self.entries.front().is_some_and(|(_, e)| *e <= now) {
+            self.entries.pop_front();
+        }
+        // Writers race: an entry may arrive after one with a higher position.
+        let at = self.entries.partition_point(|(e, _)| e.pos <= entry.pos);
+        self.entries.insert(at, (entry, exp));
+        while self.entries.len() > keep.max(1) {
+            if let Some((dropped, _)) = self.entries.pop_front() {
+                self.trimmed_to = self.trimmed_to.max(Some(dropped.pos));
+            }
+        }
+    }
+
+    fn read(&self, after: Pos, limit: usize, now: Instant) -> HistoryPage {
+        let mut entries: Vec<HistoryEntry> = self
+            .entries
+            .iter()
+            .filter(|(e, exp)| e.pos > after && *exp > now)
+            .take(limit.saturating_add(1))
+            .map(|(e, _)| e.clone())
+            .collect();
+        let complete = entries.len() <= limit && self.trimmed_to.is_none_or(|t| t <= after);
+        entries.truncate(limit);
+        HistoryPage { entries, complete }
+    }
 }
 
 /// A registry held in this process. Rows with a TTL expire like Scylla's.
@@ -40,6 +80,10 @@ impl MemoryRegistry {
         let t = &mut *guard;
         t.gateways.retain(|_, (_, exp)| *exp > now);
         t.connections.retain(|_, (_, exp)| *exp > now);
+        t.history.retain(|_, h| {
+            h.entries.retain(|(_, exp)| *exp > now);
+            !h.entries.is_empty()
+        });
         for map in [&mut t.room_gateways, &mut t.user_gateways] {
             map.retain(|_, gws| {
                 gws.retain(|_, exp| *exp > now);
@@ -246,6 +290,28 @@ impl Registry for MemoryRegistry {
     async fn clear_gateway_keys(&self, _gateway_id: &str) -> Result<()> {
         // No index to clear: `gateway_keys` reads the rows themselves.
         Ok(())
+    }
+
+    async fn append_history(&self, entry: &HistoryEntry, ttl: Duration, keep: usize) -> Result<()> {
+        let now = Instant::now();
+        self.tables
+            .lock()
+            .history
+            .entry(entry.stream.clone())
+            .or_default()
+            .append(entry.clone(), now + ttl, keep, now);
+        Ok(())
+    }
+
+    async fn read_history(&self, stream: &str, after: Pos, limit: usize) -> Result<HistoryPage> {
+        let now = Instant::now();
+        Ok(match self.tables.lock().history.get(stream) {
+            Some(h) => h.read(after, limit, now),
+            None => HistoryPage {
+                entries: Vec::new(),
+                complete: true,
+            },
+        })
     }
 }
 

@@ -27,6 +27,7 @@ use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::history::{HistoryEntry, HistoryPage, Pos};
 pub use config::RegistryKind;
 
 /// Opens the registry a configuration names, timing every call in `metrics`.
@@ -185,6 +186,14 @@ pub trait Registry: Send + Sync + 'static {
     async fn gateway_keys(&self, gateway_id: &str) -> Result<GatewayKeys>;
     /// Deletes a gateway's whole index (after its rows are gone).
     async fn clear_gateway_keys(&self, gateway_id: &str) -> Result<()>;
+
+    /// Records a notification in its stream's history for `ttl`. `keep` bounds the
+    /// entries per stream where the store bounds them by number (memory); the Scylla
+    /// store keeps them by time (its reads stop at the limit asked).
+    async fn append_history(&self, entry: &HistoryEntry, ttl: Duration, keep: usize) -> Result<()>;
+    /// The entries of `stream` after position `after`, in position order, at most `limit`
+    /// ([`HistoryPage::complete`] is false when there were more, or when some were dropped).
+    async fn read_history(&self, stream: &str, after: Pos, limit: usize) -> Result<HistoryPage>;
 
     /// Deletes the rows of a (dead) gateway that its index names: its gateway row, its
     /// `room_gateways` and `user_gateways` rows, and the connection rows that still name it

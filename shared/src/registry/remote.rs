@@ -15,6 +15,7 @@ use super::{
     ConnectionRecord, GatewayKeys, GatewayRecord, Holdings, Reaped, Registry, TokenRecord,
 };
 use crate::error::{Error, Result};
+use crate::history::{HistoryEntry, HistoryPage, Pos};
 use crate::wire::{REGISTRY_PATH, SECRET_HEADER};
 
 /// One registry call. TTLs travel in milliseconds.
@@ -92,6 +93,16 @@ pub enum RegistryOp {
     /// Runs the whole reap in the serving process: one request instead of a few per row.
     ReapGateway {
         gateway_id: String,
+    },
+    AppendHistory {
+        entry: HistoryEntry,
+        ttl_ms: u64,
+        keep: usize,
+    },
+    ReadHistory {
+        stream: String,
+        after: Pos,
+        limit: usize,
     },
     Refresh {
         gateway: GatewayRecord,
@@ -172,6 +183,16 @@ pub async fn execute(registry: &dyn Registry, op: RegistryOp) -> Result<serde_js
         RegistryOp::GatewayKeys { gateway_id } => json(registry.gateway_keys(&gateway_id).await?),
         ClearGatewayKeys { gateway_id } => json(registry.clear_gateway_keys(&gateway_id).await?),
         ReapGateway { gateway_id } => json(registry.reap_gateway(&gateway_id).await?),
+        AppendHistory {
+            entry,
+            ttl_ms,
+            keep,
+        } => json(registry.append_history(&entry, d(ttl_ms), keep).await?),
+        ReadHistory {
+            stream,
+            after,
+            limit,
+        } => json(registry.read_history(&stream, after, limit).await?),
         Refresh {
             gateway,
             rooms,
@@ -369,6 +390,22 @@ impl Registry for RemoteRegistry {
     async fn clear_gateway_keys(&self, gateway_id: &str) -> Result<()> {
         self.call(RegistryOp::ClearGatewayKeys {
             gateway_id: gateway_id.into(),
+        })
+        .await
+    }
+    async fn append_history(&self, entry: &HistoryEntry, ttl: Duration, keep: usize) -> Result<()> {
+        self.call(RegistryOp::AppendHistory {
+            entry: entry.clone(),
+            ttl_ms: ms(ttl),
+            keep,
+        })
+        .await
+    }
+    async fn read_history(&self, stream: &str, after: Pos, limit: usize) -> Result<HistoryPage> {
+        self.call(RegistryOp::ReadHistory {
+            stream: stream.into(),
+            after,
+            limit,
         })
         .await
     }

@@ -23,7 +23,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 
@@ -35,6 +35,7 @@ use links::Links;
 pub use links::{DeliverTransport, GatewayClient};
 
 use crate::error::Result;
+use crate::history::{self, Clock, HistoryEntry, HistorySettings, Timing};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::wire::{
@@ -65,6 +66,14 @@ pub struct Router {
     hops: Hops,
     to_all: Option<RouteToAll>,
     links: Links,
+    history: Option<Recorder>,
+}
+
+/// What a router needs to record notifications in their streams' history.
+struct Recorder {
+    settings: HistorySettings,
+    timing: Timing,
+    clock: Clock,
 }
 
 /// What became of one gateway's share of a message.
@@ -91,7 +100,20 @@ impl Router {
             local,
             metrics,
             to_all: None,
+            history: None,
         }
+    }
+
+    /// Records every room and user notification in its stream's history before any
+    /// gateway sees it (nothing when `settings` turn history off). `deliver_timeout`
+    /// bounds the write and, with it, how late a delivery may arrive ([`Timing`]).
+    pub fn with_history(mut self, settings: HistorySettings, deliver_timeout: Duration) -> Self {
+        self.history = settings.enabled().then(|| Recorder {
+            settings,
+            timing: Timing::new(deliver_timeout),
+            clock: Clock::new(),
+        });
+        self
     }
 
     /// Sends room and user messages to every live gateway, without looking up which hold
@@ -136,16 +158,69 @@ impl Router {
             .id
             .clone()
             .unwrap_or_else(crate::ids::new_message_id);
-        let request = DeliverRequest {
+        let mut request = DeliverRequest {
             id: Some(id),
             target: message.target(),
             exclude_connection_id: message.exclude_connection_id.clone(),
             published_at: Some(message.published_at.unwrap_or_else(crate::ids::now_millis)),
             action: DeliverAction::Send {
                 frame: message.frame(),
+                raw: false,
             },
+            pos: None,
+            expires_at: None,
         };
+        self.record(&mut request).await?;
         self.route_except(request, done).await
+    }
+
+    /// Writes a notification to its stream's history under a new position (every attempt
+    /// at a message gets its own), and gives the request that position and the instant
+    /// it expires. Fails (a transient error: the message is retried) when the write does
+    /// not succeed within the write timeout: no gateway may see a notification that a
+    /// resume could not find.
+    async fn record(&self, request: &mut DeliverRequest) -> Result<()> {
+        let Some(recorder) = &self.history else {
+            return Ok(());
+        };
+        let (Some(stream), Some(id), DeliverAction::Send { frame, .. }) = (
+            history::stream_of(&request.target),
+            &request.id,
+            &request.action,
+        ) else {
+            return Ok(());
+        };
+        let pos = recorder.clock.next();
+        let entry = HistoryEntry {
+            stream,
+            pos,
+            id: id.clone(),
+            room_id: match &request.target {
+                Target::User { room_id, .. } => room_id.clone(),
+                _ => None,
+            },
+            frame: frame.as_str().to_owned(),
+            published_at: request.published_at,
+        };
+        let write =
+            self.registry
+                .append_history(&entry, recorder.settings.ttl, recorder.settings.max);
+        let result = match tokio::time::timeout(recorder.timing.write, write).await {
+            Ok(result) => result,
+            Err(_) => Err(crate::Error::registry_answer(format!(
+                "history write of {} took longer than {} ms",
+                entry.stream,
+                recorder.timing.write.as_millis()
+            ))),
+        };
+        self.metrics
+            .history_writes
+            .with_label_values(&[if result.is_ok() { "ok" } else { "error" }])
+            .inc();
+        result?;
+        request.pos = Some(pos.encode());
+        request.expires_at = Some(recorder.timing.expires_at(pos));
+        Ok(())
     }
 
     /// Routes a deliver request to the gateways holding its target.

@@ -79,6 +79,13 @@ pub enum ServerFrame<'a> {
     },
     /// Answer to `{"action":"ping"}`.
     Pong { event: &'static str },
+    /// After a resuming socket's replay: whether it is up to date, and how many
+    /// notifications came after its position.
+    Recovered {
+        event: &'static str,
+        recovered: bool,
+        missed: usize,
+    },
     /// A refused client frame; the socket stays open.
     Error { error: ErrorBody<'a> },
 }
@@ -108,6 +115,39 @@ pub fn connected_frame(connection_id: &str, user_id: &str, room_id: &str) -> Fra
         room_id,
     }
     .to_frame()
+}
+
+/// Builds the frame that ends a resuming socket's replay.
+pub fn recovered_frame(recovered: bool, missed: usize) -> Frame {
+    ServerFrame::Recovered {
+        event: "recovered",
+        recovered,
+        missed,
+    }
+    .to_frame()
+}
+
+/// A notification as `hermes.v1` sockets receive it: the original frame
+/// (`{"user_id","data"}`) with `"id"` and, when it was recorded in history, `"pos"` added
+/// at its end. `None` when `frame` is not a JSON object's text.
+pub fn notification_v1(frame: &str, id: &str, pos: Option<&str>) -> Option<String> {
+    let body = frame.trim_end().strip_suffix('}')?;
+    let id = serde_json::to_string(id).ok()?;
+    let mut text = String::with_capacity(frame.len() + id.len() + 40);
+    text.push_str(body);
+    if !body.trim_end().ends_with('{') {
+        text.push(',');
+    }
+    text.push_str("\"id\":");
+    text.push_str(&id);
+    if let Some(pos) = pos {
+        // Positions are hex: nothing to escape.
+        text.push_str(",\"pos\":\"");
+        text.push_str(pos);
+        text.push('"');
+    }
+    text.push('}');
+    Some(text)
 }
 
 /// Builds the answer to a client ping.
@@ -234,5 +274,30 @@ mod tests {
             connected_frame("c", "u", "r").as_str(),
             r#"{"event":"connected","connection_id":"c","user_id":"u","room_id":"r"}"#
         );
+        assert_eq!(
+            recovered_frame(true, 3).as_str(),
+            r#"{"event":"recovered","recovered":true,"missed":3}"#
+        );
+    }
+
+    #[test]
+    fn hermes_v1_notifications_carry_id_and_pos_after_the_original_fields() {
+        let frame = r#"{"user_id":"u","data":{"type":"x"}}"#;
+        let v1 = notification_v1(frame, "m-1", Some("00000000000000010000000a")).expect("object");
+        assert_eq!(
+            v1,
+            r#"{"user_id":"u","data":{"type":"x"},"id":"m-1","pos":"00000000000000010000000a"}"#
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&v1).expect("valid JSON");
+        assert_eq!(parsed["data"]["type"], "x");
+        assert_eq!(
+            notification_v1(frame, "q\"uote", None).as_deref(),
+            Some(r#"{"user_id":"u","data":{"type":"x"},"id":"q\"uote"}"#)
+        );
+        assert_eq!(
+            notification_v1("{}", "i", None).as_deref(),
+            Some(r#"{"id":"i"}"#)
+        );
+        assert_eq!(notification_v1("[1]", "i", None), None);
     }
 }

@@ -54,8 +54,14 @@ pub enum Target {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DeliverAction {
-    /// Send a text frame.
-    Send { frame: Frame },
+    /// Send a text frame. A notification (a message with an id): `hermes.v1` sockets get
+    /// it with its `id` and `pos` added; `raw` (API Gateway's `POST @connections`): every
+    /// socket gets the text as it is.
+    Send {
+        frame: Frame,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        raw: bool,
+    },
     /// Close the sockets with this code and reason.
     Close { code: u16, reason: String },
     /// The (user, room) token was revoked: forget cached verdicts, close with 4003.
@@ -75,6 +81,15 @@ pub struct DeliverRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_at: Option<u64>,
     pub action: DeliverAction,
+    /// The notification's position in its stream's history (`crate::history::Pos` text),
+    /// when it was recorded: `hermes.v1` sockets receive it as `pos`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos: Option<String>,
+    /// When this delivery expires, ms since the epoch: a gateway that receives it later
+    /// (plus `history::CLOCK_ALLOWANCE`) drops it, since the router has counted it failed
+    /// and a retry records it anew (see `crate::history::Timing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 /// One frame of the deliver stream (`GET /internal/v1/deliver-stream`): from the router, a
@@ -162,14 +177,17 @@ mod tests {
             exclude_connection_id: None,
             published_at: Some(5),
             action: DeliverAction::Send {
+                raw: false,
                 frame: Frame::from_text("{\"a\":\"\\\"\"}"),
             },
+            pos: None,
+            expires_at: None,
         };
         let text = serde_json::to_string(&req).expect("serializes");
         let back: DeliverRequest = serde_json::from_str(&text).expect("parses");
         assert_eq!(back.target, req.target);
         assert!(
-            matches!(back.action, DeliverAction::Send { frame } if frame.as_str() == "{\"a\":\"\\\"\"}")
+            matches!(back.action, DeliverAction::Send { frame, .. } if frame.as_str() == "{\"a\":\"\\\"\"}")
         );
     }
 

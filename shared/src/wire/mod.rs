@@ -13,7 +13,7 @@ mod queue;
 
 pub use browser::{
     ClientFrame, ClientFrameError, ErrorBody, Frame, ServerFrame, connected_frame, error_frame,
-    pong_frame,
+    notification_v1, pong_frame, recovered_frame,
 };
 pub use internal::{
     CONNECTIONS_PATH, ConnectionInfo, DELIVER_BATCH_MAX, DELIVER_BATCH_PATH, DELIVER_PATH,

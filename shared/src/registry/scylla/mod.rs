@@ -20,6 +20,7 @@
 //! itself; while no node is reachable a call fails within the request timeout.
 
 pub mod config;
+mod history;
 mod lookups;
 mod session;
 mod snapshot;
@@ -38,6 +39,7 @@ use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
 
 use super::{ConnectionRecord, GatewayKeys, GatewayRecord, Holdings, Registry, TokenRecord};
 use crate::error::Result;
+use crate::history::{HistoryEntry, HistoryPage, Pos};
 use lookups::Lookups;
 use snapshot::Snapshots;
 use statements::{Cql, Statements, from_bigint, to_bigint};
@@ -55,6 +57,7 @@ pub struct ScyllaRegistry {
     /// Room → gateways and user → gateways lookups, batched (see `lookups`).
     room_lookups: Lookups,
     user_lookups: Lookups,
+    history: history::HistoryStatements,
 }
 
 impl std::fmt::Debug for ScyllaRegistry {
@@ -82,15 +85,18 @@ impl ScyllaRegistry {
             statements.user_gateways.clone(),
             format!("scylla user_gateways ({ks}.user_gateways)"),
         );
+        let cql = Cql {
+            session,
+            keyspace: ks.to_owned(),
+        };
+        let history = history::HistoryStatements::prepare(&cql).await?;
         Ok(Self {
-            cql: Cql {
-                session,
-                keyspace: ks.to_owned(),
-            },
+            cql,
             statements,
             snapshots: Snapshots::default(),
             room_lookups,
             user_lookups,
+            history,
         })
     }
 
@@ -377,6 +383,19 @@ impl Registry for ScyllaRegistry {
             )
             .await
             .map(drop)
+    }
+
+    async fn append_history(
+        &self,
+        entry: &HistoryEntry,
+        ttl: Duration,
+        _keep: usize,
+    ) -> Result<()> {
+        self.history.append(&self.cql, entry, ttl).await
+    }
+
+    async fn read_history(&self, stream: &str, after: Pos, limit: usize) -> Result<HistoryPage> {
+        self.history.read(&self.cql, stream, after, limit).await
     }
 
     /// The heartbeat. The gateway row first (it is what says "alive"), then the snapshot of

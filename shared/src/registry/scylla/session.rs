@@ -1,5 +1,5 @@
 //! The session and the schema: contact points, credentials, token-aware and DC-aware load
-//! balancing, the request timeout and the consistency levels; the keyspace and the six
+//! balancing, the request timeout and the consistency levels; the keyspace and the seven
 //! tables, created idempotently at connect.
 
 use std::time::Duration;
@@ -17,29 +17,35 @@ use crate::error::{Error, Result};
 /// are agreed on by every node. At least this long, or the request timeout if longer.
 const SCHEMA_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The tables, created with `CREATE TABLE IF NOT EXISTS` in the configured keyspace.
-const TABLES: &[(&str, &str)] = &[
+/// The tables, created with `CREATE TABLE IF NOT EXISTS` in the configured keyspace: name,
+/// columns and key, options.
+const TABLES: &[(&str, &str, &str)] = &[
     (
         "connections",
         "connection_id text PRIMARY KEY, room_id text, user_id text, gateway_id text, \
          connected_at bigint, source_ip text, user_agent text",
+        "",
     ),
     (
         "room_gateways",
         "room_id text, gateway_id text, PRIMARY KEY (room_id, gateway_id)",
+        "",
     ),
     (
         "user_gateways",
         "user_id text, gateway_id text, PRIMARY KEY (user_id, gateway_id)",
+        "",
     ),
     (
         "gateways",
         "gateway_id text PRIMARY KEY, internal_url text, started_at bigint",
+        "",
     ),
     (
         "tokens",
         "user_id text, room_id text, token_hash text, fast_verifier text, created_at bigint, \
          PRIMARY KEY ((user_id, room_id))",
+        "",
     ),
     // The per-gateway index: a snapshot of what the gateway holds, written by its heartbeat
     // in shards of at most `SNAPSHOT_SHARD_KEYS` keys. Each list is one frozen cell,
@@ -48,6 +54,18 @@ const TABLES: &[(&str, &str)] = &[
         "gateway_holdings",
         "gateway_id text, shard int, rooms frozen<list<text>>, users frozen<list<text>>, \
          connections frozen<list<text>>, PRIMARY KEY (gateway_id, shard)",
+        "",
+    ),
+    // The streams' short history (`history.rs`): a partition per stream and minute, rows
+    // in position order, every row with a TTL and never deleted, so time-window compaction
+    // drops whole expired files.
+    (
+        "history",
+        "stream text, bucket bigint, micros bigint, writer int, id text, room_id text, \
+         frame text, published_at bigint, PRIMARY KEY ((stream, bucket), micros, writer)",
+        " WITH compaction = {'class': 'TimeWindowCompactionStrategy', \
+         'compaction_window_unit': 'MINUTES', 'compaction_window_size': 10} \
+         AND gc_grace_seconds = 3600",
     ),
 ];
 
@@ -109,11 +127,11 @@ pub(super) async fn open(config: &ScyllaConfig) -> Result<Session> {
         )
         .await
         .map_err(|e| Error::registry(format!("scylla: create keyspace {ks}"), e))?;
-    for (table, columns) in TABLES {
+    for (table, columns, options) in TABLES {
         session
             .query_unpaged(
                 ddl(format!(
-                    "CREATE TABLE IF NOT EXISTS {ks}.{table} ({columns})"
+                    "CREATE TABLE IF NOT EXISTS {ks}.{table} ({columns}){options}"
                 )),
                 (),
             )

@@ -287,8 +287,11 @@ mod tests {
             exclude_connection_id: None,
             published_at: None,
             action: DeliverAction::Send {
+                raw: false,
                 frame: Frame::from_text("{}"),
             },
+            pos: None,
+            expires_at: None,
         }
     }
 

@@ -583,8 +583,11 @@ mod tests {
             exclude_connection_id: None,
             published_at: None,
             action: DeliverAction::Send {
+                raw: false,
                 frame: Frame::from_text("{}"),
             },
+            pos: None,
+            expires_at: None,
         }
     }
 
@@ -774,6 +777,7 @@ mod tests {
     fn large_request(n: usize, bytes: usize) -> DeliverRequest {
         let mut r = request(n);
         r.action = DeliverAction::Send {
+            raw: false,
             frame: Frame::from_text(format!("\"{}\"", "x".repeat(bytes))),
         };
         r

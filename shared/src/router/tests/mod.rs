@@ -88,6 +88,8 @@ fn revocation() -> DeliverRequest {
             user_id: "v".into(),
             room_id: "r".into(),
         },
+        pos: None,
+        expires_at: None,
     }
 }
 

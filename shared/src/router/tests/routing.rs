@@ -21,7 +21,7 @@ async fn room_message_goes_once_to_the_local_gateway_holding_it() {
     let requests = local.requests.lock();
     assert_eq!(requests.len(), 1);
     assert!(
-        matches!(&requests[0].action, DeliverAction::Send { frame } if frame.as_str() == r#"{"user_id":"u","data":{"x":1}}"#)
+        matches!(&requests[0].action, DeliverAction::Send { frame, .. } if frame.as_str() == r#"{"user_id":"u","data":{"x":1}}"#)
     );
 }
 
