@@ -85,7 +85,17 @@ pub async fn delete_token(
     };
     let outcome = gw.router.broadcast(request).await?;
     if !outcome.failed.is_empty() {
-        tracing::warn!(failed = ?outcome.failed, "revocation did not reach every gateway; their caches expire on their own");
+        // The token row is gone, so no new connect passes anywhere; but the replicas that
+        // were not reached still hold its sockets and cached verdicts: say which, so the
+        // caller can call again (a revocation is idempotent).
+        tracing::warn!(failed = ?outcome.failed, "revocation did not reach every gateway");
+        return Ok(HttpResponse::BadGateway().json(serde_json::json!({
+            "error": {
+                "code": "revocation_incomplete",
+                "message": "the token is deleted, but these gateways did not confirm that they closed its sockets; call again",
+            },
+            "failed": outcome.failed,
+        })));
     }
     if existed {
         Ok(HttpResponse::NoContent().finish())

@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
 use hermes_shared::history::{CLOCK_ALLOWANCE, Pos};
@@ -41,16 +42,22 @@ pub struct Connection {
     last_active: AtomicU64,
     /// When the socket's token expires, seconds since the epoch: it is closed then (4001).
     pub token_exp: u64,
-    /// While a resuming socket is sent what it missed, the notifications that arrive live
-    /// wait here (`Some`); they follow the replay, each once ([`Self::finish_replay`]).
-    held: Mutex<Option<Box<Replaying>>>,
+    /// A resuming socket's replay (boxed: a socket that is not resuming pays one pointer).
+    resume: Mutex<Option<Box<Resume>>>,
 }
 
-/// The live notifications held while a socket's replay is sent (boxed in
-/// [`Connection`], so that a socket that is not resuming pays one pointer).
+/// A resuming socket's state: while its replay is sent, the notifications that arrive live
+/// wait here; afterwards, for the de-duplication window, a live delivery of a notification
+/// the replay already sent (a retry that reaches this gateway after the replay read it from
+/// history) is not sent again.
 #[derive(Default)]
-struct Replaying {
-    frames: Vec<Held>,
+struct Resume {
+    /// `Some` while the replay is sent.
+    held: Option<Vec<Held>>,
+    /// Ids the replay sent.
+    replayed: HashSet<String>,
+    /// Until when `replayed` is consulted.
+    until: Option<Instant>,
 }
 
 /// A live notification held while its socket's replay is sent.
@@ -81,23 +88,39 @@ impl Connection {
             close_with: Mutex::new(None),
             last_active: AtomicU64::new(now),
             token_exp,
-            held: Mutex::new(resuming.then(Box::default)),
+            resume: Mutex::new(resuming.then(|| {
+                Box::new(Resume {
+                    held: Some(Vec::new()),
+                    ..Resume::default()
+                })
+            })),
         })
     }
 
     /// Sends the notifications held during the replay, in position order, except those
-    /// the replay sent (`replayed` ids); from then on notifications go out as they come.
-    pub fn finish_replay(&self, replayed: &HashSet<String>) -> Result<(), PushError> {
-        let mut held = self.held.lock();
-        let Some(replaying) = held.take() else {
+    /// the replay sent (`replayed` ids); from then on notifications go out as they come,
+    /// but for `keep` a notification the replay sent is not sent again.
+    pub fn finish_replay(
+        &self,
+        replayed: HashSet<String>,
+        keep: Duration,
+    ) -> Result<(), PushError> {
+        let mut resume = self.resume.lock();
+        let Some(state) = resume.as_mut() else {
             return Ok(());
         };
-        let mut frames = replaying.frames;
+        let mut frames = state.held.take().unwrap_or_default();
         frames.sort_by_key(|h| h.pos);
         for h in frames {
             if !replayed.contains(&h.id) {
                 self.outbox.push(h.frame, h.published_at)?;
             }
+        }
+        if replayed.is_empty() {
+            *resume = None;
+        } else {
+            state.replayed = replayed;
+            state.until = Some(Instant::now() + keep);
         }
         Ok(())
     }
@@ -113,20 +136,34 @@ impl Connection {
         metrics: &Metrics,
     ) -> bool {
         {
-            let mut held = self.held.lock();
-            if let Some(replaying) = held.as_mut() {
-                if replaying.frames.len() < self.outbox.capacity() {
-                    replaying.frames.push(Held {
-                        id: id.to_owned(),
-                        pos,
-                        frame: frame.clone(),
-                        published_at,
-                    });
-                    return true;
+            let mut resume = self.resume.lock();
+            if let Some(state) = resume.as_mut() {
+                if let Some(held) = state.held.as_mut() {
+                    if held.len() < self.outbox.capacity() {
+                        held.push(Held {
+                            id: id.to_owned(),
+                            pos,
+                            frame: frame.clone(),
+                            published_at,
+                        });
+                        return true;
+                    }
+                    drop(resume);
+                    self.overflowed(metrics);
+                    return false;
                 }
-                drop(held);
-                self.overflowed(metrics);
-                return false;
+                if state.until.is_some_and(|until| Instant::now() < until) {
+                    if state.replayed.contains(id) {
+                        metrics
+                            .messages_dropped
+                            .with_label_values(&["duplicate"])
+                            .inc();
+                        // It has it: the replay sent it.
+                        return true;
+                    }
+                } else {
+                    *resume = None;
+                }
             }
         }
         self.push(frame.clone(), published_at, metrics)
@@ -738,6 +775,130 @@ pub(crate) mod tests {
         assert!(hub.deliver(&send(room(), Some("m1"), None)).duplicate);
         assert!(ra.try_pop().is_some());
         assert!(ra.try_pop().is_none());
+    }
+
+    fn notification(id: &str, pos: Option<Pos>) -> DeliverRequest {
+        let mut r = send(
+            Target::Room {
+                room_id: "r".into(),
+            },
+            Some(id),
+            None,
+        );
+        r.action = DeliverAction::Send {
+            frame: Frame::from_text(format!(r#"{{"user_id":"u","data":"{id}"}}"#)),
+            raw: false,
+        };
+        r.pos = pos.map(Pos::encode);
+        r
+    }
+
+    fn v1_text(id: &str, pos: Option<Pos>) -> Bytes {
+        let frame = format!(r#"{{"user_id":"u","data":"{id}"}}"#);
+        let text = notification_v1(&frame, id, pos.map(Pos::encode).as_deref()).expect("object");
+        ws::text_frame(&text)
+    }
+
+    #[test]
+    fn hermes_v1_sockets_get_id_and_pos_original_ones_the_original_frame_and_raw_stays_raw() {
+        let hub = SessionHub::new(Arc::new(Metrics::new()), dedup(16));
+        let (modern, mut rm) = conn("m", "r", "u", 4);
+        let (outbox, mut ro) = Outbox::new(4, None);
+        let mut record = modern.record.clone();
+        record.connection_id = "o".into();
+        let original = Connection::new(record, false, outbox, u64::MAX, false);
+        hub.insert(modern.clone());
+        hub.insert(original);
+        let pos = Pos {
+            micros: 7,
+            writer: 9,
+        };
+        assert_eq!(hub.deliver(&notification("n1", Some(pos))).delivered, 2);
+        assert_eq!(rm.try_pop(), Some(v1_text("n1", Some(pos))));
+        assert_eq!(
+            ro.try_pop(),
+            Some(ws::text_frame(r#"{"user_id":"u","data":"n1"}"#))
+        );
+        // API Gateway's POST @connections: the body as it is, for everyone.
+        let mut raw = notification("n2", None);
+        raw.action = DeliverAction::Send {
+            frame: Frame::from_text("plain text"),
+            raw: true,
+        };
+        hub.deliver(&raw);
+        assert_eq!(rm.try_pop(), Some(ws::text_frame("plain text")));
+        assert_eq!(ro.try_pop(), Some(ws::text_frame("plain text")));
+    }
+
+    #[test]
+    fn a_delivery_that_arrives_after_it_expired_is_dropped_and_not_remembered() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = SessionHub::new(metrics.clone(), dedup(16));
+        let (a, mut ra) = conn("a", "r", "u", 4);
+        hub.insert(a);
+        let mut late = notification("m", None);
+        late.expires_at = Some(now_millis() - 5_000);
+        assert_eq!(hub.deliver(&late), DeliverResponse::default());
+        assert!(ra.try_pop().is_none());
+        assert_eq!(
+            metrics
+                .messages_dropped
+                .with_label_values(&["expired"])
+                .get(),
+            1
+        );
+        // Within the clock allowance it is on time; the retry of the expired one is new.
+        late.expires_at = Some(now_millis() - 200);
+        assert_eq!(hub.deliver(&late).delivered, 1);
+    }
+
+    #[test]
+    fn notifications_held_during_a_replay_follow_it_in_position_order_each_once() {
+        let hub = SessionHub::new(Arc::new(Metrics::new()), dedup(16));
+        let (outbox, mut body) = Outbox::new(8, None);
+        let (plain, _keep) = conn("x", "r", "u", 1);
+        let resuming = Connection::new(plain.record.clone(), true, outbox, u64::MAX, true);
+        hub.insert(resuming.clone());
+        let at = |micros| Some(Pos { micros, writer: 1 });
+        // Live while the replay is sent: held, out of position order, one also replayed.
+        for (id, pos) in [("m3", at(30)), ("m1", at(10)), ("m2", at(20))] {
+            assert_eq!(hub.deliver(&notification(id, pos)).delivered, 1);
+        }
+        assert!(body.try_pop().is_none(), "nothing before the replay");
+        let replayed = HashSet::from(["m1".to_owned()]);
+        resuming
+            .finish_replay(replayed, Duration::from_secs(60))
+            .expect("room");
+        assert_eq!(body.try_pop(), Some(v1_text("m2", at(20))));
+        assert_eq!(body.try_pop(), Some(v1_text("m3", at(30))));
+        assert!(body.try_pop().is_none(), "m1 came with the replay");
+        // From now on, straight to the socket; a retry of what the replay sent is not
+        // sent again to this socket.
+        hub.deliver(&notification("m4", at(40)));
+        assert_eq!(body.try_pop(), Some(v1_text("m4", at(40))));
+        let mut retry = notification("m1", at(50));
+        retry.target = Target::User {
+            user_id: "u".into(),
+            room_id: Some("r".into()),
+        };
+        assert_eq!(hub.deliver(&retry).delivered, 1);
+        assert!(body.try_pop().is_none(), "the replay gave it m1 already");
+    }
+
+    #[test]
+    fn a_resuming_socket_that_holds_more_than_its_queue_is_closed_with_1013() {
+        let hub = SessionHub::new(Arc::new(Metrics::new()), dedup(16));
+        let (outbox, _body) = Outbox::new(2, None);
+        let (plain, _keep) = conn("x", "r", "u", 1);
+        let resuming = Connection::new(plain.record.clone(), true, outbox, u64::MAX, true);
+        hub.insert(resuming.clone());
+        for n in 0..3 {
+            hub.deliver(&notification(&format!("m{n}"), None));
+        }
+        assert_eq!(
+            resuming.requested_close().map(|(code, _)| code),
+            Some(close::TRY_AGAIN_LATER)
+        );
     }
 
     #[test]

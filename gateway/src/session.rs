@@ -340,7 +340,9 @@ async fn replay(gw: &Gateway, conn: &Connection, since: &str) -> Result<(), End>
             match (room, user) {
                 (Ok(room), Ok(user)) => {
                     gw.metrics.history_reads.with_label_values(&["ok"]).inc();
-                    let entries = history::replay(vec![room.clone(), user.clone()], &r.room_id);
+                    let mut entries = history::replay(vec![room.clone(), user.clone()], &r.room_id);
+                    // The client has the notification whose position it sent.
+                    entries.retain(|e| e.pos != since);
                     let after = entries.iter().filter(|e| e.pos > since).count();
                     if room.complete && user.complete && after <= settings.max {
                         (entries, true)
@@ -385,7 +387,8 @@ async fn replay(gw: &Gateway, conn: &Connection, since: &str) -> Result<(), End>
     outbox
         .push_text(recovered_frame(recovered, missed).as_str())
         .map_err(unsent)?;
-    conn.finish_replay(&replayed).map_err(unsent)
+    conn.finish_replay(replayed, gw.config.dedup.window)
+        .map_err(unsent)
 }
 
 /// How the socket ends when a frame of its own (a reply, a ping) cannot be queued.

@@ -12,6 +12,7 @@
  *   client.on('*', (data, message) => { ... });           // every notification
  *   client.onStateChange((state, previous, detail) => { ... });
  *   client.onError((error) => { ... });
+ *   client.onRecover((recovered, missed) => { if (!recovered) reloadState(); });
  *   client.send({ type: 'chat', text: 'hi' });             // action sendMessage
  *   client.close();
  *
@@ -49,7 +50,11 @@
     restartJitter: 1000, // ms; after close 1012 (server restarting) the next try is within this
     probe: true, // after a connect that never opened, ask the server why (plain GET)
     probeTimeout: 5000, // ms
+    resume: true, // after a reconnect, ask for what was missed since the last notification (hermes.v1)
+    dedupWindow: 600000, // ms the ids of received notifications are remembered, to drop repeats
+    dedupMax: 10000, // ids remembered at most
     onStateChange: null,
+    onRecover: null,
     onError: null,
     WebSocket: null, // constructor override (tests, non-browser runtimes)
     fetch: null, // fetch override, used by the probe
@@ -58,6 +63,7 @@
   // Close codes that mean "do not reconnect": 4000–4099 (application), which
   // includes 4003 token revoked and 4004 disconnected by the server (admin API).
   var CLOSE_RESTART = 1012;
+  var CLOSE_TOKEN_EXPIRED = 4001;
   var CLOSE_REVOKED = 4003;
   function isNoReconnectCode(code) {
     return code >= 4000 && code <= 4099;
@@ -108,7 +114,12 @@
       /** Delay in ms before the pending reconnect attempt (set when one is scheduled). */
       this.reconnectDelay = null;
 
+      /** The position of the last notification (hermes.v1): a reconnect resumes from it. */
+      this.position = null;
+
       this._handlers = Object.create(null); // data.type (or '*') -> [fn]
+      this._seen = new Map(); // id of a received notification -> when (ms)
+      this._recoverListeners = [];
       this._stateListeners = [];
       this._errorListeners = [];
       this._pongWaiters = [];
@@ -120,6 +131,7 @@
 
       if (typeof this.options.onStateChange === 'function') this.onStateChange(this.options.onStateChange);
       if (typeof this.options.onError === 'function') this.onError(this.options.onError);
+      if (typeof this.options.onRecover === 'function') this.onRecover(this.options.onRecover);
       if (this.options.autoConnect) this.connect();
     }
 
@@ -150,6 +162,15 @@
     /** `fn(error)` with `error.code` (server or client code), `error.message`, maybe `error.status`/`closeCode`. */
     onError(fn) {
       return this._listen(this._errorListeners, fn);
+    }
+
+    /**
+     * `fn(recovered, missed)` after a reconnect that resumed: `recovered` true means every
+     * notification missed meanwhile has been delivered (`missed` of them); false means the
+     * gap was too long or the history is gone: reload the state by other means.
+     */
+    onRecover(fn) {
+      return this._listen(this._recoverListeners, fn);
     }
 
     _listen(list, fn) {
@@ -261,7 +282,9 @@
       var ws;
       try {
         if (!WS) throw new Error('no WebSocket implementation (pass options.WebSocket)');
-        ws = useQuery ? new WS(withQueryToken(this.url, jwt)) : new WS(this.url, [SUBPROTOCOL, 'bearer.' + jwt]);
+        var protocols = [SUBPROTOCOL, 'bearer.' + jwt];
+        if (this.options.resume && this.position) protocols.push('since.' + this.position);
+        ws = useQuery ? new WS(withQueryToken(this.url, jwt)) : new WS(this.url, protocols);
       } catch (e) {
         // A malformed URL or token (e.g. characters not allowed in a subprotocol) throws synchronously.
         this._reportError(HermesError('connect_failed', 'Hermes: ' + (e && e.message ? e.message : e)));
@@ -325,6 +348,13 @@
         if (w) { clearTimeout(w.timer); w.resolve(); }
         return;
       }
+      if (message.event === 'recovered') {
+        var recovered = message.recovered === true;
+        var missed = message.missed || 0;
+        var recoverListeners = this._recoverListeners.slice();
+        for (var r = 0; r < recoverListeners.length; r++) safeCall(recoverListeners[r], [recovered, missed]);
+        return;
+      }
       if (message.error) {
         this._reportError(HermesError(message.error.code || 'server_error', message.error.message || 'server error', { source: 'server' }));
         return;
@@ -333,10 +363,31 @@
         // A notification, exactly the original wire format: {"user_id": sender, "data": ...}.
         // Should a frame ever beat the `connected` frame, we are open all the same.
         if (this.state !== STATES.OPEN) this._setState(STATES.OPEN, { connectionId: this.connectionId });
+        // hermes.v1 adds `id` and `pos`: a resume may send again what arrived just before
+        // the position (or a retry re-sent): each id is handed to the app once.
+        if (typeof message.id === 'string') {
+          if (this._seen.has(message.id)) return;
+          this._remember(message.id);
+        }
+        if (typeof message.pos === 'string' && (this.position === null || message.pos > this.position)) {
+          this.position = message.pos;
+        }
         var data = message.data;
         var type = data && typeof data === 'object' ? data.type : undefined;
         var handlers = (type !== undefined && this._handlers[type] ? this._handlers[type] : []).concat(this._handlers['*'] || []);
         for (var i = 0; i < handlers.length; i++) safeCall(handlers[i], [data, message]);
+      }
+    }
+
+    _remember(id) {
+      var now = Date.now();
+      this._seen.set(id, now);
+      // Map keeps insertion order: the oldest ids are first.
+      var window = this.options.dedupWindow;
+      var max = this.options.dedupMax;
+      for (var entry of this._seen) {
+        if (this._seen.size <= max && now - entry[1] <= window) break;
+        this._seen.delete(entry[0]);
       }
     }
 
@@ -350,6 +401,10 @@
       var detail = { code: code, reason: reason };
       if (opened && Date.now() - this._openedAt >= this.options.resetAfter) this._attempt = 0;
 
+      if (code === CLOSE_TOKEN_EXPIRED && typeof this.options.token === 'function') {
+        // The token ran out: the token function gives a fresh one; resume at once.
+        return this._scheduleReconnect(gen, detail, 0);
+      }
       if (code === CLOSE_REVOKED) {
         this._reportError(HermesError('token_revoked', reason || 'Hermes: the token was revoked', { closeCode: code }));
         return this._setState(STATES.UNAUTHORIZED, detail);

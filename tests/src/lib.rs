@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod consumer;
+pub mod faults;
 pub mod kube;
 pub mod sqs;
 pub use consumer::{AmqpPublisher, Consumer, env_refs, scylla_env};
@@ -244,10 +245,21 @@ impl Gateway {
 
     /// Connects with the `hermes.v1` subprotocol; returns the socket and its connection id.
     pub async fn connect_modern(&self, token: &str) -> (Ws, String) {
+        self.connect_v1(token, None).await
+    }
+
+    /// Connects with the `hermes.v1` subprotocol, resuming from `since` (the subprotocol
+    /// item `since.<pos>`) when given; returns the socket (its `connected` frame read) and
+    /// its connection id.
+    pub async fn connect_v1(&self, token: &str, since: Option<&str>) -> (Ws, String) {
         let mut req = self.ws_url().into_client_request().expect("request");
+        let mut protocols = format!("hermes.v1, bearer.{token}");
+        if let Some(since) = since {
+            protocols.push_str(&format!(", since.{since}"));
+        }
         req.headers_mut().insert(
             "Sec-WebSocket-Protocol",
-            HeaderValue::from_str(&format!("hermes.v1, bearer.{token}")).expect("header"),
+            HeaderValue::from_str(&protocols).expect("header"),
         );
         let (mut ws, resp) = tokio_tungstenite::connect_async(req)
             .await

@@ -28,7 +28,7 @@ async fn a_rabbitmq_message_reaches_its_targets_on_every_gateway_exactly_once() 
         .await;
     for (_, _, ws) in &mut members {
         assert_eq!(
-            recv_json(ws).await,
+            recv_notification(ws).await,
             json!({"user_id": "backend", "data": {"type": "all", "n": 1}})
         );
     }

@@ -12,7 +12,8 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
 use hermes_e2e::sqs::{queues, sqs};
 use hermes_e2e::{
-    Consumer, DEADLINE, Gateway, INTERNAL_SECRET, Ws, eventually, recv_json, sqs_endpoint, unique,
+    Consumer, DEADLINE, Gateway, INTERNAL_SECRET, Ws, eventually, recv_json, recv_notification,
+    sqs_endpoint, unique,
 };
 use hermes_shared::registry::remote::RemoteRegistry;
 use hermes_shared::registry::{GatewayRecord, Registry};
@@ -261,14 +262,14 @@ async fn an_sqs_message_reaches_every_socket_in_the_room() {
     w.send(&json!({"user_id": "sender", "room_id": room, "data": data}))
         .await;
     let expected = json!({"user_id": "sender", "data": data});
-    assert_eq!(recv_json(&mut a).await, expected);
-    assert_eq!(recv_json(&mut b).await, expected);
+    assert_eq!(recv_notification(&mut a).await, expected);
+    assert_eq!(recv_notification(&mut b).await, expected);
 
     // To one user of the room.
     w.send(&json!({"user_id": "sender", "room_id": room, "to_user_id": "bob", "data": 2}))
         .await;
     assert_eq!(
-        recv_json(&mut b).await,
+        recv_notification(&mut b).await,
         json!({"user_id": "sender", "data": 2})
     );
 
@@ -276,7 +277,7 @@ async fn an_sqs_message_reaches_every_socket_in_the_room() {
     w.send(&json!({"user_id": "sender", "room_id": room, "connection_id": a_id, "data": 3}))
         .await;
     assert_eq!(
-        recv_json(&mut a).await,
+        recv_notification(&mut a).await,
         json!({"user_id": "sender", "data": 3})
     );
 
@@ -286,18 +287,18 @@ async fn an_sqs_message_reaches_every_socket_in_the_room() {
     )
     .await;
     assert_eq!(
-        recv_json(&mut b).await,
+        recv_notification(&mut b).await,
         json!({"user_id": "sender", "data": 4})
     );
     w.send(&json!({"user_id": "sender", "room_id": room, "data": 5}))
         .await;
     assert_eq!(
-        recv_json(&mut a).await,
+        recv_notification(&mut a).await,
         json!({"user_id": "sender", "data": 5}),
         "the excluded connection got nothing in between"
     );
     assert_eq!(
-        recv_json(&mut b).await,
+        recv_notification(&mut b).await,
         json!({"user_id": "sender", "data": 5})
     );
 
@@ -305,7 +306,7 @@ async fn an_sqs_message_reaches_every_socket_in_the_room() {
     w.send(&json!({"user_id": "sender", "room_id": other_room, "data": 6}))
         .await;
     assert_eq!(
-        recv_json(&mut c).await,
+        recv_notification(&mut c).await,
         json!({"user_id": "sender", "data": 6})
     );
 
@@ -347,7 +348,7 @@ async fn an_invalid_sqs_message_lands_in_the_dead_letter_queue_with_its_reason_a
     w.send(&json!({"user_id": "sender", "room_id": room, "data": "still flowing"}))
         .await;
     assert_eq!(
-        recv_json(&mut ws).await,
+        recv_notification(&mut ws).await,
         json!({"user_id": "sender", "data": "still flowing"})
     );
 
@@ -422,7 +423,7 @@ async fn a_message_whose_gateway_does_not_answer_is_retried_then_delivered() {
         .await
         .expect("the broken gateway lets the room go");
     assert_eq!(
-        recv_json(&mut ws).await,
+        recv_notification(&mut ws).await,
         json!({"user_id": "sender", "data": {"type": "retry"}})
     );
     eventually(|| async { w.outcome("delivered").await == 1.0 }).await;
@@ -432,7 +433,7 @@ async fn a_message_whose_gateway_does_not_answer_is_retried_then_delivered() {
     w.send(&json!({"user_id": "sender", "room_id": room, "data": "next"}))
         .await;
     assert_eq!(
-        recv_json(&mut ws).await,
+        recv_notification(&mut ws).await,
         json!({"user_id": "sender", "data": "next"})
     );
     assert_eq!(w.depth(&w.dlq_url).await, 0, "nothing was dead-lettered");
@@ -558,7 +559,7 @@ async fn a_batch_of_25_messages_arrives_exactly_once() {
     w.send(&json!({"user_id": "sender", "room_id": room, "data": "end"}))
         .await;
     assert_eq!(
-        recv_json(&mut ws).await,
+        recv_notification(&mut ws).await,
         json!({"user_id": "sender", "data": "end"})
     );
     eventually(|| async { w.outcome("delivered").await == 26.0 }).await;

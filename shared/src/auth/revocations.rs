@@ -68,7 +68,91 @@ impl Revocations {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use super::super::{
+        Algorithm, AuthConfig, AuthError, AuthPath, Authenticator, BcryptPriority, Claims,
+        TokenCheck, derive_key, original_token,
+    };
     use super::*;
+    use crate::metrics::Metrics;
+    use crate::registry::memory::MemoryRegistry;
+    use crate::registry::{Registry, TokenRecord};
+
+    /// A connect whose token is being checked (its bcrypt verify waits behind another job)
+    /// when the revocation comes is refused, and its verdict is not cached.
+    #[tokio::test]
+    async fn a_revocation_during_a_connects_check_refuses_it_and_caches_nothing() {
+        let secret = "a-shared-secret-of-some-length";
+        let registry = Arc::new(MemoryRegistry::new());
+        let config = AuthConfig {
+            jwt_secret: secret.into(),
+            algorithms: vec![Algorithm::HS512],
+            leeway: Duration::from_secs(0),
+            verifier_key: derive_key(secret.as_bytes(), b"v"),
+            token_check: TokenCheck::Bcrypt,
+            token_ttl: Duration::from_secs(3600),
+            bcrypt_cost: 4,
+            bcrypt_workers: 1,
+            bcrypt_queue: 4,
+            bcrypt_priority: BcryptPriority::Nice(0),
+            cache_ttl: Duration::from_secs(60),
+            cache_capacity: 100,
+        };
+        let auth = Arc::new(Authenticator::new(
+            config,
+            registry.clone(),
+            Arc::new(Metrics::new()),
+        ));
+        let token = original_token("u", "passcode", "r");
+        registry
+            .put_token(&TokenRecord {
+                user_id: "u".into(),
+                room_id: "r".into(),
+                token_hash: bcrypt::hash(&token, 4).expect("hash"),
+                fast_verifier: None,
+                created_at: 0,
+            })
+            .await
+            .expect("seed");
+        let jwt = auth
+            .codec()
+            .sign(&Claims {
+                user_id: "u".into(),
+                room_id: "r".into(),
+                token,
+                exp: crate::ids::now_secs() + 3600,
+            })
+            .expect("sign");
+
+        // The pool's only thread is busy until the test says so.
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let blocker = auth
+            .pool
+            .submit(move || {
+                let _ = started_tx.send(());
+                let _ = held.recv();
+            })
+            .expect("queued");
+        started.await.expect("the blocker runs");
+        let connect = tokio::spawn({
+            let (auth, jwt) = (auth.clone(), jwt.clone());
+            async move { auth.authenticate(&jwt).await }
+        });
+        // The connect has its ticket and waits for bcrypt.
+        while auth.pool.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        auth.forget("u", "r");
+        release.send(()).expect("release");
+        blocker.await.expect("the blocker ended");
+        let verdict = connect.await.expect("joined");
+        assert!(matches!(verdict, Err(AuthError::Revoked)), "{verdict:?}");
+        // A connect that starts after the revocation is checked afresh, not from a cache.
+        let (_, path) = auth.authenticate(&jwt).await.expect("a later connect");
+        assert_ne!(path, AuthPath::Cache);
+    }
 
     #[test]
     fn a_revocation_after_the_ticket_is_seen_and_one_before_is_not() {

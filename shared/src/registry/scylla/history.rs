@@ -74,8 +74,7 @@ impl HistoryStatements {
                 &entry.stream,
                 bucket(entry.pos.micros),
                 micros(entry.pos.micros),
-                // The writer id's bits, as CQL's signed int.
-                entry.pos.writer as i32,
+                writer_to_cql(entry.pos.writer),
                 &entry.id,
                 &entry.room_id,
                 &entry.frame,
@@ -115,7 +114,7 @@ impl HistoryStatements {
                         stream,
                         i64::try_from(b).unwrap_or(i64::MAX),
                         micros(after.micros),
-                        after.writer as i32,
+                        writer_to_cql(after.writer),
                         room,
                     ),
                 )
@@ -125,7 +124,7 @@ impl HistoryStatements {
                     stream: stream.to_owned(),
                     pos: Pos {
                         micros: u64::try_from(micros).unwrap_or(0),
-                        writer: writer as u32,
+                        writer: writer_from_cql(writer),
                     },
                     id,
                     room_id,
@@ -145,6 +144,16 @@ fn bucket(micros: u64) -> i64 {
     i64::try_from(micros / BUCKET_MICROS).unwrap_or(i64::MAX)
 }
 
+/// A writer id as CQL's signed `int`, in the same order (the sign bit flipped), so that
+/// rows cluster, and `(micros, writer) > (?, ?)` compares, as positions do.
+fn writer_to_cql(writer: u32) -> i32 {
+    i32::from_ne_bytes((writer ^ 0x8000_0000).to_ne_bytes())
+}
+
+fn writer_from_cql(writer: i32) -> u32 {
+    u32::from_ne_bytes(writer.to_ne_bytes()) ^ 0x8000_0000
+}
+
 fn micros(micros: u64) -> i64 {
     i64::try_from(micros).unwrap_or(i64::MAX)
 }
@@ -161,9 +170,13 @@ mod tests {
     }
 
     #[test]
-    fn writer_ids_survive_cqls_signed_int() {
-        for writer in [0u32, 1, 0x7fff_ffff, 0x8000_0000, u32::MAX] {
-            assert_eq!((writer as i32) as u32, writer);
+    fn writer_ids_survive_cqls_signed_int_in_order() {
+        let writers = [0u32, 1, 0x7fff_ffff, 0x8000_0000, 0x8000_0001, u32::MAX];
+        for w in writers {
+            assert_eq!(writer_from_cql(writer_to_cql(w)), w);
+        }
+        for pair in writers.windows(2) {
+            assert!(writer_to_cql(pair[0]) < writer_to_cql(pair[1]), "{pair:?}");
         }
     }
 }
