@@ -22,7 +22,7 @@
 //! that. What it re-reads that the client already has (received just before `since`, or
 //! again under a retry's new position) the client drops by id (`hermes.js` keeps the ids
 //! it received; the protocol says so). The reasoning, with the alternatives weighed, is
-//! in docs/decisions/0025-history-positions.md.
+//! in docs/decisions/0029-history-positions.md.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
