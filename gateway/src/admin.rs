@@ -7,7 +7,9 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use hermes_shared::ids::new_message_id;
-use hermes_shared::wire::{DeliverAction, DeliverRequest, Frame, PublishMessage, Target, check_id};
+use hermes_shared::wire::{
+    DeliverAction, DeliverRequest, Frame, PublishMessage, Target, check_id, id,
+};
 use serde_json::Value;
 
 use crate::close;
@@ -23,12 +25,17 @@ fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, String> {
     }
 }
 
-fn string_field(map: &serde_json::Map<String, Value>, field: &str) -> Result<String, String> {
+/// An id field: a string, or an integer read as its decimal string (`wire::id`).
+fn id_field(map: &serde_json::Map<String, Value>, field: &str) -> Result<String, String> {
     match map.get(field) {
-        Some(Value::String(s)) => check_id(field, s)
-            .map(|()| s.clone())
-            .map_err(|e| e.to_string()),
-        Some(_) => Err(format!("field `{field}` must be a string")),
+        Some(value) => match id::from_value(value) {
+            Some(s) => check_id(field, &s).map(|()| s).map_err(|e| e.to_string()),
+            None => Err(format!(
+                "field `{field}` must be {}, not {}",
+                id::ID_EXPECTED,
+                id::describe(value)
+            )),
+        },
         None => Err(format!("field `{field}` is required")),
     }
 }
@@ -40,8 +47,8 @@ pub async fn create_token(
     gw: web::Data<Arc<Gateway>>,
 ) -> Result<HttpResponse, HttpError> {
     let map = parse_object(&body).map_err(HttpError::invalid)?;
-    let user_id = string_field(&map, "user_id").map_err(HttpError::invalid)?;
-    let room_id = string_field(&map, "room_id").map_err(HttpError::invalid)?;
+    let user_id = id_field(&map, "user_id").map_err(HttpError::invalid)?;
+    let room_id = id_field(&map, "room_id").map_err(HttpError::invalid)?;
     let ttl = match map.get("ttl_seconds") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
