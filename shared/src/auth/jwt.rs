@@ -58,6 +58,10 @@ pub struct Claims {
     pub token: String,
     /// Expiry, seconds since the epoch. Required.
     pub exp: u64,
+    /// When Hermes issued it, seconds since the epoch (the original's tokens have none): a
+    /// JWT issued well before its (user, room) row was written is refused as revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 /// Verifies and issues JWTs.
@@ -102,6 +106,8 @@ impl JwtCodec {
             room_id: String,
             token: String,
             exp: Option<u64>,
+            #[serde(default)]
+            iat: Option<u64>,
         }
         match jsonwebtoken::decode::<Decoded>(jwt, &self.decoding, &self.validation) {
             Ok(data) => {
@@ -112,6 +118,7 @@ impl JwtCodec {
                     room_id: d.room_id,
                     token: d.token,
                     exp,
+                    iat: d.iat,
                 })
             }
             Err(e) => Err(match e.kind() {

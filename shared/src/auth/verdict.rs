@@ -51,6 +51,10 @@ pub enum AuthError {
     NoTokenRow,
     #[error("the token does not match the one registered for this user and room")]
     Mismatch,
+    #[error(
+        "the token was issued before this user and room's token was revoked or replaced; request a new one"
+    )]
+    Revoked,
     #[error("the Origin {0:?} is not allowed to connect")]
     OriginNotAllowed(String),
     #[error("token verification is busy; retry after {0} s")]
@@ -69,7 +73,10 @@ impl AuthError {
             | AuthError::BadSignature
             | AuthError::Expired
             | AuthError::MissingExp => 401,
-            AuthError::NoTokenRow | AuthError::Mismatch | AuthError::OriginNotAllowed(_) => 403,
+            AuthError::NoTokenRow
+            | AuthError::Mismatch
+            | AuthError::Revoked
+            | AuthError::OriginNotAllowed(_) => 403,
             AuthError::Overloaded(_) | AuthError::Unavailable(_) => 503,
         }
     }
@@ -85,6 +92,7 @@ impl AuthError {
             AuthError::MissingExp => "token_no_exp",
             AuthError::NoTokenRow => "token_not_registered",
             AuthError::Mismatch => "token_mismatch",
+            AuthError::Revoked => "token_revoked",
             AuthError::OriginNotAllowed(_) => "origin_not_allowed",
             AuthError::Overloaded(_) => "overloaded",
             AuthError::Unavailable(_) => "unavailable",
