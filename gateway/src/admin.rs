@@ -1,5 +1,6 @@
 //! The admin API on the internal listener, `Authorization: Bearer $HERMES_ADMIN_KEY`:
-//! tokens, publish, and API Gateway's `@connections` management API.
+//! tokens, publish, and API Gateway's `@connections` management API (which also accepts
+//! AWS Signature Version 4: `ConnectionsCaller`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use serde_json::Value;
 
 use crate::close;
 use crate::error::HttpError;
-use crate::extract::AdminKey;
+use crate::extract::{AdminKey, ConnectionsCaller};
 use crate::state::Gateway;
 
 fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, String> {
@@ -161,20 +162,12 @@ pub struct ConnectionPath {
 
 /// `POST @connections/{id}`: the body is sent as-is as a text frame.
 pub async fn post_to_connection(
-    _: AdminKey,
+    caller: ConnectionsCaller,
     path: web::Path<ConnectionPath>,
-    body: web::Bytes,
     gw: web::Data<Arc<Gateway>>,
 ) -> Result<HttpResponse, HttpError> {
     check_stage(&gw, &path)?;
-    if body.len() > gw.config.limits.max_message_bytes {
-        return Err(HttpError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            "the data exceeds the maximum message size",
-        ));
-    }
-    let text = std::str::from_utf8(&body)
+    let text = std::str::from_utf8(&caller.body)
         .map_err(|_| HttpError::invalid("the data must be UTF-8 text"))?;
     let request = DeliverRequest {
         id: Some(new_message_id()),
@@ -190,7 +183,7 @@ pub async fn post_to_connection(
 
 /// `DELETE @connections/{id}`: disconnects the client (close code 4004).
 pub async fn delete_connection(
-    _: AdminKey,
+    _: ConnectionsCaller,
     path: web::Path<ConnectionPath>,
     gw: web::Data<Arc<Gateway>>,
 ) -> Result<HttpResponse, HttpError> {
@@ -230,7 +223,7 @@ async fn connection_outcome(
 
 /// `GET @connections/{id}`: `{"connectedAt","identity":{"sourceIp","userAgent"},"lastActiveAt"}`.
 pub async fn get_connection(
-    _: AdminKey,
+    _: ConnectionsCaller,
     path: web::Path<ConnectionPath>,
     gw: web::Data<Arc<Gateway>>,
 ) -> Result<HttpResponse, HttpError> {

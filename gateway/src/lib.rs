@@ -7,7 +7,8 @@
 //! - `deliver`: the deliver handler, built once, behind the in-process router, `internal`
 //!   (`POST /internal/v1/deliver*`) and `stream` (routers' deliver streams);
 //! - `admin`: the admin API; `standalone`: the demo page;
-//! - `error` (`HttpError`, every HTTP refusal) and `extract` (admin key, internal secret);
+//! - `error` (`HttpError`, every HTTP refusal) and `extract` (admin key, internal secret,
+//!   `@connections` callers); `sigv4`: AWS Signature Version 4 on `@connections`;
 //! - `server`: start, heartbeat, drain; `config`, `state`, `close`, `access_log`;
 //!   `token_cmd`: the `token` subcommand.
 //!
@@ -24,6 +25,7 @@ pub mod hub;
 pub mod internal;
 pub mod server;
 pub mod session;
+pub mod sigv4;
 pub mod standalone;
 pub mod state;
 pub mod stream;
