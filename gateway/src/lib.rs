@@ -10,7 +10,7 @@
 //! - `error` (`HttpError`, every HTTP refusal) and `extract` (admin key, internal secret,
 //!   `@connections` callers); `sigv4`: AWS Signature Version 4 on `@connections`;
 //! - `server`: start, heartbeat, drain; `config`, `state`, `close`, `access_log`;
-//!   `token_cmd`: the `token` subcommand.
+//!   `token_cmd`: the `token` subcommand; `import_tokens`: the `import-tokens` subcommand.
 //!
 //! It must not know about queues: the consumer owns those.
 
@@ -22,6 +22,7 @@ pub mod deliver;
 pub mod error;
 pub mod extract;
 pub mod hub;
+pub mod import_tokens;
 pub mod internal;
 pub mod server;
 pub mod session;
