@@ -36,3 +36,26 @@ terminate() {
 
 # port_open PORT: true when something accepts connections on 127.0.0.1:PORT.
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# npm_ci_if_stale DIR: `npm ci` in DIR when its node_modules is missing or older than its
+# package.json or package-lock.json (the node test runners' packages, cached in place).
+npm_ci_if_stale() {
+  local dir=$1 stamp="$1/node_modules/.package-lock.json"
+  if [[ ! -f "$stamp" || "$dir/package-lock.json" -nt "$stamp" || "$dir/package.json" -nt "$stamp" ]]; then
+    echo "$(basename "$dir")/run.sh: npm ci" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund)
+  fi
+}
+
+# gateway_bin REPO: prints the hermes-gateway binary the node test runners start:
+# $HERMES_GATEWAY_BIN, else ${CARGO_TARGET_DIR:-target}/debug/hermes-gateway, relative paths
+# taken from REPO; fails naming it when it is not there.
+gateway_bin() {
+  local bin="${HERMES_GATEWAY_BIN:-${CARGO_TARGET_DIR:-target}/debug/hermes-gateway}"
+  case "$bin" in /*) ;; *) bin="$1/$bin" ;; esac
+  if [[ ! -x "$bin" ]]; then
+    echo "gateway binary not found or not executable: $bin (build it, or set HERMES_GATEWAY_BIN)" >&2
+    return 1
+  fi
+  echo "$bin"
+}

@@ -7,7 +7,8 @@
 # Needed: a Debian-like Linux with apt-get, run as root (RabbitMQ, a JDK 17, Maven and
 # Chromium come from apt when missing); Rust 1.95 through rustup (rust-toolchain.toml);
 # Go >= 1.26 (kube-apiserver, etcd and helm are built from their modules); Node.js >= 20
-# with npm (the browser tests); Python >= 3.11 with venv (moto's SQS server); curl, git, tar.
+# with npm (the browser and SDK tests); Python >= 3.11 with venv (moto's SQS server, boto3);
+# curl, git, tar.
 set -uo pipefail
 
 missing=()
@@ -34,8 +35,8 @@ need apt-get "Debian packages"
 need cargo "Rust, https://rustup.rs"
 need rustup "Rust toolchains, https://rustup.rs (rust-toolchain.toml names 1.95.0)"
 need go "Go >= 1.26, builds kube-apiserver, etcd and helm"
-need node "Node.js >= 20, the browser tests"
-need npm "the browser tests' packages"
+need node "Node.js >= 20, the browser and SDK tests"
+need npm "the browser and SDK tests' packages"
 need python3 "Python >= 3.11, moto's SQS server and scripts/deps-check.sh"
 need curl "downloads from the package registries"
 need git "the checkout, the vendored-crate check"

@@ -7,8 +7,10 @@
 # installed from the package registries on first use), formatting, clippy, the Rust unit,
 # integration and end-to-end tests (they start the real hermes-gateway and hermes-consumer
 # binaries against those services and speak WebSocket to the gateways; the consumer's
-# Kubernetes tests also use the local kube-apiserver, started before them), then the
-# browser tests (headless Chromium from Debian driven by playwright-core). The Helm chart is linted
+# Kubernetes tests also use the local kube-apiserver, started before them), then the AWS
+# SDKs' ApiGatewayManagementApi clients against a real gateway (tests/sdk: boto3 from PyPI,
+# @aws-sdk/client-apigatewaymanagementapi from npm), then the browser tests (headless
+# Chromium from Debian driven by playwright-core). The Helm chart is linted
 # and rendered with every ci/*-values.yaml (helm built from its Go module, cached) and
 # k8s/hermes.yaml is checked to be current; every rendered manifest is applied as a
 # server-side dry run to a real kube-apiserver built from its Go module
@@ -91,6 +93,7 @@ step "rust tests" cargo test --workspace --locked
 step "chart" scripts/kube/helm.sh lint
 step "manifests" scripts/kube/render-manifests.sh --check
 step "api server dry run" scripts/kube/dry-run.sh
+step "api gateway sdks" env HERMES_GATEWAY_BIN="$CARGO_TARGET_DIR/debug/hermes-gateway" tests/sdk/run.sh
 step "browser tests" env HERMES_GATEWAY_BIN="$CARGO_TARGET_DIR/debug/hermes-gateway" tests/browser/run.sh
 
 # One closing line over every runner (cargo's "test result:" lines, helm's "helm: N passed,

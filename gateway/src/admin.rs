@@ -1,5 +1,6 @@
 //! The admin API on the internal listener, `Authorization: Bearer $HERMES_ADMIN_KEY`:
-//! tokens, publish, and API Gateway's `@connections` management API.
+//! tokens, publish, and API Gateway's `@connections` management API (which also accepts
+//! AWS Signature Version 4: `ConnectionsCaller`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,12 +8,14 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use hermes_shared::ids::new_message_id;
-use hermes_shared::wire::{DeliverAction, DeliverRequest, Frame, PublishMessage, Target, check_id};
+use hermes_shared::wire::{
+    DeliverAction, DeliverRequest, Frame, PublishMessage, Target, check_id, id,
+};
 use serde_json::Value;
 
 use crate::close;
 use crate::error::HttpError;
-use crate::extract::AdminKey;
+use crate::extract::{AdminKey, ConnectionsCaller};
 use crate::state::Gateway;
 
 fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, String> {
@@ -23,12 +26,17 @@ fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, String> {
     }
 }
 
-fn string_field(map: &serde_json::Map<String, Value>, field: &str) -> Result<String, String> {
+/// An id field: a string, or an integer read as its decimal string (`wire::id`).
+fn id_field(map: &serde_json::Map<String, Value>, field: &str) -> Result<String, String> {
     match map.get(field) {
-        Some(Value::String(s)) => check_id(field, s)
-            .map(|()| s.clone())
-            .map_err(|e| e.to_string()),
-        Some(_) => Err(format!("field `{field}` must be a string")),
+        Some(value) => match id::from_value(value) {
+            Some(s) => check_id(field, &s).map(|()| s).map_err(|e| e.to_string()),
+            None => Err(format!(
+                "field `{field}` must be {}, not {}",
+                id::ID_EXPECTED,
+                id::describe(value)
+            )),
+        },
         None => Err(format!("field `{field}` is required")),
     }
 }
@@ -40,8 +48,8 @@ pub async fn create_token(
     gw: web::Data<Arc<Gateway>>,
 ) -> Result<HttpResponse, HttpError> {
     let map = parse_object(&body).map_err(HttpError::invalid)?;
-    let user_id = string_field(&map, "user_id").map_err(HttpError::invalid)?;
-    let room_id = string_field(&map, "room_id").map_err(HttpError::invalid)?;
+    let user_id = id_field(&map, "user_id").map_err(HttpError::invalid)?;
+    let room_id = id_field(&map, "room_id").map_err(HttpError::invalid)?;
     let ttl = match map.get("ttl_seconds") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
@@ -166,20 +174,12 @@ pub struct ConnectionPath {
 
 /// `POST @connections/{id}`: the body is sent as-is as a text frame.
 pub async fn post_to_connection(
-    _: AdminKey,
+    caller: ConnectionsCaller,
     path: web::Path<ConnectionPath>,
-    body: web::Bytes,
     gw: web::Data<Arc<Gateway>>,
 ) -> Result<HttpResponse, HttpError> {
     check_stage(&gw, &path)?;
-    if body.len() > gw.config.limits.max_message_bytes {
-        return Err(HttpError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            "the data exceeds the maximum message size",
-        ));
-    }
-    let text = std::str::from_utf8(&body)
+    let text = std::str::from_utf8(&caller.body)
         .map_err(|_| HttpError::invalid("the data must be UTF-8 text"))?;
     let request = DeliverRequest {
         id: Some(new_message_id()),
@@ -198,7 +198,7 @@ pub async fn post_to_connection(
 
 /// `DELETE @connections/{id}`: disconnects the client (close code 4004).
 pub async fn delete_connection(
-    _: AdminKey,
+    _: ConnectionsCaller,
     path: web::Path<ConnectionPath>,
     gw: web::Data<Arc<Gateway>>,
 ) -> Result<HttpResponse, HttpError> {
@@ -240,7 +240,7 @@ async fn connection_outcome(
 
 /// `GET @connections/{id}`: `{"connectedAt","identity":{"sourceIp","userAgent"},"lastActiveAt"}`.
 pub async fn get_connection(
-    _: AdminKey,
+    _: ConnectionsCaller,
     path: web::Path<ConnectionPath>,
     gw: web::Data<Arc<Gateway>>,
 ) -> Result<HttpResponse, HttpError> {

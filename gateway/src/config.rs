@@ -1,6 +1,7 @@
 //! The gateway's settings: every `HERMES_*` variable the gateway reads besides the
-//! authorizer's (`hermes_shared::auth::config`) and the registry's
-//! (`hermes_shared::registry::config`). Documented in docs/configuration.md.
+//! authorizer's (`hermes_shared::auth::config`), the registry's
+//! (`hermes_shared::registry::config`) and SigV4's (`crate::sigv4::config`). Documented in
+//! docs/configuration.md.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,6 +16,8 @@ use hermes_shared::history::HistorySettings;
 use hermes_shared::registry::RegistryKind;
 use hermes_shared::router::DeliverTransport;
 use hermes_shared::{Error, Result};
+
+use crate::sigv4::SigV4Config;
 
 // The variables. Each is documented in docs/configuration.md.
 pub const LISTEN: &str = "HERMES_LISTEN";
@@ -80,6 +83,8 @@ pub struct GatewayConfig {
     pub admin_key: String,
     /// True when the admin key was generated (standalone prints it once).
     pub admin_key_generated: bool,
+    /// Access keys whose AWS Signature Version 4 the `@connections` API accepts.
+    pub sigv4: SigV4Config,
     pub internal_secret: String,
     pub allowed_origins: OriginPolicy,
     pub registry: RegistryKind,
@@ -249,6 +254,7 @@ impl GatewayConfig {
             auth,
             admin_key,
             admin_key_generated,
+            sigv4: SigV4Config::from_strings(s)?,
             internal_secret,
             allowed_origins,
             registry,

@@ -84,14 +84,22 @@ impl HttpError {
         )
     }
 
+    /// An error in API Gateway's shape: `x-amzn-ErrorType: <aws_type>` and
+    /// `{"__type", "message"}`, which the AWS SDKs turn into their typed exceptions.
+    pub fn aws(status: StatusCode, aws_type: &'static str, message: impl Into<String>) -> Self {
+        let mut e = Self::new(status, aws_type, message);
+        e.0.aws_type = Some(aws_type);
+        e
+    }
+
     /// API Gateway's 410 for a connection that is not there.
     pub fn gone(connection_id: &str) -> Self {
-        let mut e = Self::new(
+        let mut e = Self::aws(
             StatusCode::GONE,
-            "gone",
+            "GoneException",
             format!("connection {connection_id} is not connected"),
         );
-        e.0.aws_type = Some("GoneException");
+        e.0.code = "gone".into();
         e
     }
 
@@ -140,6 +148,7 @@ impl ResponseError for HttpError {
         }
         match a.aws_type {
             Some(aws_type) => {
+                response.insert_header(("x-amzn-ErrorType", aws_type));
                 response.json(serde_json::json!({"__type": aws_type, "message": a.message}))
             }
             None => {
@@ -233,8 +242,17 @@ mod tests {
     #[test]
     fn gone_speaks_api_gateways_error_shape() {
         let e = HttpError::gone("c1");
-        assert_eq!(e.error_response().status(), 410);
+        let r = e.error_response();
+        assert_eq!(r.status(), 410);
+        assert_eq!(
+            r.headers()
+                .get("x-amzn-errortype")
+                .map(HeaderValue::as_bytes),
+            Some(&b"GoneException"[..])
+        );
         assert_eq!(body(&e)["__type"], "GoneException");
+        assert_eq!(body(&e)["message"], "connection c1 is not connected");
+        assert_eq!(e.code(), "gone");
     }
 
     #[test]

@@ -7,9 +7,10 @@
 //! - `deliver`: the deliver handler, built once, behind the in-process router, `internal`
 //!   (`POST /internal/v1/deliver*`) and `stream` (routers' deliver streams);
 //! - `admin`: the admin API; `standalone`: the demo page;
-//! - `error` (`HttpError`, every HTTP refusal) and `extract` (admin key, internal secret);
+//! - `error` (`HttpError`, every HTTP refusal) and `extract` (admin key, internal secret,
+//!   `@connections` callers); `sigv4`: AWS Signature Version 4 on `@connections`;
 //! - `server`: start, heartbeat, drain; `config`, `state`, `close`, `access_log`;
-//!   `token_cmd`: the `token` subcommand.
+//!   `token_cmd`: the `token` subcommand; `import_tokens`: the `import-tokens` subcommand.
 //!
 //! It must not know about queues: the consumer owns those.
 
@@ -22,9 +23,11 @@ pub mod deliver;
 pub mod error;
 pub mod extract;
 pub mod hub;
+pub mod import_tokens;
 pub mod internal;
 pub mod server;
 pub mod session;
+pub mod sigv4;
 pub mod standalone;
 pub mod state;
 pub mod stream;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hermes_gateway::config::{GatewayConfig, Mode};
+use hermes_gateway::import_tokens::{ImportArgs, ImportCommand};
 use hermes_gateway::token_cmd::{TokenArgs, TokenCommand};
 use hermes_shared::config::Env;
 
@@ -25,6 +26,8 @@ enum Command {
     Standalone,
     /// Print a connect token (JWT) for a user in a room.
     Token(TokenArgs),
+    /// Copy the original's DynamoDB token table (an export) into the registry's tokens table.
+    ImportTokens(ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,9 @@ fn main() -> ExitCode {
             Command::Serve => serve(GatewayConfig::from_strings(&env, Mode::Serve)?),
             Command::Standalone => serve(GatewayConfig::from_strings(&env, Mode::Standalone)?),
             Command::Token(args) => block_on(1, TokenCommand::new(&env, args)?.run()),
+            Command::ImportTokens(args) => {
+                block_on(2, ImportCommand::new(&env, args)?.run()).map(drop)
+            }
         }
     });
     match result {

@@ -33,7 +33,8 @@ pub struct TokenArgs {
     #[arg(long)]
     pub ttl_seconds: Option<u64>,
     /// Make the second-layer token as the original code does,
-    /// hex(sha256(user + passcode + room)), instead of storing a new one.
+    /// hex(sha256(user + passcode + room)), with this passcode instead of
+    /// HERMES_TOKEN_PASSCODE, and store nothing.
     #[arg(long)]
     pub passcode: Option<String>,
 }
@@ -78,13 +79,14 @@ impl TokenCommand {
         let jwt = match args.passcode {
             Some(passcode) => {
                 let token = original_token(&args.user, &passcode, &args.room);
-                let exp =
-                    hermes_shared::ids::now_secs() + ttl.unwrap_or(config.auth.token_ttl).as_secs();
+                let now = hermes_shared::ids::now_secs();
+                let exp = now + ttl.unwrap_or(config.auth.token_ttl).as_secs();
                 auth.codec().sign(&Claims {
                     user_id: args.user,
                     room_id: args.room,
                     token,
                     exp,
+                    iat: Some(now),
                 })?
             }
             None => {

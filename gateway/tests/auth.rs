@@ -194,6 +194,51 @@ async fn tokens_made_like_the_original_ruby_code_are_accepted() {
     );
 }
 
+/// The original Ruby code with an Integer `current_user.id`:
+/// `token = Digest::SHA256.hexdigest("#{user_id}#{passcode}#{room_id}")`, the token table
+/// holds `user_id.to_s` and `BCrypt::Password.create(token)` (`$2a$`, cost 12), and the JWT
+/// is `JWT.encode({user_id: 42, room_id: ..., token:, exp:}, secret, 'HS512')`, the id a
+/// JSON number. Its backend publishes with integer ids too.
+#[tokio::test]
+async fn tokens_with_integer_ids_made_like_the_original_ruby_code_connect() {
+    let gw = Gateway::start(&[]).await;
+    let passcode = "s3cret-passcode";
+    for (user_id, room_id) in [(json!(42), json!("company-42")), (json!(43), json!(7))] {
+        let (user, room) = (decimal(&user_id), decimal(&room_id));
+        let token = hex::encode(Sha256::digest(format!("{user}{passcode}{room}").as_bytes()));
+        let hash = bcrypt::hash_with_result(&token, 12)
+            .expect("bcrypt")
+            .format_for_version(bcrypt::Version::TwoA);
+        assert!(hash.starts_with("$2a$12$"), "{hash}");
+        put_token_row(&gw, &user, &room, &hash).await;
+        let claims =
+            json!({"user_id": user_id, "room_id": room_id, "token": token, "exp": now() + 3600});
+        let mut ws = gw
+            .connect(&jwt(Algorithm::HS512, &claims, JWT_SECRET))
+            .await;
+        let (status, outcome) = gw
+            .publish(json!({"user_id": 1, "room_id": room_id, "to_user_id": user_id, "data": {"type": "hello"}}))
+            .await;
+        assert_eq!(
+            (status, outcome["delivered"].as_u64()),
+            (202, Some(1)),
+            "{outcome}"
+        );
+        assert_eq!(
+            recv_json(&mut ws).await,
+            json!({"user_id": "1", "data": {"type": "hello"}})
+        );
+    }
+}
+
+/// A JSON string or integer as the decimal string the original stored (`to_s`).
+fn decimal(id: &Value) -> String {
+    match id {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 #[tokio::test]
 async fn a_second_connect_of_a_token_skips_bcrypt() {
     let gw = Gateway::start(&[("HERMES_AUTH_CACHE_TTL_SECONDS", "0")]).await;

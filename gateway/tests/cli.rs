@@ -151,3 +151,120 @@ fn the_token_command_without_a_secret_exits_64_naming_it() {
         );
     }
 }
+
+/// The original's token table as `aws dynamodb scan` prints it (an Integer `user_id` stored
+/// as a number, a string one, and a row without its hash on line 13), and one data file of
+/// an S3 export, gzipped: the rows land in the tokens table, the original's JWTs connect,
+/// and a second import changes nothing.
+#[tokio::test]
+async fn import_tokens_copies_a_dynamodb_export_that_the_gateway_then_accepts() {
+    use std::io::Write as _;
+
+    let gw = Gateway::start(&[]).await;
+    let ruby_token = |user: &str, room: &str| {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(format!("{user}app-passcode{room}")))
+    };
+    let hash = |token: &str| {
+        bcrypt::hash_with_result(token, 4)
+            .expect("bcrypt")
+            .format_for_version(bcrypt::Version::TwoA)
+    };
+    let scan = format!(
+        r#"{{
+    "Items": [
+        {{
+            "user_id": {{"N": "42"}},
+            "room_id": {{"S": "acme"}},
+            "token": {{"S": "{}"}}
+        }},
+        {{
+            "user_id": {{"S": "u-7"}},
+            "room_id": {{"S": "acme"}},
+            "token": {{"S": "{}"}}
+        }},
+        {{
+            "user_id": {{"S": "u-8"}},
+            "room_id": {{"S": "acme"}}
+        }}
+    ],
+    "Count": 3,
+    "ScannedCount": 3,
+    "ConsumedCapacity": null
+}}"#,
+        hash(&ruby_token("42", "acme")),
+        hash(&ruby_token("u-7", "acme")),
+    );
+    let scan_file = config_file("scan.json", &scan);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    writeln!(
+        gz,
+        r#"{{"Item":{{"user_id":{{"N":"43"}},"room_id":{{"S":"acme"}},"token":{{"S":"{}"}}}}}}"#,
+        hash(&ruby_token("43", "acme"))
+    )
+    .expect("gzip");
+    let export_file = std::env::temp_dir()
+        .join(unique("export"))
+        .with_extension("json.gz");
+    std::fs::write(&export_file, gz.finish().expect("gzip")).expect("write the export");
+
+    let import = || {
+        gateway_cmd()
+            .arg("import-tokens")
+            .args([&scan_file, &export_file])
+            .env("HERMES_REGISTRY", "remote")
+            .env("HERMES_REGISTRY_URL", &gw.internal)
+            .env("HERMES_INTERNAL_SECRET", INTERNAL_SECRET)
+            .output()
+            .expect("runs")
+    };
+    let out = import();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "import-tokens: 4 rows read: 3 written, 0 unchanged, 0 kept, 1 bad (skipped)"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{}:13: the attribute `token` is missing; skipped",
+            scan_file.display()
+        )),
+        "{stderr}"
+    );
+
+    // The original's JWTs, an Integer id included, connect on the imported rows.
+    for (user_id, user) in [(json!(42), "42"), (json!("u-7"), "u-7"), (json!(43), "43")] {
+        let claims = json!({"user_id": user_id, "room_id": "acme", "token": ruby_token(user, "acme"), "exp": 4_102_444_800u64});
+        let jwt = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+        )
+        .expect("jwt");
+        let mut ws = gw.connect(&jwt).await;
+        ws.close(None).await.expect("close");
+    }
+
+    let again = import();
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout).trim(),
+        "import-tokens: 4 rows read: 0 written, 3 unchanged, 0 kept, 1 bad (skipped)"
+    );
+    for file in [scan_file, export_file] {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+#[test]
+fn import_tokens_into_the_memory_registry_exits_64() {
+    let out = gateway_cmd()
+        .args(["import-tokens", "-"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HERMES_REGISTRY"));
+}

@@ -178,3 +178,59 @@ async fn rows_of_a_stopped_gateway_are_removed_and_routing_continues() {
     );
     assert_eq!(recv_json(&mut on_a).await["data"]["type"], "after");
 }
+
+/// Two tabs (or devices) of one user get their tokens from different replicas: the second
+/// issue leaves the first token valid, on either gateway, reconnects included; one
+/// revocation then closes every socket of them and refuses both tokens everywhere.
+#[tokio::test]
+async fn tokens_issued_again_do_not_fight_and_one_revocation_ends_them_all() {
+    let (a, b) = pair().await;
+    let first = a.token("two-tabs", "office").await;
+    let mut first_tab = a.connect(&first).await;
+    let second = b.token("two-tabs", "office").await;
+    let mut second_tab = b.connect(&second).await;
+    // The first tab's token still connects, here a reconnect on the other replica.
+    let mut first_again = b.connect(&first).await;
+    let (status, _) = a
+        .publish(json!({"user_id": "ops", "room_id": "office", "data": {"type": "both"}}))
+        .await;
+    assert_eq!(status, 202);
+    for ws in [&mut first_tab, &mut second_tab, &mut first_again] {
+        assert_eq!(recv_json(ws).await["data"]["type"], "both");
+    }
+
+    let r = b
+        .admin(Method::DELETE, "/v1/tokens/office/two-tabs")
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 204);
+    for ws in [&mut first_tab, &mut second_tab, &mut first_again] {
+        assert_eq!(recv_close(ws).await, 4003);
+    }
+    for gw in [&a, &b] {
+        for token in [&first, &second] {
+            let (status, body, _) = gw
+                .refused(format!("{}?token={token}", gw.ws_url()), &[])
+                .await;
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (403, Some("token_not_registered"))
+            );
+        }
+    }
+}
+
+/// The remote registry (what gateway B uses) against a real gateway's embedded one, over
+/// `POST /internal/v1/registry`: the same contract as every registry.
+#[tokio::test]
+async fn the_remote_registry_meets_the_registry_contract() {
+    let a = Gateway::start(&[("HERMES_GATEWAY_ID", "gw-a")]).await;
+    let remote = hermes_shared::registry::remote::RemoteRegistry::new(
+        &a.internal,
+        INTERNAL_SECRET,
+        std::time::Duration::from_secs(5),
+    )
+    .expect("remote registry");
+    hermes_shared::registry::contract::run_all(&remote).await;
+}

@@ -269,7 +269,7 @@ async fn admin_api_refuses_missing_keys_and_names_the_bad_field() {
         ("/v1/publish", json!({"user_id": "u", "data": 1}), "room_id"),
         (
             "/v1/publish",
-            json!({"user_id": 7, "room_id": "r", "data": 1}),
+            json!({"user_id": true, "room_id": "r", "data": 1}),
             "user_id",
         ),
         (

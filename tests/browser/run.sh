@@ -10,6 +10,8 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "$repo/scripts/lib.sh"
 
 # 1. Chromium from Debian (never a browser download by playwright).
 if [ ! -x /usr/bin/chromium ]; then
@@ -20,21 +22,12 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 
 # 2. Node dependencies, only when node_modules is missing or older than the lock file.
-cd "$here"
-stamp="node_modules/.package-lock.json"
-if [ ! -d node_modules ] || [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ] || [ package.json -nt "$stamp" ]; then
-  echo "run.sh: npm ci" >&2
-  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
-fi
+PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm_ci_if_stale "$here"
 
 # 3. The gateway binary.
-bin="${HERMES_GATEWAY_BIN:-${CARGO_TARGET_DIR:-target}/debug/hermes-gateway}"
-case "$bin" in /*) ;; *) bin="$repo/$bin" ;; esac
-if [ ! -x "$bin" ]; then
-  echo "run.sh: gateway binary not found or not executable: $bin (build it, or set HERMES_GATEWAY_BIN)" >&2
-  exit 1
-fi
-export HERMES_GATEWAY_BIN="$bin"
+HERMES_GATEWAY_BIN="$(gateway_bin "$repo")"
+export HERMES_GATEWAY_BIN
 
 # 4. The tests (node --test exits non-zero on any failure).
+cd "$here"
 exec npm test -- "$@"

@@ -119,7 +119,7 @@ async fn a_poison_message_is_dead_lettered_with_its_reason_and_delivery_goes_on(
     let mut ws = gw.connect(&gw.token("watcher", "room").await).await;
     let queue = c.queue.clone();
     c.publisher.publish(&queue, b"this is not json").await;
-    c.send(json!({"user_id": "backend", "room_id": 42, "data": 1}))
+    c.send(json!({"user_id": "backend", "room_id": 4.2, "data": 1}))
         .await;
     c.send(json!({"user_id": "backend", "room_id": "room", "data": {"type": "after-poison"}}))
         .await;
@@ -153,7 +153,7 @@ async fn a_poison_message_is_dead_lettered_with_its_reason_and_delivery_goes_on(
         dead[0].1
     );
     assert!(
-        reason(&dead[1].1).contains("`room_id` must be a string"),
+        reason(&dead[1].1).contains("`room_id` must be a string or an integer"),
         "{:?}",
         dead[1].1
     );

@@ -258,3 +258,56 @@ async fn concurrent_lookups_each_get_their_own_keys_gateways() {
     }
     registry.drop_keyspace().await.expect("drop keyspace");
 }
+
+/// `hermes-gateway import-tokens` into the real CQL server: the rows of an `aws dynamodb
+/// scan` export land in the keyspace's `tokens` table, and a second run writes nothing.
+#[tokio::test]
+async fn import_tokens_writes_a_dynamodb_export_into_the_tokens_table() {
+    let keyspace = unique("hermes_test");
+    let registry = scylla_registry(&keyspace, TIMEOUT).await;
+    let hash = "$2a$04$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW";
+    let scan = format!(
+        r#"{{"Items": [
+  {{"user_id": {{"N": "42"}}, "company_code": {{"S": "acme"}}, "token": {{"S": "{hash}"}}}},
+  {{"user_id": {{"S": "u-7"}}, "company_code": {{"S": "acme"}}, "token": {{"S": "not-a-hash"}}}}
+], "Count": 2}}"#
+    );
+    let file = std::env::temp_dir()
+        .join(unique("scan"))
+        .with_extension("json");
+    std::fs::write(&file, scan).expect("write the export");
+    let import = || {
+        let mut cmd = std::process::Command::new(hermes_e2e::binary("hermes-gateway"));
+        cmd.env_clear()
+            .arg("import-tokens")
+            .arg(&file)
+            .args(["--room-attribute", "company_code"])
+            .envs(hermes_e2e::scylla_env(&keyspace));
+        let out = cmd.output().expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        import(),
+        "import-tokens: 2 rows read: 1 written, 0 unchanged, 0 kept, 1 bad (skipped)"
+    );
+    let row = registry
+        .token("42", "acme")
+        .await
+        .expect("read")
+        .expect("imported row");
+    assert_eq!(
+        (row.token_hash.as_str(), row.fast_verifier, row.created_at),
+        (hash, None, 0)
+    );
+    assert_eq!(
+        import(),
+        "import-tokens: 2 rows read: 0 written, 1 unchanged, 0 kept, 1 bad (skipped)"
+    );
+    let _ = std::fs::remove_file(&file);
+    registry.drop_keyspace().await.expect("drop keyspace");
+}

@@ -1,4 +1,5 @@
-//! The authorizer's settings: `HERMES_JWT_*`, `HERMES_TOKEN_*`, `HERMES_BCRYPT_*`,
+//! The authorizer's settings: `HERMES_JWT_*`, `HERMES_TOKEN_*` (`HERMES_TOKEN_PASSCODE`
+//! included), `HERMES_BCRYPT_*`,
 //! `HERMES_AUTH_CACHE_*` and `HERMES_VERIFIER_KEY` (docs/configuration.md).
 
 use std::time::Duration;
@@ -16,6 +17,7 @@ pub const JWT_LEEWAY: &str = "HERMES_JWT_LEEWAY_SECONDS";
 pub const VERIFIER_KEY: &str = "HERMES_VERIFIER_KEY";
 pub const TOKEN_CHECK: &str = "HERMES_TOKEN_CHECK";
 pub const TOKEN_TTL: &str = "HERMES_TOKEN_TTL_SECONDS";
+pub const TOKEN_PASSCODE: &str = "HERMES_TOKEN_PASSCODE";
 pub const BCRYPT_COST: &str = "HERMES_BCRYPT_COST";
 pub const BCRYPT_WORKERS: &str = "HERMES_BCRYPT_WORKERS";
 pub const BCRYPT_QUEUE: &str = "HERMES_BCRYPT_QUEUE";
@@ -43,6 +45,10 @@ pub struct AuthConfig {
     pub verifier_key: Vec<u8>,
     pub token_check: TokenCheck,
     pub token_ttl: Duration,
+    /// The server passcode of issued tokens: the token of (user, room) is
+    /// `hex(sha256(user_id + passcode + room_id))`, as the original makes it, so issuing
+    /// again gives the same token (decision 0026). Never logged or stored.
+    pub token_passcode: String,
     pub bcrypt_cost: u32,
     pub bcrypt_workers: usize,
     pub bcrypt_queue: usize,
@@ -93,6 +99,13 @@ impl AuthConfig {
             // Derived from the JWT secret: identical on every replica, never stored.
             None => derive_key(jwt_secret.as_bytes(), b"hermes fast verifier v1"),
         };
+        // Derived from the JWT secret unless set: identical on every replica, never stored.
+        let token_passcode = s.get(TOKEN_PASSCODE).unwrap_or_else(|| {
+            hex::encode(derive_key(
+                jwt_secret.as_bytes(),
+                b"hermes token passcode v1",
+            ))
+        });
         let token_check = match s.get(TOKEN_CHECK).as_deref() {
             None | Some("bcrypt") => TokenCheck::Bcrypt,
             Some("off") => TokenCheck::Off,
@@ -132,6 +145,7 @@ impl AuthConfig {
             verifier_key,
             token_check,
             token_ttl: positive_secs(s, TOKEN_TTL, 86_400)?,
+            token_passcode,
             bcrypt_cost,
             bcrypt_workers: positive(s, BCRYPT_WORKERS, cpus.div_ceil(2))?,
             bcrypt_queue: positive(s, BCRYPT_QUEUE, 64)?,
@@ -139,5 +153,39 @@ impl AuthConfig {
             cache_ttl: secs(s, AUTH_CACHE_TTL, 300)?,
             cache_capacity: num(s, AUTH_CACHE_CAPACITY, 100_000usize)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const SECRET: &str = "a-shared-secret-of-some-length";
+
+    fn passcode(env: &[(&str, &str)]) -> String {
+        let env: HashMap<&str, &str> = env.iter().copied().collect();
+        AuthConfig::from_strings(&env, false)
+            .map(|c| c.token_passcode)
+            .unwrap_or_default()
+    }
+
+    /// Every replica issues the same token for (user, room): the passcode is the one set,
+    /// else derived from the JWT secret they share, and never the secret itself.
+    #[test]
+    fn the_token_passcode_is_the_one_set_else_derived_from_the_jwt_secret() {
+        let derived = passcode(&[(JWT_SECRET, SECRET)]);
+        assert_eq!(derived.len(), 64);
+        assert_ne!(derived, SECRET);
+        assert_eq!(derived, passcode(&[(JWT_SECRET, SECRET)]));
+        assert_ne!(
+            derived,
+            passcode(&[(JWT_SECRET, "another-shared-secret-entirely")])
+        );
+        assert_eq!(
+            passcode(&[(JWT_SECRET, SECRET), (TOKEN_PASSCODE, "the-apps-passcode")]),
+            "the-apps-passcode"
+        );
     }
 }

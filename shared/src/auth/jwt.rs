@@ -45,15 +45,23 @@ impl Algorithm {
     }
 }
 
-/// The claims of a connect token, as the original issues them.
+/// The claims of a connect token, as the original issues them. The ids may be JSON
+/// integers (the original Ruby code signs `user_id: current_user.id`): they are read as
+/// their decimal strings, as its token table stored them (`user_id.to_s`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
+    #[serde(deserialize_with = "crate::wire::id::deserialize")]
     pub user_id: String,
+    #[serde(deserialize_with = "crate::wire::id::deserialize")]
     pub room_id: String,
     /// The second-layer token whose bcrypt hash is stored for (user_id, room_id).
     pub token: String,
     /// Expiry, seconds since the epoch. Required.
     pub exp: u64,
+    /// When Hermes issued it, seconds since the epoch (the original's tokens have none): a
+    /// JWT issued well before its (user, room) row was written is refused as revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 /// Verifies and issues JWTs.
@@ -92,16 +100,26 @@ impl JwtCodec {
         use jsonwebtoken::errors::ErrorKind;
         #[derive(Deserialize)]
         struct Decoded {
+            #[serde(deserialize_with = "crate::wire::id::deserialize")]
             user_id: String,
+            #[serde(deserialize_with = "crate::wire::id::deserialize")]
             room_id: String,
             token: String,
             exp: Option<u64>,
+            #[serde(default)]
+            iat: Option<u64>,
         }
         match jsonwebtoken::decode::<Decoded>(jwt, &self.decoding, &self.validation) {
             Ok(data) => {
                 let d = data.claims;
                 let exp = d.exp.ok_or(AuthError::MissingExp)?;
-                Ok(Claims { user_id: d.user_id, room_id: d.room_id, token: d.token, exp })
+                Ok(Claims {
+                    user_id: d.user_id,
+                    room_id: d.room_id,
+                    token: d.token,
+                    exp,
+                    iat: d.iat,
+                })
             }
             Err(e) => Err(match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -110,10 +128,7 @@ impl JwtCodec {
                     AuthError::WrongAlgorithm(alg, String::new())
                 }
                 ErrorKind::MissingRequiredClaim(c) if c == "exp" => AuthError::MissingExp,
-                ErrorKind::Json(_) => AuthError::Malformed(
-                    "the claims must be {user_id, room_id, token, exp} with string ids and a numeric exp"
-                        .into(),
-                ),
+                ErrorKind::Json(_) => AuthError::Malformed(describe_claims_error(jwt)),
                 _ => AuthError::Malformed("cannot decode the token".into()),
             }),
         }
@@ -128,6 +143,44 @@ impl JwtCodec {
             &self.encoding,
         )
         .map_err(|e| Error::crypto("cannot sign a JWT", e))
+    }
+}
+
+/// Says which claim of a (signature-checked) JWT could not be read, and why.
+fn describe_claims_error(jwt: &str) -> String {
+    use crate::wire::id;
+    let shape = "the claims must be {user_id, room_id, token, exp}: ids strings or integers, \
+                 token a string, exp seconds since the epoch";
+    let claims = jwt
+        .split('.')
+        .nth(1)
+        .and_then(|payload| URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok())
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+    let Some(serde_json::Value::Object(claims)) = claims else {
+        return shape.into();
+    };
+    for field in ["user_id", "room_id"] {
+        match claims.get(field) {
+            None => return format!("the claim `{field}` is missing; {shape}"),
+            Some(v) if id::from_value(v).is_none() => {
+                return format!(
+                    "the claim `{field}` must be {}, not {}",
+                    id::ID_EXPECTED,
+                    id::describe(v)
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    match claims.get("token") {
+        None => format!("the claim `token` is missing; {shape}"),
+        Some(v) if !v.is_string() => {
+            format!(
+                "the claim `token` must be a string, not {}",
+                id::describe(v)
+            )
+        }
+        _ => shape.into(),
     }
 }
 
@@ -212,6 +265,60 @@ mod tests {
         assert!(matches!(codec.verify(&no_exp), Err(AuthError::MissingExp)));
 
         assert!(matches!(codec.verify("abc"), Err(AuthError::Malformed(_))));
+    }
+
+    /// As the original Ruby code signs them: `user_id: current_user.id` is an Integer.
+    #[test]
+    fn integer_ids_are_read_as_their_decimal_strings() {
+        let codec = JwtCodec::new(SECRET, &[Algorithm::HS512], Duration::ZERO);
+        let exp = crate::ids::now_secs() + 600;
+        let jwt = jwt_with(
+            jsonwebtoken::Algorithm::HS512,
+            &serde_json::json!({"user_id": 42, "room_id": 7, "token": "t", "exp": exp}),
+            SECRET,
+        );
+        let claims = codec.verify(&jwt).expect("accepted");
+        assert_eq!(
+            (claims.user_id.as_str(), claims.room_id.as_str()),
+            ("42", "7")
+        );
+    }
+
+    #[test]
+    fn ids_that_are_neither_strings_nor_integers_are_refused_naming_the_claim() {
+        let codec = JwtCodec::new(SECRET, &[Algorithm::HS512], Duration::ZERO);
+        let exp = crate::ids::now_secs() + 600;
+        let cases = [
+            (
+                serde_json::json!({"user_id": 4.2, "room_id": "r", "token": "t", "exp": exp}),
+                "the claim `user_id` must be a string or an integer, not a fractional number",
+            ),
+            (
+                serde_json::json!({"user_id": "u", "room_id": true, "token": "t", "exp": exp}),
+                "the claim `room_id` must be a string or an integer, not a boolean",
+            ),
+            (
+                serde_json::json!({"user_id": {"id": 1}, "room_id": "r", "token": "t", "exp": exp}),
+                "the claim `user_id` must be a string or an integer, not an object",
+            ),
+            (
+                serde_json::json!({"room_id": "r", "token": "t", "exp": exp}),
+                "the claim `user_id` is missing",
+            ),
+            (
+                serde_json::json!({"user_id": 1, "room_id": 2, "token": 3, "exp": exp}),
+                "the claim `token` must be a string, not an integer",
+            ),
+        ];
+        for (claims, expected) in cases {
+            let jwt = jwt_with(jsonwebtoken::Algorithm::HS512, &claims, SECRET);
+            match codec.verify(&jwt) {
+                Err(AuthError::Malformed(message)) => {
+                    assert!(message.starts_with(expected), "{claims}: {message}")
+                }
+                other => panic!("{claims}: expected a malformed-token refusal, got {other:?}"),
+            }
+        }
     }
 
     #[test]

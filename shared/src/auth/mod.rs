@@ -42,6 +42,20 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, TokenRecord};
 
+/// How much older than its token row a JWT issued by Hermes may be: a row is written
+/// after the bcrypt of its token (which may queue for a while), and two replicas issuing the
+/// first token of a (user, room) at once write it twice; their clocks differ a little too.
+/// A JWT older than that was issued for a row since revoked (or replaced).
+pub const ROW_WRITE_GRACE: Duration = Duration::from_secs(60);
+
+/// Whether a JWT issued at `iat` (seconds) predates a row written at `created_at`
+/// (milliseconds) by more than [`ROW_WRITE_GRACE`].
+fn issued_before_row(iat: u64, created_at: u64) -> bool {
+    iat.saturating_add(ROW_WRITE_GRACE.as_secs())
+        .saturating_mul(1000)
+        < created_at
+}
+
 /// A freshly issued connect token.
 #[derive(Debug, Clone, Serialize)]
 pub struct IssuedToken {
@@ -164,6 +178,13 @@ impl Authenticator {
             .await
             .map_err(AuthError::Unavailable)?
             .ok_or(AuthError::NoTokenRow)?;
+        // Issuing again gives the same token, so a JWT issued before a revocation would
+        // come back to life with the next issue: its `iat` says it is older than the row.
+        if let Some(iat) = claims.iat
+            && issued_before_row(iat, row.created_at)
+        {
+            return Err(AuthError::Revoked);
+        }
         let verifier = fast_verifier(&self.config.verifier_key, &claims.token);
         if let Some(stored) = &row.fast_verifier {
             return if constant_time_eq(stored, &verifier) {
@@ -172,11 +193,8 @@ impl Authenticator {
                 Err(AuthError::Mismatch)
             };
         }
-        let token = claims.token.clone();
-        let hash = row.token_hash.clone();
         let verified = self
-            .pool
-            .run(move || bcrypt::verify(token, &hash).unwrap_or(false))
+            .bcrypt_verify(&claims.token, &row.token_hash)
             .await
             .map_err(|e| match e {
                 Error::Overloaded { retry_after } => AuthError::Overloaded(retry_after.as_secs()),
@@ -196,8 +214,18 @@ impl Authenticator {
         Ok(AuthPath::Bcrypt)
     }
 
-    /// Issues a token for (user, room): a random second-layer token, its bcrypt hash and
-    /// fast verifier stored in the registry, and the signed JWT.
+    /// Whether `token` matches a bcrypt `hash`, on the bounded pool.
+    async fn bcrypt_verify(&self, token: &str, hash: &str) -> Result<bool> {
+        let (token, hash) = (token.to_owned(), hash.to_owned());
+        self.pool
+            .run(move || bcrypt::verify(token, &hash).unwrap_or(false))
+            .await
+    }
+
+    /// Issues a token for (user, room): the signed JWT of the token the original code
+    /// makes under the server passcode (`HERMES_TOKEN_PASSCODE`), its row made sure of.
+    /// The token is the same every time, so the tokens issued earlier for (user, room), and
+    /// their sockets' reconnects, stay valid (decision 0026).
     pub async fn issue(
         &self,
         user_id: &str,
@@ -206,39 +234,65 @@ impl Authenticator {
     ) -> Result<IssuedToken> {
         crate::wire::check_id("user_id", user_id)?;
         crate::wire::check_id("room_id", room_id)?;
-        let passcode = crate::ids::random_secret(32);
-        let token = original_token(user_id, &passcode, room_id);
+        let token = original_token(user_id, &self.config.token_passcode, room_id);
         if self.config.token_check == TokenCheck::Bcrypt {
-            let cost = self.config.bcrypt_cost;
-            let plain = token.clone();
-            let hash = self
-                .pool
-                .run(move || bcrypt::hash(plain, cost))
-                .await?
-                .map_err(|e| Error::crypto("bcrypt failed", e))?;
-            let record = TokenRecord {
-                user_id: user_id.to_owned(),
-                room_id: room_id.to_owned(),
-                token_hash: hash,
-                fast_verifier: Some(fast_verifier(&self.config.verifier_key, &token)),
-                created_at: crate::ids::now_millis(),
-            };
-            self.registry.put_token(&record).await?;
-            // A replaced token invalidates the verdicts cached for the old one.
-            self.cache.forget(user_id, room_id);
+            self.register(user_id, room_id, &token).await?;
         }
         let ttl = ttl.unwrap_or(self.config.token_ttl);
-        let expires_at = crate::ids::now_secs() + ttl.as_secs();
+        let now = crate::ids::now_secs();
+        let expires_at = now + ttl.as_secs();
         let jwt = self.codec.sign(&Claims {
             user_id: user_id.to_owned(),
             room_id: room_id.to_owned(),
             token,
             exp: expires_at,
+            iat: Some(now),
         })?;
         Ok(IssuedToken {
             token: jwt,
             expires_at,
         })
+    }
+
+    /// Makes sure the row of (user, room) holds `token`. A row that already does is left
+    /// as it is (a row the original system wrote, without a verifier, is bcrypt-checked once
+    /// and gets its verifier); any other row is replaced by `bcrypt(token)` with its fast
+    /// verifier, and the verdicts cached for the old token are dropped.
+    async fn register(&self, user_id: &str, room_id: &str, token: &str) -> Result<()> {
+        let verifier = fast_verifier(&self.config.verifier_key, token);
+        if let Some(row) = self.registry.token(user_id, room_id).await? {
+            let holds_token = match &row.fast_verifier {
+                Some(stored) => constant_time_eq(stored, &verifier),
+                None => {
+                    self.bcrypt_verify(token, &row.token_hash).await?
+                        && self
+                            .registry
+                            .set_fast_verifier(user_id, room_id, &row.token_hash, &verifier)
+                            .await?
+                }
+            };
+            if holds_token {
+                return Ok(());
+            }
+        }
+        let cost = self.config.bcrypt_cost;
+        let plain = token.to_owned();
+        let hash = self
+            .pool
+            .run(move || bcrypt::hash(plain, cost))
+            .await?
+            .map_err(|e| Error::crypto("bcrypt failed", e))?;
+        let record = TokenRecord {
+            user_id: user_id.to_owned(),
+            room_id: room_id.to_owned(),
+            token_hash: hash,
+            fast_verifier: Some(verifier),
+            created_at: crate::ids::now_millis(),
+        };
+        self.registry.put_token(&record).await?;
+        // A replaced token invalidates the verdicts cached for the old one.
+        self.cache.forget(user_id, room_id);
+        Ok(())
     }
 
     /// Deletes the (user, room) token row. Returns whether one existed.
@@ -262,6 +316,7 @@ mod tests {
     use crate::registry::memory::MemoryRegistry;
 
     const SECRET: &str = "a-shared-secret-of-some-length";
+    const PASSCODE: &str = "the-original-apps-passcode";
 
     /// How a connect was accepted, or the code of its refusal.
     fn verdict(
@@ -278,6 +333,7 @@ mod tests {
             verifier_key: derive_key(SECRET.as_bytes(), b"v"),
             token_check: check,
             token_ttl: Duration::from_secs(3600),
+            token_passcode: PASSCODE.into(),
             bcrypt_cost: 4,
             bcrypt_workers: 1,
             bcrypt_queue: 4,
@@ -314,6 +370,7 @@ mod tests {
                 room_id: "r1".into(),
                 token: token.clone(),
                 exp: crate::ids::now_secs() + 600,
+                iat: None,
             })
             .expect("sign");
         let (_, path) = auth.authenticate(&jwt).await.expect("accepted");
@@ -350,6 +407,7 @@ mod tests {
                 room_id: "r1".into(),
                 token: "not-the-token".into(),
                 exp: crate::ids::now_secs() + 600,
+                iat: None,
             })
             .expect("sign");
         assert_eq!(
@@ -373,11 +431,163 @@ mod tests {
                 room_id: "r".into(),
                 token: "x".into(),
                 exp: crate::ids::now_secs() + 60,
+                iat: None,
             })
             .expect("sign");
         assert_eq!(
             verdict(auth.authenticate(&jwt).await),
             Ok(AuthPath::JwtOnly)
         );
+    }
+
+    /// A JWT of (user, room) carrying `token`, issued `age_secs` ago (`None`: no `iat`, as
+    /// the original signs them).
+    fn jwt_of(auth: &Authenticator, token: &str, age_secs: Option<u64>) -> String {
+        let now = crate::ids::now_secs();
+        auth.codec()
+            .sign(&Claims {
+                user_id: "u1".into(),
+                room_id: "r1".into(),
+                token: token.into(),
+                exp: now + 600,
+                iat: age_secs.map(|age| now - age),
+            })
+            .expect("sign")
+    }
+
+    #[tokio::test]
+    async fn issuing_again_keeps_the_earlier_tokens_of_the_user_and_room_valid() {
+        let (auth, registry) = authenticator(TokenCheck::Bcrypt);
+        let first = auth.issue("u1", "r1", None).await.expect("first");
+        let row = registry.token("u1", "r1").await.expect("read");
+        let second = auth.issue("u1", "r1", None).await.expect("second");
+        // The row is left as it was: same hash, same verifier, same age.
+        assert_eq!(registry.token("u1", "r1").await.expect("read"), row);
+        for jwt in [&first.token, &second.token] {
+            auth.forget("u1", "r1");
+            assert_eq!(
+                verdict(auth.authenticate(jwt).await),
+                Ok(AuthPath::FastVerifier)
+            );
+        }
+        // The token is the original's, under the server passcode.
+        let claims = auth.codec().verify(&second.token).expect("claims");
+        assert_eq!(claims.token, original_token("u1", PASSCODE, "r1"));
+    }
+
+    #[tokio::test]
+    async fn revoking_refuses_every_token_and_a_new_issue_does_not_revive_older_ones() {
+        let (auth, registry) = authenticator(TokenCheck::Bcrypt);
+        let first = auth.issue("u1", "r1", None).await.expect("first");
+        let second = auth.issue("u1", "r1", None).await.expect("second");
+        assert!(auth.revoke("u1", "r1").await.expect("revoke"));
+        for jwt in [&first.token, &second.token] {
+            assert_eq!(
+                verdict(auth.authenticate(jwt).await),
+                Err("token_not_registered")
+            );
+        }
+        // Issued again: the same token, in a row written now.
+        let again = auth.issue("u1", "r1", None).await.expect("again");
+        let token = original_token("u1", PASSCODE, "r1");
+        let row = registry
+            .token("u1", "r1")
+            .await
+            .expect("read")
+            .expect("row");
+        // A JWT of the same token issued before the revocation (two minutes ago) is refused.
+        let before = jwt_of(&auth, &token, Some(ROW_WRITE_GRACE.as_secs() + 60));
+        assert_eq!(
+            verdict(auth.authenticate(&before).await),
+            Err("token_revoked")
+        );
+        // One issued within the grace, and the new one, connect.
+        let within = jwt_of(&auth, &token, Some(ROW_WRITE_GRACE.as_secs() - 30));
+        for jwt in [&within, &again.token] {
+            auth.forget("u1", "r1");
+            assert_eq!(
+                verdict(auth.authenticate(jwt).await),
+                Ok(AuthPath::FastVerifier)
+            );
+        }
+        assert!(row.created_at >= (crate::ids::now_secs() - 5) * 1000);
+    }
+
+    /// `HERMES_TOKEN_PASSCODE` set to the original app's passcode: a row the original
+    /// wrote (no verifier) is the row of the token Hermes issues; it is kept, its JWTs go on
+    /// connecting, and it gets its verifier.
+    #[tokio::test]
+    async fn a_row_of_the_same_token_written_by_the_original_is_kept() {
+        let (auth, registry) = authenticator(TokenCheck::Bcrypt);
+        let token = original_token("u1", PASSCODE, "r1");
+        let original = TokenRecord {
+            user_id: "u1".into(),
+            room_id: "r1".into(),
+            token_hash: bcrypt::hash(&token, 4).expect("hash"),
+            fast_verifier: None,
+            created_at: 0,
+        };
+        registry.put_token(&original).await.expect("put");
+        let issued = auth.issue("u1", "r1", None).await.expect("issued");
+        let row = registry
+            .token("u1", "r1")
+            .await
+            .expect("read")
+            .expect("row");
+        assert_eq!(
+            (row.token_hash.as_str(), row.created_at),
+            (original.token_hash.as_str(), 0)
+        );
+        assert_eq!(
+            row.fast_verifier,
+            Some(fast_verifier(&auth.config.verifier_key, &token))
+        );
+        for jwt in [jwt_of(&auth, &token, None), issued.token] {
+            auth.forget("u1", "r1");
+            assert_eq!(
+                verdict(auth.authenticate(&jwt).await),
+                Ok(AuthPath::FastVerifier)
+            );
+        }
+    }
+
+    /// A row of another token (another passcode, or one from before this version): issuing
+    /// replaces it, and its JWTs are refused from then on.
+    #[tokio::test]
+    async fn a_row_of_another_token_is_replaced() {
+        let (auth, registry) = authenticator(TokenCheck::Bcrypt);
+        let other = original_token("u1", "another-passcode", "r1");
+        registry
+            .put_token(&TokenRecord {
+                user_id: "u1".into(),
+                room_id: "r1".into(),
+                token_hash: bcrypt::hash(&other, 4).expect("hash"),
+                fast_verifier: None,
+                created_at: 0,
+            })
+            .await
+            .expect("put");
+        let old = jwt_of(&auth, &other, None);
+        assert_eq!(verdict(auth.authenticate(&old).await), Ok(AuthPath::Bcrypt));
+        let issued = auth.issue("u1", "r1", None).await.expect("issued");
+        assert_eq!(
+            verdict(auth.authenticate(&old).await),
+            Err("token_mismatch")
+        );
+        assert_eq!(
+            verdict(auth.authenticate(&issued.token).await),
+            Ok(AuthPath::FastVerifier)
+        );
+    }
+
+    #[test]
+    fn a_jwt_is_older_than_its_row_only_beyond_the_grace() {
+        let grace = ROW_WRITE_GRACE.as_secs();
+        let row_written = 1_000_000 * 1000;
+        assert!(!issued_before_row(1_000_000, row_written));
+        assert!(!issued_before_row(1_000_000 - grace, row_written));
+        assert!(issued_before_row(1_000_000 - grace - 1, row_written));
+        assert!(!issued_before_row(1_000_001, row_written));
+        assert!(!issued_before_row(u64::MAX, row_written));
     }
 }

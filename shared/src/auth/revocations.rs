@@ -98,6 +98,7 @@ mod tests {
             bcrypt_priority: BcryptPriority::Nice(0),
             cache_ttl: Duration::from_secs(60),
             cache_capacity: 100,
+            token_passcode: "passcode".into(),
         };
         let auth = Arc::new(Authenticator::new(
             config,
@@ -122,6 +123,7 @@ mod tests {
                 room_id: "r".into(),
                 token,
                 exp: crate::ids::now_secs() + 3600,
+                iat: None,
             })
             .expect("sign");
 

@@ -51,7 +51,9 @@ pub enum AuthError {
     NoTokenRow,
     #[error("the token does not match the one registered for this user and room")]
     Mismatch,
-    #[error("the token was revoked while this connect was checked")]
+    #[error(
+        "the token was revoked: while this connect was checked, or before it was issued again; request a new one"
+    )]
     Revoked,
     #[error("the Origin {0:?} is not allowed to connect")]
     OriginNotAllowed(String),

@@ -54,6 +54,33 @@ mod tests {
         );
     }
 
+    /// Hashes made by crypt_blowfish, the C code Ruby's `bcrypt` gem wraps (its own test
+    /// vectors, `$2a$`): the second layer verifies rows the original wrote.
+    #[test]
+    fn hashes_made_by_rubys_bcrypt_verify() {
+        for (password, hash) in [
+            (
+                "U*U",
+                "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW",
+            ),
+            (
+                "U*U*",
+                "$2a$05$CCCCCCCCCCCCCCCCCCCCC.VGOzA784oUp/Z0DY336zx7pLYAy0lwK",
+            ),
+            (
+                "U*U*U",
+                "$2a$05$XXXXXXXXXXXXXXXXXXXXXOAcXxm9kjPGEMsLznoKqmqw7tc8WCx4a",
+            ),
+            (
+                "",
+                "$2a$05$CCCCCCCCCCCCCCCCCCCCC.7uG0VCzI2bS7j6ymqJi9CdcdxiRTWNy",
+            ),
+        ] {
+            assert_eq!(bcrypt::verify(password, hash).ok(), Some(true), "{hash}");
+            assert_eq!(bcrypt::verify("wrong", hash).ok(), Some(false), "{hash}");
+        }
+    }
+
     #[test]
     fn verifiers_compare_equal_only_when_identical() {
         let key = derive_key(b"a-shared-secret-of-some-length", b"v");

@@ -29,6 +29,7 @@ pub async fn run_all(r: &dyn Registry) {
     room_and_user_lookups_return_holding_gateways(r).await;
     connections_are_found_by_id(r).await;
     fast_verifier_is_stored_only_for_the_same_hash(r).await;
+    a_token_row_reads_back_as_put_and_a_put_replaces_it_whole(r).await;
     reap_gateway_deletes_every_row_of_that_gateway_only(r).await;
     history_is_read_after_a_position_in_order(r).await;
     history_read_says_when_more_came_than_the_limit(r).await;
@@ -109,6 +110,33 @@ async fn fast_verifier_is_stored_only_for_the_same_hash(r: &dyn Registry) {
     assert!(r.delete_token("u", "r").await.expect("delete"));
     assert!(!r.delete_token("u", "r").await.expect("delete twice"));
     assert_eq!(r.token("u", "r").await.expect("get"), None);
+}
+
+/// The authorizer keeps a row that already holds the token it issues and compares a JWT's
+/// `iat` with the row's `created_at`: both need the row exactly as it was put.
+async fn a_token_row_reads_back_as_put_and_a_put_replaces_it_whole(r: &dyn Registry) {
+    let first = TokenRecord {
+        user_id: "42".into(),
+        room_id: "company-7".into(),
+        token_hash: "$2a$12$first-hash".into(),
+        fast_verifier: Some("first-verifier".into()),
+        created_at: 1_795_000_000_123,
+    };
+    r.put_token(&first).await.expect("put");
+    assert_eq!(
+        r.token("42", "company-7").await.expect("get"),
+        Some(first.clone())
+    );
+    let second = TokenRecord {
+        token_hash: "$2b$10$second-hash".into(),
+        fast_verifier: None,
+        created_at: 1_795_000_060_456,
+        ..first
+    };
+    r.put_token(&second).await.expect("replace");
+    assert_eq!(r.token("42", "company-7").await.expect("get"), Some(second));
+    assert_eq!(r.token("42", "company-8").await.expect("get"), None);
+    assert!(r.delete_token("42", "company-7").await.expect("delete"));
 }
 
 /// Two gateways hold the same room and user and a connection each, established by

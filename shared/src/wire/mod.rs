@@ -1,13 +1,15 @@
 //! Wire types, one file per interface: the queue message and the publish answer
 //! (`queue`), what browsers receive and send (`browser`), and the internal API between
 //! routers and gateways (`internal`: paths, secret header, deliver request and answer,
-//! deliver stream frames and subprotocol, connection details).
+//! deliver stream frames and subprotocol, connection details), and how ids are read
+//! (`id`: a string, or an integer read as its decimal string).
 //!
 //! Browsers receive exactly `{"user_id": <sender>, "data": <data>}`, the original format.
 //! That text is serialized once per message ([`Frame`]) and shared by every socket and
 //! every gateway that receives it.
 
 mod browser;
+pub mod id;
 mod internal;
 mod queue;
 

@@ -10,17 +10,25 @@ use crate::error::{Error, Result};
 /// A message to push: the body of a queue message or of `POST /v1/publish`.
 ///
 /// The original format is `{"user_id", "room_id", "data"}`; the optional fields select a
-/// narrower target. `data` is kept as raw JSON: it is copied, never re-encoded.
+/// narrower target. `data` is kept as raw JSON: it is copied, never re-encoded. The ids
+/// `user_id`, `room_id` and `to_user_id` may be JSON integers (the original's Ruby code
+/// sends `current_user.id`): they are read as their decimal strings ([`super::id`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PublishMessage {
     /// The sender, shown to browsers as `user_id`.
+    #[serde(deserialize_with = "super::id::deserialize")]
     pub user_id: String,
     /// The room (tenant, channel) the message belongs to.
+    #[serde(deserialize_with = "super::id::deserialize")]
     pub room_id: String,
     /// The payload, any JSON value.
     pub data: Box<RawValue>,
     /// Only this user's sockets in `room_id`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "super::id::deserialize_optional",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub to_user_id: Option<String>,
     /// Only this connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,18 +119,24 @@ fn describe_parse_error(body: &[u8], error: &serde_json::Error) -> String {
             return format!("field `{field}` is required");
         }
     }
-    for field in [
-        "user_id",
-        "room_id",
-        "to_user_id",
-        "connection_id",
-        "exclude_connection_id",
-        "id",
-    ] {
-        let optional = !matches!(field, "user_id" | "room_id");
+    // Ids: a string, or an integer (read as its decimal string).
+    for field in ["user_id", "room_id", "to_user_id"] {
+        let optional = field == "to_user_id";
+        if let Some(v) = object.get(field)
+            && super::id::from_value(v).is_none()
+            && !(optional && v.is_null())
+        {
+            return format!(
+                "field `{field}` must be {}, not {}",
+                super::id::ID_EXPECTED,
+                super::id::describe(v)
+            );
+        }
+    }
+    for field in ["connection_id", "exclude_connection_id", "id"] {
         if let Some(v) = object.get(field)
             && !v.is_string()
-            && !(optional && v.is_null())
+            && !v.is_null()
         {
             return format!("field `{field}` must be a string");
         }
@@ -222,22 +236,30 @@ mod tests {
 
     #[test]
     fn invalid_messages_name_the_field() {
-        let cases: [(&[u8], &str); 7] = [
+        let cases: [(&[u8], &str); 9] = [
             (b"not json", "not valid JSON"),
             (b"[1,2]", "JSON object"),
             (br#"{"user_id":"u","data":1}"#, "`room_id` is required"),
             (br#"{"user_id":"u","room_id":"r"}"#, "`data` is required"),
             (
-                br#"{"user_id":5,"room_id":"r","data":1}"#,
-                "`user_id` must be a string",
+                br#"{"user_id":5.5,"room_id":"r","data":1}"#,
+                "`user_id` must be a string or an integer, not a fractional number",
             ),
             (
                 br#"{"user_id":"u","room_id":"","data":1}"#,
                 "`room_id` must not be empty",
             ),
             (
-                br#"{"user_id":"u","room_id":"r","data":1,"to_user_id":7}"#,
-                "`to_user_id` must be a string",
+                br#"{"user_id":"u","room_id":"r","data":1,"to_user_id":true}"#,
+                "`to_user_id` must be a string or an integer, not a boolean",
+            ),
+            (
+                br#"{"user_id":"u","room_id":{"id":7},"data":1}"#,
+                "`room_id` must be a string or an integer, not an object",
+            ),
+            (
+                br#"{"user_id":"u","room_id":"r","data":1,"connection_id":7}"#,
+                "`connection_id` must be a string",
             ),
         ];
         for (body, expected) in cases {
@@ -251,6 +273,33 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn integer_ids_are_read_as_their_decimal_strings() {
+        // As the original Ruby backend publishes: `current_user.id` is an Integer.
+        let m = PublishMessage::parse(
+            br#"{"user_id":42,"room_id":7,"to_user_id":43,"data":{"type":"x"}}"#,
+            MAX,
+        )
+        .expect("valid");
+        assert_eq!((m.user_id.as_str(), m.room_id.as_str()), ("42", "7"));
+        assert_eq!(
+            m.target(),
+            Target::User {
+                user_id: "43".into(),
+                room_id: Some("7".into())
+            }
+        );
+        assert_eq!(
+            m.frame().as_str(),
+            r#"{"user_id":"42","data":{"type":"x"}}"#
+        );
+        // Read again from its own serialization (a retry copy), it is the same message.
+        let again =
+            PublishMessage::parse(&serde_json::to_vec(&m).expect("json"), MAX).expect("valid");
+        assert_eq!(again.target(), m.target());
+        assert_eq!(again.frame().as_str(), m.frame().as_str());
     }
 
     /// A message whose `data` is a JSON string of `len` bytes in all (quotes included).
