@@ -18,9 +18,9 @@
 #            write a kubeconfig that authenticates as that ServiceAccount
 #            (TokenRequest API, 1h token), to check a chart's RBAC
 #   paths    print the binary, state and log paths
-#   pin K8S_VERSION   rewrite go/apiserver/go.mod for another k8s.io/kubernetes
-#            v1.N.P: every staging module kubernetes replaces locally is
-#            pinned to the published v0.N.P; then go mod tidy
+#   pin K8S_VERSION   rewrite go/apiserver/go.mod and go/node/go.mod for another
+#            k8s.io/kubernetes v1.N.P: every staging module kubernetes replaces
+#            locally is pinned to the published v0.N.P; then go mod tidy
 #
 # Environment:
 #   HERMES_CACHE        cache root (default ~/.cache/hermes); binaries go to
@@ -408,25 +408,25 @@ cmd_sa_kubeconfig() {
   echo "KUBECONFIG=$out"
 }
 
-cmd_pin() {
-  local v=${1:?usage: pin v1.N.P} dir=$GO_DIR/apiserver mod
-  [[ $v =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || die "expected v1.N.P, got $v"
-  local staging="v0.${BASH_REMATCH[1]}.${BASH_REMATCH[2]}"
-  mod=$(cd "$dir" && GOWORK=off go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
-  [ -f "$mod" ] || die "could not download k8s.io/kubernetes@$v"
+# write_wrapper DIR MODULE K8S_GO_MOD VERSION STAGING COMMENT TOOL...: a wrapper
+# go.mod requiring k8s.io/kubernetes VERSION with its staging modules pinned
+write_wrapper() {
+  local dir=$1 module=$2 mod=$3 v=$4 staging=$5 comment=$6 t
+  shift 6
   {
-    # shellcheck disable=SC2016
-    echo '// Wrapper module: builds kube-apiserver from k8s.io/kubernetes with `go build`.'
+    echo "// $comment"
     echo '// k8s.io/kubernetes requires its staging modules at v0.0.0 with local replaces;'
     echo '// here each one is pinned to the published v0.N.P matching v1.N.P.'
     echo '// Regenerate with: scripts/kube/control-plane.sh pin v1.N.P'
-    echo 'module hermes.local/kube/apiserver'
+    echo "module $module"
     echo
     sed -n 's/^go \(.*\)/go \1/p' "$mod"
     echo
     grep '^godebug ' "$mod" || true
     echo
-    printf 'tool (\n\tk8s.io/kubernetes/cmd/kube-apiserver\n\tk8s.io/kubernetes/cmd/kubectl\n)\n'
+    echo 'tool ('
+    for t in "$@"; do printf '\t%s\n' "$t"; done
+    echo ')'
     echo
     echo "require k8s.io/kubernetes $v"
     echo
@@ -438,6 +438,24 @@ cmd_pin() {
   rm -f "$dir/go.sum"
   (cd "$dir" && GOWORK=off go mod tidy)
   log "pinned k8s.io/kubernetes $v with staging modules at $staging in $dir/go.mod"
+}
+
+cmd_pin() {
+  local v=${1:?usage: pin v1.N.P} mod
+  [[ $v =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || die "expected v1.N.P, got $v"
+  local staging="v0.${BASH_REMATCH[1]}.${BASH_REMATCH[2]}"
+  mod=$(cd "$GO_DIR/apiserver" && GOWORK=off go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+  [ -f "$mod" ] || die "could not download k8s.io/kubernetes@$v"
+  # shellcheck disable=SC2016
+  write_wrapper "$GO_DIR/apiserver" hermes.local/kube/apiserver "$mod" "$v" "$staging" \
+    'Wrapper module: builds kube-apiserver from k8s.io/kubernetes with `go build`.' \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+  # the node's binaries (scripts/kube/node.sh) at the same version
+  # shellcheck disable=SC2016
+  write_wrapper "$GO_DIR/node" hermes.local/kube/node "$mod" "$v" "$staging" \
+    'Wrapper module: builds kubelet, kube-proxy, kube-controller-manager and kube-scheduler from k8s.io/kubernetes with `go build` (scripts/kube/node.sh).' \
+    k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-proxy \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet
 }
 
 cmd_reset() {

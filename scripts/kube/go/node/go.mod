@@ -1,6 +1,4 @@
-// Wrapper module: builds the node binaries (kubelet, kube-proxy) and the
-// controllers (kube-controller-manager, kube-scheduler) from k8s.io/kubernetes
-// with `go build`, at the same version as ../apiserver.
+// Wrapper module: builds kubelet, kube-proxy, kube-controller-manager and kube-scheduler from k8s.io/kubernetes with `go build` (scripts/kube/node.sh).
 // k8s.io/kubernetes requires its staging modules at v0.0.0 with local replaces;
 // here each one is pinned to the published v0.N.P matching v1.N.P.
 // Regenerate with: scripts/kube/control-plane.sh pin v1.N.P
