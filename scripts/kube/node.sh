@@ -218,12 +218,29 @@ start_daemon() {
   echo $! > "$STATE/run/$name.pid"
 }
 running() { pidfile_pid "$STATE/run/$1.pid" "$2" >/dev/null; }
+# alive PID: running, not a zombie (the daemons are children of PID 1 here, which
+# reaps them only every few seconds, so `kill -0` alone waits for that)
+alive() { [ -r "/proc/$1/stat" ] && [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+# stop_pid PID TIMEOUT [SIGNAL]: signal, wait until it is gone, SIGKILL after TIMEOUT s
+stop_pid() {
+  local pid=$1 timeout=$2 n=0
+  kill -s "${3:-TERM}" "$pid" 2>/dev/null || return 0
+  while alive "$pid"; do
+    if [ "$n" -eq $((timeout * 10)) ]; then
+      log "pid $pid still running after ${timeout}s; SIGKILL"
+      kill -s KILL "$pid" 2>/dev/null || true
+    fi
+    sleep 0.1
+    n=$((n + 1))
+  done
+}
 stop_daemon() { # stop_daemon NAME BIN [TIMEOUT]
   local pid
   pid=$(pidfile_pid "$STATE/run/$1.pid" "$2") || { rm -f "$STATE/run/$1.pid"; return 0; }
-  terminate "$pid" "${3:-15}" >/dev/null
+  local t0; t0=$(now_ms)
+  stop_pid "$pid" "${3:-15}"
   rm -f "$STATE/run/$1.pid"
-  log "stopped $1 (pid $pid)"
+  log "stopped $1 (pid $pid) in $(fmt_secs $(( $(now_ms) - t0 )))"
 }
 # wait_until WHAT TIMEOUT NAME BIN CHECK...: poll CHECK; fail early if NAME died
 wait_until() {
@@ -604,16 +621,17 @@ unmount_under() { # unmount every mount point under $1, deepest first
 }
 
 cmd_down() {
-  local netns_paths p
+  local netns_paths p t0
+  t0=$(now_ms)
   netns_paths=$(pod_netns_paths || true)
   stop_daemon kubelet "$KUBELET_BIN" 30
   stop_daemon kube-proxy "$PROXY_BIN"
   stop_daemon coredns "$COREDNS_BIN"
   # the pods' processes: every one of them is in /$CGROUP_ROOT
   cgroups_down
-  for p in $(shims_of_ours); do terminate "$p" 5 >/dev/null; done
+  for p in $(shims_of_ours); do stop_pid "$p" 5; done
   stop_daemon containerd "$(command -v containerd || echo containerd)" 30
-  for p in $(shims_of_ours); do terminate "$p" 5 KILL >/dev/null; done
+  for p in $(shims_of_ours); do stop_pid "$p" 5 KILL; done
   for p in $netns_paths; do
     [[ $p == /run/netns/* || $p == /var/run/netns/* ]] || continue
     umount "$p" 2>/dev/null || umount -l "$p" 2>/dev/null || true
@@ -631,7 +649,7 @@ cmd_down() {
     die "mounts remain under $STATE or $RUN; not deleting them"
   fi
   rm -rf --one-file-system "$RUN" "$STATE"
-  log "down: node state removed ($STATE, $RUN, $CP_STATE)"
+  log "down: node state removed ($STATE, $RUN, $CP_STATE) in $(fmt_secs $(( $(now_ms) - t0 )))"
 }
 
 # --- status, env ---------------------------------------------------------------------
