@@ -107,7 +107,9 @@ base_rootfs() {
     chmod 1777 tmp; chmod 700 root home/nonroot
   )
   touch "$tmp/.complete"
-  rm -rf "$dir"; mv "$tmp" "$dir"
+  # bases of other package versions (or of an older recipe) are not needed again
+  find "$CACHE/image-base" -mindepth 1 -maxdepth 1 -name 'cc-debian12-*' -exec rm -rf {} +
+  mv "$tmp" "$dir"
   echo "$dir"
 }
 
@@ -138,7 +140,7 @@ build_hermes() {
   # every library the binaries load must be in the base (ldd on the machine,
   # which is the same Debian release)
   local lib
-  for lib in $(ldd "$bin/hermes-gateway" "$bin/hermes-consumer" | awk '$2 == "=>" { print $3 } $1 ~ /^\// { print $1 }' | sort -u); do
+  for lib in $(ldd "$bin/hermes-gateway" "$bin/hermes-consumer" | awk '$2 == "=>" { print $3 } $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | sort -u); do
     [ -e "$rootfs$lib" ] || [ -e "$rootfs/usr$lib" ] || die "$lib (needed by the binaries) is not in the base"
   done
   mkdir -p "$CACHE/images"
@@ -184,7 +186,7 @@ build_node_test() {
   cp -a "$base/rootfs/." "$rootfs/"
   install -D -m 0755 "$tmp/package/bin/node" "$rootfs/usr/local/bin/node"
   local lib
-  for lib in $(ldd "$rootfs/usr/local/bin/node" | awk '$2 == "=>" { print $3 } $1 ~ /^\// { print $1 }' | sort -u); do
+  for lib in $(ldd "$rootfs/usr/local/bin/node" | awk '$2 == "=>" { print $3 } $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | sort -u); do
     [ -e "$rootfs$lib" ] || [ -e "$rootfs/usr$lib" ] || die "$lib (needed by node) is not in the base"
   done
   mkdir -p "$CACHE/images"
