@@ -339,7 +339,12 @@ CONTAINERD_SOCK=$RUN/containerd/containerd.sock
 ctr_k8s() { ctr --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
 
 write_configs() {
-  mkdir -p "$STATE"/{containerd,cni/net.d,cni/ipam,kubelet,kube-proxy,coredns,logs,run} "$RUN"
+  mkdir -p "$STATE"/{containerd,cni/net.d,cni/ipam,cni/bin,kubelet,kube-proxy,coredns,logs,run} "$RUN"
+  # CNI plugins: Debian's, and the node's own hermes-host-loopback
+  local plugin ports_json
+  for plugin in /usr/lib/cni/*; do ln -sfn "$plugin" "$STATE/cni/bin/$(basename "$plugin")"; done
+  install -m 0755 "$HERE/cni/hermes-host-loopback" "$STATE/cni/bin/hermes-host-loopback"
+  ports_json=$(jq -nc --arg p "$FORWARD_PORTS" '$p | split(" ") | map(select(length > 0) | tonumber)')
   cat > "$STATE/containerd/config.toml" <<EOF
 # Written by scripts/kube/node.sh
 version = 2
@@ -374,7 +379,7 @@ state = "$RUN/containerd"
         BinaryName = "$(command -v runc)"
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+    bin_dir = "$STATE/cni/bin"
     conf_dir = "$STATE/cni/net.d"
     max_conf_num = 1
 EOF
@@ -396,7 +401,8 @@ EOF
         "dataDir": "$STATE/cni/ipam"
       }
     },
-    {"type": "portmap", "capabilities": {"portMappings": true}}
+    {"type": "portmap", "capabilities": {"portMappings": true}},
+    {"type": "hermes-host-loopback", "host": "$HOST_IP", "ports": $ports_json}
   ]
 }
 EOF
