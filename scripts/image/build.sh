@@ -132,6 +132,14 @@ build_hermes() {
   local bin=$CARGO_TARGET_DIR/release
   if [ ! -x "$bin/hermes-gateway" ] || [ ! -x "$bin/hermes-consumer" ]; then die "no release binaries in $bin"; fi
   base=$(base_rootfs)
+  mkdir -p "$CACHE/images"
+  out=$CACHE/images/hermes-$tag.tar
+  if [ -f "$out" ] && [ "$out" -nt "$bin/hermes-gateway" ] && [ "$out" -nt "$bin/hermes-consumer" ] &&
+    [ "$out" -nt "$base/.complete" ] && [ "$out" -nt "$0" ]; then
+    log "cached $name: $out"
+    emit "$out" "$name"
+    return 0
+  fi
   rootfs=$(mktemp -d)
   CLEANUP+=("$rootfs")
   cp -a "$base/rootfs/." "$rootfs/"
@@ -143,8 +151,6 @@ build_hermes() {
   for lib in $(ldd "$bin/hermes-gateway" "$bin/hermes-consumer" | awk '$2 == "=>" { print $3 } $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | sort -u); do
     [ -e "$rootfs$lib" ] || [ -e "$rootfs/usr$lib" ] || die "$lib (needed by the binaries) is not in the base"
   done
-  mkdir -p "$CACHE/images"
-  out=$CACHE/images/hermes-$tag.tar
   local args=(--rootfs "$rootfs" --name "$name" --out "$out"
     --user 65532:65532 --cmd '["hermes-gateway","serve"]' --workdir "$BASE_WORKDIR"
     --expose 8080/tcp --expose 8081/tcp --expose 8082/tcp
@@ -154,6 +160,9 @@ build_hermes() {
   # the Dockerfile's labels, read from it
   while IFS= read -r e; do args+=(--label "$e"); done < <(dockerfile_labels)
   python3 "$HERE/oci-image.py" "${args[@]}" >/dev/null
+  # older Hermes images (one per commit) are not kept: the two newest stay
+  find "$CACHE/images" -maxdepth 1 -name 'hermes-*.tar' -printf '%T@ %p\n' | sort -rn | tail -n +3 |
+    cut -d' ' -f2- | xargs -r rm -f
   log "built $name ($(du -h "$out" | cut -f1)) in $((SECONDS - t0)) s: $out"
   emit "$out" "$name"
 }

@@ -191,7 +191,7 @@ cmd_build() {
 # --- prerequisites (Debian packages) -------------------------------------------
 ensure_packages() {
   local missing=() p
-  for p in containerd:containerd runc:runc iptables:iptables conntrack:conntrack socat:socat \
+  for p in containerd:containerd runc:runc iptables:iptables conntrack:conntrack socat:socat jq:jq \
     containernetworking-plugins:/usr/lib/cni/bridge; do
     command -v "${p#*:}" >/dev/null 2>&1 || [ -x "${p#*:}" ] || missing+=("${p%%:*}")
   done
