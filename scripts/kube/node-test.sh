@@ -14,6 +14,16 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 
+# One node per machine (one network namespace, one state dir): test runs from
+# several checkouts take turns.
+lock=${HERMES_CACHE:-$HOME/.cache/hermes}/state/node-test.lock
+mkdir -p "$(dirname "$lock")"
+exec 9>"$lock"
+if ! flock -n 9; then
+  echo "node-test: another run holds $lock; waiting (30 min at most)"
+  flock -w 1800 9 || { echo "node-test: still locked after 30 min"; exit 1; }
+fi
+
 passed=0 failed=0
 part() { # part NAME COMMAND...: run, time, count
   local name=$1 t0=$SECONDS rc=0
@@ -36,6 +46,8 @@ finish() {
 }
 trap finish EXIT
 
+# from a clean slate: a run that was cut short may have left a node behind
+"$HERE/node.sh" down >/dev/null 2>&1 || true
 part "node up" "$HERE/node.sh" up
 part "node check (pods Ready, pod IP, Service from the host, DNS, API from a pod)" "$HERE/node.sh" check
 image_env=$(mktemp)
