@@ -106,6 +106,8 @@ amqp:
   queue: $QUEUE
 tests:
   image: $TEST_IMAGE
+pdb:
+  enabled: true
 EOF
 t0=$(now_ms)
 log "helm upgrade --install $RELEASE charts/hermes -n $NS (consumer.mode=$mode, image $HERMES_IMAGE, pullPolicy Never)"
