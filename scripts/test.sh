@@ -14,7 +14,9 @@
 # and rendered with every ci/*-values.yaml (helm built from its Go module, cached) and
 # k8s/hermes.yaml is checked to be current; every rendered manifest is applied as a
 # server-side dry run to a real kube-apiserver built from its Go module
-# (scripts/kube/control-plane.sh, cached). Build outputs are cached outside the
+# (scripts/kube/control-plane.sh, cached). Last, the chart is installed for real on a
+# one-node cluster on this machine (scripts/kube/node-test.sh: the image from the release
+# binaries, helm install, helm test). Build outputs are cached outside the
 # checkout in $CARGO_TARGET_DIR (default ~/.cache/hermes/target), so a second run skips
 # the work. The last line sums up every runner: "N passed, N failed".
 set -euo pipefail
@@ -95,13 +97,20 @@ step "manifests" scripts/kube/render-manifests.sh --check
 step "api server dry run" scripts/kube/dry-run.sh
 step "api gateway sdks" env HERMES_GATEWAY_BIN="$CARGO_TARGET_DIR/debug/hermes-gateway" tests/sdk/run.sh
 step "browser tests" env HERMES_GATEWAY_BIN="$CARGO_TARGET_DIR/debug/hermes-gateway" tests/browser/run.sh
+# The chart installed for real (docs/dev/node.md, docs/dev/image.md): a one-node Kubernetes
+# cluster on this machine, the image built from the release binaries without a Docker engine
+# and checked against the Dockerfile, helm install in both consumer modes, every pod Ready,
+# helm test; the node is removed afterwards. Warm about 1.5 min; cold it adds the release
+# build and the node's Go builds.
+kube_node() { scripts/kube/node-test.sh; }
+step "kubernetes node" kube_node
 
 # One closing line over every runner (cargo's "test result:" lines, helm's "helm: N passed,
 # N failed" and node's "# pass"/"# fail").
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
-helm_pass=$(grep -E '^(helm|dry-run|vendor|deps): [0-9]+ passed' "$log" | awk '{s+=$2} END {print s+0}')
-helm_fail=$(grep -Eo '^(helm|dry-run|vendor|deps): [0-9]+ passed, [0-9]+ failed' "$log" | awk '{s+=$4} END {print s+0}')
+helm_pass=$(grep -E '^(helm|dry-run|vendor|deps|node): [0-9]+ passed' "$log" | awk '{s+=$2} END {print s+0}')
+helm_fail=$(grep -Eo '^(helm|dry-run|vendor|deps|node): [0-9]+ passed, [0-9]+ failed' "$log" | awk '{s+=$4} END {print s+0}')
 node_pass=$(grep -E '^# pass [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')
 node_fail=$(grep -E '^# fail [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')
 echo

@@ -18,9 +18,9 @@
 #            write a kubeconfig that authenticates as that ServiceAccount
 #            (TokenRequest API, 1h token), to check a chart's RBAC
 #   paths    print the binary, state and log paths
-#   pin K8S_VERSION   rewrite go/apiserver/go.mod for another k8s.io/kubernetes
-#            v1.N.P: every staging module kubernetes replaces locally is
-#            pinned to the published v0.N.P; then go mod tidy
+#   pin K8S_VERSION   rewrite go/apiserver/go.mod and go/node/go.mod for another
+#            k8s.io/kubernetes v1.N.P: every staging module kubernetes replaces
+#            locally is pinned to the published v0.N.P; then go mod tidy
 #
 # Environment:
 #   HERMES_CACHE        cache root (default ~/.cache/hermes); binaries go to
@@ -31,6 +31,18 @@
 #                       else pick free ones)
 #   HERMES_KUBE_START_TIMEOUT  seconds to wait for /readyz (default 180)
 #   HERMES_KUBE_APISERVER_EXTRA_ARGS  extra kube-apiserver flags (word-split)
+#   HERMES_KUBE_ADDRESS   address kube-apiserver binds and advertises, and the
+#                       kubeconfig's server (default 127.0.0.1); another address
+#                       is added to the certificate (used by scripts/kube/node.sh)
+#   HERMES_KUBE_SERVICE_CIDR  --service-cluster-ip-range (default 10.0.0.0/24);
+#                       its first address is in the certificate
+#   HERMES_KUBE_PROFILE   `tests` (default: no ServiceAccount admission, no
+#                       endpoint reconciler, for tests that play the controllers)
+#                       or `node` (for a cluster with controllers and a kubelet:
+#                       ServiceAccount admission on, the `kubernetes` Service
+#                       gets the advertised address as endpoint, the apiserver
+#                       reaches kubelets at their InternalIP and authenticates
+#                       to them with the admin certificate)
 #   Go: the default GOMODCACHE/GOCACHE are used (they persist on the machine);
 #   set them to move the caches.
 set -euo pipefail
@@ -43,6 +55,10 @@ CACHE=${HERMES_CACHE:-$HOME/.cache/hermes}
 STATE=${HERMES_KUBE_STATE:-$CACHE/state/control-plane}
 PKI=$STATE/pki
 START_TIMEOUT=${HERMES_KUBE_START_TIMEOUT:-180}
+ADDR=${HERMES_KUBE_ADDRESS:-127.0.0.1}
+SERVICE_CIDR=${HERMES_KUBE_SERVICE_CIDR:-10.0.0.0/24}
+PROFILE=${HERMES_KUBE_PROFILE:-tests}
+case $PROFILE in tests | node) ;; *) printf '[control-plane] error: HERMES_KUBE_PROFILE must be tests or node, not %s\n' "$PROFILE" >&2; exit 1 ;; esac
 
 log() { printf '[control-plane] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -111,8 +127,9 @@ cmd_build() {
 }
 
 # --- helpers -----------------------------------------------------------------
-port_free() { # true when nothing listens on 127.0.0.1:$1
-  ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+port_free() { # true when nothing listens on 127.0.0.1:$1 (and on $ADDR:$1)
+  ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null &&
+    { [ "$ADDR" = 127.0.0.1 ] || ! (exec 3<>"/dev/tcp/$ADDR/$1") 2>/dev/null; }
 }
 pick_port() { # pick_port PREFERRED EXCLUDE...
   local p=$1; shift
@@ -123,6 +140,12 @@ pick_port() { # pick_port PREFERRED EXCLUDE...
     port_free "$p" && { echo "$p"; return; }
   done
   die "no free port found"
+}
+# first address of $SERVICE_CIDR (the `kubernetes` Service's ClusterIP)
+service_ip() {
+  local net=${SERVICE_CIDR%/*} a b c d
+  IFS=. read -r a b c d <<<"$net"
+  echo "$a.$b.$c.$((d + 1))"
 }
 
 # pid_alive NAME BIN: true when $STATE/NAME.pid names a live process running BIN
@@ -139,7 +162,7 @@ admin_curl() { # admin_curl URL_PATH [curl args]
   local path=$1; shift
   load_ports
   curl -sS --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
-    "$@" "https://127.0.0.1:$API_PORT$path"
+    "$@" "https://$ADDR:$API_PORT$path"
 }
 
 healthy() {
@@ -149,7 +172,18 @@ healthy() {
 
 # --- certificates ------------------------------------------------------------
 gen_pki() {
-  [ -f "$PKI/admin.crt" ] && [ -f "$PKI/sa.pub" ] && return 0
+  local sans="IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  local svc; svc=$(service_ip)
+  [[ ",$sans," == *",IP:$svc,"* ]] || sans+=",IP:$svc"
+  [[ ",$sans," == *",IP:$ADDR,"* ]] || sans+=",IP:$ADDR"
+  if [ -f "$PKI/admin.crt" ] && [ -f "$PKI/sa.pub" ]; then
+    # certificates made before for other addresses: a new server certificate
+    # (same CA, so kubeconfigs and tokens stay valid)
+    [ "$(cat "$PKI/apiserver.sans" 2>/dev/null || echo "$sans")" = "$sans" ] && return 0
+    log "server certificate for $sans"
+    gen_server_cert "$sans"
+    return 0
+  fi
   log "generating certificates in $PKI"
   rm -rf "$PKI"; mkdir -p "$PKI"; chmod 700 "$PKI"
   (
@@ -170,7 +204,7 @@ gen_pki() {
     }
     sign apiserver "/CN=kube-apiserver" "keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+subjectAltName=$sans"
     sign admin "/O=system:masters/CN=hermes-admin" "keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=clientAuth"
     # service-account token signing key pair
@@ -178,6 +212,22 @@ extendedKeyUsage=clientAuth"
     openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
     chmod 600 ./*.key
   )
+  echo "$sans" > "$PKI/apiserver.sans"
+}
+gen_server_cert() { # gen_server_cert SANS: a new apiserver certificate from the existing CA
+  (
+    cd "$PKI"
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout apiserver.key \
+      -out apiserver.csr -subj "/CN=kube-apiserver" 2>/dev/null
+    printf '%s\n' "basicConstraints=critical,CA:FALSE" "authorityKeyIdentifier=keyid" \
+      "subjectKeyIdentifier=hash" "keyUsage=critical,digitalSignature,keyEncipherment" \
+      "extendedKeyUsage=serverAuth" "subjectAltName=$1" > apiserver.ext
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+      -days 3650 -sha256 -extfile apiserver.ext -out apiserver.crt 2>/dev/null
+    rm -f apiserver.csr apiserver.ext
+    chmod 600 apiserver.key
+  )
+  echo "$1" > "$PKI/apiserver.sans"
 }
 
 b64() { base64 -w0 < "$1"; }
@@ -190,7 +240,7 @@ kind: Config
 clusters:
 - name: hermes-test
   cluster:
-    server: https://127.0.0.1:$API_PORT
+    server: https://$ADDR:$API_PORT
     certificate-authority-data: $(b64 "$PKI/ca.crt")
 users:
 - name: hermes-test-user
@@ -256,12 +306,18 @@ cmd_start() {
   echo $! > "$STATE/etcd.pid"
   wait_for etcd 60 etcd "$ETCD_BIN" etcd_ok || { stop_processes; die "etcd did not start (log: $STATE/etcd.log)"; }
 
-  log "starting kube-apiserver $K8S_VERSION on https://127.0.0.1:$API_PORT"
+  local profile_args=(--disable-admission-plugins ServiceAccount --endpoint-reconciler-type none)
+  if [ "$PROFILE" = node ]; then
+    profile_args=(--endpoint-reconciler-type lease
+      --kubelet-client-certificate "$PKI/admin.crt" --kubelet-client-key "$PKI/admin.key"
+      --kubelet-preferred-address-types InternalIP)
+  fi
+  log "starting kube-apiserver $K8S_VERSION on https://$ADDR:$API_PORT (profile $PROFILE)"
   # shellcheck disable=SC2086
   setsid "$APISERVER_BIN" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-    --bind-address 127.0.0.1 \
-    --advertise-address 127.0.0.1 \
+    --bind-address "$ADDR" \
+    --advertise-address "$ADDR" \
     --secure-port "$API_PORT" \
     --cert-dir "$STATE/apiserver-certs" \
     --tls-cert-file "$PKI/apiserver.crt" \
@@ -270,10 +326,9 @@ cmd_start() {
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.pub" \
     --service-account-signing-key-file "$PKI/sa.key" \
-    --service-cluster-ip-range 10.0.0.0/24 \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
     --authorization-mode RBAC \
-    --disable-admission-plugins ServiceAccount \
-    --endpoint-reconciler-type none \
+    "${profile_args[@]}" \
     --allow-privileged=true \
     --profiling=false \
     --v 1 \
@@ -292,7 +347,7 @@ cmd_start() {
 print_env_summary() {
   load_ports
   echo "KUBECONFIG=$STATE/kubeconfig"
-  echo "HERMES_KUBE_SERVER=https://127.0.0.1:$API_PORT"
+  echo "HERMES_KUBE_SERVER=https://$ADDR:$API_PORT"
 }
 
 stop_one() { # stop_one NAME BIN
@@ -316,7 +371,7 @@ cmd_status() {
   local a=stopped e=stopped r=-
   pid_alive etcd "$ETCD_BIN" && e="running (pid $(cat "$STATE/etcd.pid"), http://127.0.0.1:$ETCD_PORT)"
   pid_alive kube-apiserver "$APISERVER_BIN" && {
-    a="running (pid $(cat "$STATE/kube-apiserver.pid"), https://127.0.0.1:$API_PORT)"
+    a="running (pid $(cat "$STATE/kube-apiserver.pid"), https://$ADDR:$API_PORT)"
     r=$(admin_curl /readyz --max-time 5 2>&1 | head -c 200) || true
   }
   echo "kube-apiserver $K8S_VERSION: $a"
@@ -334,7 +389,7 @@ cmd_env() {
   [ -f "$STATE/kubeconfig" ] || die "not started (no $STATE/kubeconfig); run: $0 start"
   load_ports
   printf 'KUBECONFIG=%q\n' "$STATE/kubeconfig"
-  printf 'HERMES_KUBE_SERVER=%q\n' "https://127.0.0.1:$API_PORT"
+  printf 'HERMES_KUBE_SERVER=%q\n' "https://$ADDR:$API_PORT"
   printf 'HERMES_KUBE_CA=%q\n' "$PKI/ca.crt"
   printf 'HERMES_KUBE_CLIENT_CERT=%q\n' "$PKI/admin.crt"
   printf 'HERMES_KUBE_CLIENT_KEY=%q\n' "$PKI/admin.key"
@@ -353,25 +408,25 @@ cmd_sa_kubeconfig() {
   echo "KUBECONFIG=$out"
 }
 
-cmd_pin() {
-  local v=${1:?usage: pin v1.N.P} dir=$GO_DIR/apiserver mod
-  [[ $v =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || die "expected v1.N.P, got $v"
-  local staging="v0.${BASH_REMATCH[1]}.${BASH_REMATCH[2]}"
-  mod=$(cd "$dir" && GOWORK=off go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
-  [ -f "$mod" ] || die "could not download k8s.io/kubernetes@$v"
+# write_wrapper DIR MODULE K8S_GO_MOD VERSION STAGING COMMENT TOOL...: a wrapper
+# go.mod requiring k8s.io/kubernetes VERSION with its staging modules pinned
+write_wrapper() {
+  local dir=$1 module=$2 mod=$3 v=$4 staging=$5 comment=$6 t
+  shift 6
   {
-    # shellcheck disable=SC2016
-    echo '// Wrapper module: builds kube-apiserver from k8s.io/kubernetes with `go build`.'
+    echo "// $comment"
     echo '// k8s.io/kubernetes requires its staging modules at v0.0.0 with local replaces;'
     echo '// here each one is pinned to the published v0.N.P matching v1.N.P.'
     echo '// Regenerate with: scripts/kube/control-plane.sh pin v1.N.P'
-    echo 'module hermes.local/kube/apiserver'
+    echo "module $module"
     echo
     sed -n 's/^go \(.*\)/go \1/p' "$mod"
     echo
     grep '^godebug ' "$mod" || true
     echo
-    printf 'tool (\n\tk8s.io/kubernetes/cmd/kube-apiserver\n\tk8s.io/kubernetes/cmd/kubectl\n)\n'
+    echo 'tool ('
+    for t in "$@"; do printf '\t%s\n' "$t"; done
+    echo ')'
     echo
     echo "require k8s.io/kubernetes $v"
     echo
@@ -383,6 +438,24 @@ cmd_pin() {
   rm -f "$dir/go.sum"
   (cd "$dir" && GOWORK=off go mod tidy)
   log "pinned k8s.io/kubernetes $v with staging modules at $staging in $dir/go.mod"
+}
+
+cmd_pin() {
+  local v=${1:?usage: pin v1.N.P} mod
+  [[ $v =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || die "expected v1.N.P, got $v"
+  local staging="v0.${BASH_REMATCH[1]}.${BASH_REMATCH[2]}"
+  mod=$(cd "$GO_DIR/apiserver" && GOWORK=off go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+  [ -f "$mod" ] || die "could not download k8s.io/kubernetes@$v"
+  # shellcheck disable=SC2016
+  write_wrapper "$GO_DIR/apiserver" hermes.local/kube/apiserver "$mod" "$v" "$staging" \
+    'Wrapper module: builds kube-apiserver from k8s.io/kubernetes with `go build`.' \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+  # the node's binaries (scripts/kube/node.sh) at the same version
+  # shellcheck disable=SC2016
+  write_wrapper "$GO_DIR/node" hermes.local/kube/node "$mod" "$v" "$staging" \
+    'Wrapper module: builds kubelet, kube-proxy, kube-controller-manager and kube-scheduler from k8s.io/kubernetes with `go build` (scripts/kube/node.sh).' \
+    k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-proxy \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet
 }
 
 cmd_reset() {
