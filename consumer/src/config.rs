@@ -181,6 +181,9 @@ pub struct ConsumerConfig {
     pub kube: Option<KubeConfig>,
     /// The streams' history, which the router records every notification in.
     pub history: HistorySettings,
+    /// The TTL of the gateways' registry rows (`HERMES_REGISTRY_TTL_SECONDS`): after an
+    /// outage of the registry that long rows may have expired.
+    pub registry_ttl: Duration,
 }
 
 /// The consumer's Kubernetes awareness. On when `HERMES_KUBE_GATEWAY_SERVICE` is set; the
@@ -345,6 +348,7 @@ impl ConsumerConfig {
             route_to_all_max_gateways: num(s, ROUTE_TO_ALL_MAX_GATEWAYS, 2usize)?,
             kube: KubeConfig::from_strings(s)?,
             history: HistorySettings::from_strings(s)?,
+            registry_ttl: config::registry_ttl(s)?,
         })
     }
 }

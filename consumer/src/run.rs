@@ -82,7 +82,8 @@ pub async fn run(config: ConsumerConfig) -> Result<()> {
     let shutdown = CancellationToken::new();
     let mut router = Router::new(registry.clone(), client, None, metrics.clone())
         .with_route_to_all_up_to(config.route_to_all_max_gateways)
-        .with_history(config.history, config.deliver_timeout);
+        .with_history(config.history, config.deliver_timeout)
+        .with_registry_ttl(config.registry_ttl);
     let kube = match &config.kube {
         Some(kube) => {
             let kube = Kube::start(kube, registry, metrics.clone(), shutdown.clone()).await?;

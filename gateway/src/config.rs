@@ -26,7 +26,7 @@ pub const GATEWAY_ID: &str = "HERMES_GATEWAY_ID";
 pub const INTERNAL_URL: &str = "HERMES_INTERNAL_URL";
 pub const ADMIN_KEY: &str = "HERMES_ADMIN_KEY";
 pub const ALLOWED_ORIGINS: &str = "HERMES_ALLOWED_ORIGINS";
-pub const REGISTRY_TTL: &str = "HERMES_REGISTRY_TTL_SECONDS";
+pub use hermes_shared::config::REGISTRY_TTL;
 pub const IDLE_TIMEOUT: &str = "HERMES_IDLE_TIMEOUT_SECONDS";
 pub const PING_INTERVAL: &str = "HERMES_PING_INTERVAL_SECONDS";
 pub const PONG_TIMEOUT: &str = "HERMES_PONG_TIMEOUT_SECONDS";
@@ -230,7 +230,7 @@ impl GatewayConfig {
         };
 
         let registry = RegistryKind::from_strings(s, &stage)?;
-        let registry_ttl = positive_secs(s, REGISTRY_TTL, 30)?;
+        let registry_ttl = config::registry_ttl(s)?;
         let drain = secs(s, DRAIN, 10)?;
         check_drain_within_ttl(&registry, drain, registry_ttl)?;
 

@@ -117,7 +117,8 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
         delivery: deliveries.clone(),
     };
     let router = Router::new(registry.clone(), client, Some(local), metrics.clone())
-        .with_history(config.history, config.deliver_timeout);
+        .with_history(config.history, config.deliver_timeout)
+        .with_registry_ttl(config.registry_ttl);
     let record = GatewayRecord {
         gateway_id: config.gateway_id.clone(),
         internal_url,
@@ -357,6 +358,9 @@ async fn admit_at_once(gw: &Gateway) -> Result<()> {
     Ok(())
 }
 
+/// How soon a failed heartbeat is tried again.
+const HEARTBEAT_RETRY: Duration = Duration::from_secs(1);
+
 /// Refreshes this gateway's registry rows every [`heartbeat_interval`] until `stop`, which
 /// comes after the drain: the rows of sockets still open while the gateway drains are
 /// refreshed like any others. Unless [`admit_at_once`] admitted it, the gateway accepts
@@ -404,6 +408,10 @@ async fn heartbeat(gw: Arc<Gateway>, stop: CancellationToken) {
             Err(error) => {
                 failures += 1;
                 tracing::warn!(%error, failures, "registry heartbeat failed");
+                // Try again within a second: rows may expire during an outage of the
+                // registry, and routers hold back for `router::REGISTRY_RECOVERY_GRACE`
+                // after one, long enough for this heartbeat to write them again.
+                tick.reset_after(HEARTBEAT_RETRY.min(heartbeat_interval(ttl)));
                 // Rows expire after the TTL: stop claiming readiness well before.
                 if failures >= 2 {
                     gw.set_ready(false);

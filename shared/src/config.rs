@@ -101,6 +101,15 @@ pub const DELIVER_TIMEOUT: &str = "HERMES_DELIVER_TIMEOUT_MS";
 pub const DELIVER_TRANSPORT: &str = "HERMES_DELIVER_TRANSPORT";
 pub const MAX_MESSAGE_BYTES: &str = "HERMES_MAX_MESSAGE_BYTES";
 
+/// `HERMES_REGISTRY_TTL_SECONDS`: the TTL gateways write their registry rows with.
+pub const REGISTRY_TTL: &str = "HERMES_REGISTRY_TTL_SECONDS";
+
+/// `HERMES_REGISTRY_TTL_SECONDS` (default 30): gateways write their rows with it; routers
+/// read it to know when an outage of the registry was long enough for rows to expire.
+pub fn registry_ttl(s: &dyn Strings) -> Result<Duration> {
+    positive_secs(s, REGISTRY_TTL, 30)
+}
+
 /// The default of `HERMES_MAX_MESSAGE_BYTES`: 128 KiB, API Gateway's message quota.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 128 * 1024;
 

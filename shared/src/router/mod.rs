@@ -23,6 +23,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -67,7 +68,54 @@ pub struct Router {
     to_all: Option<RouteToAll>,
     links: Links,
     history: Option<Recorder>,
+    /// Whether the registry failed this router lately (see [`REGISTRY_RECOVERY_GRACE`]).
+    health: RegistryHealth,
 }
+
+/// What a router knows of the registry's health: since when its calls fail, and until when
+/// it does not trust membership answers after a long outage.
+#[derive(Default)]
+struct RegistryHealth {
+    /// ms since the epoch of the first failure of the current run of failures; 0: healthy.
+    failing_since: AtomicU64,
+    /// ms since the epoch until which answers are not trusted.
+    distrust_until: AtomicU64,
+    /// An outage at least this long may have let rows expire (a third of the rows' TTL:
+    /// the last heartbeat before it may have been a third of the TTL earlier, and a margin).
+    long_outage_ms: AtomicU64,
+}
+
+impl RegistryHealth {
+    fn failed(&self) {
+        let now = crate::ids::now_millis();
+        let _ = self
+            .failing_since
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn succeeded(&self) {
+        let since = self.failing_since.swap(0, Ordering::Relaxed);
+        let now = crate::ids::now_millis();
+        if since != 0 && now.saturating_sub(since) >= self.long_outage_ms.load(Ordering::Relaxed) {
+            let grace = u64::try_from(REGISTRY_RECOVERY_GRACE.as_millis()).unwrap_or(u64::MAX);
+            self.distrust_until.store(now + grace, Ordering::Relaxed);
+        }
+    }
+
+    fn distrusted(&self) -> bool {
+        crate::ids::now_millis() < self.distrust_until.load(Ordering::Relaxed)
+    }
+}
+
+/// After an outage of the registry long enough for rows to expire (a third of
+/// `HERMES_REGISTRY_TTL_SECONDS`), a router does not trust, for this long, what the registry
+/// says holds a room, a user or a connection, or which gateways live: rows may have
+/// expired during the outage, and the gateways, whose heartbeats retry every second while
+/// they fail, may not have written them all again yet. Room, user and connection messages
+/// then fail as a transient error and are retried, instead of reaching only the gateways
+/// that were quickest to come back (or being acknowledged as delivered to nobody, or a live
+/// gateway's rows being deleted as a dead one's).
+pub const REGISTRY_RECOVERY_GRACE: Duration = Duration::from_secs(5);
 
 /// What a router needs to record notifications in their streams' history.
 struct Recorder {
@@ -101,7 +149,39 @@ impl Router {
             metrics,
             to_all: None,
             history: None,
+            health: RegistryHealth {
+                long_outage_ms: AtomicU64::new(10_000),
+                ..RegistryHealth::default()
+            },
         }
+    }
+
+    /// The TTL of the gateways' rows (`HERMES_REGISTRY_TTL_SECONDS`, default 30 s): an
+    /// outage of the registry longer than a third of it is long enough for rows to expire
+    /// (see [`REGISTRY_RECOVERY_GRACE`]).
+    pub fn with_registry_ttl(self, ttl: Duration) -> Self {
+        self.health.long_outage_ms.store(
+            u64::try_from((ttl / 3).as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self
+    }
+
+    /// Notes how a registry call of this router went.
+    fn registry_answered<T>(&self, result: &Result<T>) {
+        match result {
+            Ok(_) => self.health.succeeded(),
+            Err(_) => self.health.failed(),
+        }
+    }
+
+    /// The error of a message routed while the registry's answers are not trusted.
+    fn untrusted() -> crate::Error {
+        crate::Error::registry_answer(format!(
+            "the registry is back from an outage long enough for rows to expire; its answers \
+             are trusted again {} s after it came back (the message is retried)",
+            REGISTRY_RECOVERY_GRACE.as_secs()
+        ))
     }
 
     /// Records every room and user notification in its stream's history before any
@@ -217,6 +297,7 @@ impl Router {
             .history_writes
             .with_label_values(&[if result.is_ok() { "ok" } else { "error" }])
             .inc();
+        self.registry_answered(&result);
         result?;
         request.pos = Some(pos.encode());
         request.expires_at = Some(recorder.timing.expires_at(pos));
@@ -240,6 +321,9 @@ impl Router {
             Target::Connections(_) => None,
             Target::Room { .. } | Target::User { .. } => self.all_gateways().await,
         };
+        if self.health.distrusted() {
+            return Err(Self::untrusted());
+        }
         // Gateway id → the request it receives.
         let groups: Vec<(String, DeliverRequest)> = match &request.target {
             _ if everyone.is_some() => everyone
@@ -247,16 +331,16 @@ impl Router {
                 .flat_map(|ids| ids.iter())
                 .map(|g| (g.clone(), request.clone()))
                 .collect(),
-            Target::Room { .. } | Target::User { .. } => self
-                .holders(&request.target)
-                .await?
-                .into_iter()
-                .map(|g| (g, request.clone()))
-                .collect(),
+            Target::Room { .. } | Target::User { .. } => {
+                let holders = self.holders(&request.target).await?;
+                holders.into_iter().map(|g| (g, request.clone())).collect()
+            }
             Target::Connections(ids) => {
                 let mut by_gateway: HashMap<String, Vec<String>> = HashMap::new();
                 for id in ids {
-                    match self.registry.connection(id).await? {
+                    let row = self.registry.connection(id).await;
+                    self.registry_answered(&row);
+                    match row? {
                         Some(row) => by_gateway
                             .entry(row.gateway_id)
                             .or_default()
@@ -277,7 +361,13 @@ impl Router {
 
         let deliveries = groups.into_iter().filter(|(g, _)| !done.contains(g)).map(
             |(gateway_id, req)| async move {
-                let delivery = match self.hops.hop(&gateway_id).await {
+                let hop = self.hops.hop(&gateway_id).await;
+                self.registry_answered(&hop);
+                let delivery = match hop {
+                    // Its row may be missing because the registry came back a moment ago.
+                    Ok(Hop::Dead) if self.health.distrusted() => {
+                        Delivery::Failed(Self::untrusted())
+                    }
                     Ok(hop) => self.deliver(&gateway_id, hop, req).await,
                     Err(error) => Delivery::Failed(error),
                 };
@@ -386,11 +476,13 @@ impl Router {
 
     /// The gateways the registry says hold a room's or a user's sockets.
     async fn holders(&self, target: &Target) -> Result<Vec<String>> {
-        match target {
+        let holders = match target {
             Target::Room { room_id } => self.registry.room_gateways(room_id).await,
             Target::User { user_id, .. } => self.registry.user_gateways(user_id).await,
-            Target::Connections(_) => Ok(Vec::new()),
-        }
+            Target::Connections(_) => return Ok(Vec::new()),
+        };
+        self.registry_answered(&holders);
+        holders
     }
 
     /// The live gateways, when this router sends to all of them and there are at most its

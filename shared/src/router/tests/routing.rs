@@ -137,3 +137,32 @@ async fn a_retry_asks_again_a_gateway_that_answered_but_reached_nobody() {
         "a socket that joined it meanwhile gets the retry"
     );
 }
+
+#[tokio::test]
+async fn after_an_outage_long_enough_for_rows_to_expire_the_registry_is_not_trusted_for_a_while() {
+    let registry = Arc::new(MemoryRegistry::new());
+    let r =
+        router(registry, Arc::new(Recorder::default())).with_registry_ttl(Duration::from_secs(30));
+    let m = message(r#"{"user_id":"u","room_id":"nobody-here","data":1}"#);
+    let now = crate::ids::now_millis();
+    // A blip shorter than a third of the TTL: no row can have expired.
+    r.health.failing_since.store(now - 2_000, Ordering::Relaxed);
+    r.health.succeeded();
+    assert_eq!(r.publish(&m).await.expect("trusted").delivered, 0);
+    // An outage of 15 s: rows may have expired; the gateways write them again within
+    // seconds, and until then an answer is not one.
+    r.health
+        .failing_since
+        .store(now - 15_000, Ordering::Relaxed);
+    r.health.succeeded();
+    let error = r.publish(&m).await.expect_err("not trusted yet");
+    assert!(error.is_transient(), "{error}");
+    let connection = message(r#"{"user_id":"u","room_id":"r","connection_id":"c1","data":1}"#);
+    assert!(
+        r.publish(&connection).await.is_err(),
+        "connection rows neither"
+    );
+    // Once the grace is over, nobody holding the room is an answer.
+    r.health.distrust_until.store(now, Ordering::Relaxed);
+    assert_eq!(r.publish(&m).await.expect("routed").delivered, 0);
+}
