@@ -212,6 +212,22 @@
       });
     }
 
+    /**
+     * Drop the current connection and connect again at once, resuming from the last
+     * position (what a lost network does, on purpose: the demo page's "Drop the connection").
+     */
+    reconnect() {
+      var ws = this._ws;
+      if (!ws || this.state === STATES.CLOSED || this.state === STATES.UNAUTHORIZED) return this;
+      this._ws = null;
+      this._detach(ws);
+      try { ws.close(3000, 'reconnect'); } catch (e) { /* already closing */ }
+      this._rejectPongs();
+      this.connectionId = null;
+      this._scheduleReconnect(this._gen, { code: 3000, reason: 'reconnect', byClient: true }, 0);
+      return this;
+    }
+
     /** Stop for good (until connect() is called again). */
     close(code, reason) {
       this._gen++;

@@ -290,3 +290,56 @@ test('close() during a pending reconnect cancels it', async () => {
   assert.equal(client._timer, null, 'the reconnect timer is cleared');
   assert.equal(FakeWebSocket.instances.length, 1);
 });
+
+test('after a drop hermes.js resumes from the last position, hands each id to the app once, and reports the recovery', async () => {
+  const seen = [];
+  const recoveries = [];
+  const { client } = makeClient({ onRecover: (recovered, missed) => recoveries.push({ recovered, missed }) });
+  client.on('*', (data) => seen.push(data.n));
+  await until(socketCount(1), 'the first socket');
+  const first = lastSocket();
+  assert.deepEqual(first.protocols, ['hermes.v1', 'bearer.jwt-1'], 'no position yet');
+  first.serverOpen();
+  first.serverSend({ event: 'connected', connection_id: 'c1', user_id: 'u', room_id: 'r' });
+  first.serverSend({ user_id: 's', data: { n: 1 }, id: 'm1', pos: '000000000000000100000001' });
+  first.serverSend({ user_id: 's', data: { n: 2 }, id: 'm2', pos: '000000000000000200000001' });
+  assert.equal(client.position, '000000000000000200000001');
+  first.serverClose(1006);
+
+  await until(socketCount(2), 'the reconnect');
+  const second = lastSocket();
+  assert.deepEqual(second.protocols, ['hermes.v1', 'bearer.jwt-1', 'since.000000000000000200000001']);
+  second.serverOpen();
+  second.serverSend({ event: 'connected', connection_id: 'c2', user_id: 'u', room_id: 'r' });
+  // The replay repeats m2 (read from a little before the position), then what was missed.
+  second.serverSend({ user_id: 's', data: { n: 2 }, id: 'm2', pos: '000000000000000200000001' });
+  second.serverSend({ user_id: 's', data: { n: 3 }, id: 'm3', pos: '000000000000000300000001' });
+  second.serverSend({ event: 'recovered', recovered: true, missed: 1 });
+  second.serverSend({ user_id: 's', data: { n: 4 }, id: 'm4', pos: '000000000000000400000001' });
+  assert.deepEqual(seen, [1, 2, 3, 4], 'each notification once, in order');
+  assert.deepEqual(recoveries, [{ recovered: true, missed: 1 }]);
+  assert.equal(client.position, '000000000000000400000001');
+  client.close();
+});
+
+test('hermes.js asks its token function again and reconnects at once when the token expires (4001)', async () => {
+  let calls = 0;
+  const { client, states } = makeClient({ token: () => `jwt-${++calls}` });
+  await until(socketCount(1), 'the first socket');
+  lastSocket().serverOpen();
+  lastSocket().serverSend({ event: 'connected', connection_id: 'c1', user_id: 'u', room_id: 'r' });
+  lastSocket().serverClose(4001, 'token expired');
+  await until(socketCount(2), 'the reconnect');
+  assert.deepEqual(lastSocket().protocols, ['hermes.v1', 'bearer.jwt-2'], 'a fresh token');
+  assert.equal(states.at(-1).detail.delay, 0, 'at once');
+  client.close();
+});
+
+test('hermes.js with a fixed token stops (closed) when the token expires (4001)', async () => {
+  const { client, states } = makeClient();
+  await until(socketCount(1), 'the first socket');
+  lastSocket().serverOpen();
+  lastSocket().serverClose(4001, 'token expired');
+  assert.equal(client.state, 'closed');
+  assert.equal(states.at(-1).detail.code, 4001);
+});

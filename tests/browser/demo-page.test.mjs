@@ -93,3 +93,30 @@ test('the demo page shows the curl command that publishes to its room', async ()
     await context.close();
   }
 });
+
+test('the demo page drops its connection, resumes, shows the recovery and every notification once', async () => {
+  const { context, page } = await openDemo('?room=resume-room');
+  try {
+    const before = `before the drop ${Date.now()}`;
+    await env.gw.publish({ user_id: 'ops', room_id: 'resume-room', data: { type: 'greeting', text: before } });
+    await page.locator('li.notification', { hasText: before }).waitFor();
+
+    await page.click('#drop-button');
+    const away = [`while away 1 ${Date.now()}`, `while away 2 ${Date.now()}`];
+    for (const text of away) {
+      await env.gw.publish({ user_id: 'ops', room_id: 'resume-room', data: { type: 'greeting', text } });
+    }
+    await page.waitForSelector('#recovery[data-recovered="true"]');
+    assert.match(await page.textContent('#recovery'), /^Resumed: \d+ missed notifications? delivered\.$/);
+    for (const text of away) await page.locator('li.notification', { hasText: text }).waitFor();
+    await page.waitForSelector('#state[data-state="open"]');
+    const after = `after the resume ${Date.now()}`;
+    await env.gw.publish({ user_id: 'ops', room_id: 'resume-room', data: { type: 'greeting', text: after } });
+    await page.locator('li.notification', { hasText: after }).waitFor();
+    for (const text of [before, ...away, after]) {
+      assert.equal(await page.locator('li.notification', { hasText: text }).count(), 1, `${text} once`);
+    }
+  } finally {
+    await context.close();
+  }
+});
