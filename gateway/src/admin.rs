@@ -62,6 +62,36 @@ pub async fn create_token(
         },
     };
     let issued = gw.auth.issue(&user_id, &room_id, ttl).await?;
+    if issued.replaced {
+        // The row held another token (another passcode): every replica drops the verdicts
+        // it cached for it. Best effort: a replica not reached keeps them at most
+        // HERMES_AUTH_CACHE_TTL_SECONDS, and its connects of the old token then fail the
+        // second layer.
+        let request = DeliverRequest {
+            id: None,
+            target: Target::User {
+                user_id: user_id.clone(),
+                room_id: Some(room_id.clone()),
+            },
+            exclude_connection_id: None,
+            published_at: None,
+            action: DeliverAction::Forget {
+                user_id: user_id.clone(),
+                room_id: room_id.clone(),
+            },
+            pos: None,
+            expires_at: None,
+        };
+        match gw.router.broadcast(request).await {
+            Ok(outcome) if outcome.failed.is_empty() => {}
+            Ok(outcome) => {
+                tracing::warn!(failed = ?outcome.failed, "a replaced token's cached verdicts were not dropped on every gateway")
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot tell the gateways that a token was replaced")
+            }
+        }
+    }
     Ok(HttpResponse::Created().json(serde_json::json!({
         "token": issued.token,
         "expires_at": issued.expires_at,

@@ -91,8 +91,14 @@ fn oversized(len: usize) -> Option<String> {
 
 impl LocalDelivery for Deliveries {
     fn deliver(&self, request: &DeliverRequest) -> DeliverResponse {
-        if let DeliverAction::Revoke { user_id, room_id } = &request.action {
-            self.auth.forget(user_id, room_id);
+        match &request.action {
+            DeliverAction::Revoke { user_id, room_id } => {
+                self.auth.forget(user_id, room_id);
+            }
+            DeliverAction::Forget { user_id, room_id } => {
+                self.auth.drop_cached(user_id, room_id);
+            }
+            DeliverAction::Send { .. } | DeliverAction::Close { .. } => {}
         }
         self.hub.deliver(request)
     }

@@ -587,6 +587,8 @@ impl LocalDelivery for SessionHub {
                 };
                 self.close_targets(&target, None, close::TOKEN_REVOKED, "token revoked")
             }
+            // Only the authenticator's cache: see `deliver::Deliveries`.
+            DeliverAction::Forget { .. } => DeliverResponse::default(),
         }
     }
 

@@ -63,6 +63,10 @@ pub struct IssuedToken {
     pub token: String,
     /// Expiry, seconds since the epoch.
     pub expires_at: u64,
+    /// The (user, room) row held another token, now replaced: every replica must drop the
+    /// verdicts it cached for the old one (the admin API broadcasts `DeliverAction::Forget`).
+    #[serde(skip)]
+    pub replaced: bool,
 }
 
 /// The authorizer.
@@ -235,9 +239,11 @@ impl Authenticator {
         crate::wire::check_id("user_id", user_id)?;
         crate::wire::check_id("room_id", room_id)?;
         let token = original_token(user_id, &self.config.token_passcode, room_id);
-        if self.config.token_check == TokenCheck::Bcrypt {
-            self.register(user_id, room_id, &token).await?;
-        }
+        let replaced = if self.config.token_check == TokenCheck::Bcrypt {
+            self.register(user_id, room_id, &token).await?
+        } else {
+            false
+        };
         let ttl = ttl.unwrap_or(self.config.token_ttl);
         let now = crate::ids::now_secs();
         let expires_at = now + ttl.as_secs();
@@ -251,16 +257,20 @@ impl Authenticator {
         Ok(IssuedToken {
             token: jwt,
             expires_at,
+            replaced,
         })
     }
 
     /// Makes sure the row of (user, room) holds `token`. A row that already does is left
     /// as it is (a row the original system wrote, without a verifier, is bcrypt-checked once
     /// and gets its verifier); any other row is replaced by `bcrypt(token)` with its fast
-    /// verifier, and the verdicts cached for the old token are dropped.
-    async fn register(&self, user_id: &str, room_id: &str, token: &str) -> Result<()> {
+    /// verifier, and the verdicts cached for the old token are dropped. Returns whether a
+    /// row of another token was replaced.
+    async fn register(&self, user_id: &str, room_id: &str, token: &str) -> Result<bool> {
         let verifier = fast_verifier(&self.config.verifier_key, token);
-        if let Some(row) = self.registry.token(user_id, room_id).await? {
+        let existing = self.registry.token(user_id, room_id).await?;
+        let replaced = existing.is_some();
+        if let Some(row) = existing {
             let holds_token = match &row.fast_verifier {
                 Some(stored) => constant_time_eq(stored, &verifier),
                 None => {
@@ -272,7 +282,7 @@ impl Authenticator {
                 }
             };
             if holds_token {
-                return Ok(());
+                return Ok(false);
             }
         }
         let cost = self.config.bcrypt_cost;
@@ -292,7 +302,13 @@ impl Authenticator {
         self.registry.put_token(&record).await?;
         // A replaced token invalidates the verdicts cached for the old one.
         self.cache.forget(user_id, room_id);
-        Ok(())
+        Ok(replaced)
+    }
+
+    /// A replacement of (user, room)'s token reached this process (another replica issued
+    /// it): the verdicts cached for the old token go; connects are not refused.
+    pub fn drop_cached(&self, user_id: &str, room_id: &str) -> usize {
+        self.cache.forget(user_id, room_id)
     }
 
     /// Deletes the (user, room) token row. Returns whether one existed.
@@ -473,6 +489,31 @@ mod tests {
         // The token is the original's, under the server passcode.
         let claims = auth.codec().verify(&second.token).expect("claims");
         assert_eq!(claims.token, original_token("u1", PASSCODE, "r1"));
+        assert!(
+            !first.replaced && !second.replaced,
+            "nothing to tell the replicas"
+        );
+    }
+
+    #[tokio::test]
+    async fn issuing_over_a_row_of_another_token_says_it_replaced_it() {
+        let (auth, registry) = authenticator(TokenCheck::Bcrypt);
+        registry
+            .put_token(&TokenRecord {
+                user_id: "u2".into(),
+                room_id: "r2".into(),
+                token_hash: bcrypt::hash(original_token("u2", "another", "r2"), 4).expect("hash"),
+                fast_verifier: None,
+                created_at: 0,
+            })
+            .await
+            .expect("seed");
+        let issued = auth.issue("u2", "r2", None).await.expect("issue");
+        assert!(
+            issued.replaced,
+            "the admin API tells every replica to drop cached verdicts"
+        );
+        assert!(!auth.issue("u2", "r2", None).await.expect("again").replaced);
     }
 
     #[tokio::test]

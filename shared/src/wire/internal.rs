@@ -66,6 +66,8 @@ pub enum DeliverAction {
     Close { code: u16, reason: String },
     /// The (user, room) token was revoked: forget cached verdicts, close with 4003.
     Revoke { user_id: String, room_id: String },
+    /// The (user, room) token was replaced: forget cached verdicts of the old one.
+    Forget { user_id: String, room_id: String },
 }
 
 /// Body of `POST /internal/v1/deliver`: one target group and what to do with it.
