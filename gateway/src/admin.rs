@@ -67,21 +67,14 @@ pub async fn create_token(
         // it cached for it. Best effort: a replica not reached keeps them at most
         // HERMES_AUTH_CACHE_TTL_SECONDS, and its connects of the old token then fail the
         // second layer.
-        let request = DeliverRequest {
-            id: None,
-            target: Target::User {
-                user_id: user_id.clone(),
-                room_id: Some(room_id.clone()),
-            },
-            exclude_connection_id: None,
-            published_at: None,
-            action: DeliverAction::Forget {
+        let request = token_broadcast(
+            &user_id,
+            &room_id,
+            DeliverAction::Forget {
                 user_id: user_id.clone(),
                 room_id: room_id.clone(),
             },
-            pos: None,
-            expires_at: None,
-        };
+        );
         match gw.router.broadcast(request).await {
             Ok(outcome) if outcome.failed.is_empty() => {}
             Ok(outcome) => {
@@ -100,6 +93,23 @@ pub async fn create_token(
     })))
 }
 
+/// What every gateway is told about (user, room)'s token: `action` for that user's sockets
+/// in that room.
+fn token_broadcast(user_id: &str, room_id: &str, action: DeliverAction) -> DeliverRequest {
+    DeliverRequest {
+        id: None,
+        target: Target::User {
+            user_id: user_id.to_owned(),
+            room_id: Some(room_id.to_owned()),
+        },
+        exclude_connection_id: None,
+        published_at: None,
+        action,
+        pos: None,
+        expires_at: None,
+    }
+}
+
 /// `DELETE /v1/tokens/{room_id}/{user_id}`: revokes the token and closes that user's
 /// sockets in that room on every replica (close code 4003).
 pub async fn delete_token(
@@ -109,18 +119,14 @@ pub async fn delete_token(
 ) -> Result<HttpResponse, HttpError> {
     let (room_id, user_id) = path.into_inner();
     let existed = gw.auth.revoke(&user_id, &room_id).await?;
-    let request = DeliverRequest {
-        id: None,
-        target: Target::User {
+    let request = token_broadcast(
+        &user_id,
+        &room_id,
+        DeliverAction::Revoke {
             user_id: user_id.clone(),
-            room_id: Some(room_id.clone()),
+            room_id: room_id.clone(),
         },
-        exclude_connection_id: None,
-        published_at: None,
-        action: DeliverAction::Revoke { user_id, room_id },
-        pos: None,
-        expires_at: None,
-    };
+    );
     let outcome = gw.router.broadcast(request).await?;
     if !outcome.failed.is_empty() {
         // The token row is gone, so no new connect passes anywhere; but the replicas that

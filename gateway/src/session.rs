@@ -198,10 +198,7 @@ async fn run(
         if let Some(since) = resume {
             tokio::select! {
                 biased;
-                () = conn.killed() => {
-                    let (code, reason) = conn.requested_close().unwrap_or((close::NORMAL, String::new()));
-                    break 'socket End::Close(code, reason);
-                }
+                () = conn.killed() => break 'socket requested_end(&conn),
                 () = outbox.gone() => break 'socket End::Vanished,
                 replayed = tokio::time::timeout(REPLAY_TIMEOUT, replay(&gw, &conn, &since)) => match replayed {
                     Ok(Ok(())) => {}
@@ -213,10 +210,7 @@ async fn run(
         loop {
             tokio::select! {
                 biased;
-                () = conn.killed() => {
-                    let (code, reason) = conn.requested_close().unwrap_or((close::NORMAL, String::new()));
-                    break 'socket End::Close(code, reason);
-                }
+                () = conn.killed() => break 'socket requested_end(&conn),
                 () = outbox.gone() => break 'socket End::Vanished,
                 incoming = incoming.next() => {
                     let message = match incoming {
@@ -300,6 +294,14 @@ async fn run(
             outbox.abort();
         }
     }
+}
+
+/// How the socket ends when the hub asks it to close.
+fn requested_end(conn: &Connection) -> End {
+    let (code, reason) = conn
+        .requested_close()
+        .unwrap_or((close::NORMAL, String::new()));
+    End::Close(code, reason)
 }
 
 /// How long a resuming socket's replay may take (the client reading it included).

@@ -957,3 +957,16 @@ fn others_p99(published: &[(String, u64)], logs: &[ClientLog], from: u64, to: u6
         .collect();
     crate::cluster::quantile(&mut latencies, 0.99)
 }
+
+/// The checker's table: one line per fault, then `faults: N lost, M duplicated across K
+/// faults`; with the totals of lost and duplicated.
+pub fn summary(reports: &[FaultReport]) -> (String, usize, usize) {
+    let mut text: Vec<String> = reports.iter().map(FaultReport::line).collect();
+    let lost: usize = reports.iter().map(|r| r.lost).sum();
+    let duplicated: usize = reports.iter().map(|r| r.duplicated).sum();
+    text.push(format!(
+        "faults: {lost} lost, {duplicated} duplicated across {} faults",
+        reports.len().saturating_sub(1)
+    ));
+    (text.join("\n"), lost, duplicated)
+}

@@ -8,15 +8,8 @@ use hermes_e2e::faults::{self, Settings};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_fault_loses_or_duplicates_a_notification_and_a_frozen_gateway_stalls_nobody_else() {
     let reports = faults::run(&Settings::default()).await;
-    for r in &reports {
-        println!("{}", r.line());
-    }
-    let lost: usize = reports.iter().map(|r| r.lost).sum();
-    let duplicated: usize = reports.iter().map(|r| r.duplicated).sum();
-    println!(
-        "faults: {lost} lost, {duplicated} duplicated across {} faults",
-        reports.len() - 1
-    );
+    let (table, lost, duplicated) = faults::summary(&reports);
+    println!("{table}");
     assert_eq!((lost, duplicated), (0, 0), "see the table above");
     for r in &reports {
         assert!(r.published > 0, "{} published nothing", r.name());

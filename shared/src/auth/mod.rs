@@ -471,6 +471,63 @@ mod tests {
             .expect("sign")
     }
 
+    /// A connect whose token is being checked (its bcrypt verify waits behind another job)
+    /// when the revocation comes is refused, and its verdict is not cached.
+    #[tokio::test]
+    async fn a_revocation_during_a_connects_check_refuses_it_and_caches_nothing() {
+        let (auth, registry) = authenticator(TokenCheck::Bcrypt);
+        let auth = Arc::new(auth);
+        let token = original_token("u", "passcode", "r");
+        registry
+            .put_token(&TokenRecord {
+                user_id: "u".into(),
+                room_id: "r".into(),
+                token_hash: bcrypt::hash(&token, 4).expect("hash"),
+                fast_verifier: None,
+                created_at: 0,
+            })
+            .await
+            .expect("seed");
+        let jwt = auth
+            .codec()
+            .sign(&Claims {
+                user_id: "u".into(),
+                room_id: "r".into(),
+                token,
+                exp: crate::ids::now_secs() + 3600,
+                iat: None,
+            })
+            .expect("sign");
+
+        // The pool's only thread is busy until the test says so.
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let blocker = auth
+            .pool
+            .submit(move || {
+                let _ = started_tx.send(());
+                let _ = held.recv();
+            })
+            .expect("queued");
+        started.await.expect("the blocker runs");
+        let connect = tokio::spawn({
+            let (auth, jwt) = (auth.clone(), jwt.clone());
+            async move { auth.authenticate(&jwt).await }
+        });
+        // The connect has its ticket and waits for bcrypt.
+        while auth.pool.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        auth.forget("u", "r");
+        release.send(()).expect("release");
+        blocker.await.expect("the blocker ended");
+        let verdict = connect.await.expect("joined");
+        assert!(matches!(verdict, Err(AuthError::Revoked)), "{verdict:?}");
+        // A connect that starts after the revocation is checked afresh, not from a cache.
+        let (_, path) = auth.authenticate(&jwt).await.expect("a later connect");
+        assert_ne!(path, AuthPath::Cache);
+    }
+
     #[tokio::test]
     async fn issuing_again_keeps_the_earlier_tokens_of_the_user_and_room_valid() {
         let (auth, registry) = authenticator(TokenCheck::Bcrypt);

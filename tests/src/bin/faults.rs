@@ -31,15 +31,8 @@ async fn main() -> anyhow::Result<()> {
             .collect();
     }
     let reports = faults::run(&settings).await;
-    for r in &reports {
-        println!("{}", r.line());
-    }
-    let lost: usize = reports.iter().map(|r| r.lost).sum();
-    let duplicated: usize = reports.iter().map(|r| r.duplicated).sum();
-    println!(
-        "faults: {lost} lost, {duplicated} duplicated across {} faults",
-        reports.len() - 1
-    );
+    let (table, lost, duplicated) = faults::summary(&reports);
+    println!("{table}");
     if lost + duplicated > 0 {
         std::process::exit(1);
     }
