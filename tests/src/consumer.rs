@@ -59,6 +59,20 @@ impl Consumer {
         crate::metric_value(&format!("{}/metrics", self.http), series).await
     }
 
+    /// Value of a counter once it has reached `at_least` (or the deadline passed): counters
+    /// move a moment after what a test can see (the socket has its frame before the
+    /// gateway's answer reaches the consumer; a dead letter is on its queue before the
+    /// original is acknowledged), so a test waits for the count, then checks it is exact.
+    pub async fn counter_once_at(&self, series: &str, at_least: f64) -> f64 {
+        let _ = crate::within(
+            crate::DEADLINE,
+            std::time::Duration::from_millis(100),
+            || async { self.metric(series).await >= at_least },
+        )
+        .await;
+        self.metric(series).await
+    }
+
     pub fn logs(&self) -> String {
         self.logs.lock().expect("logs").clone()
     }
