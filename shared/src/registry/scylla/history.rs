@@ -3,14 +3,40 @@
 //! history TTL and never deleted. A read after a position walks the buckets from the
 //! position's minute to now, one partition read each, until it has the rows it may
 //! return.
+//!
+//! Appends are batched naturally ([`Batcher`]): a lone append is one `INSERT` sent at once;
+//! those that arrive while [`APPENDS_IN_FLIGHT`] requests are out share the next requests,
+//! each an `UNLOGGED BATCH` of at most [`BATCH_PARTITIONS`] partitions and
+//! [`BATCH_BYTES`] of values (under Cassandra's default warning thresholds, so no batch
+//! ever draws a warning into the log). Every notification is on the server before its
+//! caller's append returns, as with one `INSERT` each; under load the CQL requests per
+//! notification fall from one to about a tenth (bench/README.md, issue 17's guard).
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
+use futures_util::future::join_all;
+use scylla::client::session::Session;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
 use super::statements::{Cql, ttl_seconds};
+use crate::batch::Batcher;
 use crate::error::{Error, Result};
 use crate::history::{HistoryEntry, HistoryPage, Pos, now_micros};
+
+/// Appends taken from the queue at once (split further into batches by the bounds below).
+const APPENDS_PER_TURN: usize = 256;
+/// Append requests in flight at once; appends beyond wait and go in the next requests.
+const APPENDS_IN_FLIGHT: usize = 4;
+/// Partitions one batch touches at most: Cassandra warns above 10
+/// (`unlogged_batch_across_partitions_warn_threshold`).
+const BATCH_PARTITIONS: usize = 10;
+/// The bytes of values one batch carries at most: Cassandra warns above 5 KiB
+/// (`batch_size_warn_threshold`). A larger entry goes alone as a plain `INSERT`.
+const BATCH_BYTES: usize = 5 * 1024 - 512;
 
 /// The width of a bucket: a minute of positions.
 const BUCKET_MICROS: u64 = 60_000_000;
@@ -27,9 +53,9 @@ type HistoryRow = (
     Option<i64>,
 );
 
-/// The prepared statements of the history table.
+/// The prepared statements of the history table, and the batcher of its appends.
 pub(super) struct HistoryStatements {
-    append: PreparedStatement,
+    appends: Batcher<(HistoryEntry, Duration), Result<()>>,
     read: PreparedStatement,
 }
 
@@ -46,12 +72,23 @@ impl HistoryStatements {
             statement.set_is_idempotent(true);
             Ok::<_, Error>(statement)
         };
+        let append = prepare(format!(
+            "INSERT INTO {ks}.history (stream, bucket, micros, writer, id, room_id, frame, \
+             published_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+        ))
+        .await?;
+        let context = format!("scylla append_history ({ks}.history)");
+        let session = cql.session.clone();
         Ok(Self {
-            append: prepare(format!(
-                "INSERT INTO {ks}.history (stream, bucket, micros, writer, id, room_id, frame, \
-                 published_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
-            ))
-            .await?,
+            appends: Batcher::new(
+                APPENDS_PER_TURN,
+                APPENDS_IN_FLIGHT,
+                Arc::new(move |items: Vec<(HistoryEntry, Duration)>| {
+                    let (session, append, context) =
+                        (session.clone(), append.clone(), context.clone());
+                    async move { write_appends(&session, &append, &context, items).await }.boxed()
+                }),
+            ),
             read: prepare(format!(
                 "SELECT micros, writer, id, room_id, frame, published_at FROM {ks}.history \
                  WHERE stream = ? AND bucket = ? AND (micros, writer) > (?, ?) LIMIT ?"
@@ -60,32 +97,16 @@ impl HistoryStatements {
         })
     }
 
-    pub(super) async fn append(
-        &self,
-        cql: &Cql,
-        entry: &HistoryEntry,
-        ttl: Duration,
-    ) -> Result<()> {
-        cql.run(
-            "append_history",
-            "history",
-            &self.append,
-            (
-                &entry.stream,
-                bucket(entry.pos.micros),
-                micros(entry.pos.micros),
-                writer_to_cql(entry.pos.writer),
-                &entry.id,
-                &entry.room_id,
-                &entry.frame,
-                entry
-                    .published_at
-                    .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX)),
-                ttl_seconds(ttl),
-            ),
-        )
-        .await
-        .map(drop)
+    /// Writes one entry, alone or in a batch with the appends that arrived with it.
+    pub(super) async fn append(&self, entry: &HistoryEntry, ttl: Duration) -> Result<()> {
+        self.appends
+            .submit((entry.clone(), ttl))
+            .await
+            .unwrap_or_else(|| {
+                Err(Error::registry_answer(
+                    "scylla append_history: the write was lost (the runtime is shutting down)",
+                ))
+            })
     }
 
     pub(super) async fn read(
@@ -139,6 +160,121 @@ impl HistoryStatements {
     }
 }
 
+/// One entry's values for the append statement.
+type AppendRow<'a> = (
+    &'a str,
+    i64,
+    i64,
+    i32,
+    &'a str,
+    &'a Option<String>,
+    &'a str,
+    Option<i64>,
+    i32,
+);
+
+fn append_row((entry, ttl): &(HistoryEntry, Duration)) -> AppendRow<'_> {
+    (
+        &entry.stream,
+        bucket(entry.pos.micros),
+        micros(entry.pos.micros),
+        writer_to_cql(entry.pos.writer),
+        &entry.id,
+        &entry.room_id,
+        &entry.frame,
+        entry
+            .published_at
+            .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX)),
+        ttl_seconds(*ttl),
+    )
+}
+
+/// The bytes an entry's values take in a batch (what Cassandra's size threshold counts,
+/// give or take the clustering and TTL columns' few bytes).
+fn value_bytes(entry: &HistoryEntry) -> usize {
+    entry.stream.len()
+        + entry.id.len()
+        + entry.room_id.as_ref().map_or(0, String::len)
+        + entry.frame.len()
+        + 32
+}
+
+/// Splits the appends into groups (index ranges, in order) that each fit one batch: at
+/// most [`BATCH_PARTITIONS`] partitions and [`BATCH_BYTES`] of values; an entry larger
+/// than that alone is a group of one (sent as a plain `INSERT`).
+fn groups(items: &[(HistoryEntry, Duration)]) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    let mut partitions: HashSet<(&str, i64)> = HashSet::new();
+    for (i, (entry, _)) in items.iter().enumerate() {
+        let size = value_bytes(entry);
+        let partition = (entry.stream.as_str(), bucket(entry.pos.micros));
+        let new_partition = !partitions.contains(&partition);
+        let full = i > start
+            && (bytes + size > BATCH_BYTES
+                || (new_partition && partitions.len() >= BATCH_PARTITIONS));
+        if full {
+            groups.push(start..i);
+            start = i;
+            bytes = 0;
+            partitions.clear();
+        }
+        bytes += size;
+        partitions.insert(partition);
+    }
+    if start < items.len() {
+        groups.push(start..items.len());
+    }
+    groups
+}
+
+/// Writes the appends taken in one turn: one request per group, all at once; every entry
+/// answers with its own group's result.
+async fn write_appends(
+    session: &Session,
+    append: &PreparedStatement,
+    context: &str,
+    items: Vec<(HistoryEntry, Duration)>,
+) -> Vec<Result<()>> {
+    let groups = groups(&items);
+    let requests = groups.iter().map(|range| {
+        let group = &items[range.clone()];
+        async move {
+            if let [one] = group {
+                session.execute_unpaged(append, append_row(one)).await
+            } else {
+                let mut batch = Batch::new(BatchType::Unlogged);
+                for _ in group {
+                    batch.append_statement(append.clone());
+                }
+                // The same entries written again are the same rows: retrying is safe.
+                batch.set_is_idempotent(true);
+                let rows: Vec<AppendRow<'_>> = group.iter().map(append_row).collect();
+                session.batch(&batch, rows).await
+            }
+        }
+    });
+    let answers = join_all(requests).await;
+    let mut results = Vec::with_capacity(items.len());
+    for (range, answer) in groups.iter().zip(answers) {
+        match answer {
+            Ok(_) => results.extend(range.clone().map(|_| Ok(()))),
+            Err(cause) => {
+                // One failed request answers every entry in it with the driver's error.
+                let cause: Arc<dyn std::error::Error + Send + Sync> = Arc::new(cause);
+                results.extend(range.clone().map(|_| {
+                    Err(Error::RegistryUnavailable {
+                        context: context.to_owned(),
+                        source: Some(Box::new(cause.clone())),
+                    })
+                }));
+            }
+        }
+    }
+    results
+}
+
 /// The bucket of a position: its minute since the epoch.
 fn bucket(micros: u64) -> i64 {
     i64::try_from(micros / BUCKET_MICROS).unwrap_or(i64::MAX)
@@ -161,6 +297,52 @@ fn micros(micros: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(stream: &str, minute: u64, frame_len: usize) -> (HistoryEntry, Duration) {
+        let entry = HistoryEntry {
+            stream: stream.to_owned(),
+            pos: Pos {
+                micros: minute * BUCKET_MICROS,
+                writer: 1,
+            },
+            id: "m".to_owned(),
+            room_id: None,
+            frame: "x".repeat(frame_len),
+            published_at: None,
+        };
+        (entry, Duration::from_secs(60))
+    }
+
+    #[test]
+    fn a_batch_touches_at_most_ten_partitions_and_keeps_the_order() {
+        let items: Vec<_> = (0..25).map(|i| entry(&format!("u:{i}"), 0, 10)).collect();
+        assert_eq!(groups(&items), vec![0..10, 10..20, 20..25]);
+        // Entries of one partition do not count twice; another minute is another partition.
+        let mut items: Vec<_> = (0..30).map(|_| entry("r:a", 0, 10)).collect();
+        items.extend((0..10).map(|i| entry("r:a", i + 1, 10)));
+        assert_eq!(groups(&items), vec![0..39, 39..40]);
+    }
+
+    #[test]
+    fn a_batch_stays_under_the_size_warning_and_a_large_entry_goes_alone() {
+        let items: Vec<_> = (0..8).map(|_| entry("r:a", 0, 1_000)).collect();
+        let split = groups(&items);
+        assert!(split.len() > 1, "{split:?}");
+        for range in &split {
+            let bytes: usize = items[range.clone()]
+                .iter()
+                .map(|(e, _)| value_bytes(e))
+                .sum();
+            assert!(bytes <= BATCH_BYTES, "{range:?}: {bytes}");
+        }
+        let items = vec![
+            entry("r:a", 0, 10),
+            entry("r:a", 0, 20_000),
+            entry("r:a", 0, 10),
+        ];
+        assert_eq!(groups(&items), vec![0..1, 1..2, 2..3]);
+        assert!(groups(&[]).is_empty());
+    }
 
     #[test]
     fn a_bucket_is_a_minute_of_positions() {

@@ -391,7 +391,7 @@ impl Registry for ScyllaRegistry {
         ttl: Duration,
         _keep: usize,
     ) -> Result<()> {
-        self.history.append(&self.cql, entry, ttl).await
+        self.history.append(entry, ttl).await
     }
 
     async fn read_history(&self, stream: &str, after: Pos, limit: usize) -> Result<HistoryPage> {
