@@ -32,7 +32,7 @@ async fn a_user_without_a_room_is_reached_in_every_room_over_http_and_rabbitmq()
     let (status, body) = c.gateways[1]
         .publish(json!({"user_id": "backend", "to_user_id": "alice", "data": {"type": "http"}}))
         .await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 202, "{body}");
     assert_eq!(body["delivered"], 2, "both of Alice's sockets: {body}");
     // Over RabbitMQ, with no room key at all.
     c.send_in_order(json!({"user_id": "backend", "to_user_id": "alice", "data": {"type": "amqp"}}))
