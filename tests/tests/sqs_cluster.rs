@@ -93,8 +93,14 @@ async fn an_sqs_message_to_a_user_without_a_room_reaches_them_in_every_room() {
     let c = SqsCluster::start().await;
     let g = &c.cluster.gateways;
     let mut sockets = vec![
-        ("alice", g[0].connect(&g[0].token("alice", "r1").await).await),
-        ("alice", g[2].connect(&g[2].token("alice", "r2").await).await),
+        (
+            "alice",
+            g[0].connect(&g[0].token("alice", "r1").await).await,
+        ),
+        (
+            "alice",
+            g[2].connect(&g[2].token("alice", "r2").await).await,
+        ),
         ("bob", g[1].connect(&g[1].token("bob", "r1").await).await),
         ("bob", g[1].connect(&g[1].token("bob", "r2").await).await),
     ];
@@ -111,7 +117,11 @@ async fn an_sqs_message_to_a_user_without_a_room_reaches_them_in_every_room() {
             let v = recv_json(ws).await;
             got.push(v["data"]["type"].as_str().unwrap_or_default().to_owned());
         }
-        let expected: &[&str] = if *user == "alice" { &["user", "marker"] } else { &["marker"] };
+        let expected: &[&str] = if *user == "alice" {
+            &["user", "marker"]
+        } else {
+            &["marker"]
+        };
         assert_eq!(got, expected, "socket {i} ({user})");
     }
 }

@@ -45,7 +45,10 @@ async fn a_user_without_a_room_is_reached_in_every_room_over_http_and_rabbitmq()
             .await;
     }
 
-    assert_eq!(types_until_marker(&mut alice_r1).await, ["http", "amqp", "marker"]);
+    assert_eq!(
+        types_until_marker(&mut alice_r1).await,
+        ["http", "amqp", "marker"]
+    );
     assert_eq!(
         types_until_marker(&mut alice_r2).await,
         ["http", "amqp", "scoped", "marker"]

@@ -337,7 +337,10 @@ mod tests {
             MAX,
         )
         .expect("valid");
-        assert_eq!((m.user_id.as_str(), m.room_id.as_deref()), ("42", Some("7")));
+        assert_eq!(
+            (m.user_id.as_str(), m.room_id.as_deref()),
+            ("42", Some("7"))
+        );
         assert_eq!(
             m.target(),
             Target::User {
