@@ -92,7 +92,7 @@ async fn an_sqs_message_reaches_its_targets_on_every_gateway_exactly_once() {
 async fn an_sqs_message_to_a_user_without_a_room_reaches_them_in_every_room() {
     let c = SqsCluster::start().await;
     let g = &c.cluster.gateways;
-    let mut sockets = vec![
+    let mut sockets = [
         (
             "alice",
             g[0].connect(&g[0].token("alice", "r1").await).await,
