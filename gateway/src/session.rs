@@ -428,7 +428,7 @@ fn handle_text(gw: &Arc<Gateway>, conn: &Arc<Connection>, text: &str) -> Option<
                 .inc();
             let message = PublishMessage {
                 user_id: conn.record.user_id.clone(),
-                room_id: conn.record.room_id.clone(),
+                room_id: Some(conn.record.room_id.clone()),
                 data,
                 to_user_id: None,
                 connection_id: None,

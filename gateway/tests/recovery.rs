@@ -181,3 +181,39 @@ async fn a_socket_is_closed_with_4001_when_its_token_expires() {
     let (mut ws, _) = gw.connect_modern(&token).await;
     assert_eq!(recv_close(&mut ws).await, 4001);
 }
+
+#[tokio::test]
+async fn a_notification_to_a_user_without_a_room_is_replayed_in_whichever_room_they_resume() {
+    let gw = Gateway::start(&[]).await;
+    let in_r = gw.token("eve", "r").await;
+    let in_s = gw.token("eve", "s").await;
+    let (mut ws, _) = gw.connect_modern(&in_r).await;
+    gw.publish(publish_body("r", json!({"n": 1}))).await;
+    let (_, since) = next_notification(&mut ws).await;
+    drop(ws);
+
+    // While eve is away: one to her in no room, one to her in room r only.
+    gw.publish(json!({"user_id": "ops", "to_user_id": "eve", "data": {"n": 2}}))
+        .await;
+    gw.publish(json!({"user_id": "ops", "room_id": "r", "to_user_id": "eve", "data": {"n": 3}}))
+        .await;
+
+    // Back in room s: the user-wide one, not the one scoped to room r.
+    let (mut s, _) = gw.connect_v1(&in_s, Some(&since)).await;
+    let (v, _) = next_notification(&mut s).await;
+    assert_eq!(v["data"]["n"], 2, "{v}");
+    assert_eq!(
+        recv_json(&mut s).await,
+        json!({"event": "recovered", "recovered": true, "missed": 1})
+    );
+    // Back in room r: both, in order.
+    let (mut r, _) = gw.connect_v1(&in_r, Some(&since)).await;
+    for n in [2, 3] {
+        let (v, _) = next_notification(&mut r).await;
+        assert_eq!(v["data"]["n"], n, "{v}");
+    }
+    assert_eq!(
+        recv_json(&mut r).await,
+        json!({"event": "recovered", "recovered": true, "missed": 2})
+    );
+}

@@ -89,6 +89,44 @@ async fn an_sqs_message_reaches_its_targets_on_every_gateway_exactly_once() {
 }
 
 #[tokio::test]
+async fn an_sqs_message_to_a_user_without_a_room_reaches_them_in_every_room() {
+    let c = SqsCluster::start().await;
+    let g = &c.cluster.gateways;
+    let mut sockets = [
+        (
+            "alice",
+            g[0].connect(&g[0].token("alice", "r1").await).await,
+        ),
+        (
+            "alice",
+            g[2].connect(&g[2].token("alice", "r2").await).await,
+        ),
+        ("bob", g[1].connect(&g[1].token("bob", "r1").await).await),
+        ("bob", g[1].connect(&g[1].token("bob", "r2").await).await),
+    ];
+    // No room key at all.
+    c.send_in_order(json!({"user_id": "backend", "to_user_id": "alice", "data": {"type": "user"}}))
+        .await;
+    for room in ["r1", "r2"] {
+        c.send_in_order(json!({"user_id": "backend", "room_id": room, "data": {"type": "marker"}}))
+            .await;
+    }
+    for (i, (user, ws)) in sockets.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        while got.last().map(String::as_str) != Some("marker") {
+            let v = recv_json(ws).await;
+            got.push(v["data"]["type"].as_str().unwrap_or_default().to_owned());
+        }
+        let expected: &[&str] = if *user == "alice" {
+            &["user", "marker"]
+        } else {
+            &["marker"]
+        };
+        assert_eq!(got, expected, "socket {i} ({user})");
+    }
+}
+
+#[tokio::test]
 async fn a_poison_sqs_message_is_dead_lettered_and_delivery_goes_on() {
     let c = SqsCluster::start().await;
     let gw = &c.cluster.gateways[2];

@@ -7,6 +7,10 @@ use serde_json::value::RawValue;
 use super::{Frame, Target, check_id};
 use crate::error::{Error, Result};
 
+/// Why a message without a room is refused.
+const ROOM_REQUIRED: &str =
+    "field `room_id` is required (it may be left out only with `to_user_id` or `connection_id`)";
+
 /// A message to push: the body of a queue message or of `POST /v1/publish`.
 ///
 /// The original format is `{"user_id", "room_id", "data"}`; the optional fields select a
@@ -18,12 +22,18 @@ pub struct PublishMessage {
     /// The sender, shown to browsers as `user_id`.
     #[serde(deserialize_with = "super::id::deserialize")]
     pub user_id: String,
-    /// The room (tenant, channel) the message belongs to.
-    #[serde(deserialize_with = "super::id::deserialize")]
-    pub room_id: String,
+    /// The room (tenant, channel) the message belongs to. It may be left out when the
+    /// message names `to_user_id` (then it reaches that user's sockets in every room) or
+    /// `connection_id`.
+    #[serde(
+        default,
+        deserialize_with = "super::id::deserialize_optional",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub room_id: Option<String>,
     /// The payload, any JSON value.
     pub data: Box<RawValue>,
-    /// Only this user's sockets in `room_id`.
+    /// Only this user's sockets: in `room_id`, or in every room when there is none.
     #[serde(
         default,
         deserialize_with = "super::id::deserialize_optional",
@@ -61,8 +71,11 @@ impl PublishMessage {
     /// ([`Error::TooLarge`] otherwise: `HERMES_MAX_MESSAGE_BYTES`).
     pub fn validate(&self, max_data_bytes: usize) -> Result<()> {
         check_id("user_id", &self.user_id)?;
-        check_id("room_id", &self.room_id)?;
+        if self.room_id.is_none() && self.to_user_id.is_none() && self.connection_id.is_none() {
+            return Err(Error::Invalid(ROOM_REQUIRED.into()));
+        }
         for (name, value) in [
+            ("room_id", &self.room_id),
             ("to_user_id", &self.to_user_id),
             ("connection_id", &self.connection_id),
             ("exclude_connection_id", &self.exclude_connection_id),
@@ -83,19 +96,23 @@ impl PublishMessage {
         Ok(())
     }
 
-    /// The target this message selects: a connection, else a user in the room, else the room.
+    /// The target this message selects: a connection, else a user (in the room, or in
+    /// every room without one), else the room. A message [`Self::validate`] refuses (no
+    /// room and no narrower target) selects no socket.
     pub fn target(&self) -> Target {
         if let Some(connection_id) = &self.connection_id {
             Target::Connections(vec![connection_id.clone()])
         } else if let Some(user_id) = &self.to_user_id {
             Target::User {
                 user_id: user_id.clone(),
-                room_id: Some(self.room_id.clone()),
-            }
-        } else {
-            Target::Room {
                 room_id: self.room_id.clone(),
             }
+        } else if let Some(room_id) = &self.room_id {
+            Target::Room {
+                room_id: room_id.clone(),
+            }
+        } else {
+            Target::Connections(Vec::new())
         }
     }
 
@@ -114,14 +131,21 @@ fn describe_parse_error(body: &[u8], error: &serde_json::Error) -> String {
     let Some(object) = value.as_object() else {
         return "body must be a JSON object like {\"user_id\",\"room_id\",\"data\"}".into();
     };
-    for field in ["user_id", "room_id", "data"] {
-        if !object.contains_key(field) {
-            return format!("field `{field}` is required");
-        }
+    if !object.contains_key("user_id") {
+        return "field `user_id` is required".into();
+    }
+    let narrower = ["to_user_id", "connection_id"]
+        .iter()
+        .any(|f| object.get(*f).is_some_and(|v| !v.is_null()));
+    if object.get("room_id").is_none_or(serde_json::Value::is_null) && !narrower {
+        return ROOM_REQUIRED.into();
+    }
+    if !object.contains_key("data") {
+        return "field `data` is required".into();
     }
     // Ids: a string, or an integer (read as its decimal string).
     for field in ["user_id", "room_id", "to_user_id"] {
-        let optional = field == "to_user_id";
+        let optional = field != "user_id";
         if let Some(v) = object.get(field)
             && super::id::from_value(v).is_none()
             && !(optional && v.is_null())
@@ -235,6 +259,36 @@ mod tests {
     }
 
     #[test]
+    fn a_user_without_a_room_is_that_user_in_every_room() {
+        let m = PublishMessage::parse(br#"{"user_id":"u","to_user_id":42,"data":1}"#, MAX)
+            .expect("valid");
+        assert_eq!(
+            m.target(),
+            Target::User {
+                user_id: "42".into(),
+                room_id: None
+            }
+        );
+        // A retry copy (its own serialization) keeps the target, with no `room_id` key.
+        let text = serde_json::to_string(&m).expect("json");
+        assert!(!text.contains("room_id"), "{text}");
+        let again = PublishMessage::parse(text.as_bytes(), MAX).expect("valid");
+        assert_eq!(again.target(), m.target());
+        // A connection needs no room either; a null room is no room.
+        let m = PublishMessage::parse(
+            br#"{"user_id":"u","room_id":null,"connection_id":"c","data":1}"#,
+            MAX,
+        )
+        .expect("valid");
+        assert_eq!(m.target(), Target::Connections(vec!["c".into()]));
+        let err = PublishMessage::parse(br#"{"user_id":"u","room_id":null,"data":1}"#, MAX)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("`room_id` is required"), "{err}");
+    }
+
+    #[test]
     fn invalid_messages_name_the_field() {
         let cases: [(&[u8], &str); 9] = [
             (b"not json", "not valid JSON"),
@@ -283,7 +337,10 @@ mod tests {
             MAX,
         )
         .expect("valid");
-        assert_eq!((m.user_id.as_str(), m.room_id.as_str()), ("42", "7"));
+        assert_eq!(
+            (m.user_id.as_str(), m.room_id.as_deref()),
+            ("42", Some("7"))
+        );
         assert_eq!(
             m.target(),
             Target::User {
