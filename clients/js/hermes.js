@@ -141,7 +141,9 @@
       this._authRetries = 0; // refusals (401/403) answered by asking the token function again
       this._openedAt = 0;
       this._lastFrameAt = 0; // when the current socket last received a frame (or opened)
+      this._frames = 0; // frames the current socket received
       this._pingSentAt = 0; // when the liveness ping still unanswered was sent; 0: none
+      this._framesAtPing = 0; // `_frames` when it was sent: any frame after it answers it
       this._liveTimer = null;
       this._wakeHandlers = null; // the `online` / `visibilitychange` listeners while running
       this._gen = 0; // bumped by connect()/close(): stale async work checks it and gives up
@@ -343,6 +345,7 @@
       ws.onmessage = function (event) {
         if (gen !== self._gen) return;
         self._lastFrameAt = Date.now();
+        self._frames++;
         self._onFrame(event.data);
       };
 
@@ -576,7 +579,7 @@
     _checkLiveness(gen, ws, now) {
       var t = Date.now();
       var stale = this.options.staleTimeout;
-      if (this._pingSentAt && this._lastFrameAt >= this._pingSentAt) this._pingSentAt = 0; // answered
+      if (this._pingSentAt && this._frames > this._framesAtPing) this._pingSentAt = 0; // answered
       if (this._pingSentAt) {
         var waited = t - this._pingSentAt;
         if (waited >= stale) {
@@ -587,7 +590,10 @@
       }
       var silent = t - this._lastFrameAt;
       if (now || silent >= this.options.pingInterval) {
-        if (this._sendFrame({ action: 'ping' })) this._pingSentAt = t;
+        if (this._sendFrame({ action: 'ping' })) {
+          this._pingSentAt = t;
+          this._framesAtPing = this._frames;
+        }
         return this._armLiveness(gen, ws, stale);
       }
       this._armLiveness(gen, ws, this.options.pingInterval - silent);
