@@ -146,6 +146,7 @@
       this._framesAtPing = 0; // `_frames` when it was sent: any frame after it answers it
       this._liveTimer = null;
       this._wakeHandlers = null; // the `online` / `visibilitychange` listeners while running
+      this._serverAskedToWait = false; // the pending reconnect honours a 503's Retry-After
       this._gen = 0; // bumped by connect()/close(): stale async work checks it and gives up
 
       if (typeof this.options.onStateChange === 'function') this.onStateChange(this.options.onStateChange);
@@ -629,13 +630,13 @@
     }
 
     // `online`, or the page became visible: a client waiting out a backoff tries at once
-    // (with the backoff started over); an open one checks it is still connected: after a
+    // (with the backoff started over; not a wait a 503's Retry-After asked for); an open one checks it is still connected: after a
     // silence longer than its own liveness check allows (the machine slept, the tab was
     // frozen) it reconnects at once, otherwise it pings now (`online`, or a silence of
     // `pingInterval`) and reconnects if no answer comes within `staleTimeout`.
     _wake(kind) {
       var gen = this._gen;
-      if (this.state === STATES.RECONNECTING && this._timer) {
+      if (this.state === STATES.RECONNECTING && this._timer && !this._serverAskedToWait) {
         clearTimeout(this._timer);
         this._timer = null;
         this.reconnectDelay = null;
@@ -656,6 +657,8 @@
     // delay: null for the normal full-jitter backoff, or an explicit delay in ms.
     _scheduleReconnect(gen, detail, delay) {
       if (gen !== this._gen) return;
+      // A server that answered 503 with Retry-After asked for this wait: wake-ups keep it.
+      this._serverAskedToWait = detail.status === 503 && delay != null;
       if (delay == null) {
         var ceiling = Math.min(this.options.backoffCap, this.options.backoffBase * Math.pow(2, this._attempt));
         delay = Math.random() * ceiling;

@@ -457,6 +457,21 @@ test('a page becoming visible while waiting out a backoff reconnects at once; a 
   client.close();
 });
 
+test('a wait a 503 asked for with Retry-After is kept when the page becomes visible', async () => {
+  const targets = wakeTargets();
+  const fetch = fakeFetch(503, { error: { code: 'overloaded', message: 'busy' } }, { 'Retry-After': '30' });
+  const { client } = makeClient({ ...targets, fetch });
+  await until(socketCount(1), 'a socket');
+  lastSocket().refuse();
+  await until(() => client.reconnectDelay >= 30000, 'the Retry-After wait');
+  targets.document.dispatchEvent(new Event('visibilitychange'));
+  targets.window.dispatchEvent(new Event('online'));
+  await new Promise((r) => setImmediate(r));
+  assert.ok(client.reconnectDelay >= 30000, 'still waiting');
+  assert.equal(FakeWebSocket.instances.length, 1, 'no early attempt');
+  client.close();
+});
+
 test('after a sleep longer than the liveness check allows, becoming visible reconnects at once', async (t) => {
   const targets = wakeTargets();
   t.mock.timers.enable({ apis: ['Date'], now: 1_000_000 });
