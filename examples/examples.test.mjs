@@ -40,7 +40,7 @@ const LANGUAGES = {
   node: (name) => [process.execPath, [`node/${name}.mjs`]],
   go: (name) => [path.join(env.HERMES_EXAMPLES_GO_BIN, name), []],
   ruby: (name) => ['ruby', [`ruby/${name.replaceAll('-', '_')}.rb`]],
-  curl: (name) => ['bash', [`curl/${name.replace(/^publish-http$/, 'publish')}.sh`]],
+  curl: (name) => ['bash', [`curl/${{ 'publish-http': 'publish', 'mint-token': 'token' }[name]}.sh`]],
 };
 const PRODUCERS = [
   ...['python', 'node', 'go', 'ruby'].flatMap((lang) => ['rabbitmq', 'sqs', 'http'].map((p) => [lang, p])),
@@ -333,4 +333,33 @@ test('revoking a token closes its socket with 4003 and refuses the cached JWT af
   const again = await connect(gateway, out.token);
   assert.equal(again.refused?.status, 403);
   assert.match(again.refused.body.error.code, /^token_(revoked|not_registered)$/);
+});
+
+test('curl asks Hermes for a token (POST /v1/tokens) that opens a WebSocket', async () => {
+  const [user, room] = ['user-curl-issue', `tokens-${run}`];
+  let ok = false;
+  try {
+    const out = await runExample('curl', 'mint-token', [], { USER_ID: user, ROOM_ID: room, HERMES_ADMIN_URL: gateway.internalUrl, HERMES_ADMIN_KEY: ADMIN_KEY });
+    assert.ok(out.expires_at > Date.now() / 1000, JSON.stringify(out));
+    const socket = await connect(gateway, out.token);
+    assert.ok(socket.connected, `refused: ${JSON.stringify(socket.refused)}`);
+    assert.deepEqual([socket.connected.user_id, socket.connected.room_id], [user, room]);
+    socket.ws.close();
+    ok = true;
+  } finally {
+    report(`curl   token    issue asked once, WebSocket opened ${ok ? 'yes' : 'no'}`);
+  }
+});
+
+test('with HERMES_TOKEN_CHECK=off, revoking closes the sockets (4003) but the JWT connects again until it expires', async () => {
+  const [user, room] = ['u-off-revoked', `tokens-${run}`];
+  const out = await runExample('python', 'mint-token', ['off'], { USER_ID: user, ROOM_ID: room, HERMES_JWT_SECRET: JWT_SECRET });
+  const socket = await connect(gatewayOff, out.token);
+  assert.ok(socket.connected, JSON.stringify(socket.refused));
+  const res = await fetch(`${gatewayOff.internalUrl}/v1/tokens/${room}/${user}`, { method: 'DELETE', headers: { Authorization: `Bearer ${ADMIN_KEY}` } });
+  assert.equal(res.status, 404, 'no token row exists in this model');
+  assert.equal(await socket.closed, 4003);
+  const again = await connect(gatewayOff, out.token);
+  assert.ok(again.connected, JSON.stringify(again.refused));
+  again.ws.close();
 });
