@@ -363,3 +363,21 @@ test('with HERMES_TOKEN_CHECK=off, revoking closes the sockets (4003) but the JW
   assert.ok(again.connected, JSON.stringify(again.refused));
   again.ws.close();
 });
+
+// ---- the docs' snippets ------------------------------------------------------------------
+
+test('every snippet in docs/publishing.md and docs/tokens.md is cut from the example it names', async () => {
+  const { readFileSync } = await import('node:fs');
+  let snippets = 0;
+  for (const doc of ['publishing.md', 'tokens.md']) {
+    const text = readFileSync(path.join(here, '..', 'docs', doc), 'utf8');
+    for (const [, body] of text.matchAll(/```[a-z]*\n([\s\S]*?)\n```/g)) {
+      const m = /^(?:#|\/\/) (examples\/\S+)\n([\s\S]*)$/.exec(body);
+      if (!m) continue;
+      const source = readFileSync(path.join(here, '..', m[1]), 'utf8');
+      assert.ok(source.includes(m[2]), `${doc}: the snippet of ${m[1]} is not in that file any more:\n${m[2]}`);
+      snippets += 1;
+    }
+  }
+  assert.ok(snippets >= 13, `found only ${snippets} snippets`);
+});
