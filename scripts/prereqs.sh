@@ -4,8 +4,8 @@
 #
 #   scripts/prereqs.sh      prints one line per tool; exits 1 naming what is missing
 #
-# Needed: a Debian-like Linux with apt-get, run as root (RabbitMQ, a JDK 17, Maven and
-# Chromium come from apt when missing); Rust 1.95 through rustup (rust-toolchain.toml);
+# Needed: a Debian-like Linux with apt-get, run as root (RabbitMQ, a JDK 17, Maven,
+# Chromium and Ruby come from apt when missing); Rust 1.95 through rustup (rust-toolchain.toml);
 # Go >= 1.26 (kube-apiserver, etcd and helm are built from their modules); Node.js >= 20
 # with npm (the browser and SDK tests); Python >= 3.11 with venv (moto's SQS server, boto3);
 # curl, git, tar.
@@ -30,7 +30,7 @@ case " ${ID:-} ${ID_LIKE:-} " in
   *" debian "*|*" ubuntu "*) ;;
   *) missing+=("a Debian or Ubuntu system (found ${PRETTY_NAME:-unknown}): services and Chromium come from apt") ;;
 esac
-[ "$(id -u)" -eq 0 ] || missing+=("root (apt-get installs RabbitMQ, a JDK 17, Maven and Chromium when missing)")
+[ "$(id -u)" -eq 0 ] || missing+=("root (apt-get installs RabbitMQ, a JDK 17, Maven, Chromium and Ruby when missing)")
 need apt-get "Debian packages"
 need cargo "Rust, https://rustup.rs"
 need rustup "Rust toolchains, https://rustup.rs (rust-toolchain.toml names 1.95.0)"

@@ -9,7 +9,8 @@
 # binaries against those services and speak WebSocket to the gateways; the consumer's
 # Kubernetes tests also use the local kube-apiserver, started before them), then the AWS
 # SDKs' ApiGatewayManagementApi clients against a real gateway (tests/sdk: boto3 from PyPI,
-# @aws-sdk/client-apigatewaymanagementapi from npm), then the browser client package's own
+# @aws-sdk/client-apigatewaymanagementapi from npm), then the producer and token examples in
+# Python, Node, Go, Ruby and curl (examples/run.sh), then the browser client package's own
 # tests (clients/js: node --test, npm pack, tsc from npm), then the browser tests (headless
 # Chromium from Debian driven by playwright-core). The Helm chart is linted
 # and rendered with every ci/*-values.yaml (helm built from its Go module, cached) and
@@ -97,6 +98,11 @@ step "chart" scripts/kube/helm.sh lint
 step "manifests" scripts/kube/render-manifests.sh --check
 step "api server dry run" scripts/kube/dry-run.sh
 step "api gateway sdks" env HERMES_GATEWAY_BIN="$CARGO_TARGET_DIR/debug/hermes-gateway" tests/sdk/run.sh
+# The producer and token examples of docs/publishing.md and docs/tokens.md, each run against a
+# real gateway and real consumers of RabbitMQ and SQS (Python from PyPI, Node from npm, Go
+# modules, Ruby from Debian; about 15 s warm).
+step "examples" env HERMES_GATEWAY_BIN="$CARGO_TARGET_DIR/debug/hermes-gateway" \
+  HERMES_CONSUMER_BIN="$CARGO_TARGET_DIR/debug/hermes-consumer" examples/run.sh
 step "js client" clients/js/run.sh
 step "browser tests" env HERMES_GATEWAY_BIN="$CARGO_TARGET_DIR/debug/hermes-gateway" tests/browser/run.sh
 # The chart installed for real (docs/dev/node.md, docs/dev/image.md): a one-node Kubernetes

@@ -25,3 +25,63 @@ pub const TRY_AGAIN_LATER: u16 = 1013;
 pub const TOKEN_EXPIRED: u16 = 4001;
 pub const TOKEN_REVOKED: u16 = 4003;
 pub const DISCONNECTED: u16 = 4004;
+
+/// The `code` label of `hermes_socket_closes_total` for a close with `code`: the code itself
+/// when it is one of RFC 6455's registered codes or one of Hermes's, `other` for any
+/// other. A client chooses the code it closes with, so the label's values must be a fixed
+/// set: a client sending arbitrary codes cannot create new series.
+pub fn metric_label(code: u16) -> &'static str {
+    match code {
+        1000 => "1000",
+        1001 => "1001",
+        1002 => "1002",
+        1003 => "1003",
+        1005 => "1005",
+        1006 => "1006",
+        1007 => "1007",
+        1008 => "1008",
+        1009 => "1009",
+        1010 => "1010",
+        1011 => "1011",
+        1012 => "1012",
+        1013 => "1013",
+        1014 => "1014",
+        TOKEN_EXPIRED => "4001",
+        TOKEN_REVOKED => "4003",
+        DISCONNECTED => "4004",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_outside_the_known_set_are_labelled_other() {
+        for code in [
+            NORMAL,
+            GOING_AWAY,
+            PROTOCOL_ERROR,
+            UNSUPPORTED_DATA,
+            INVALID_PAYLOAD,
+            POLICY_VIOLATION,
+            MESSAGE_TOO_BIG,
+            INTERNAL_ERROR,
+            SERVICE_RESTART,
+            TRY_AGAIN_LATER,
+            TOKEN_EXPIRED,
+            TOKEN_REVOKED,
+            DISCONNECTED,
+            1005,
+            1006,
+        ] {
+            assert_eq!(metric_label(code), code.to_string());
+        }
+        for code in [
+            0, 999, 1004, 1015, 1016, 2999, 3000, 3999, 4000, 4002, 4999, 65535,
+        ] {
+            assert_eq!(metric_label(code), "other", "{code}");
+        }
+    }
+}

@@ -16,6 +16,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admin_metrics;
 pub mod browser_client;
 pub mod close;
 pub mod config;

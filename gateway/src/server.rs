@@ -45,7 +45,8 @@ use crate::hub::SessionHub;
 use crate::internal::ServedRegistry;
 use crate::state::Gateway;
 use crate::{
-    Error, Result, access_log, admin, browser_client, close, internal, standalone, stream, upgrade,
+    Error, Result, access_log, admin, admin_metrics, browser_client, close, internal, standalone,
+    stream, upgrade,
 };
 
 /// Where a started gateway listens.
@@ -292,6 +293,7 @@ fn internal_server(
             .app_data(data.clone())
             .app_data(served.clone())
             .app_data(web::PayloadConfig::new(body_limit))
+            .wrap(from_fn(admin_metrics::count_admin_request))
             .wrap(from_fn(access_log::log_request))
             .route("/metrics", web::get().to(internal::metrics))
             .route("/healthz", web::get().to(internal::healthz))

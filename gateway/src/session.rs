@@ -281,7 +281,7 @@ async fn run(
     };
     gw.metrics
         .closes
-        .with_label_values(&[&code.to_string()])
+        .with_label_values(&[close::metric_label(code)])
         .inc();
     release(&gw, &conn).await;
     if code != 1006 {

@@ -84,7 +84,7 @@ impl TokenCommand {
                 auth.codec().sign(&Claims {
                     user_id: args.user,
                     room_id: args.room,
-                    token,
+                    token: Some(token),
                     exp,
                     iat: Some(now),
                 })?

@@ -15,6 +15,11 @@
 //! |            | endpoints (`deliver`)                                               |
 //! | `queue`    | the consumer's sources and `processor`                              |
 //! | `kube`     | the consumer's `kube` (EndpointSlice view, Lease, reaper)           |
+//! | `admin`    | the gateway's admin API (`admin_metrics`, around `admin`)           |
+//!
+//! [`Metrics::FAMILIES`] describes each family (name, Prometheus type, labels, help): the
+//! reference in `docs/metrics.md` is checked against it and against both processes'
+//! `/metrics` by a test (`tests/tests/metrics_reference.rs`).
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -22,11 +27,29 @@ use prometheus::{
     IntGaugeVec, Opts, TextEncoder,
 };
 
-/// Latency buckets from 100 µs to 10 s.
-const LATENCY_BUCKETS: &[f64] = &[
+/// Latency buckets from 100 µs to 2 min. The top ones are for what waits out the consumer's
+/// retry delays (by default 1, 5 and 30 s, the last repeating): a notification retried
+/// once or twice reaches its socket that much later, and `hermes_end_to_end_seconds` must
+/// tell "after a retry" from "after several" instead of putting them all in `+Inf`.
+pub const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
+    5.0, 10.0, 30.0, 60.0, 120.0,
 ];
+
+/// One family as [`Metrics::FAMILIES`] describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FamilyInfo {
+    /// The component that updates it (see the module's table).
+    pub owner: &'static str,
+    /// The exported name, `hermes_*`.
+    pub name: &'static str,
+    /// The Prometheus type: `counter`, `gauge` or `histogram`.
+    pub kind: &'static str,
+    /// Its label names, in declaration order.
+    pub labels: &'static [&'static str],
+    /// The `# HELP` text.
+    pub help: &'static str,
+}
 
 /// Declares the families by owner: the [`Metrics`] struct with one field each,
 /// [`Metrics::new`] that creates and registers them, and [`Metrics::OWNERS`].
@@ -53,6 +76,17 @@ macro_rules! families {
             /// Every family's exported name, by owner.
             pub const OWNERS: &'static [(&'static str, &'static [&'static str])] =
                 &[$((stringify!($owner), &[$($name),*])),*];
+
+            /// Every family: owner, name, type, labels and help.
+            pub const FAMILIES: &'static [FamilyInfo] = &[$($(
+                FamilyInfo {
+                    owner: stringify!($owner),
+                    name: $name,
+                    kind: <$kind as Family>::KIND,
+                    labels: &[$($($label),*)?],
+                    help: $help,
+                },
+            )*)*];
 
             /// Creates and registers every metric.
             pub fn new() -> Self {
@@ -276,6 +310,21 @@ families! {
             ["kind"]
         ),
     }
+    admin {
+        /// Admin API requests (tokens, publish, `@connections`) by route and status class
+        /// (`2xx`, `4xx`, `5xx`).
+        admin_requests: IntCounterVec(
+            "hermes_admin_requests_total",
+            "Admin API requests, by route and status class",
+            ["route", "status"]
+        ),
+        /// Admin API request latency by route, from the request read to the answer.
+        admin_duration: HistogramVec(
+            "hermes_admin_request_duration_seconds",
+            "Admin API request latency, by route",
+            ["route"]
+        ),
+    }
 }
 
 impl Default for Metrics {
@@ -298,6 +347,8 @@ impl Metrics {
 /// A metric type [`families!`] can declare: made from a name, a help text and labels
 /// (none for the scalar types; histograms get [`LATENCY_BUCKETS`]).
 trait Family: Collector + Clone + 'static {
+    /// The Prometheus type it is exported as.
+    const KIND: &'static str;
     fn make(name: &str, help: &str, labels: &[&str]) -> Self;
 }
 
@@ -308,30 +359,35 @@ fn unreachable_metric<T>() -> T {
 }
 
 impl Family for IntGauge {
+    const KIND: &'static str = "gauge";
     fn make(name: &str, help: &str, _: &[&str]) -> Self {
         IntGauge::new(name, help).unwrap_or_else(|_| unreachable_metric())
     }
 }
 
 impl Family for IntCounter {
+    const KIND: &'static str = "counter";
     fn make(name: &str, help: &str, _: &[&str]) -> Self {
         IntCounter::new(name, help).unwrap_or_else(|_| unreachable_metric())
     }
 }
 
 impl Family for IntGaugeVec {
+    const KIND: &'static str = "gauge";
     fn make(name: &str, help: &str, labels: &[&str]) -> Self {
         IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable_metric())
     }
 }
 
 impl Family for IntCounterVec {
+    const KIND: &'static str = "counter";
     fn make(name: &str, help: &str, labels: &[&str]) -> Self {
         IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable_metric())
     }
 }
 
 impl Family for Histogram {
+    const KIND: &'static str = "histogram";
     fn make(name: &str, help: &str, _: &[&str]) -> Self {
         Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
             .unwrap_or_else(|_| unreachable_metric())
@@ -339,6 +395,7 @@ impl Family for Histogram {
 }
 
 impl Family for HistogramVec {
+    const KIND: &'static str = "histogram";
     fn make(name: &str, help: &str, labels: &[&str]) -> Self {
         HistogramVec::new(
             HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
@@ -399,7 +456,7 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "a family declared twice");
-        assert_eq!(names.len(), 33);
+        assert_eq!(names.len(), 35);
         // Registering a family again is refused: each one is in the registry already.
         assert!(
             m.registry
@@ -414,8 +471,72 @@ mod tests {
         assert_eq!(
             owners,
             [
-                "sockets", "auth", "registry", "history", "router", "queue", "kube"
+                "sockets", "auth", "registry", "history", "router", "queue", "kube", "admin"
             ]
+        );
+    }
+
+    #[test]
+    fn families_describe_what_the_registry_exports() {
+        let m = Metrics::new();
+        // Give every labelled family a child so that all of them are gathered.
+        for family in Metrics::FAMILIES {
+            assert_eq!(
+                Metrics::OWNERS
+                    .iter()
+                    .find(|(owner, _)| *owner == family.owner)
+                    .map(|(_, names)| names.contains(&family.name)),
+                Some(true),
+                "{} under {}",
+                family.name,
+                family.owner
+            );
+        }
+        m.connects.with_label_values(&["accepted"]).inc();
+        m.admin_duration
+            .with_label_values(&["publish"])
+            .observe(0.1);
+        let gathered = m.registry.gather();
+        for mf in &gathered {
+            let info = Metrics::FAMILIES
+                .iter()
+                .find(|f| f.name == mf.name())
+                .unwrap_or_else(|| panic!("{} is not in FAMILIES", mf.name()));
+            let kind = format!("{:?}", mf.get_field_type()).to_lowercase();
+            assert_eq!(info.kind, kind, "{}", info.name);
+            assert_eq!(info.help, mf.help(), "{}", info.name);
+            for metric in mf.get_metric() {
+                let labels: Vec<&str> = metric.get_label().iter().map(|l| l.name()).collect();
+                let mut declared = info.labels.to_vec();
+                declared.sort_unstable();
+                assert_eq!(labels, declared, "{}", info.name);
+            }
+        }
+    }
+
+    #[test]
+    fn latency_buckets_reach_past_the_longest_default_retry_delay() {
+        let defaults = crate::config::Redelivery::from_strings(&std::collections::HashMap::<
+            &str,
+            &str,
+        >::new())
+        .expect("the defaults are valid");
+        let longest = defaults.delays.iter().max().expect("a delay");
+        let top = LATENCY_BUCKETS.last().copied().unwrap_or_default();
+        assert!(
+            top >= longest.as_secs_f64() * 2.0,
+            "top bucket {top} s, longest retry delay {longest:?}"
+        );
+        let m = Metrics::new();
+        m.end_to_end.observe(31.0);
+        let text = m.render();
+        assert!(
+            text.contains("hermes_end_to_end_seconds_bucket{le=\"60\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hermes_end_to_end_seconds_bucket{le=\"30\"} 0"),
+            "{text}"
         );
     }
 }

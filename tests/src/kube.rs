@@ -6,7 +6,7 @@
 //! create and read (there are no controllers: the tests play the kubelet and the
 //! EndpointSlice controller).
 //!
-//! Where things are (all from the environment, see docs/control-plane.md):
+//! Where things are (all from the environment, see docs/dev/control-plane.md):
 //! - `HERMES_TEST_KUBECONFIG`, else `KUBECONFIG`: an admin kubeconfig of the API server
 //!   (`eval "$(scripts/kube/control-plane.sh env)"` sets `KUBECONFIG`). Missing or
 //!   unreachable: the tests fail saying how to start it.

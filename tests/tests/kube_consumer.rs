@@ -9,7 +9,7 @@
 //! machine's non-loopback address since the API server refuses loopback ones in slices).
 //!
 //! Needs `KUBECONFIG` (or `HERMES_TEST_KUBECONFIG`), `HERMES_KUBECTL` and optionally
-//! `HERMES_HELM`: see docs/control-plane.md. Run alone with `cargo test -p hermes-e2e --test kube_consumer`.
+//! `HERMES_HELM`: see docs/dev/control-plane.md. Run alone with `cargo test -p hermes-e2e --test kube_consumer`.
 
 use std::time::Duration;
 

@@ -176,6 +176,13 @@ impl Authenticator {
         &self,
         claims: &Claims,
     ) -> std::result::Result<AuthPath, AuthError> {
+        let Some(token) = claims.token.as_deref() else {
+            return Err(AuthError::Malformed(
+                "the claim `token` is missing: HERMES_TOKEN_CHECK=bcrypt checks it against the \
+                 token registered for the user and room (POST /v1/tokens)"
+                    .into(),
+            ));
+        };
         let row = self
             .registry
             .token(&claims.user_id, &claims.room_id)
@@ -189,7 +196,7 @@ impl Authenticator {
         {
             return Err(AuthError::Revoked);
         }
-        let verifier = fast_verifier(&self.config.verifier_key, &claims.token);
+        let verifier = fast_verifier(&self.config.verifier_key, token);
         if let Some(stored) = &row.fast_verifier {
             return if constant_time_eq(stored, &verifier) {
                 Ok(AuthPath::FastVerifier)
@@ -198,7 +205,7 @@ impl Authenticator {
             };
         }
         let verified = self
-            .bcrypt_verify(&claims.token, &row.token_hash)
+            .bcrypt_verify(token, &row.token_hash)
             .await
             .map_err(|e| match e {
                 Error::Overloaded { retry_after } => AuthError::Overloaded(retry_after.as_secs()),
@@ -250,7 +257,7 @@ impl Authenticator {
         let jwt = self.codec.sign(&Claims {
             user_id: user_id.to_owned(),
             room_id: room_id.to_owned(),
-            token,
+            token: Some(token),
             exp: expires_at,
             iat: Some(now),
         })?;
@@ -384,7 +391,7 @@ mod tests {
             .sign(&Claims {
                 user_id: "u1".into(),
                 room_id: "r1".into(),
-                token: token.clone(),
+                token: Some(token.clone()),
                 exp: crate::ids::now_secs() + 600,
                 iat: None,
             })
@@ -421,7 +428,7 @@ mod tests {
             .sign(&Claims {
                 user_id: "u1".into(),
                 room_id: "r1".into(),
-                token: "not-the-token".into(),
+                token: Some("not-the-token".into()),
                 exp: crate::ids::now_secs() + 600,
                 iat: None,
             })
@@ -430,6 +437,20 @@ mod tests {
             verdict(auth.authenticate(&forged).await),
             Err("token_mismatch")
         );
+        let without_token = auth
+            .codec()
+            .sign(&Claims {
+                user_id: "u1".into(),
+                room_id: "r1".into(),
+                token: None,
+                exp: crate::ids::now_secs() + 600,
+                iat: None,
+            })
+            .expect("sign");
+        assert_eq!(
+            verdict(auth.authenticate(&without_token).await),
+            Err("token_malformed")
+        );
         assert!(auth.revoke("u1", "r1").await.expect("revoke"));
         assert_eq!(
             verdict(auth.authenticate(&issued.token).await),
@@ -437,6 +458,7 @@ mod tests {
         );
     }
 
+    /// With `HERMES_TOKEN_CHECK=off` the signed claims decide: no `token` claim is needed.
     #[tokio::test]
     async fn token_check_off_trusts_the_jwt_alone() {
         let (auth, _) = authenticator(TokenCheck::Off);
@@ -445,7 +467,7 @@ mod tests {
             .sign(&Claims {
                 user_id: "u".into(),
                 room_id: "r".into(),
-                token: "x".into(),
+                token: None,
                 exp: crate::ids::now_secs() + 60,
                 iat: None,
             })
@@ -464,7 +486,7 @@ mod tests {
             .sign(&Claims {
                 user_id: "u1".into(),
                 room_id: "r1".into(),
-                token: token.into(),
+                token: Some(token.into()),
                 exp: now + 600,
                 iat: age_secs.map(|age| now - age),
             })
@@ -493,7 +515,7 @@ mod tests {
             .sign(&Claims {
                 user_id: "u".into(),
                 room_id: "r".into(),
-                token,
+                token: Some(token),
                 exp: crate::ids::now_secs() + 3600,
                 iat: None,
             })
@@ -545,7 +567,7 @@ mod tests {
         }
         // The token is the original's, under the server passcode.
         let claims = auth.codec().verify(&second.token).expect("claims");
-        assert_eq!(claims.token, original_token("u1", PASSCODE, "r1"));
+        assert_eq!(claims.token, Some(original_token("u1", PASSCODE, "r1")));
         assert!(
             !first.replaced && !second.replaced,
             "nothing to tell the replicas"
