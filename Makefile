@@ -1,7 +1,7 @@
 # One recipe per workflow. `make help` lists them.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/hermes/target
 
-.PHONY: help run test fmt lint unit e2e sdk examples browser build release services chart manifests dry-run
+.PHONY: help run test fmt lint unit e2e sdk examples client browser build release services chart manifests dry-run
 help: ## List the recipes
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 run: ## Run Hermes standalone (demo page on http://127.0.0.1:8080/)
@@ -22,6 +22,8 @@ sdk: build ## The AWS SDKs (boto3, JavaScript) against a real gateway, SigV4 @co
 	HERMES_GATEWAY_BIN=$(CARGO_TARGET_DIR)/debug/hermes-gateway tests/sdk/run.sh
 examples: build ## The producer and token examples (Python, Node, Go, Ruby, curl) against a real gateway and consumers
 	HERMES_GATEWAY_BIN=$(CARGO_TARGET_DIR)/debug/hermes-gateway HERMES_CONSUMER_BIN=$(CARGO_TARGET_DIR)/debug/hermes-consumer examples/run.sh
+client: ## The browser client package's own tests (clients/js: node --test, npm pack, tsc)
+	clients/js/run.sh
 browser: build ## Browser tests only
 	HERMES_GATEWAY_BIN=$(CARGO_TARGET_DIR)/debug/hermes-gateway tests/browser/run.sh
 build: ## Debug build of every binary

@@ -10,7 +10,8 @@
 # Kubernetes tests also use the local kube-apiserver, started before them), then the AWS
 # SDKs' ApiGatewayManagementApi clients against a real gateway (tests/sdk: boto3 from PyPI,
 # @aws-sdk/client-apigatewaymanagementapi from npm), then the producer and token examples in
-# Python, Node, Go, Ruby and curl (examples/run.sh), then the browser tests (headless
+# Python, Node, Go, Ruby and curl (examples/run.sh), then the browser client package's own
+# tests (clients/js: node --test, npm pack, tsc from npm), then the browser tests (headless
 # Chromium from Debian driven by playwright-core). The Helm chart is linted
 # and rendered with every ci/*-values.yaml (helm built from its Go module, cached) and
 # k8s/hermes.yaml is checked to be current; every rendered manifest is applied as a
@@ -102,6 +103,7 @@ step "api gateway sdks" env HERMES_GATEWAY_BIN="$CARGO_TARGET_DIR/debug/hermes-g
 # modules, Ruby from Debian; about 15 s warm).
 step "examples" env HERMES_GATEWAY_BIN="$CARGO_TARGET_DIR/debug/hermes-gateway" \
   HERMES_CONSUMER_BIN="$CARGO_TARGET_DIR/debug/hermes-consumer" examples/run.sh
+step "js client" clients/js/run.sh
 step "browser tests" env HERMES_GATEWAY_BIN="$CARGO_TARGET_DIR/debug/hermes-gateway" tests/browser/run.sh
 # The chart installed for real (docs/dev/node.md, docs/dev/image.md): a one-node Kubernetes
 # cluster on this machine, the image built from the release binaries without a Docker engine

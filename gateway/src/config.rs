@@ -39,6 +39,7 @@ pub const WORKERS: &str = "HERMES_WORKERS";
 pub const LISTEN_BACKLOG: &str = "HERMES_LISTEN_BACKLOG";
 pub const DEDUP_WINDOW: &str = "HERMES_DEDUP_WINDOW";
 pub const DEDUP_SECONDS: &str = "HERMES_DEDUP_SECONDS";
+pub const SERVE_CLIENT: &str = "HERMES_SERVE_CLIENT";
 
 /// Whether browsers from an Origin may connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +104,9 @@ pub struct GatewayConfig {
     /// The streams' history: recorded by this gateway's router, replayed to resuming
     /// sockets.
     pub history: HistorySettings,
+    /// Whether the public listener serves the browser client at `/hermes.js` and
+    /// `/hermes.mjs` (`HERMES_SERVE_CLIENT`, default `on`, in every mode).
+    pub serve_client: bool,
 }
 
 /// How long and how many delivered message ids the gateway remembers (`crate::dedup`).
@@ -268,7 +272,20 @@ impl GatewayConfig {
             listen_backlog: positive(s, LISTEN_BACKLOG, 4096)?.min(i32::MAX as usize),
             dedup: DedupSettings::from_strings(s)?,
             history: HistorySettings::from_strings(s)?,
+            serve_client: on_off(s, SERVE_CLIENT, true)?,
         })
+    }
+}
+
+/// An `on` | `off` switch; absent: `default`.
+fn on_off(s: &dyn Strings, key: &str, default: bool) -> Result<bool> {
+    match s.get(key).as_deref().map(str::trim) {
+        None => Ok(default),
+        Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => Err(Error::Config(format!(
+            "{key}: {other:?} must be `on` or `off`"
+        ))),
     }
 }
 
@@ -348,6 +365,22 @@ mod tests {
     }
 
     #[test]
+    fn the_browser_client_is_served_in_every_mode_unless_switched_off() {
+        let serve = GatewayConfig::from_strings(&serve_env(), Mode::Serve).expect("serve");
+        assert!(serve.serve_client, "served by default in serve mode");
+        let standalone =
+            GatewayConfig::from_strings(&HashMap::<&str, &str>::new(), Mode::Standalone)
+                .expect("standalone");
+        assert!(standalone.serve_client, "served by default in standalone");
+        for (value, served) in [("on", true), ("off", false), (" off ", false)] {
+            let mut env = serve_env();
+            env.insert(SERVE_CLIENT, value);
+            let c = GatewayConfig::from_strings(&env, Mode::Serve).expect("valid");
+            assert_eq!(c.serve_client, served, "{SERVE_CLIENT}={value:?}");
+        }
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
         let cases = [
             (MAX_MESSAGE_BYTES, "lots", "HERMES_MAX_MESSAGE_BYTES"),
@@ -363,6 +396,7 @@ mod tests {
             (BCRYPT_PRIORITY, "20", "HERMES_BCRYPT_PRIORITY"),
             (BCRYPT_PRIORITY, "low", "HERMES_BCRYPT_PRIORITY"),
             (DELIVER_TRANSPORT, "grpc", "HERMES_DELIVER_TRANSPORT"),
+            (SERVE_CLIENT, "yes", "HERMES_SERVE_CLIENT"),
             (
                 BCRYPT_NICE,
                 "10",

@@ -6,7 +6,7 @@
 //! - `hub`: the sockets indexed by connection, room and user, and local delivery;
 //! - `deliver`: the deliver handler, built once, behind the in-process router, `internal`
 //!   (`POST /internal/v1/deliver*`) and `stream` (routers' deliver streams);
-//! - `admin`: the admin API; `standalone`: the demo page;
+//! - `admin`: the admin API; `standalone`: the demo page; `browser_client`: `/hermes.js`;
 //! - `error` (`HttpError`, every HTTP refusal) and `extract` (admin key, internal secret,
 //!   `@connections` callers); `sigv4`: AWS Signature Version 4 on `@connections`;
 //! - `server`: start, heartbeat, drain; `config`, `state`, `close`, `access_log`;
@@ -17,6 +17,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod admin_metrics;
+pub mod browser_client;
 pub mod close;
 pub mod config;
 pub mod dedup;

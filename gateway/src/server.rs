@@ -45,7 +45,8 @@ use crate::hub::SessionHub;
 use crate::internal::ServedRegistry;
 use crate::state::Gateway;
 use crate::{
-    Error, Result, access_log, admin, admin_metrics, close, internal, standalone, stream, upgrade,
+    Error, Result, access_log, admin, admin_metrics, browser_client, close, internal, standalone,
+    stream, upgrade,
 };
 
 /// Where a started gateway listens.
@@ -241,6 +242,7 @@ fn announce(gw: &Gateway, bound: Bound) {
 
 fn public_server(gw: Arc<Gateway>, listener: TcpListener) -> Result<actix_web::dev::Server> {
     let standalone = gw.config.mode == Mode::Standalone;
+    let serve_client = gw.config.serve_client;
     let workers = gw.config.workers;
     let data = web::Data::new(gw);
     let server = HttpServer::new(move || {
@@ -248,10 +250,14 @@ fn public_server(gw: Arc<Gateway>, listener: TcpListener) -> Result<actix_web::d
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(64 * 1024))
             .wrap(from_fn(access_log::log_request));
+        if serve_client {
+            app = app
+                .route("/hermes.js", web::get().to(browser_client::hermes_js))
+                .route("/hermes.mjs", web::get().to(browser_client::hermes_mjs));
+        }
         if standalone {
             app = app
                 .route("/", web::get().to(standalone::index))
-                .route("/hermes.js", web::get().to(standalone::hermes_js))
                 .route("/demo/token", web::post().to(standalone::demo_token));
         }
         app.route("/{stage}", web::get().to(upgrade::websocket))

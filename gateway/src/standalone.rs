@@ -1,5 +1,6 @@
-//! Standalone-only routes on the public listener: the demo page, the browser client and
-//! a demo token endpoint (issuing tokens to anyone is only acceptable in a local demo).
+//! Standalone-only routes on the public listener: the demo page and a demo token endpoint
+//! (issuing tokens to anyone is only acceptable in a local demo). The browser client the
+//! page loads is served in every mode (`crate::browser_client`).
 
 use std::sync::Arc;
 
@@ -11,22 +12,12 @@ use crate::state::Gateway;
 
 /// The demo page.
 pub const INDEX_HTML: &str = include_str!("../static/index.html");
-/// The browser client.
-pub const HERMES_JS: &str = include_str!("../static/hermes.js");
 
 /// `GET /`.
 pub async fn index() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(INDEX_HTML)
-}
-
-/// `GET /hermes.js`.
-pub async fn hermes_js() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/javascript; charset=utf-8")
-        .insert_header(("Cache-Control", "no-cache"))
-        .body(HERMES_JS)
 }
 
 /// `POST /demo/token` `{"user_id"?, "room_id"?}` → a token for the demo.

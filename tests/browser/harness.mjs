@@ -192,7 +192,7 @@ export async function openSameOriginPage(context, gw, html, query = '') {
 }
 
 /**
- * Serve tests/browser/fixtures/ (plus `extra`: { 'name.html': html }) over HTTP on
+ * Serve tests/browser/fixtures/ (plus `extra`: { 'name.html': html or a Buffer }) over HTTP on
  * 127.0.0.1:0: another origin than the gateway's, as for an application whose
  * pages connect to a push service on its own host.
  */
@@ -201,7 +201,7 @@ export async function serveFixtures(extra = {}) {
     const name = path.basename(new URL(req.url, 'http://x').pathname);
     try {
       const body = name in extra ? extra[name] : await readFile(path.join(here, 'fixtures', name));
-      res.writeHead(200, { 'Content-Type': name.endsWith('.html') ? 'text/html; charset=utf-8' : 'application/octet-stream' });
+      res.writeHead(200, { 'Content-Type': contentType(name) });
       res.end(body);
     } catch {
       res.writeHead(404).end();
@@ -213,6 +213,12 @@ export async function serveFixtures(extra = {}) {
     url: `http://127.0.0.1:${server.address().port}`,
     close: () => new Promise((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }),
   };
+}
+
+function contentType(name) {
+  if (name.endsWith('.html')) return 'text/html; charset=utf-8';
+  if (name.endsWith('.js') || name.endsWith('.mjs')) return 'text/javascript; charset=utf-8';
+  return 'application/octet-stream';
 }
 
 export async function readFixture(name) {

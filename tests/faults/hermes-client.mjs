@@ -16,7 +16,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
-const Hermes = require('../../gateway/static/hermes.js');
+const Hermes = require('../../clients/js/hermes.js');
 
 const [gatewaysFile, tokenFile] = process.argv.slice(2);
 if (!gatewaysFile || !tokenFile) {

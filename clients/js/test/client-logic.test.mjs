@@ -1,12 +1,12 @@
-// hermes.js decision logic (backoff, close codes, the refusal probe, dispatch), run
-// in Node against a scripted fake WebSocket and fake fetch. No gateway, no browser:
-// the browser tests cover the real thing; these pin down the rules exactly.
-import { test, beforeEach } from 'node:test';
+// hermes.js decision logic (backoff, close codes, the refusal probe, dispatch, liveness,
+// wake-ups, token retries), run in Node against a scripted fake WebSocket and fake fetch.
+// No gateway, no browser: tests/browser covers the real thing; these pin down the rules.
+import { test, beforeEach, mock } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
-const Hermes = require('../../gateway/static/hermes.js');
+const Hermes = require('../hermes.js');
 
 class FakeWebSocket {
   static instances = [];
@@ -33,9 +33,9 @@ class FakeWebSocket {
 
 /** Resolve once `predicate()` is truthy, checking after each macrotask (no fixed sleeps). */
 async function until(predicate, what, limitMs = 5000) {
-  const start = Date.now();
+  const start = performance.now();
   while (!predicate()) {
-    if (Date.now() - start > limitMs) throw new Error(`timed out waiting for ${what}`);
+    if (performance.now() - start > limitMs) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setImmediate(r));
   }
 }
@@ -342,4 +342,271 @@ test('hermes.js with a fixed token stops (closed) when the token expires (4001)'
   lastSocket().serverClose(4001, 'token expired');
   assert.equal(client.state, 'closed');
   assert.equal(states.at(-1).detail.code, 4001);
+});
+
+// ---- liveness: the application-level ping and staleTimeout ------------------------
+
+/** An open hermes.v1 socket of `client` (the connected frame received). */
+async function openSocket(n = FakeWebSocket.instances.length + 1) {
+  await until(socketCount(n), `socket ${n}`);
+  const ws = lastSocket();
+  ws.serverOpen();
+  ws.serverSend({ event: 'connected', connection_id: `c${n}`, user_id: 'u', room_id: 'r' });
+  return ws;
+}
+const pings = (ws) => ws.sent.filter((f) => f.action === 'ping').length;
+
+test('a silent connection is pinged after pingInterval and kept while the server answers', async () => {
+  const { client, states } = makeClient({ pingInterval: 15, staleTimeout: 200 });
+  const ws = await openSocket(1);
+  // Answer each ping with a pong, as the gateway does; five rounds in a row.
+  for (let n = 1; n <= 5; n++) {
+    await until(() => pings(ws) >= n, `ping ${n}`);
+    ws.serverSend({ event: 'pong' });
+  }
+  assert.equal(FakeWebSocket.instances.length, 1, 'no reconnect while pongs come back');
+  assert.equal(client.state, 'open');
+  assert.deepEqual(states.map((s) => s.state), ['connecting', 'open']);
+  client.close();
+});
+
+test('a connection that stays silent after a ping for staleTimeout is dropped and replaced, resuming', async () => {
+  const { client, states, errors } = makeClient({ pingInterval: 10, staleTimeout: 30 });
+  const first = await openSocket(1);
+  first.serverSend({ user_id: 's', data: { n: 1 }, id: 'm1', pos: '000000000000000100000001' });
+  await until(() => pings(first) === 1, 'the liveness ping');
+  // No pong: the server (or the path to it) is gone without a close.
+  await until(() => client.state === 'reconnecting', 'the stale connection dropped');
+  assert.equal(first.closedByClient, 3000, 'the client closes the dead socket itself');
+  const reconnecting = states.at(-1);
+  assert.equal(reconnecting.detail.reason, 'stale');
+  assert.equal(reconnecting.detail.byClient, true);
+  assert.equal(errors.at(-1).code, 'stale');
+  await until(socketCount(2), 'the replacement socket');
+  assert.deepEqual(lastSocket().protocols, ['hermes.v1', 'bearer.jwt-1', 'since.000000000000000100000001'], 'resumes from the last position');
+  client.close();
+});
+
+test('any frame after the ping counts as an answer, not only the pong', async () => {
+  const { client } = makeClient({ pingInterval: 10, staleTimeout: 40 });
+  const ws = await openSocket(1);
+  await until(() => pings(ws) === 1, 'the first ping');
+  ws.serverSend({ user_id: 's', data: { type: 'busy' } });
+  await until(() => pings(ws) === 2, 'the next ping, after another silence');
+  ws.serverSend({ user_id: 's', data: { type: 'busy' } });
+  await until(() => pings(ws) === 3, 'a third ping');
+  assert.equal(FakeWebSocket.instances.length, 1);
+  assert.equal(client.state, 'open');
+  client.close();
+});
+
+test('pingInterval 0 turns the liveness ping off', async () => {
+  const { client } = makeClient({ pingInterval: 0, staleTimeout: 1 });
+  const ws = await openSocket(1);
+  assert.equal(client._liveTimer, null, 'no timer armed');
+  ws.serverSend({ user_id: 's', data: {} });
+  assert.equal(pings(ws), 0);
+  client.close();
+});
+
+test('close() stops the liveness timer', async () => {
+  const { client } = makeClient({ pingInterval: 10, staleTimeout: 10 });
+  await openSocket(1);
+  assert.notEqual(client._liveTimer, null);
+  client.close();
+  assert.equal(client._liveTimer, null);
+});
+
+// ---- wake-ups: online, visibilitychange ---------------------------------------------
+
+function wakeTargets(visibilityState = 'visible') {
+  const window = new EventTarget();
+  const document = new EventTarget();
+  document.visibilityState = visibilityState;
+  return { window, document };
+}
+
+test('going online while waiting out a long backoff reconnects at once', async () => {
+  const targets = wakeTargets();
+  const { client, states } = makeClient({ ...targets, backoffBase: 600000, backoffCap: 600000 });
+  await until(socketCount(1), 'a socket');
+  lastSocket().serverOpen();
+  lastSocket().serverClose(1006); // network lost
+  assert.equal(client.state, 'reconnecting');
+  targets.window.dispatchEvent(new Event('online'));
+  assert.equal(FakeWebSocket.instances.length, 1, 'the attempt is asynchronous (token first)');
+  await until(socketCount(2), 'the attempt the online event triggered');
+  assert.equal(client.reconnectDelay, null, 'the backoff timer was cancelled');
+  assert.equal(client._attempt, 0, 'the backoff starts over');
+  assert.equal(states.at(-1).state, 'reconnecting', 'still reconnecting until the socket opens');
+  client.close();
+});
+
+test('a page becoming visible while waiting out a backoff reconnects at once; a hidden one does not', async () => {
+  const targets = wakeTargets('hidden');
+  const { client } = makeClient({ ...targets, backoffBase: 600000, backoffCap: 600000 });
+  await until(socketCount(1), 'a socket');
+  lastSocket().serverOpen();
+  lastSocket().serverClose(1006);
+  targets.document.dispatchEvent(new Event('visibilitychange'));
+  await new Promise((r) => setImmediate(r));
+  assert.notEqual(client.reconnectDelay, null, 'hidden: the backoff timer stands');
+  targets.document.visibilityState = 'visible';
+  targets.document.dispatchEvent(new Event('visibilitychange'));
+  await until(socketCount(2), 'the attempt on becoming visible');
+  client.close();
+});
+
+test('a wait a 503 asked for with Retry-After is kept when the page becomes visible', async () => {
+  const targets = wakeTargets();
+  const fetch = fakeFetch(503, { error: { code: 'overloaded', message: 'busy' } }, { 'Retry-After': '30' });
+  const { client } = makeClient({ ...targets, fetch });
+  await until(socketCount(1), 'a socket');
+  lastSocket().refuse();
+  await until(() => client.reconnectDelay >= 30000, 'the Retry-After wait');
+  targets.document.dispatchEvent(new Event('visibilitychange'));
+  targets.window.dispatchEvent(new Event('online'));
+  await new Promise((r) => setImmediate(r));
+  assert.ok(client.reconnectDelay >= 30000, 'still waiting');
+  assert.equal(FakeWebSocket.instances.length, 1, 'no early attempt');
+  client.close();
+});
+
+test('after a sleep longer than the liveness check allows, becoming visible reconnects at once', async (t) => {
+  const targets = wakeTargets();
+  t.mock.timers.enable({ apis: ['Date'], now: 1_000_000 });
+  const { client, states } = makeClient({ ...targets, pingInterval: 20000, staleTimeout: 10000 });
+  const first = await openSocket(1);
+  first.serverSend({ user_id: 's', data: { n: 1 }, id: 'm1', pos: '000000000000000100000001' });
+  // The laptop sleeps five minutes: the clock jumps, no timer has run.
+  t.mock.timers.setTime(1_000_000 + 300_000);
+  targets.document.dispatchEvent(new Event('visibilitychange'));
+  assert.equal(client.state, 'reconnecting');
+  assert.equal(states.at(-1).detail.reason, 'asleep');
+  assert.equal(first.closedByClient, 3000);
+  await until(socketCount(2), 'the reconnect after the sleep');
+  assert.deepEqual(lastSocket().protocols.at(-1), 'since.000000000000000100000001');
+  client.close();
+});
+
+test('becoming visible after a silence of pingInterval (but no sleep) pings at once', async (t) => {
+  const targets = wakeTargets();
+  t.mock.timers.enable({ apis: ['Date'], now: 1_000_000 });
+  const { client } = makeClient({ ...targets, pingInterval: 20000, staleTimeout: 10000 });
+  const ws = await openSocket(1);
+  targets.document.dispatchEvent(new Event('visibilitychange'));
+  assert.equal(pings(ws), 0, 'recently heard from: nothing to check');
+  t.mock.timers.setTime(1_000_000 + 25_000);
+  targets.document.dispatchEvent(new Event('visibilitychange'));
+  assert.equal(pings(ws), 1, 'pinged at once');
+  assert.equal(client.state, 'open', 'not dropped: it may well be alive');
+  client.close();
+});
+
+test('going online while open pings at once and reconnects when no answer comes within staleTimeout', async () => {
+  const targets = wakeTargets();
+  const { client, states } = makeClient({ ...targets, pingInterval: 600000, staleTimeout: 30 });
+  const ws = await openSocket(1);
+  targets.window.dispatchEvent(new Event('online'));
+  assert.equal(pings(ws), 1, 'pinged at once');
+  await until(() => client.state === 'reconnecting', 'the stale connection dropped');
+  assert.equal(states.at(-1).detail.reason, 'stale');
+  await until(socketCount(2), 'the replacement socket');
+  client.close();
+});
+
+test('the wake-up listeners are removed when the client stops, and added again by connect()', async () => {
+  const listeners = { online: 0, visibilitychange: 0 };
+  const counting = (target) => {
+    const add = target.addEventListener.bind(target);
+    const remove = target.removeEventListener.bind(target);
+    target.addEventListener = (type, fn) => { listeners[type]++; add(type, fn); };
+    target.removeEventListener = (type, fn) => { listeners[type]--; remove(type, fn); };
+    return target;
+  };
+  const targets = wakeTargets();
+  const { client } = makeClient({ window: counting(targets.window), document: counting(targets.document) });
+  assert.deepEqual(listeners, { online: 1, visibilitychange: 1 });
+  client.close();
+  assert.deepEqual(listeners, { online: 0, visibilitychange: 0 });
+  client.connect();
+  assert.deepEqual(listeners, { online: 1, visibilitychange: 1 });
+  client.close();
+  const off = makeClient({ window: counting(targets.window), document: counting(targets.document), wake: false });
+  assert.deepEqual(listeners, { online: 0, visibilitychange: 0 }, 'wake: false listens to nothing');
+  off.client.close();
+});
+
+// ---- a token function is asked again on 401/403 before giving up --------------------
+
+for (const status of [401, 403]) {
+  test(`a ${status} makes the client ask its token function again, and it gives up when the new token is refused too`, async () => {
+    let calls = 0;
+    const fetch = fakeFetch(status, { error: { code: 'token_expired', message: 'nope' } });
+    const { client, states, errors } = makeClient({ fetch, token: () => `jwt-${++calls}` });
+    await until(socketCount(1), 'the first attempt');
+    lastSocket().refuse();
+    await until(socketCount(2), 'the attempt with a fresh token');
+    assert.deepEqual(lastSocket().protocols, ['hermes.v1', 'bearer.jwt-2']);
+    const retry = states.at(-1);
+    assert.equal(retry.state, 'reconnecting');
+    assert.equal(retry.detail.status, status);
+    assert.equal(retry.detail.tokenRetry, 1);
+    assert.equal(retry.detail.delay, 0, 'at once');
+    lastSocket().refuse();
+    await until(() => client.state === 'unauthorized', 'state unauthorized');
+    assert.equal(calls, 2, 'asked twice, not more');
+    assert.equal(FakeWebSocket.instances.length, 2);
+    assert.deepEqual(errors.map((e) => e.status), [status, status], 'each refusal reported');
+  });
+}
+
+test('a fresh token after a 401 connects, and a later 401 is given its retry again', async () => {
+  let calls = 0;
+  let verdict = 401;
+  const fetch = async (url, init) => ({
+    status: verdict,
+    headers: { get: () => null },
+    text: async () => JSON.stringify(verdict === 426 ? { ok: true } : { error: { code: 'token_expired', message: 'expired' } }),
+  });
+  const { client } = makeClient({ fetch, token: () => `jwt-${++calls}`, backoffBase: 1, backoffCap: 1 });
+  await until(socketCount(1), 'the first attempt');
+  lastSocket().refuse();
+  await openSocket(2); // the fresh token is accepted
+  assert.equal(client.state, 'open');
+  lastSocket().serverClose(1006);
+  await until(socketCount(3), 'the reconnect');
+  lastSocket().refuse(); // refused again, much later: a new retry
+  await until(socketCount(4), 'the retry with a fresh token');
+  assert.equal(calls, 4);
+  assert.notEqual(client.state, 'unauthorized');
+  client.close();
+});
+
+test('tokenRetries 0, or a fixed token, stops at the first 401', async () => {
+  const fetch = fakeFetch(401, { error: { code: 'invalid_token', message: 'bad' } });
+  let calls = 0;
+  const a = makeClient({ fetch, token: () => `jwt-${++calls}`, tokenRetries: 0 });
+  await until(socketCount(1), 'an attempt');
+  lastSocket().refuse();
+  await until(() => a.client.state === 'unauthorized', 'unauthorized');
+  assert.equal(calls, 1);
+  const b = makeClient({ fetch, token: 'fixed' });
+  await until(socketCount(2), 'an attempt');
+  lastSocket().refuse();
+  await until(() => b.client.state === 'unauthorized', 'unauthorized');
+  assert.equal(FakeWebSocket.instances.length, 2);
+});
+
+test('a token function that keeps giving the expired token after 4001 ends unauthorized, not in a loop', async () => {
+  const fetch = fakeFetch(401, { error: { code: 'token_expired', message: 'expired' } });
+  const { client } = makeClient({ fetch, token: () => 'the-same-expired-jwt' });
+  await openSocket(1);
+  lastSocket().serverClose(4001, 'token expired');
+  await until(socketCount(2), 'the reconnect at once');
+  lastSocket().refuse();
+  await until(socketCount(3), 'one more try with whatever the function gives');
+  lastSocket().refuse();
+  await until(() => client.state === 'unauthorized', 'unauthorized');
+  assert.equal(FakeWebSocket.instances.length, 3);
 });

@@ -1,32 +1,19 @@
 /*!
- * hermes.js — browser client for the Hermes WebSocket push service.
+ * @hermes/client — the browser client of the Hermes WebSocket push service, as an ES module.
  *
- * Plain ES2018, no dependencies, no build step. Loaded as a classic <script> it
- * defines `window.Hermes` (and nothing else); under CommonJS it is `module.exports`.
+ * GENERATED from hermes.js by tools/esm.mjs: edit hermes.js, then run `npm run esm`.
+ * Plain ES2018, no dependencies, no imports: load it as it is.
  *
- *   const client = Hermes.connect({
- *     url: 'wss://push.example.com/production',          // default: this host, /production
- *     token: () => fetch('/my/token').then(r => r.text()),  // or a string
- *   });
+ *   import { connect } from '@hermes/client';          // or '/hermes.mjs' from a gateway
+ *   const client = connect({ url: 'wss://push.example.com/production', token: getToken });
  *   client.on('greeting', (data, message) => console.log(data.text, 'from', message.user_id));
- *   client.on('*', (data, message) => { ... });           // every notification
- *   client.onStateChange((state, previous, detail) => { ... });
- *   client.onError((error) => { ... });
- *   client.onRecover((recovered, missed) => { if (!recovered) reloadState(); });
- *   client.send({ type: 'chat', text: 'hi' });             // action sendMessage
- *   client.close();
  *
- * The full reference, including what each close code does, is docs/client.md.
+ * The full reference is docs/client.md.
  */
-(function (root, factory) {
-  'use strict';
-  var Hermes = factory();
-  if (typeof module === 'object' && module && module.exports) module.exports = Hermes;
-  if (root && typeof root === 'object') root.Hermes = Hermes;
-})(typeof window !== 'undefined' ? window : null, function () {
+const Hermes = (function () {
   'use strict';
 
-  var VERSION = '0.1.0';
+  var VERSION = '0.2.0';
   var SUBPROTOCOL = 'hermes.v1';
 
   /** Connection states, as found in `client.state`. */
@@ -53,16 +40,23 @@
     resume: true, // after a reconnect, ask for what was missed since the last notification (hermes.v1)
     dedupWindow: 600000, // ms the ids of received notifications are remembered, to drop repeats
     dedupMax: 10000, // ids remembered at most
+    pingInterval: 20000, // ms without any frame from the server before the client pings ({"action":"ping"}); 0: never
+    staleTimeout: 10000, // ms after that ping without any frame: the connection is presumed dead, reconnect
+    tokenRetries: 1, // refused with 401/403: ask a token function again this many times before `unauthorized`
+    wake: true, // react to the browser going `online` and to the page becoming visible again
     onStateChange: null,
     onRecover: null,
     onError: null,
     WebSocket: null, // constructor override (tests, non-browser runtimes)
     fetch: null, // fetch override, used by the probe
+    window: null, // where `online` fires (default: the global object); tests, other runtimes
+    document: null, // where `visibilitychange` fires, with `visibilityState` (default: the global document)
   };
 
   // Close codes that mean "do not reconnect": 4000–4099 (application), which
   // includes 4003 token revoked and 4004 disconnected by the server (admin API).
   var CLOSE_RESTART = 1012;
+  var CLOSE_CLIENT_RECONNECT = 3000; // sent by the client when it drops a socket to connect again
   var CLOSE_TOKEN_EXPIRED = 4001;
   var CLOSE_REVOKED = 4003;
   function isNoReconnectCode(code) {
@@ -126,7 +120,15 @@
       this._ws = null;
       this._timer = null;
       this._attempt = 0; // consecutive failed attempts, drives the backoff
+      this._authRetries = 0; // refusals (401/403) answered by asking the token function again
       this._openedAt = 0;
+      this._lastFrameAt = 0; // when the current socket last received a frame (or opened)
+      this._frames = 0; // frames the current socket received
+      this._pingSentAt = 0; // when the liveness ping still unanswered was sent; 0: none
+      this._framesAtPing = 0; // `_frames` when it was sent: any frame after it answers it
+      this._liveTimer = null;
+      this._wakeHandlers = null; // the `online` / `visibilitychange` listeners while running
+      this._serverAskedToWait = false; // the pending reconnect honours a 503's Retry-After
       this._gen = 0; // bumped by connect()/close(): stale async work checks it and gives up
 
       if (typeof this.options.onStateChange === 'function') this.onStateChange(this.options.onStateChange);
@@ -188,6 +190,8 @@
       if (this.state !== STATES.CLOSED && this.state !== STATES.UNAUTHORIZED) return this;
       this._gen++;
       this._attempt = 0;
+      this._authRetries = 0;
+      this._listenForWake();
       this._setState(STATES.CONNECTING, {});
       this._open(this._gen);
       return this;
@@ -217,14 +221,8 @@
      * position (what a lost network does, on purpose: the demo page's "Drop the connection").
      */
     reconnect() {
-      var ws = this._ws;
-      if (!ws || this.state === STATES.CLOSED || this.state === STATES.UNAUTHORIZED) return this;
-      this._ws = null;
-      this._detach(ws);
-      try { ws.close(3000, 'reconnect'); } catch (e) { /* already closing */ }
-      this._rejectPongs();
-      this.connectionId = null;
-      this._scheduleReconnect(this._gen, { code: 3000, reason: 'reconnect', byClient: true }, 0);
+      if (!this._ws || this.state === STATES.CLOSED || this.state === STATES.UNAUTHORIZED) return this;
+      this._drop('reconnect', 0);
       return this;
     }
 
@@ -234,6 +232,7 @@
       clearTimeout(this._timer);
       this._timer = null;
       this.reconnectDelay = null;
+      this._stopLiveness();
       var ws = this._ws;
       this._ws = null;
       if (ws) {
@@ -259,6 +258,8 @@
       var previous = this.state;
       if (previous === state) return;
       this.state = state;
+      if (state === STATES.OPEN) this._authRetries = 0;
+      if (state === STATES.CLOSED || state === STATES.UNAUTHORIZED) this._stopListeningForWake();
       var listeners = this._stateListeners.slice();
       for (var i = 0; i < listeners.length; i++) safeCall(listeners[i], [state, previous, detail || {}]);
     }
@@ -315,6 +316,9 @@
         if (gen !== self._gen) return;
         opened = true;
         self._openedAt = Date.now();
+        self._lastFrameAt = self._openedAt;
+        self._pingSentAt = 0;
+        self._armLiveness(gen, ws, self.options.pingInterval);
         // With the hermes.v1 subprotocol the server's first frame is `connected`;
         // we report `open` once we know the connection id. Query clients get no
         // such frame, so they are open as soon as the socket is.
@@ -323,12 +327,15 @@
 
       ws.onmessage = function (event) {
         if (gen !== self._gen) return;
+        self._lastFrameAt = Date.now();
+        self._frames++;
         self._onFrame(event.data);
       };
 
       ws.onclose = function (event) {
         if (gen !== self._gen) return;
         self._ws = null;
+        self._stopLiveness();
         self._rejectPongs();
         self.connectionId = null;
         self._onClose(gen, event.code, event.reason || '', opened, jwt);
@@ -419,6 +426,8 @@
 
       if (code === CLOSE_TOKEN_EXPIRED && typeof this.options.token === 'function') {
         // The token ran out: the token function gives a fresh one; resume at once.
+        // (Should it give the expired one again, the refused connect asks it again up to
+        // `tokenRetries` times, then the client stops with `unauthorized`.)
         return this._scheduleReconnect(gen, detail, 0);
       }
       if (code === CLOSE_REVOKED) {
@@ -474,6 +483,12 @@
             var e = verdict.body && verdict.body.error ? verdict.body.error : {};
             if (status === 401 || status === 403) {
               self._reportError(HermesError(e.code || (status === 401 ? 'unauthorized' : 'forbidden'), e.message || 'Hermes: connection refused (' + status + ')', { status: status }));
+              if (self._mayRetryToken()) {
+                // The token may just have run out or been replaced: a token function
+                // gets asked again (at once) before the client gives up.
+                self._authRetries++;
+                return self._scheduleReconnect(gen, Object.assign({}, detail, { status: status, tokenRetry: self._authRetries }), 0);
+              }
               return self._setState(STATES.UNAUTHORIZED, Object.assign({}, detail, { status: status }));
             }
             var delay = null;
@@ -496,9 +511,136 @@
         );
     }
 
+    _mayRetryToken() {
+      return typeof this.options.token === 'function' && this._authRetries < this.options.tokenRetries;
+    }
+
+    // Drop the current socket on purpose and connect again after `delay` (null: backoff).
+    _drop(reason, delay) {
+      var ws = this._ws;
+      var gen = this._gen;
+      this._ws = null;
+      this._stopLiveness();
+      if (ws) {
+        this._detach(ws);
+        try { ws.close(CLOSE_CLIENT_RECONNECT, reason); } catch (e) { /* already closing */ }
+      }
+      this._rejectPongs();
+      this.connectionId = null;
+      if (Date.now() - this._openedAt >= this.options.resetAfter) this._attempt = 0;
+      this._scheduleReconnect(gen, { code: CLOSE_CLIENT_RECONNECT, reason: reason, byClient: true }, delay);
+    }
+
+    // ---- liveness: an application-level ping when the server has been silent -------
+    //
+    // The server's protocol pings are answered by the browser and invisible to pages, so
+    // a connection whose peer vanished (a laptop asleep, a NAT that forgot it, a frozen
+    // gateway) would look open until the server's idle timeout. Instead: after
+    // `pingInterval` ms without any frame, send {"action":"ping"}; the server answers
+    // {"event":"pong"}; when no frame at all arrives within `staleTimeout` ms of that ping,
+    // drop the socket and reconnect (resuming from the last position). One timer per
+    // socket, re-armed from the time of the last frame, so busy sockets cost nothing.
+
+    _armLiveness(gen, ws, delay) {
+      clearTimeout(this._liveTimer);
+      this._liveTimer = null;
+      if (!(this.options.pingInterval > 0)) return;
+      var self = this;
+      this._liveTimer = setTimeout(function () {
+        self._liveTimer = null;
+        if (gen === self._gen && ws === self._ws) self._checkLiveness(gen, ws, false);
+      }, Math.max(0, delay));
+    }
+
+    _stopLiveness() {
+      clearTimeout(this._liveTimer);
+      this._liveTimer = null;
+      this._pingSentAt = 0;
+    }
+
+    // `now`: check at once (a wake-up), pinging even if the interval has not passed.
+    _checkLiveness(gen, ws, now) {
+      var t = Date.now();
+      var stale = this.options.staleTimeout;
+      if (this._pingSentAt && this._frames > this._framesAtPing) this._pingSentAt = 0; // answered
+      if (this._pingSentAt) {
+        var waited = t - this._pingSentAt;
+        if (waited >= stale) {
+          this._reportError(HermesError('stale', 'Hermes: no answer from the server within ' + stale + ' ms; reconnecting'));
+          return this._drop('stale', null);
+        }
+        return this._armLiveness(gen, ws, stale - waited);
+      }
+      var silent = t - this._lastFrameAt;
+      if (now || silent >= this.options.pingInterval) {
+        if (this._sendFrame({ action: 'ping' })) {
+          this._pingSentAt = t;
+          this._framesAtPing = this._frames;
+        }
+        return this._armLiveness(gen, ws, stale);
+      }
+      this._armLiveness(gen, ws, this.options.pingInterval - silent);
+    }
+
+    // ---- wake-ups: the network came back, the page is visible again ----------------
+
+    _listenForWake() {
+      if (this._wakeHandlers || !this.options.wake) return;
+      var win = this.options.window || (typeof self !== 'undefined' ? self : typeof window !== 'undefined' ? window : null);
+      var doc = this.options.document || (typeof document !== 'undefined' ? document : null);
+      var client = this;
+      var handlers = { win: null, doc: null, online: null, visible: null };
+      if (win && typeof win.addEventListener === 'function') {
+        handlers.win = win;
+        handlers.online = function () { client._wake('online'); };
+        win.addEventListener('online', handlers.online);
+      }
+      if (doc && typeof doc.addEventListener === 'function') {
+        handlers.doc = doc;
+        handlers.visible = function () { if (doc.visibilityState === 'visible') client._wake('visible'); };
+        doc.addEventListener('visibilitychange', handlers.visible);
+      }
+      this._wakeHandlers = handlers;
+    }
+
+    _stopListeningForWake() {
+      var h = this._wakeHandlers;
+      if (!h) return;
+      this._wakeHandlers = null;
+      if (h.win) h.win.removeEventListener('online', h.online);
+      if (h.doc) h.doc.removeEventListener('visibilitychange', h.visible);
+    }
+
+    // `online`, or the page became visible: a client waiting out a backoff tries at once
+    // (with the backoff started over; not a wait a 503's Retry-After asked for); an open one checks it is still connected: after a
+    // silence longer than its own liveness check allows (the machine slept, the tab was
+    // frozen) it reconnects at once, otherwise it pings now (`online`, or a silence of
+    // `pingInterval`) and reconnects if no answer comes within `staleTimeout`.
+    _wake(kind) {
+      var gen = this._gen;
+      if (this.state === STATES.RECONNECTING && this._timer && !this._serverAskedToWait) {
+        clearTimeout(this._timer);
+        this._timer = null;
+        this.reconnectDelay = null;
+        this._attempt = 0;
+        this._open(gen);
+        return;
+      }
+      var ws = this._ws;
+      if (this.state !== STATES.OPEN || !ws || !(this.options.pingInterval > 0)) return;
+      var silent = Date.now() - this._lastFrameAt;
+      if (silent > this.options.pingInterval + this.options.staleTimeout) {
+        this._drop(kind === 'online' ? 'online' : 'asleep', 0);
+      } else if (kind === 'online' || silent >= this.options.pingInterval) {
+        if (!this._pingSentAt) this._checkLiveness(gen, ws, true);
+      }
+    }
+
     // delay: null for the normal full-jitter backoff, or an explicit delay in ms.
     _scheduleReconnect(gen, detail, delay) {
       if (gen !== this._gen) return;
+      // A server that answered 503 with Retry-After asked for this wait: wake-ups keep it.
+      this._serverAskedToWait = detail.status === 503 && delay != null;
       if (delay == null) {
         var ceiling = Math.min(this.options.backoffCap, this.options.backoffBase * Math.pow(2, this._attempt));
         delay = Math.random() * ceiling;
@@ -525,4 +667,7 @@
     /** `Hermes.connect(options)` is `new Hermes.Client(options)`. */
     connect: function (options) { return new Client(options); },
   };
-});
+})();
+
+export default Hermes;
+export const { version, STATES, Client, connect } = Hermes;
