@@ -383,15 +383,21 @@ impl Gateway {
     }
 }
 
-/// Value of one series on a Prometheus endpoint, 0 if absent.
-pub async fn metric_value(url: &str, series: &str) -> f64 {
-    let text = reqwest::get(url)
+/// The text a Prometheus endpoint (`url`, the whole `.../metrics` address) answers.
+pub async fn metrics_text(url: &str) -> String {
+    reqwest::get(url)
         .await
         .expect("metrics")
         .text()
         .await
-        .expect("text");
-    text.lines()
+        .expect("text")
+}
+
+/// Value of one series on a Prometheus endpoint, 0 if absent.
+pub async fn metric_value(url: &str, series: &str) -> f64 {
+    metrics_text(url)
+        .await
+        .lines()
         .find_map(|l| {
             l.strip_prefix(series)
                 .and_then(|rest| rest.strip_prefix(' '))

@@ -37,12 +37,7 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     if within(Duration::from_secs(20), TICK, check).await.is_none() {
-        let metrics = reqwest::get(format!("{}/metrics", consumer.http))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let metrics = metrics_text(&format!("{}/metrics", consumer.http)).await;
         let metrics: Vec<_> = metrics
             .lines()
             .filter(|l| l.starts_with("hermes_") && !l.contains("_bucket"))

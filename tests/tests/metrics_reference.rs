@@ -113,12 +113,7 @@ fn label_names(labels: &str) -> BTreeSet<String> {
 }
 
 async fn scrape(base: &str) -> String {
-    reqwest::get(format!("{base}/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text")
+    metrics_text(&format!("{base}/metrics")).await
 }
 
 /// Differences between the reference and `actual`, as readable lines.
