@@ -45,13 +45,17 @@ pub async fn count_admin_request(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let route = req
+    // Only an admin request pays for the gateway handle and the clock: the internal
+    // listener also carries the routers' deliveries.
+    let counted = req
         .match_pattern()
-        .and_then(|pattern| route_label(req.method(), &pattern));
-    let gw = req.app_data::<web::Data<Arc<Gateway>>>().cloned();
-    let started = Instant::now();
+        .and_then(|pattern| route_label(req.method(), &pattern))
+        .and_then(|route| {
+            let gw = req.app_data::<web::Data<Arc<Gateway>>>()?.clone();
+            Some((route, gw, Instant::now()))
+        });
     let result = next.call(req).await;
-    if let (Some(route), Some(gw)) = (route, gw) {
+    if let Some((route, gw, started)) = counted {
         let status = match &result {
             Ok(r) => r.status().as_u16(),
             Err(e) => e.as_response_error().status_code().as_u16(),
