@@ -59,10 +59,7 @@ for p in "${ruby_packages[@]}"; do
 done
 if ((${#missing[@]})); then
   say "apt-get install ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 ||
-    { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; } ||
-    { say "apt-get install ${missing[*]} failed"; exit 1; }
+  apt_install "${missing[@]}" || { say "apt-get install ${missing[*]} failed"; exit 1; }
 fi
 
 # 5. The services and the binaries.

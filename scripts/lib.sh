@@ -37,6 +37,14 @@ terminate() {
 # port_open PORT: true when something accepts connections on 127.0.0.1:PORT.
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# apt_install PKG...: installs Debian packages quietly, refreshing the package index only
+# when the first attempt fails (a fresh machine's index may be empty or stale).
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q "$@" >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null && apt-get install -y -q "$@" >/dev/null; }
+}
+
 # npm_ci_if_stale DIR: `npm ci` in DIR when its node_modules is missing or older than its
 # package.json or package-lock.json (the node test runners' packages, cached in place).
 npm_ci_if_stale() {
