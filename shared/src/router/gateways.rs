@@ -123,6 +123,19 @@ impl RouteToAll {
     }
 }
 
+impl RouteToAll {
+    /// The live gateways as last listed, whatever their number, while the list is still
+    /// valid; `None` when there is no valid list (nothing is read here).
+    pub(super) fn listed(&self) -> Option<Arc<[String]>> {
+        self.state
+            .list
+            .lock()
+            .as_ref()
+            .filter(|l| l.asked_at.elapsed() < GATEWAY_LIST_VALIDITY)
+            .map(|l| l.ids.clone())
+    }
+}
+
 /// Reads the live gateways into `state`'s list; their URLs go to the URL cache. On failure
 /// the list is left as it was (it goes out of date, and messages are looked up instead).
 async fn refresh_gateway_list(registry: &Arc<dyn Registry>, urls: &UrlCache, state: &ListState) {

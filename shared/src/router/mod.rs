@@ -250,8 +250,41 @@ impl Router {
             pos: None,
             expires_at: None,
         };
+        if let Some(outcome) = self.held_back(&request, done) {
+            return Ok(outcome);
+        }
         self.record(&mut request).await?;
         self.route_except(request, done).await
+    }
+
+    /// An attempt that could reach nobody: every listed live gateway it has not reached yet
+    /// refuses deliveries (its circuit is open). It is not made (no history write, no
+    /// registry read, no delivery) and fails for those gateways, so the message is retried
+    /// as it would have been after making it. The retries of the messages a frozen gateway
+    /// holds then cost a queue round trip each, not a history write and a registry read
+    /// that crowd the messages of the healthy gateways. Only with a valid gateway list
+    /// ([`Router::with_route_to_all_up_to`] keeps one, whatever the number of gateways):
+    /// a gateway that may hold a socket is always on it ([`NEW_GATEWAY_GRACE`]).
+    fn held_back(&self, request: &DeliverRequest, done: &[String]) -> Option<RouteOutcome> {
+        let breakers = self.links.breakers();
+        if !breakers.any() {
+            return None;
+        }
+        let listed = self.to_all.as_ref()?.listed()?;
+        let rest: Vec<String> = listed
+            .iter()
+            .filter(|g| !done.contains(g))
+            .cloned()
+            .collect();
+        if rest.is_empty() || !rest.iter().all(|g| breakers.refusing(g)) {
+            return None;
+        }
+        breakers.count_rejected(rest.len());
+        Some(RouteOutcome {
+            id: request.id.clone().unwrap_or_default(),
+            failed: rest,
+            ..RouteOutcome::default()
+        })
     }
 
     /// Writes a notification to its stream's history under a new position (every attempt

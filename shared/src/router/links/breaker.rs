@@ -66,6 +66,8 @@ enum State {
 struct Breaker {
     failures: u32,
     state: State,
+    /// Until when an attempt that asked [`Breakers::refusing`] holds the due probe.
+    probe_claimed_until: Option<Instant>,
 }
 
 /// The breakers of every gateway a router delivers to.
@@ -128,6 +130,45 @@ impl Breakers {
         Err(rejected)
     }
 
+    /// Whether any gateway has a breaker that is not closed (or is counting failures).
+    pub fn any(&self) -> bool {
+        !self.gateways.lock().is_empty()
+    }
+
+    /// Whether a delivery to `gateway_id` would be refused now: its circuit is open and no
+    /// probe is due, or a probe is in flight. When a probe is due, the first caller is
+    /// told no (its delivery may become the probe) and the others yes for `probe_limit`:
+    /// the attempts waiting for the probe do not all go ahead at once when it is due. Counts
+    /// nothing.
+    pub fn refusing(&self, gateway_id: &str) -> bool {
+        let now = Instant::now();
+        let mut gateways = self.gateways.lock();
+        let Some(b) = gateways.get_mut(gateway_id) else {
+            return false;
+        };
+        match b.state {
+            State::Open { until, .. } if now < until => true,
+            State::Open { .. } => {
+                if b.probe_claimed_until.is_some_and(|t| now < t) {
+                    return true;
+                }
+                b.probe_claimed_until = Some(now + self.probe_limit);
+                false
+            }
+            State::HalfOpen { probe_until, .. } => now < probe_until,
+            State::Closed => false,
+        }
+    }
+
+    /// Counts deliveries not sent because their gateway's circuit is open, refused without
+    /// asking [`Breakers::admit`] (a whole attempt held back: see `Router::publish_except`).
+    pub fn count_rejected(&self, deliveries: usize) {
+        self.metrics
+            .deliver_breaker_events
+            .with_label_values(&["rejected"])
+            .inc_by(deliveries as u64);
+    }
+
     /// Records what became of a delivery let through with `pass`.
     pub fn record(&self, gateway_id: &str, pass: Pass, ok: bool) {
         let mut gateways = self.gateways.lock();
@@ -151,6 +192,7 @@ impl Breakers {
         let b = gateways.entry(gateway_id.to_owned()).or_insert(Breaker {
             failures: 0,
             state: State::Closed,
+            probe_claimed_until: None,
         });
         let now = Instant::now();
         match (b.state, pass) {
@@ -175,6 +217,7 @@ impl Breakers {
             until: now + cool_down,
             cool_down,
         };
+        b.probe_claimed_until = None;
         self.set_state(gateway_id, 1);
         self.metrics
             .deliver_breaker_events
@@ -239,6 +282,32 @@ mod tests {
             !b.metrics.render().contains("hermes_deliver_breaker_state{"),
             "a closed circuit has no series"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_a_probe_is_due_one_asker_is_let_on_and_the_others_wait_for_it() {
+        let b = breakers();
+        assert!(!b.refusing("g"), "no breaker: not refusing");
+        fail(&b, FAILURES_TO_OPEN);
+        assert!(b.refusing("g"), "open");
+        tokio::time::advance(FIRST_COOL_DOWN).await;
+        assert!(
+            !b.refusing("g"),
+            "the probe is due: the first asker may make it"
+        );
+        assert!(b.refusing("g"), "the others wait for that probe");
+        assert_eq!(
+            b.admit("g"),
+            Ok(Pass::Probe),
+            "asking took nothing from admit"
+        );
+        assert!(b.refusing("g"), "the probe is in flight");
+        b.record("g", Pass::Probe, false);
+        assert!(b.refusing("g"), "open again after the failed probe");
+        tokio::time::advance(FIRST_COOL_DOWN * 2).await;
+        assert!(!b.refusing("g"), "a new claim after the next cool-down");
+        b.record("g", Pass::Probe, true);
+        assert!(!b.refusing("g"), "closed");
     }
 
     #[tokio::test(start_paused = true)]

@@ -96,6 +96,11 @@ impl Links {
         }
     }
 
+    /// The circuit breakers of the gateways this router delivers to.
+    pub(super) fn breakers(&self) -> &Breakers {
+        &self.breakers
+    }
+
     /// Delivers to the gateway at `url` over its link, unless its circuit is open; fails
     /// after the client's timeout and [`DEADLINE_MARGIN`] whatever the link does.
     pub(super) async fn deliver(

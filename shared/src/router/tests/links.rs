@@ -190,6 +190,65 @@ async fn a_gateway_that_keeps_failing_is_not_sent_to_while_its_circuit_is_open()
     assert!(text.contains("hermes_deliver_breaker_events_total{event=\"rejected\"} 20"));
 }
 
+#[tokio::test]
+async fn a_retry_left_only_for_gateways_with_an_open_circuit_is_held_back_without_a_history_write()
+{
+    let (frozen, accepted) = frozen_gateway().await;
+    let registry = Arc::new(MemoryRegistry::new());
+    live(&registry, "frozen", &frozen).await;
+    live(&registry, "healthy", &fake_gateway(1).await).await;
+    for g in ["frozen", "healthy"] {
+        registry
+            .add_user_gateway("v", g, Duration::from_secs(60))
+            .await
+            .expect("add");
+    }
+    let metrics = Arc::new(Metrics::new());
+    let client = GatewayClient::new(
+        "secret-secret-secret",
+        Duration::from_millis(200),
+        metrics.clone(),
+    )
+    .expect("client");
+    // As the consumer runs it: no local gateway, the list of live gateways kept.
+    let r = Router::new(registry, client, None, metrics.clone())
+        .with_route_to_all_up_to(2)
+        .with_history(
+            crate::history::HistorySettings {
+                ttl: Duration::from_secs(60),
+                max: 100,
+            },
+            Duration::from_millis(200),
+        );
+    let to_v = message(r#"{"user_id":"u","room_id":"r","data":1,"to_user_id":"v"}"#);
+    let writes = |m: &Metrics| -> usize {
+        let text = m.render();
+        text.lines()
+            .find_map(|l| l.strip_prefix("hermes_history_writes_total{result=\"ok\"} "))
+            .map_or(0, |v| v.trim().parse().expect("a count"))
+    };
+    // The frozen gateway's deliveries time out together: its circuit opens.
+    let opening = crate::router::links::breaker::FAILURES_TO_OPEN as usize;
+    futures_util::future::join_all((0..opening).map(|_| r.publish(&to_v))).await;
+    let tried = accepted.load(Ordering::SeqCst);
+
+    // A first attempt still reaches the healthy gateway (and is written to the history).
+    let first = r.publish(&to_v).await.expect("routed");
+    assert_eq!(first.answered, vec!["healthy".to_owned()], "{first:?}");
+    assert_eq!(first.failed, vec!["frozen".to_owned()], "{first:?}");
+    assert_eq!(writes(&metrics), opening + 1);
+
+    // Its retry is left with the frozen gateway only: not made, failed for it again.
+    let retry = r
+        .publish_except(&to_v, &first.answered)
+        .await
+        .expect("routed");
+    assert_eq!(retry.failed, vec!["frozen".to_owned()], "{retry:?}");
+    assert_eq!(retry.delivered, 0);
+    assert_eq!(writes(&metrics), opening + 1, "no history write");
+    assert_eq!(accepted.load(Ordering::SeqCst), tried, "nothing sent");
+}
+
 /// A gateway on loopback whose internal API refuses every request (the deliver stream's
 /// upgrade included) with 401, as one with another internal secret does.
 async fn refusing_gateway() -> String {
