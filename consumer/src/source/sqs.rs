@@ -350,8 +350,9 @@ impl Received {
 enum Settled {
     /// Delete it; count `outcome` once deleted.
     Delete { outcome: &'static str },
-    /// Already left on the queue (retry later, or to the redrive policy).
-    Left,
+    /// Leave it on the queue, visible again after `delay` (a retry, or the redrive policy's
+    /// turn); released together with the batch's others.
+    Release { delay: Duration },
 }
 
 impl Worker {
@@ -477,18 +478,18 @@ impl Worker {
                 received
                     .iter()
                     .zip(decisions)
-                    .map(|(m, d)| self.settle(m, d, &pending)),
+                    .map(|(m, d)| self.settle(m, d)),
             )
             .await;
-            let to_delete: Vec<(&Received, &'static str)> = received
-                .iter()
-                .zip(settled)
-                .filter_map(|(m, d)| match d {
-                    Settled::Delete { outcome } => Some((m, outcome)),
-                    Settled::Left => None,
-                })
-                .collect();
-            self.delete(&to_delete).await;
+            let mut to_delete: Vec<(&Received, &'static str)> = Vec::new();
+            let mut to_release: Vec<(&Received, Duration)> = Vec::new();
+            for (m, settled) in received.iter().zip(settled) {
+                match settled {
+                    Settled::Delete { outcome } => to_delete.push((m, outcome)),
+                    Settled::Release { delay } => to_release.push((m, delay)),
+                }
+            }
+            tokio::join!(self.delete(&to_delete), self.release(&to_release, &pending));
         };
         tokio::pin!(work);
         tokio::select! {
@@ -551,13 +552,9 @@ impl Worker {
         }
     }
 
-    /// Performs what a decision asks, except the deletion (batched by the caller).
-    async fn settle(
-        &self,
-        m: &Received,
-        decision: Decision,
-        pending: &Mutex<HashMap<String, String>>,
-    ) -> Settled {
+    /// Performs what a decision asks, except the deletion and the release (batched by the
+    /// caller).
+    async fn settle(&self, m: &Received, decision: Decision) -> Settled {
         let s = &self.settings;
         let sink = &self.sink;
         match decision {
@@ -573,8 +570,7 @@ impl Worker {
                     "retrying a message later"
                 );
                 sink.count(SOURCE, "retried");
-                self.release(m, delay, pending).await;
-                Settled::Left
+                Settled::Release { delay }
             }
             Decision::DeadLetter { label, reason, .. } => {
                 if s.dead_letter_queue_url.is_none() {
@@ -587,23 +583,17 @@ impl Worker {
                         policy::describe(label)
                     );
                     sink.count(SOURCE, "left_to_redrive");
-                    self.release(m, self.delivery.policy.delay(m.attempt), pending)
-                        .await;
-                    return Settled::Left;
+                    return Settled::Release {
+                        delay: self.delivery.policy.delay(m.attempt),
+                    };
                 }
-                self.move_to_dead_letter(m, &reason, label, pending).await
+                self.move_to_dead_letter(m, &reason, label).await
             }
         }
     }
 
     /// Sends a copy to the dead-letter queue; the original is deleted only if that worked.
-    async fn move_to_dead_letter(
-        &self,
-        m: &Received,
-        why: &str,
-        label: &str,
-        pending: &Mutex<HashMap<String, String>>,
-    ) -> Settled {
+    async fn move_to_dead_letter(&self, m: &Received, why: &str, label: &str) -> Settled {
         match self.send_dead_letter(m, why).await {
             Ok(()) => {
                 self.sink.dead_lettered(DeadLettered {
@@ -623,9 +613,9 @@ impl Worker {
                     "cannot send a message to the dead-letter queue; it comes back later"
                 );
                 self.sink.count(SOURCE, "dead_letter_failed");
-                self.release(m, self.delivery.policy.delay(m.attempt), pending)
-                    .await;
-                Settled::Left
+                Settled::Release {
+                    delay: self.delivery.policy.delay(m.attempt),
+                }
             }
         }
     }
@@ -653,28 +643,61 @@ impl Worker {
             .map_err(|e| broker(&format!("SendMessage to {dlq}"), sdk_error(&e)))
     }
 
-    /// Stops extending a message's visibility and makes it visible again after `delay`.
+    /// Stops extending the visibility of messages left on the queue and makes each visible
+    /// again after its delay, in one `ChangeMessageVisibilityBatch` (a batch's retries are
+    /// one request to the queue, not one each).
     async fn release(
         &self,
-        m: &Received,
-        delay: Duration,
+        released: &[(&Received, Duration)],
         pending: &Mutex<HashMap<String, String>>,
     ) {
-        pending.lock().await.remove(&m.entry_id);
+        if released.is_empty() {
+            return;
+        }
+        {
+            let mut pending = pending.lock().await;
+            for (m, _) in released {
+                pending.remove(&m.entry_id);
+            }
+        }
+        let entries: Vec<ChangeMessageVisibilityBatchRequestEntry> = released
+            .iter()
+            .filter_map(|(m, delay)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(&m.entry_id)
+                    .receipt_handle(&m.receipt)
+                    .visibility_timeout(visibility_secs(*delay))
+                    .build()
+                    .ok()
+            })
+            .collect();
         let answer = self
             .client
-            .change_message_visibility()
+            .change_message_visibility_batch()
             .queue_url(&self.settings.queue_url)
-            .receipt_handle(&m.receipt)
-            .visibility_timeout(visibility_secs(delay))
+            .set_entries(Some(entries))
             .send()
             .await;
-        if let Err(e) = answer {
-            tracing::warn!(
-                message_id = %m.message_id,
-                error = %sdk_error(&e),
-                "cannot set the retry delay; the message comes back after its visibility timeout"
-            );
+        let failed = match &answer {
+            Ok(out) => out.failed(),
+            Err(e) => {
+                tracing::warn!(
+                    error = %sdk_error(e),
+                    messages = released.len(),
+                    "cannot set the retry delay; the messages come back after their visibility timeout"
+                );
+                return;
+            }
+        };
+        for (m, _) in released {
+            if let Some(f) = failed.iter().find(|f| f.id() == m.entry_id) {
+                tracing::warn!(
+                    message_id = %m.message_id,
+                    code = f.code(),
+                    message = f.message().unwrap_or(""),
+                    "cannot set the retry delay; the message comes back after its visibility timeout"
+                );
+            }
         }
     }
 
