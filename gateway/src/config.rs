@@ -17,6 +17,7 @@ use hermes_shared::registry::RegistryKind;
 use hermes_shared::router::DeliverTransport;
 use hermes_shared::{Error, Result};
 
+use crate::routes::RoutesConfig;
 use crate::sigv4::SigV4Config;
 
 // The variables. Each is documented in docs/configuration.md.
@@ -107,6 +108,8 @@ pub struct GatewayConfig {
     /// Whether the public listener serves the browser client at `/hermes.js` and
     /// `/hermes.mjs` (`HERMES_SERVE_CLIENT`, default `on`, in every mode).
     pub serve_client: bool,
+    /// The route integrations (`HERMES_ROUTE_*`, `HERMES_ROUTES`): none by default.
+    pub routes: RoutesConfig,
 }
 
 /// How long and how many delivered message ids the gateway remembers (`crate::dedup`).
@@ -273,6 +276,7 @@ impl GatewayConfig {
             dedup: DedupSettings::from_strings(s)?,
             history: HistorySettings::from_strings(s)?,
             serve_client: on_off(s, SERVE_CLIENT, true)?,
+            routes: RoutesConfig::from_strings(s)?,
         })
     }
 }

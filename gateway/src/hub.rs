@@ -44,6 +44,8 @@ pub struct Connection {
     pub token_exp: u64,
     /// A resuming socket's replay (boxed: a socket that is not resuming pays one pointer).
     resume: Mutex<Option<Box<Resume>>>,
+    /// What the `$connect` route's answer set (JSON), for the socket's later route events.
+    pub route_context: Option<Arc<str>>,
 }
 
 /// A resuming socket's state: while its replay is sent, the notifications that arrive live
@@ -94,7 +96,24 @@ impl Connection {
                     ..Resume::default()
                 })
             })),
+            route_context: None,
         })
+    }
+
+    /// [`Connection::new`] with what the `$connect` route's answer set.
+    pub fn with_route_context(
+        record: ConnectionRecord,
+        modern: bool,
+        outbox: Outbox,
+        token_exp: u64,
+        resuming: bool,
+        route_context: Option<Arc<str>>,
+    ) -> Arc<Self> {
+        let mut conn = Self::new(record, modern, outbox, token_exp, resuming);
+        if let Some(c) = Arc::get_mut(&mut conn) {
+            c.route_context = route_context;
+        }
+        conn
     }
 
     /// Sends the notifications held during the replay, in position order, except those
@@ -201,7 +220,12 @@ impl Connection {
 
     /// Queues a frame for this socket alone (an error frame, say).
     pub fn send_frame(&self, frame: &Frame, metrics: &Metrics) -> bool {
-        self.push(ws::text_frame(frame.as_str()), None, metrics)
+        self.send_text(frame.as_str(), metrics)
+    }
+
+    /// Queues a text frame for this socket alone (a route's reply).
+    pub fn send_text(&self, text: &str, metrics: &Metrics) -> bool {
+        self.push(ws::text_frame(text), None, metrics)
     }
 
     /// The socket's queue is full: it is closed with 1013 (try again later).

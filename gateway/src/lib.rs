@@ -27,6 +27,7 @@ pub mod extract;
 pub mod hub;
 pub mod import_tokens;
 pub mod internal;
+pub mod routes;
 pub mod server;
 pub mod session;
 pub mod sigv4;

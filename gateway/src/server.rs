@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::deliver::Deliveries;
 use crate::hub::SessionHub;
 use crate::internal::ServedRegistry;
+use crate::routes::Routes;
 use crate::state::Gateway;
 use crate::{
     Error, Result, access_log, admin, admin_metrics, browser_client, close, internal, standalone,
@@ -122,6 +123,7 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
     let router = Router::new(registry.clone(), client, Some(local), metrics.clone())
         .with_history(config.history, config.deliver_timeout)
         .with_registry_ttl(config.registry_ttl);
+    let routes = Routes::new(config.routes.clone(), &config.stage, metrics.clone());
     let record = GatewayRecord {
         gateway_id: config.gateway_id.clone(),
         internal_url,
@@ -135,6 +137,7 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
         auth,
         deliveries,
         router,
+        routes,
         record,
         ready: AtomicBool::new(false),
         accepting: AtomicBool::new(false),
@@ -168,6 +171,18 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
     gw.draining.cancel();
     public_handle.pause().await;
     let drained = tokio::time::timeout_at(deadline, drain(&gw)).await.is_ok();
+    // The closed sockets' `$disconnect` events, delivered within the grace period.
+    if let Some(routes) = &gw.routes {
+        let left = routes
+            .drained(deadline.saturating_duration_since(Instant::now()))
+            .await;
+        if left > 0 {
+            tracing::error!(
+                left,
+                "$disconnect events not delivered when the grace period ended"
+            );
+        }
+    }
     // The heartbeat refreshed the rows of the sockets still open throughout the drain. A
     // refresh in flight is let finish (until the deadline), so that none of its writes
     // lands after the gateway row's delete.

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::close;
 use crate::error::HttpError;
 use crate::hub::Connection;
+use crate::routes::{Caller, RouteError, Selected};
 use crate::state::Gateway;
 use crate::ws::{self, Accepted, Inbound, InboundError, Incoming, PushError, SocketSettings};
 
@@ -85,6 +86,8 @@ pub struct Admission<'a> {
     pub since: Option<String>,
     /// What this process knew of revocations when the connect started.
     pub ticket: Ticket,
+    /// What the `$connect` route's answer set, if any.
+    pub route_context: Option<Arc<str>>,
 }
 
 /// Accepts an authorized upgrade as a socket. Returns the 101 answer once the socket is
@@ -102,6 +105,7 @@ pub async fn open(
         token_exp,
         since,
         ticket,
+        route_context,
     } = admission;
     let limits = &gw.config.limits;
     let Accepted {
@@ -126,7 +130,14 @@ pub async fn open(
         let _ =
             outbox.push_text(connected_frame(&r.connection_id, &r.user_id, &r.room_id).as_str());
     }
-    let conn = Connection::new(record, modern, outbox, token_exp, resume.is_some());
+    let conn = Connection::with_route_context(
+        record,
+        modern,
+        outbox,
+        token_exp,
+        resume.is_some(),
+        route_context,
+    );
     if let Err(error) = admit(&gw, &conn).await {
         tracing::warn!(%error, "cannot register a connection");
         gw.hub.remove(&conn);
@@ -266,24 +277,39 @@ async fn run(
         }
     };
 
-    let code = match end {
+    let (code, end_reason) = match end {
         End::Close(code, reason) => {
             outbox.close(Some(code), &reason);
-            code
+            (code, Some(reason))
         }
         End::PeerClosed(reason) => {
             let code = reason.as_ref().map_or(1005, |r| u16::from(r.code));
+            let description = reason.as_ref().and_then(|r| r.description.clone());
             // Echo the peer's code (RFC 6455 §5.5.1); a close without one gets none back.
             outbox.close(reason.map(|r| u16::from(r.code)), "");
-            code
+            (code, description)
         }
-        End::Vanished => 1006,
+        End::Vanished => (1006, None),
     };
     gw.metrics
         .closes
         .with_label_values(&[close::metric_label(code)])
         .inc();
     release(&gw, &conn).await;
+    if let Some(routes) = &gw.routes {
+        let reason = match &end_reason {
+            Some(reason) => reason.as_str(),
+            None => "",
+        };
+        routes.disconnect(
+            Caller {
+                record: conn.record.clone(),
+                context: conn.route_context.clone(),
+            },
+            code,
+            reason,
+        );
+    }
     if code != 1006 {
         // The close frame is queued behind what the client has not read yet. A client that
         // reads it closes the connection; one that never reads is cut off.
@@ -413,6 +439,47 @@ fn protocol_end(error: InboundError) -> End {
 
 /// Handles a text frame; returns a frame to send back to this socket, if any.
 fn handle_text(gw: &Arc<Gateway>, conn: &Arc<Connection>, text: &str) -> Option<Frame> {
+    if let Some(routes) = &gw.routes
+        && let Selected::Route { key, url } = routes.select(text)
+    {
+        gw.metrics
+            .messages_received
+            .with_label_values(&["routed"])
+            .inc();
+        let (url, text) = (url.to_owned(), text.to_owned());
+        let (gw, conn, routes) = (gw.clone(), conn.clone(), routes.clone());
+        actix_web::rt::spawn(async move {
+            let caller = Caller {
+                record: conn.record.clone(),
+                context: conn.route_context.clone(),
+            };
+            match routes.message(&caller, &key, &url, &text).await {
+                Ok(Some(reply)) => {
+                    conn.send_text(&reply, &gw.metrics);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    // The details (which backend, why) are in the gateway's log.
+                    let (code, message) = match error {
+                        RouteError::Busy => (
+                            "route_busy",
+                            "too many messages are being routed; send it again shortly".into(),
+                        ),
+                        RouteError::Refused { status } => (
+                            "route_refused",
+                            format!("the route's backend refused the message ({status})"),
+                        ),
+                        RouteError::Failed(_) => (
+                            "route_failed",
+                            "the route's backend did not answer; send it again".into(),
+                        ),
+                    };
+                    conn.send_frame(&error_frame(code, &message), &gw.metrics);
+                }
+            }
+        });
+        return None;
+    }
     match ClientFrame::parse(text) {
         Ok(ClientFrame::Ping) => {
             gw.metrics
@@ -675,6 +742,7 @@ mod tests {
             auth,
             deliveries,
             router,
+            routes: None,
             record,
             ready: AtomicBool::new(true),
             accepting: AtomicBool::new(true),

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deliver::Deliveries;
 use crate::hub::SessionHub;
+use crate::routes::Routes;
 
 /// Shared gateway state.
 pub struct Gateway {
@@ -23,6 +24,8 @@ pub struct Gateway {
     /// The deliver handler (the router's in-process delivery is the same one).
     pub deliveries: Arc<Deliveries>,
     pub router: Router,
+    /// The route integrations, when any is configured.
+    pub routes: Option<Arc<Routes>>,
     /// This gateway's registry row (its internal URL is known once bound).
     pub record: GatewayRecord,
     /// False while starting and while the registry fails; [`Gateway::is_ready`] is false

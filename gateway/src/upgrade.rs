@@ -17,6 +17,7 @@ use hermes_shared::ids::{new_connection_id, now_millis};
 use hermes_shared::registry::ConnectionRecord;
 
 use crate::error::HttpError;
+use crate::routes::RouteError;
 use crate::session;
 use crate::state::Gateway;
 
@@ -189,12 +190,43 @@ pub async fn websocket(
             .map(|ua| ua.chars().take(512).collect())
             .unwrap_or_default(),
     };
+    let route_context = match &gw.routes {
+        Some(routes) => match routes.connect(&record, &req).await {
+            Ok(context) => context,
+            Err(RouteError::Refused { status }) => {
+                tracing::info!(status, "connect refused by the $connect route");
+                return Err(refused(
+                    &gw,
+                    HttpError::new(
+                        StatusCode::FORBIDDEN,
+                        "connect_refused",
+                        "the application's $connect route refused this connection",
+                    )
+                    .allow_origin(origin.as_deref()),
+                ));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the $connect route did not answer");
+                return Err(refused(
+                    &gw,
+                    HttpError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "connect_route_unavailable",
+                        "the application's $connect route did not answer; connect again shortly",
+                    )
+                    .allow_origin(origin.as_deref()),
+                ));
+            }
+        },
+        None => None,
+    };
     let admission = session::Admission {
         record,
         protocol: creds.modern.then_some(PROTOCOL),
         token_exp: identity.exp,
         since: creds.since,
         ticket,
+        route_context,
     };
     session::open(gw.clone(), &req, body.into_inner(), admission)
         .await

@@ -16,6 +16,7 @@
 //! | `queue`    | the consumer's sources and `processor`                              |
 //! | `kube`     | the consumer's `kube` (EndpointSlice view, Lease, reaper)           |
 //! | `admin`    | the gateway's admin API (`admin_metrics`, around `admin`)           |
+//! | `routes`   | the gateway's route integrations (`routes`)                         |
 //!
 //! [`Metrics::FAMILIES`] describes each family (name, Prometheus type, labels, help): the
 //! reference in `docs/metrics.md` is checked against it and against both processes'
@@ -325,6 +326,28 @@ families! {
             ["route"]
         ),
     }
+    routes {
+        /// Route integration calls (`$connect`, `$disconnect`, `$default` and the custom
+        /// action routes of `HERMES_ROUTES`), by route and result: `ok`, `refused` (the
+        /// backend answered, not 2xx), `failed` (no answer within the timeout after the
+        /// retries, or unreachable), `busy` (no free slot).
+        route_calls: IntCounterVec(
+            "hermes_route_calls_total",
+            "Route integration calls, by route and result",
+            ["route", "result"]
+        ),
+        /// Route integration call latency, all attempts of a call together.
+        route_duration: HistogramVec(
+            "hermes_route_duration_seconds",
+            "Route integration call latency, by route",
+            ["route"]
+        ),
+        /// `$disconnect` events waiting to be delivered (retried until they are).
+        route_disconnects_pending: IntGauge(
+            "hermes_route_disconnects_pending",
+            "$disconnect events waiting to be delivered"
+        ),
+    }
 }
 
 impl Default for Metrics {
@@ -456,7 +479,7 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "a family declared twice");
-        assert_eq!(names.len(), 35);
+        assert_eq!(names.len(), 38);
         // Registering a family again is refused: each one is in the registry already.
         assert!(
             m.registry
@@ -471,7 +494,8 @@ mod tests {
         assert_eq!(
             owners,
             [
-                "sockets", "auth", "registry", "history", "router", "queue", "kube", "admin"
+                "sockets", "auth", "registry", "history", "router", "queue", "kube", "admin",
+                "routes"
             ]
         );
     }
