@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The fault checker on its own: three gateways, a RabbitMQ and an SQS consumer on the test
 # services (started if needed), publishers at a steady rate, Rust and hermes.js clients;
-# each fault in turn (rolling SIGTERM, kill -9 of a gateway, SIGSTOP of a gateway, kill -9
+# each fault in turn (SIGSTOP of a gateway, rolling SIGTERM, kill -9 of a gateway, kill -9
 # of the consumer, RabbitMQ, SQS server and Cassandra restarts). Prints one line per fault
 # and last "faults: N lost, M duplicated across K faults"; exits 1 if anything was lost or
 # duplicated. The same checker runs in ./scripts/test.sh (tests/tests/faults.rs).
