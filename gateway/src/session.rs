@@ -302,7 +302,7 @@ async fn run(
             None => "",
         };
         routes.disconnect(
-            Caller {
+            &Caller {
                 record: conn.record.clone(),
                 context: conn.route_context.clone(),
             },

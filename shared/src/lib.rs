@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod process;
 pub mod registry;
 pub mod router;
+pub mod routes;
 pub mod wire;
 
 pub use error::{Error, Result};
