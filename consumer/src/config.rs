@@ -2,6 +2,7 @@
 //! Kubernetes awareness, besides the registry's (`hermes_shared::registry::config`).
 //! Documented in docs/configuration.md and docs/consumer.md.
 
+use hermes_shared::routes::RoutesConfig;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -184,6 +185,9 @@ pub struct ConsumerConfig {
     /// The TTL of the gateways' registry rows (`HERMES_REGISTRY_TTL_SECONDS`): after an
     /// outage of the registry that long rows may have expired.
     pub registry_ttl: Duration,
+    /// The route integrations: the reaper sends `$disconnect` for the sockets of a gateway
+    /// whose pod is gone (`HERMES_ROUTE_DISCONNECT_URL`, `HERMES_ROUTE_SECRET`).
+    pub routes: RoutesConfig,
 }
 
 /// The consumer's Kubernetes awareness. On when `HERMES_KUBE_GATEWAY_SERVICE` is set; the
@@ -349,6 +353,7 @@ impl ConsumerConfig {
             kube: KubeConfig::from_strings(s)?,
             history: HistorySettings::from_strings(s)?,
             registry_ttl: config::registry_ttl(s)?,
+            routes: RoutesConfig::from_strings(s)?,
         })
     }
 }

@@ -6,6 +6,7 @@
 //! the source stops taking new messages, finishes the ones in flight (acknowledging each
 //! once its outcome is known), the Lease is released, and the process exits.
 
+use hermes_shared::routes::{Disconnects, RouteClient};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,7 +87,18 @@ pub async fn run(config: ConsumerConfig) -> Result<()> {
         .with_registry_ttl(config.registry_ttl);
     let kube = match &config.kube {
         Some(kube) => {
-            let kube = Kube::start(kube, registry, metrics.clone(), shutdown.clone()).await?;
+            // The reaper's `$disconnect` for the sockets of a gateway whose pod is gone.
+            let disconnects =
+                RouteClient::new(config.routes.clone(), &config.stage, metrics.clone())
+                    .and_then(Disconnects::new);
+            let kube = Kube::start(
+                kube,
+                registry,
+                disconnects,
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .await?;
             router = router.with_directory(kube.directory.clone());
             Some(kube)
         }

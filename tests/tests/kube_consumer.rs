@@ -408,8 +408,18 @@ async fn the_leader_reaps_the_rows_of_a_gateway_whose_pod_is_deleted() {
     // The consumer starts after the crash, so its first pass sees B's live rows. The
     // periodic pass is 5 minutes away: within this test only that first pass and the pod
     // watch can reap.
+    // With a `$disconnect` route: the reaper sends it for B's socket.
+    let (backend, events) = http_sink().await;
+    let disconnect_url = format!("{backend}/disconnect");
     let consumer = s
-        .consumer("c1", &[("HERMES_KUBE_REAP_INTERVAL_SECONDS", "300")])
+        .consumer(
+            "c1",
+            &[
+                ("HERMES_KUBE_REAP_INTERVAL_SECONDS", "300"),
+                ("HERMES_ROUTE_DISCONNECT_URL", &disconnect_url),
+                ("HERMES_ROUTE_SECRET", "route-secret-0123456789-0123456789"),
+            ],
+        )
         .await;
     until(&consumer, "leading, a first reaper pass", || async {
         consumer.metric(LEADER).await == 1.0 && consumer.metric(REAPER_OK).await >= 1.0
@@ -467,4 +477,17 @@ async fn the_leader_reaps_the_rows_of_a_gateway_whose_pod_is_deleted() {
             "{kind} rows reaped"
         );
     }
+    // B's socket got its `$disconnect` (1006: it went without a close), A's did not.
+    until(&consumer, "the reaped socket's $disconnect", || async {
+        !events.lock().expect("events").is_empty()
+    })
+    .await;
+    let events = events.lock().expect("events").clone();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let ctx = &events[0]["requestContext"];
+    assert_eq!(ctx["routeKey"], "$disconnect");
+    assert_eq!(ctx["eventType"], "DISCONNECT");
+    assert_eq!(ctx["connectionId"], conn_b.as_str());
+    assert_eq!(ctx["disconnectStatusCode"], 1006);
+    assert_eq!(ctx["authorizer"]["user_id"], "user");
 }

@@ -13,6 +13,7 @@ pub mod directory;
 pub mod lease;
 pub mod reaper;
 
+use hermes_shared::routes::Disconnects;
 use std::sync::Arc;
 
 use crate::config::{KUBE_GATEWAY_SERVICE, KubeConfig};
@@ -37,6 +38,7 @@ impl Kube {
     pub async fn start(
         config: &KubeConfig,
         registry: Arc<dyn Registry>,
+        disconnects: Option<Arc<Disconnects>>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Self> {
@@ -73,6 +75,7 @@ impl Kube {
             namespace: namespace.clone(),
             selector: config.gateway_selector.clone(),
             registry,
+            disconnects,
             metrics,
             interval: config.reap_interval,
         };

@@ -9,6 +9,7 @@
 //! progress never deletes a live gateway's rows. Reaping is idempotent (the registry's
 //! `reap_gateway`), so two passes, or two leaders in the instant of a handover, are harmless.
 
+use hermes_shared::routes::{Caller, Disconnects};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ pub struct Reaper {
     pub namespace: String,
     pub selector: Option<String>,
     pub registry: Arc<dyn Registry>,
+    /// Sends `$disconnect` for the sockets the reaped gateway held, when that route is set.
+    pub disconnects: Option<Arc<Disconnects>>,
     pub metrics: Arc<Metrics>,
     pub interval: Duration,
 }
@@ -132,6 +135,19 @@ impl Reaper {
                     .inc_by(reaped.users as u64);
                 rows.with_label_values(&["connection"])
                     .inc_by(reaped.connections as u64);
+                // Their sockets went with the gateway, without a close: 1006.
+                if let Some(disconnects) = &self.disconnects {
+                    for record in &reaped.gone {
+                        disconnects.send(
+                            &Caller {
+                                record: record.clone(),
+                                context: None,
+                            },
+                            1006,
+                            "the gateway holding the connection is gone",
+                        );
+                    }
+                }
                 if reaped != Default::default() {
                     self.metrics.reaped_gateways.inc();
                     tracing::info!(

@@ -193,15 +193,27 @@ async fn reap_gateway_deletes_every_row_of_that_gateway_only(r: &dyn Registry) {
     assert_eq!(keys.users, vec!["reap-user".to_owned()]);
     assert!(keys.connections.contains(&"reap-g1-conn".to_owned()));
 
+    let reaped = r.reap_gateway(g1).await.expect("reap");
     assert_eq!(
-        r.reap_gateway(g1).await.expect("reap"),
-        Reaped {
-            gateway_row: true,
-            rooms: 1,
-            users: 1,
-            connections: 1,
-        }
+        (
+            reaped.gateway_row,
+            reaped.rooms,
+            reaped.users,
+            reaped.connections
+        ),
+        (true, 1, 1, 1)
     );
+    let gone: Vec<&str> = reaped
+        .gone
+        .iter()
+        .map(|c| c.connection_id.as_str())
+        .collect();
+    assert_eq!(
+        gone,
+        ["reap-g1-conn"],
+        "the rows it deleted, not the moved one"
+    );
+    assert_eq!(reaped.gone[0].gateway_id, g1);
     assert_eq!(r.gateway(g1).await.expect("get"), None);
     assert_eq!(r.connection("reap-g1-conn").await.expect("get"), None);
     assert_eq!(

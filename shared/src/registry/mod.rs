@@ -93,12 +93,23 @@ pub struct GatewayKeys {
 }
 
 /// What `reap_gateway` deleted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reaped {
     pub gateway_row: bool,
     pub rooms: usize,
     pub users: usize,
     pub connections: usize,
+    /// The connection rows deleted (their sockets are gone with the gateway): the reaper
+    /// sends their `$disconnect`.
+    #[serde(default)]
+    pub gone: Vec<ConnectionRecord>,
+}
+
+/// What one check-then-delete of [`Registry::reap_gateway`] found.
+enum Found {
+    Room(bool),
+    User(bool),
+    Connection(Option<ConnectionRecord>),
 }
 
 /// Heartbeats per TTL: a gateway writes its `gateways` row (and refreshes the rest of its
@@ -213,7 +224,7 @@ pub trait Registry: Send + Sync + 'static {
         // Items are indexes and the futures are boxed: a closure taking references would
         // trip the compiler's higher-ranked lifetime check of `async_trait`'s `Send` future.
         // Each check-then-delete answers (room, user, connection) found: 0 or 1 each.
-        let reap_one = move |i: usize| -> BoxFuture<'_, Result<(usize, usize, usize)>> {
+        let reap_one = move |i: usize| -> BoxFuture<'_, Result<Found>> {
             if let Some(room) = rooms.get(i) {
                 Box::pin(async move {
                     let found = self
@@ -224,7 +235,7 @@ pub trait Registry: Send + Sync + 'static {
                     if found {
                         self.remove_room_gateway(room, gateway_id).await?;
                     }
-                    Ok((usize::from(found), 0, 0))
+                    Ok(Found::Room(found))
                 })
             } else if let Some(user) = users.get(i - rooms.len()) {
                 Box::pin(async move {
@@ -236,38 +247,47 @@ pub trait Registry: Send + Sync + 'static {
                     if found {
                         self.remove_user_gateway(user, gateway_id).await?;
                     }
-                    Ok((0, usize::from(found), 0))
+                    Ok(Found::User(found))
                 })
             } else if let Some(id) = connections.get(i - rooms.len() - users.len()) {
                 Box::pin(async move {
-                    let found = matches!(
-                        self.connection(id).await?,
-                        Some(row) if row.gateway_id == gateway_id
-                    );
-                    if found {
+                    let row = self
+                        .connection(id)
+                        .await?
+                        .filter(|row| row.gateway_id == gateway_id);
+                    if row.is_some() {
                         self.remove_connection(id).await?;
                     }
-                    Ok((0, 0, usize::from(found)))
+                    Ok(Found::Connection(row))
                 })
             } else {
-                Box::pin(async { Ok((0, 0, 0)) })
+                Box::pin(async { Ok(Found::Room(false)) })
             }
         };
-        let (rooms, users, connections) =
-            stream::iter(0..rooms.len() + users.len() + connections.len())
-                .map(reap_one)
-                .buffer_unordered(REAP_CONCURRENCY)
-                .try_fold((0, 0, 0), |(r, u, c), (dr, du, dc)| async move {
-                    Ok((r + dr, u + du, c + dc))
-                })
-                .await?;
+        let reaped = stream::iter(0..rooms.len() + users.len() + connections.len())
+            .map(reap_one)
+            .buffer_unordered(REAP_CONCURRENCY)
+            .try_fold(
+                Reaped {
+                    gateway_row,
+                    ..Reaped::default()
+                },
+                |mut reaped, found| async move {
+                    match found {
+                        Found::Room(found) => reaped.rooms += usize::from(found),
+                        Found::User(found) => reaped.users += usize::from(found),
+                        Found::Connection(Some(row)) => {
+                            reaped.connections += 1;
+                            reaped.gone.push(row);
+                        }
+                        Found::Connection(None) => {}
+                    }
+                    Ok(reaped)
+                },
+            )
+            .await?;
         self.clear_gateway_keys(gateway_id).await?;
-        Ok(Reaped {
-            gateway_row,
-            rooms,
-            users,
-            connections,
-        })
+        Ok(reaped)
     }
 
     /// The heartbeat: refreshes the TTL of a gateway's row and of everything it holds.

@@ -485,6 +485,7 @@ mod tests {
                 rooms: 1,
                 users: 1,
                 connections: 0,
+                gone: Vec::new(),
             }
         );
         let () = round_trip(&registry, RegistryOp::ClearGatewayKeys { gateway_id }).await;
