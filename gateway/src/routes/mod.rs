@@ -322,5 +322,4 @@ mod tests {
         assert_eq!(h.get("x-trace"), Some(&json!("t")));
         assert!(!h.contains_key("authorization") && !h.contains_key("sec-websocket-protocol"));
     }
-
 }
