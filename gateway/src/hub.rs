@@ -81,6 +81,18 @@ impl Connection {
         token_exp: u64,
         resuming: bool,
     ) -> Arc<Self> {
+        Self::with_route_context(record, modern, outbox, token_exp, resuming, None)
+    }
+
+    /// [`Connection::new`] with what the `$connect` route's answer set.
+    pub fn with_route_context(
+        record: ConnectionRecord,
+        modern: bool,
+        outbox: Outbox,
+        token_exp: u64,
+        resuming: bool,
+        route_context: Option<Arc<str>>,
+    ) -> Arc<Self> {
         let now = record.connected_at;
         Arc::new(Self {
             record,
@@ -96,24 +108,8 @@ impl Connection {
                     ..Resume::default()
                 })
             })),
-            route_context: None,
+            route_context,
         })
-    }
-
-    /// [`Connection::new`] with what the `$connect` route's answer set.
-    pub fn with_route_context(
-        record: ConnectionRecord,
-        modern: bool,
-        outbox: Outbox,
-        token_exp: u64,
-        resuming: bool,
-        route_context: Option<Arc<str>>,
-    ) -> Arc<Self> {
-        let mut conn = Self::new(record, modern, outbox, token_exp, resuming);
-        if let Some(c) = Arc::get_mut(&mut conn) {
-            c.route_context = route_context;
-        }
-        conn
     }
 
     /// Sends the notifications held during the replay, in position order, except those

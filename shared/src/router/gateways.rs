@@ -88,14 +88,7 @@ impl RouteToAll {
     /// instead.
     pub(super) async fn gateways(&self) -> Option<Arc<[String]>> {
         let state = &self.state;
-        let current = |within: Duration| {
-            state
-                .list
-                .lock()
-                .as_ref()
-                .filter(|l| l.asked_at.elapsed() < within)
-                .map(|l| l.ids.clone())
-        };
+        let current = |within: Duration| self.listed_within(within);
         if let Some(ids) = current(GATEWAY_LIST_VALIDITY / 2) {
             return (ids.len() <= self.max).then_some(ids);
         }
@@ -127,11 +120,16 @@ impl RouteToAll {
     /// The live gateways as last listed, whatever their number, while the list is still
     /// valid; `None` when there is no valid list (nothing is read here).
     pub(super) fn listed(&self) -> Option<Arc<[String]>> {
+        self.listed_within(GATEWAY_LIST_VALIDITY)
+    }
+
+    /// The last list, if it was asked for less than `within` ago.
+    fn listed_within(&self, within: Duration) -> Option<Arc<[String]>> {
         self.state
             .list
             .lock()
             .as_ref()
-            .filter(|l| l.asked_at.elapsed() < GATEWAY_LIST_VALIDITY)
+            .filter(|l| l.asked_at.elapsed() < within)
             .map(|l| l.ids.clone())
     }
 }
