@@ -140,7 +140,7 @@ async fn refresh_gateway_list(registry: &Arc<dyn Registry>, urls: &UrlCache, sta
     let asked_at = Instant::now();
     match registry.gateways().await {
         Ok(gateways) => {
-            urls.put_all(&gateways, asked_at);
+            urls.put_listed(&gateways, asked_at);
             let mut list = state.list.lock();
             // A slower, older read must not replace a newer list.
             if list.as_ref().is_none_or(|l| l.asked_at <= asked_at) {

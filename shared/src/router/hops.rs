@@ -72,6 +72,28 @@ impl UrlCache {
         }
     }
 
+    /// Remembers the URLs of the live gateways as listed by a read made at `at`, and forgets
+    /// the gateways read before it that the list does not hold (their rows expired or were
+    /// removed).
+    pub(super) fn put_listed(&self, gateways: &[GatewayRecord], at: Instant) {
+        let mut cached = self.0.lock();
+        cached.retain(|id, (_, seen)| *seen >= at || gateways.iter().any(|g| &g.gateway_id == id));
+        for g in gateways {
+            cached.insert(g.gateway_id.clone(), (g.internal_url.clone(), at));
+        }
+    }
+
+    /// The gateways whose row was read live less than `within` ago (a gateway found dead
+    /// is forgotten).
+    pub(super) fn seen_within(&self, within: Duration) -> Vec<String> {
+        self.0
+            .lock()
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() < within)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     fn forget(&self, gateway_id: &str) {
         self.0.lock().remove(gateway_id);
     }

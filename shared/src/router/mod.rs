@@ -16,6 +16,7 @@
 //! its links.
 
 mod gateways;
+mod health;
 mod hops;
 mod links;
 #[cfg(test)]
@@ -23,13 +24,14 @@ mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 
 use gateways::RouteToAll;
 pub use gateways::{GATEWAY_LIST_VALIDITY, NEW_GATEWAY_GRACE};
+pub use health::REGISTRY_RECOVERY_GRACE;
+use health::{RegistryHealth, Trust};
 pub use hops::{GatewayDirectory, Presence};
 use hops::{Hop, Hops};
 use links::Links;
@@ -68,54 +70,10 @@ pub struct Router {
     to_all: Option<RouteToAll>,
     links: Links,
     history: Option<Recorder>,
-    /// Whether the registry failed this router lately (see [`REGISTRY_RECOVERY_GRACE`]).
+    /// Whether the registry failed this router lately, and which gateways it awaits after
+    /// an outage (see [`REGISTRY_RECOVERY_GRACE`]).
     health: RegistryHealth,
 }
-
-/// What a router knows of the registry's health: since when its calls fail, and until when
-/// it does not trust membership answers after a long outage.
-#[derive(Default)]
-struct RegistryHealth {
-    /// ms since the epoch of the first failure of the current run of failures; 0: healthy.
-    failing_since: AtomicU64,
-    /// ms since the epoch until which answers are not trusted.
-    distrust_until: AtomicU64,
-    /// An outage at least this long may have let rows expire (a third of the rows' TTL:
-    /// the last heartbeat before it may have been a third of the TTL earlier, and a margin).
-    long_outage_ms: AtomicU64,
-}
-
-impl RegistryHealth {
-    fn failed(&self) {
-        let now = crate::ids::now_millis();
-        let _ = self
-            .failing_since
-            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
-    }
-
-    fn succeeded(&self) {
-        let since = self.failing_since.swap(0, Ordering::Relaxed);
-        let now = crate::ids::now_millis();
-        if since != 0 && now.saturating_sub(since) >= self.long_outage_ms.load(Ordering::Relaxed) {
-            let grace = u64::try_from(REGISTRY_RECOVERY_GRACE.as_millis()).unwrap_or(u64::MAX);
-            self.distrust_until.store(now + grace, Ordering::Relaxed);
-        }
-    }
-
-    fn distrusted(&self) -> bool {
-        crate::ids::now_millis() < self.distrust_until.load(Ordering::Relaxed)
-    }
-}
-
-/// After an outage of the registry long enough for rows to expire (a third of
-/// `HERMES_REGISTRY_TTL_SECONDS`), a router does not trust, for this long, what the registry
-/// says holds a room, a user or a connection, or which gateways live: rows may have
-/// expired during the outage, and the gateways, whose heartbeats retry every second while
-/// they fail, may not have written them all again yet. Room, user and connection messages
-/// then fail as a transient error and are retried, instead of reaching only the gateways
-/// that were quickest to come back (or being acknowledged as delivered to nobody, or a live
-/// gateway's rows being deleted as a dead one's).
-pub const REGISTRY_RECOVERY_GRACE: Duration = Duration::from_secs(5);
 
 /// What a router needs to record notifications in their streams' history.
 struct Recorder {
@@ -149,10 +107,7 @@ impl Router {
             metrics,
             to_all: None,
             history: None,
-            health: RegistryHealth {
-                long_outage_ms: AtomicU64::new(10_000),
-                ..RegistryHealth::default()
-            },
+            health: RegistryHealth::new(Duration::from_secs(30)),
         }
     }
 
@@ -160,18 +115,46 @@ impl Router {
     /// outage of the registry longer than a third of it is long enough for rows to expire
     /// (see [`REGISTRY_RECOVERY_GRACE`]).
     pub fn with_registry_ttl(self, ttl: Duration) -> Self {
-        self.health.long_outage_ms.store(
-            u64::try_from((ttl / 3).as_millis()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.health.set_ttl(ttl);
         self
     }
 
-    /// Notes how a registry call of this router went.
+    /// Notes how a registry call of this router went. The first failure of an outage
+    /// records the gateways seen live within a TTL before it and reachable (a gateway whose
+    /// circuit is open was killed, likely, its row not expired yet): they are awaited after
+    /// it.
     fn registry_answered<T>(&self, result: &Result<T>) {
         match result {
             Ok(_) => self.health.succeeded(),
-            Err(_) => self.health.failed(),
+            Err(_) => {
+                if self.health.failed() {
+                    let breakers = self.links.breakers();
+                    let mut seen = self.hops.urls().seen_within(self.health.ttl());
+                    seen.retain(|g| !breakers.unreachable(g));
+                    self.health.outage_began(seen);
+                }
+            }
+        }
+    }
+
+    /// Whether the registry's membership answers are not trusted yet after an outage
+    /// ([`REGISTRY_RECOVERY_GRACE`]). While gateways seen live before it are awaited, one
+    /// caller every half second lists the live gateways to see which are back.
+    async fn distrusted(&self) -> bool {
+        match self.health.state() {
+            Trust::Trusted => false,
+            Trust::Grace | Trust::Awaiting { relist: false } => true,
+            Trust::Awaiting { relist: true } => {
+                let asked_at = Instant::now();
+                let listed = self.registry.gateways().await;
+                self.registry_answered(&listed);
+                if let Ok(gateways) = listed {
+                    self.hops.urls().put_listed(&gateways, asked_at);
+                    let ids: Vec<String> = gateways.into_iter().map(|g| g.gateway_id).collect();
+                    self.health.listed(&ids);
+                }
+                true
+            }
         }
     }
 
@@ -179,7 +162,8 @@ impl Router {
     fn untrusted() -> crate::Error {
         crate::Error::registry_answer(format!(
             "the registry is back from an outage long enough for rows to expire; its answers \
-             are trusted again {} s after it came back (the message is retried)",
+             are trusted again {} s after it and every gateway seen live before it are back \
+             (the message is retried)",
             REGISTRY_RECOVERY_GRACE.as_secs()
         ))
     }
@@ -252,6 +236,10 @@ impl Router {
         };
         if let Some(outcome) = self.held_back(&request, done) {
             return Ok(outcome);
+        }
+        // Not written to the history only to fail below.
+        if self.distrusted().await {
+            return Err(Self::untrusted());
         }
         self.record(&mut request).await?;
         self.route_except(request, done).await
@@ -354,7 +342,7 @@ impl Router {
             Target::Connections(_) => None,
             Target::Room { .. } | Target::User { .. } => self.all_gateways().await,
         };
-        if self.health.distrusted() {
+        if self.distrusted().await {
             return Err(Self::untrusted());
         }
         // Gateway id → the request it receives.
@@ -398,9 +386,7 @@ impl Router {
                 self.registry_answered(&hop);
                 let delivery = match hop {
                     // Its row may be missing because the registry came back a moment ago.
-                    Ok(Hop::Dead) if self.health.distrusted() => {
-                        Delivery::Failed(Self::untrusted())
-                    }
+                    Ok(Hop::Dead) if self.distrusted().await => Delivery::Failed(Self::untrusted()),
                     Ok(hop) => self.deliver(&gateway_id, hop, req).await,
                     Err(error) => Delivery::Failed(error),
                 };

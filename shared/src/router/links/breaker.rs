@@ -135,6 +135,15 @@ impl Breakers {
         !self.gateways.lock().is_empty()
     }
 
+    /// Whether deliveries to `gateway_id` keep failing: its circuit is not closed. Changes
+    /// nothing (unlike [`Breakers::refusing`], it claims no probe).
+    pub fn unreachable(&self, gateway_id: &str) -> bool {
+        self.gateways
+            .lock()
+            .get(gateway_id)
+            .is_some_and(|b| !matches!(b.state, State::Closed))
+    }
+
     /// Whether a delivery to `gateway_id` would be refused now: its circuit is open and no
     /// probe is due, or a probe is in flight. When a probe is due, the first caller is
     /// told no (its delivery may become the probe) and the others yes for `probe_limit`:

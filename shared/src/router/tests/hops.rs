@@ -108,3 +108,25 @@ async fn a_ready_gateway_is_reached_at_the_directory_url_even_without_a_registry
         vec!["pod-a".to_owned()]
     );
 }
+
+#[test]
+fn a_gateway_a_later_list_leaves_out_is_no_longer_seen_live() {
+    let record = |id: &str| GatewayRecord {
+        gateway_id: id.into(),
+        internal_url: format!("http://{id}"),
+        started_at: 0,
+    };
+    let urls = crate::router::hops::UrlCache::default();
+    let first = Instant::now();
+    urls.put_all(&[record("killed"), record("alive")], first);
+    let listed_at = Instant::now();
+    // A hop read made while the list was being read is newer than the list: kept.
+    urls.put_all(
+        &[record("read-meanwhile")],
+        listed_at + Duration::from_millis(1),
+    );
+    urls.put_listed(&[record("alive")], listed_at);
+    let mut seen = urls.seen_within(Duration::from_secs(30));
+    seen.sort();
+    assert_eq!(seen, ["alive", "read-meanwhile"]);
+}

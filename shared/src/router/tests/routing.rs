@@ -166,3 +166,123 @@ async fn after_an_outage_long_enough_for_rows_to_expire_the_registry_is_not_trus
     r.health.distrust_until.store(now, Ordering::Relaxed);
     assert_eq!(r.publish(&m).await.expect("routed").delivered, 0);
 }
+
+/// An outage of the registry long enough for rows to expire, seen by `r` from its first
+/// failure (which records the gateways seen live before it) to its end, 15 s later.
+fn outage_of_15_s(r: &Router) {
+    let failure: Result<()> = Err(crate::Error::registry_answer("down"));
+    r.registry_answered(&failure);
+    let began = crate::ids::now_millis() - 15_000;
+    r.health.failing_since.store(began, Ordering::Relaxed);
+    r.registry_answered(&Ok(()));
+}
+
+#[tokio::test]
+async fn after_an_outage_a_gateway_seen_live_before_it_is_awaited_until_listed_again() {
+    let registry = Arc::new(MemoryRegistry::new());
+    let (late_url, late_requests) = fake_gateway_counting(1).await;
+    live(&registry, "local", "http://127.0.0.1:9").await;
+    live(&registry, "late", &late_url).await;
+    let r = router(registry.clone(), Arc::new(Recorder::default()))
+        .with_registry_ttl(Duration::from_secs(30))
+        .with_route_to_all_up_to(8);
+    let m = message(r#"{"user_id":"u","room_id":"r","data":1}"#);
+    assert_eq!(r.publish(&m).await.expect("routed").gateways, 2);
+    let before = late_requests.load(Ordering::SeqCst);
+
+    // The rows expired during the outage; the registry is back for this router, but the
+    // late gateway's driver has not reconnected yet: its row is missing.
+    registry.remove_gateway("late").await.expect("remove");
+    outage_of_15_s(&r);
+    let mut awaited = r.health.awaited();
+    awaited.sort();
+    assert_eq!(
+        awaited,
+        ["late", "local"],
+        "every gateway seen live before it"
+    );
+    // Even once the grace after the registry's return is over, the message is not
+    // acknowledged having reached only the gateways quickest to come back.
+    r.health
+        .distrust_until
+        .store(crate::ids::now_millis(), Ordering::Relaxed);
+    let error = r.publish(&m).await.expect_err("late gateway awaited");
+    assert!(error.is_transient(), "{error}");
+    assert_eq!(r.health.awaited(), ["late"], "listed without it");
+
+    // It writes its row again: the next listing sees it, and the grace runs from then (its
+    // heartbeat writes its sockets' rows after its own).
+    live(&registry, "late", &late_url).await;
+    r.health.last_relist.store(0, Ordering::Relaxed);
+    assert!(r.publish(&m).await.is_err(), "grace after the last return");
+    assert!(r.health.awaited().is_empty());
+    r.health
+        .distrust_until
+        .store(crate::ids::now_millis(), Ordering::Relaxed);
+    let outcome = r.publish(&m).await.expect("trusted again");
+    assert_eq!(outcome.gateways, 2, "{outcome:?}");
+    assert_eq!(late_requests.load(Ordering::SeqCst), before + 1);
+}
+
+#[tokio::test]
+async fn a_gateway_not_back_within_a_ttl_of_the_outage_is_no_longer_awaited() {
+    let registry = Arc::new(MemoryRegistry::new());
+    live(&registry, "local", "http://127.0.0.1:9").await;
+    live(&registry, "died-meanwhile", "http://127.0.0.1:9").await;
+    let r = router(registry.clone(), Arc::new(Recorder::default()))
+        .with_registry_ttl(Duration::from_secs(30))
+        .with_route_to_all_up_to(8);
+    let m = message(r#"{"user_id":"u","room_id":"r","data":1}"#);
+    r.publish(&m).await.expect("routed");
+    registry
+        .remove_gateway("died-meanwhile")
+        .await
+        .expect("remove");
+    outage_of_15_s(&r);
+    r.health
+        .distrust_until
+        .store(crate::ids::now_millis(), Ordering::Relaxed);
+    assert!(r.publish(&m).await.is_err(), "awaited");
+    r.health.awaited_for_a_ttl();
+    let outcome = r.publish(&m).await.expect("dead by the heartbeat rule");
+    assert_eq!(outcome.gateways, 1, "{outcome:?}");
+}
+
+#[tokio::test]
+async fn a_short_blip_awaits_no_gateway() {
+    let registry = Arc::new(MemoryRegistry::new());
+    live(&registry, "local", "http://127.0.0.1:9").await;
+    live(&registry, "other", "http://127.0.0.1:9").await;
+    let r = router(registry.clone(), Arc::new(Recorder::default()))
+        .with_registry_ttl(Duration::from_secs(30))
+        .with_route_to_all_up_to(8);
+    let m = message(r#"{"user_id":"u","room_id":"r","data":1}"#);
+    r.publish(&m).await.expect("routed");
+    registry.remove_gateway("other").await.expect("remove");
+    let failure: Result<()> = Err(crate::Error::registry_answer("down"));
+    r.registry_answered(&failure);
+    r.registry_answered(&Ok(()));
+    assert!(r.health.awaited().is_empty());
+    assert_eq!(r.publish(&m).await.expect("trusted").gateways, 1);
+}
+
+#[tokio::test]
+async fn a_gateway_whose_deliveries_kept_failing_before_the_outage_is_not_awaited() {
+    let registry = Arc::new(MemoryRegistry::new());
+    live(&registry, "local", "http://127.0.0.1:9").await;
+    live(&registry, "killed", "http://127.0.0.1:9").await;
+    let r = router(registry.clone(), Arc::new(Recorder::default()))
+        .with_registry_ttl(Duration::from_secs(30))
+        .with_route_to_all_up_to(8);
+    r.publish(&message(r#"{"user_id":"u","room_id":"r","data":1}"#))
+        .await
+        .expect("routed");
+    // Killed: its row is still there, its circuit is open.
+    for _ in 0..crate::router::links::breaker::FAILURES_TO_OPEN {
+        r.links
+            .breakers()
+            .record("killed", crate::router::links::breaker::Pass::Closed, false);
+    }
+    outage_of_15_s(&r);
+    assert_eq!(r.health.awaited(), ["local"]);
+}
