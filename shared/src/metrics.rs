@@ -17,6 +17,8 @@
 //! | `kube`     | the consumer's `kube` (EndpointSlice view, Lease, reaper)           |
 //! | `admin`    | the gateway's admin API (`admin_metrics`, around `admin`)           |
 //! | `routes`   | the gateway's route integrations (`routes`)                         |
+//! | `process`  | [`Metrics::new`]: the build (`hermes_build_info`); beside it, the   |
+//! |            | standard `process_*` families ([`PROCESS_FAMILIES`])                 |
 //!
 //! [`Metrics::FAMILIES`] describes each family (name, Prometheus type, labels, help): the
 //! reference in `docs/metrics.md` is checked against it and against both processes'
@@ -101,6 +103,8 @@ macro_rules! families {
                 $($(
                     register(&registry, &m.$field);
                 )*)*
+                m.build_info.with_label_values(&[VERSION]).set(1);
+                register_process_collector(&registry);
                 m
             }
         }
@@ -348,6 +352,52 @@ families! {
             "$disconnect events waiting to be delivered"
         ),
     }
+    process {
+        /// Always 1; its label says which release runs.
+        build_info: IntGaugeVec(
+            "hermes_build_info",
+            "Always 1: the running build, by version",
+            ["version"]
+        ),
+    }
+}
+
+/// The release, as `hermes_build_info` labels it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The process collector's families (Linux only: it reads `/proc/self`), exported beside
+/// the `hermes_*` ones under Prometheus's standard names.
+pub const PROCESS_FAMILIES: &[FamilyInfo] = &[
+    process_family("process_cpu_seconds_total", "counter"),
+    process_family("process_open_fds", "gauge"),
+    process_family("process_max_fds", "gauge"),
+    process_family("process_virtual_memory_bytes", "gauge"),
+    process_family("process_resident_memory_bytes", "gauge"),
+    process_family("process_start_time_seconds", "gauge"),
+    process_family("process_threads", "gauge"),
+];
+
+const fn process_family(name: &'static str, kind: &'static str) -> FamilyInfo {
+    FamilyInfo {
+        owner: "process",
+        name,
+        kind,
+        labels: &[],
+        help: "",
+    }
+}
+
+/// Registers the standard `process_*` families (open and maximum file descriptors,
+/// resident and virtual memory, CPU seconds, threads, start time) of this process.
+fn register_process_collector(registry: &prometheus::Registry) {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    )) {
+        tracing::error!(%error, "cannot register the process metrics");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = registry;
 }
 
 impl Default for Metrics {
@@ -469,7 +519,12 @@ mod tests {
         let m = Metrics::new();
         // A labelled family appears in the exposition once it has a child.
         for family in m.registry.gather() {
-            assert!(family.name().starts_with("hermes_"), "{}", family.name());
+            assert!(
+                family.name().starts_with("hermes_")
+                    || PROCESS_FAMILIES.iter().any(|p| p.name == family.name()),
+                "{}",
+                family.name()
+            );
         }
         let names: Vec<&str> = Metrics::OWNERS
             .iter()
@@ -479,7 +534,7 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "a family declared twice");
-        assert_eq!(names.len(), 38);
+        assert_eq!(names.len(), 39);
         // Registering a family again is refused: each one is in the registry already.
         assert!(
             m.registry
@@ -495,7 +550,7 @@ mod tests {
             owners,
             [
                 "sockets", "auth", "registry", "history", "router", "queue", "kube", "admin",
-                "routes"
+                "routes", "process"
             ]
         );
     }
@@ -522,11 +577,15 @@ mod tests {
             .observe(0.1);
         let gathered = m.registry.gather();
         for mf in &gathered {
+            let kind = format!("{:?}", mf.get_field_type()).to_lowercase();
+            if let Some(process) = PROCESS_FAMILIES.iter().find(|p| p.name == mf.name()) {
+                assert_eq!(process.kind, kind, "{}", process.name);
+                continue;
+            }
             let info = Metrics::FAMILIES
                 .iter()
                 .find(|f| f.name == mf.name())
                 .unwrap_or_else(|| panic!("{} is not in FAMILIES", mf.name()));
-            let kind = format!("{:?}", mf.get_field_type()).to_lowercase();
             assert_eq!(info.kind, kind, "{}", info.name);
             assert_eq!(info.help, mf.help(), "{}", info.name);
             for metric in mf.get_metric() {
@@ -536,6 +595,28 @@ mod tests {
                 assert_eq!(labels, declared, "{}", info.name);
             }
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_build_and_the_process_families_are_exported() {
+        let text = Metrics::new().render();
+        assert!(
+            text.contains(&format!("hermes_build_info{{version=\"{VERSION}\"}} 1")),
+            "{text}"
+        );
+        for family in PROCESS_FAMILIES {
+            assert!(
+                text.contains(&format!("# TYPE {} {}", family.name, family.kind)),
+                "{} missing:\n{text}",
+                family.name
+            );
+        }
+        let open_fds = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_open_fds "))
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(open_fds.is_some_and(|n| n >= 3.0), "{open_fds:?}");
     }
 
     #[test]

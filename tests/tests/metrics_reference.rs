@@ -27,7 +27,10 @@ fn documented() -> BTreeMap<String, Family> {
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let mut families = BTreeMap::new();
-    for line in text.lines().filter(|l| l.starts_with("| `hermes_")) {
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("| `hermes_") || l.starts_with("| `process_"))
+    {
         let cells: Vec<&str> = line.split(" | ").map(|c| c.trim()).collect();
         assert!(cells.len() >= 4, "a row of docs/metrics.md: {line}");
         let name = cells[0].trim_start_matches('|').trim().trim_matches('`');
@@ -149,6 +152,7 @@ fn the_metrics_reference_lists_exactly_the_declared_families() {
     let docs = documented();
     let declared: BTreeMap<String, Family> = Metrics::FAMILIES
         .iter()
+        .chain(hermes_shared::metrics::PROCESS_FAMILIES)
         .map(|f| {
             (
                 f.name.to_owned(),
@@ -243,6 +247,9 @@ async fn every_family_a_gateway_and_a_consumer_export_is_in_the_metrics_referenc
         "hermes_admin_request_duration_seconds",
         "hermes_socket_closes_total",
         "hermes_deliver_requests_total",
+        "hermes_build_info",
+        "process_open_fds",
+        "process_resident_memory_bytes",
     ] {
         assert!(gateway.contains_key(name), "the gateway exports {name}");
     }
@@ -251,6 +258,8 @@ async fn every_family_a_gateway_and_a_consumer_export_is_in_the_metrics_referenc
         "hermes_dead_letters_total",
         "hermes_registry_duration_seconds",
         "hermes_routing_duration_seconds",
+        "hermes_build_info",
+        "process_open_fds",
     ] {
         assert!(
             consumer_families.contains_key(name),
@@ -362,5 +371,262 @@ async fn admin_requests_are_counted_by_route_and_status_class() {
             .filter(|l| l.starts_with("hermes_admin_requests_total{"))
             .all(|l| !l.contains("metrics")),
         "/metrics is not an admin route:\n{text}"
+    );
+}
+
+/// A metric selector of a PromQL expression: the metric's name and its matchers' labels.
+type Selector = (String, BTreeSet<String>);
+
+/// The `hermes_*` and `process_*` selectors of a PromQL expression, and the labels of its
+/// `by (…)` and `without (…)` clauses. Enough PromQL for the expressions the chart ships:
+/// identifiers, `{…}` matchers with quoted values, grouping clauses.
+fn selectors(expr: &str) -> (Vec<Selector>, BTreeSet<String>) {
+    let chars: Vec<char> = expr.chars().collect();
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let (mut found, mut grouping) = (Vec::new(), BTreeSet::new());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' {
+            // A quoted value outside matchers (none expected); skip it whole.
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            continue;
+        }
+        let starts = (c.is_ascii_alphabetic() || c == '_')
+            && (i == 0 || !(ident(chars[i - 1]) || chars[i - 1] == '$' || chars[i - 1] == '.'));
+        if !starts {
+            i += 1;
+            continue;
+        }
+        let begin = i;
+        while i < chars.len() && ident(chars[i]) {
+            i += 1;
+        }
+        let name: String = chars[begin..i].iter().collect();
+        let mut j = i;
+        while j < chars.len() && chars[j] == ' ' {
+            j += 1;
+        }
+        let opens = |ch: char| chars.get(j) == Some(&ch);
+        if (name == "by" || name == "without") && opens('(') {
+            let end = chars[j..].iter().position(|&c| c == ')').map(|p| j + p);
+            let end = end.unwrap_or_else(|| panic!("unclosed {name} ( in {expr}"));
+            let inner: String = chars[j + 1..end].iter().collect();
+            grouping.extend(inner.split(',').map(|l| l.trim().to_owned()));
+            i = end + 1;
+        } else if name.starts_with("hermes_") || name.starts_with("process_") {
+            let mut labels = BTreeSet::new();
+            if opens('{') {
+                // Matchers: `label op "value"`, comma-separated; values may hold anything.
+                let mut k = j + 1;
+                loop {
+                    while k < chars.len() && (chars[k] == ' ' || chars[k] == ',') {
+                        k += 1;
+                    }
+                    if k >= chars.len() || chars[k] == '}' {
+                        break;
+                    }
+                    let label_begin = k;
+                    while k < chars.len() && ident(chars[k]) {
+                        k += 1;
+                    }
+                    labels.insert(chars[label_begin..k].iter().collect::<String>());
+                    let quote = chars[k..].iter().position(|&c| c == '"');
+                    k += quote.unwrap_or_else(|| panic!("a matcher without a value in {expr}")) + 1;
+                    while k < chars.len() && chars[k] != '"' {
+                        k += if chars[k] == '\\' { 2 } else { 1 };
+                    }
+                    k += 1;
+                }
+                i = k + 1;
+            }
+            found.push((name, labels));
+        }
+    }
+    (found, grouping)
+}
+
+/// Every `expr` of the Grafana dashboard.
+fn dashboard_expressions() -> Vec<String> {
+    fn walk(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../charts/hermes/dashboards/hermes.json");
+    let text = std::fs::read_to_string(&path).expect("the dashboard");
+    let mut out = Vec::new();
+    walk(
+        &serde_json::from_str(&text).expect("the dashboard is JSON"),
+        &mut out,
+    );
+    out
+}
+
+/// The alert rules' names and expressions, from the chart's template with its Helm
+/// expressions filled in (the selectors as the chart renders them, thresholds as 1).
+fn alert_rules() -> Vec<(String, String)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../charts/hermes/templates/prometheusrule.yaml");
+    let text = std::fs::read_to_string(&path).expect("the PrometheusRule template");
+    let filled = |line: &str| {
+        let mut out = String::new();
+        let mut rest = line;
+        while let Some(open) = rest.find("{{") {
+            out.push_str(&rest[..open]);
+            let close = rest[open..].find("}}").expect("}}") + open;
+            let inner = rest[open + 2..close].trim_matches(|c| c == '-' || c == ' ');
+            out.push_str(match inner {
+                "$gw" => r#"namespace="ns", service="hermes-internal""#,
+                "$cs" => r#"namespace="ns", service="hermes-consumer""#,
+                "$all" => r#"namespace="ns", service=~"hermes-internal|hermes-consumer""#,
+                _ => "1",
+            });
+            rest = &rest[close + 2..];
+        }
+        out.push_str(rest);
+        out
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut rules = Vec::new();
+    let mut alert = String::new();
+    for (n, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        if let Some(name) = trimmed.strip_prefix("- alert: ") {
+            alert = name.trim().to_owned();
+        } else if let Some(expr) = trimmed.strip_prefix("expr: ") {
+            let indent = line.len() - trimmed.len();
+            let expr = if expr.trim() == "|-" {
+                lines[n + 1..]
+                    .iter()
+                    .take_while(|l| l.len() - l.trim_start().len() > indent)
+                    .map(|l| filled(l.trim()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            } else {
+                filled(expr)
+            };
+            rules.push((alert.clone(), expr));
+        }
+    }
+    rules
+}
+
+#[test]
+fn the_dashboard_and_the_alert_rules_query_only_declared_families_and_labels() {
+    // Labels Prometheus adds to every scraped series (the target's).
+    let target_labels = [
+        "namespace",
+        "pod",
+        "service",
+        "job",
+        "instance",
+        "container",
+    ];
+    let families: BTreeMap<&str, &hermes_shared::metrics::FamilyInfo> = Metrics::FAMILIES
+        .iter()
+        .chain(hermes_shared::metrics::PROCESS_FAMILIES)
+        .map(|f| (f.name, f))
+        .collect();
+    let rules = alert_rules();
+    let alerts: BTreeSet<&str> = rules.iter().map(|(a, _)| a.as_str()).collect();
+    for wanted in [
+        "HermesGatewayDown",
+        "HermesConnectRefusals",
+        "HermesBcryptQueueSaturated",
+        "HermesDeadLetters",
+        "HermesDeliverFailures",
+        "HermesNoReaperLeader",
+        "HermesRegistryLatency",
+    ] {
+        assert!(alerts.contains(wanted), "no {wanted} alert in {alerts:?}");
+    }
+    let expressions: Vec<(String, String)> = dashboard_expressions()
+        .into_iter()
+        .map(|e| ("the dashboard".to_owned(), e))
+        .chain(rules.into_iter().map(|(a, e)| (format!("alert {a}"), e)))
+        .collect();
+    let mut problems = Vec::new();
+    for (whose, expr) in &expressions {
+        let (found, grouping) = selectors(expr);
+        let mut allowed: BTreeSet<String> = target_labels.iter().map(|l| (*l).to_owned()).collect();
+        for (name, labels) in &found {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    let base = name.strip_suffix(suffix)?;
+                    families
+                        .get(base)
+                        .filter(|f| f.kind == "histogram")
+                        .map(|f| (*f, *suffix == "_bucket"))
+                })
+                .or_else(|| families.get(name.as_str()).map(|f| (*f, false)));
+            let Some((family, bucket)) = family else {
+                problems.push(format!("{whose}: {name} is not a declared family: {expr}"));
+                continue;
+            };
+            if family.kind == "histogram" && name == family.name {
+                problems.push(format!(
+                    "{whose}: {name} is a histogram: query its _bucket, _sum or _count: {expr}"
+                ));
+            }
+            let mut declared: BTreeSet<String> =
+                family.labels.iter().map(|l| (*l).to_owned()).collect();
+            if bucket {
+                declared.insert("le".to_owned());
+            }
+            for label in labels {
+                if !declared.contains(label) && !target_labels.contains(&label.as_str()) {
+                    problems.push(format!("{whose}: {name} has no label {label}: {expr}"));
+                }
+            }
+            allowed.extend(declared);
+        }
+        if found.is_empty() && !expr.contains("up{") {
+            problems.push(format!("{whose}: no Hermes metric in {expr}"));
+        }
+        for label in grouping.difference(&allowed) {
+            problems.push(format!(
+                "{whose}: grouped by {label}, which none of its metrics has: {expr}"
+            ));
+        }
+    }
+    assert!(expressions.len() >= 30, "{} expressions", expressions.len());
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_promql_reader_finds_selectors_labels_and_grouping() {
+    let (found, grouping) = selectors(
+        r#"histogram_quantile(0.99, sum by (le, op) (rate(hermes_registry_duration_seconds_bucket{namespace=~"$ns", op!="a,}b"}[5m]))) / process_open_fds"#,
+    );
+    let labels: BTreeSet<String> = ["namespace", "op"]
+        .iter()
+        .map(|l| (*l).to_owned())
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            ("hermes_registry_duration_seconds_bucket".to_owned(), labels),
+            ("process_open_fds".to_owned(), BTreeSet::new()),
+        ]
+    );
+    assert_eq!(
+        grouping,
+        ["le".to_owned(), "op".to_owned()].into_iter().collect()
     );
 }
