@@ -3,7 +3,8 @@
 # fixture, plus k8s/dev/values-dev.yaml) and k8s/hermes.yaml to the local kube-apiserver
 # (scripts/kube/control-plane.sh) as a server-side dry run with strict field validation:
 # no invalid field, no schema drift. ServiceMonitor objects are checked against a stub CRD
-# (scripts/kube/crds/servicemonitor-stub.yaml: group/version/kind only).
+# (scripts/kube/crds/servicemonitor-stub.yaml: group/version/kind only; prometheusrule-stub.yaml:
+# the rule groups' schema).
 #
 #   scripts/kube/dry-run.sh          prints "dry-run: N passed, M failed", exits 1 on failure
 set -euo pipefail
@@ -22,8 +23,10 @@ trap 'rm -rf "$out"' EXIT
 HERMES_HELM_OUT="$out" "$here/helm.sh" lint >/dev/null
 cp k8s/hermes.yaml "$out/k8s-hermes.yaml"
 
-"$kubectl" apply --server-side --field-manager=hermes-ci -f "$here/crds/servicemonitor-stub.yaml" >/dev/null
-"$kubectl" wait --for=condition=Established --timeout=60s crd/servicemonitors.monitoring.coreos.com >/dev/null
+"$kubectl" apply --server-side --field-manager=hermes-ci -f "$here/crds/servicemonitor-stub.yaml" \
+  -f "$here/crds/prometheusrule-stub.yaml" >/dev/null
+"$kubectl" wait --for=condition=Established --timeout=60s crd/servicemonitors.monitoring.coreos.com \
+  crd/prometheusrules.monitoring.coreos.com >/dev/null
 "$kubectl" create namespace hermes --dry-run=client -o yaml | "$kubectl" apply --server-side --field-manager=hermes-ci -f - >/dev/null
 
 passed=0
