@@ -96,9 +96,28 @@ lint() {
   if command -v python3 >/dev/null 2>&1; then
     log "values.yaml @param comments and the README values table"
     if python3 "$CHART/scripts/values-table.py" --check; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+    log "values.schema.json is current"
+    if python3 "$CHART/scripts/values-schema.py" --check; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
   else
-    log "python3 not found: values table not checked"
+    log "python3 not found: values table and schema not checked"
   fi
+  # The schema refuses what would be ignored or misread: a misspelt key, a boolean given
+  # as a string (the string "false" is true in a template).
+  local bad err
+  for bad in "--set gateway.replicaCont=3" "--set metrics.prometheusRule.enabeld=true" \
+    "--set-string gateway.serveClient=false"; do
+    # shellcheck disable=SC2086
+    if err=$("$HELM" template hermes "$CHART" --namespace hermes $bad 2>&1 >/dev/null); then
+      log "values $bad: accepted, but the schema should refuse it"
+      failed=$((failed + 1))
+    elif grep -q "values don't meet the specifications of the schema" <<<"$err"; then
+      log "values $bad: refused by the schema"
+      passed=$((passed + 1))
+    else
+      log "values $bad: failed for another reason: $err"
+      failed=$((failed + 1))
+    fi
+  done
   printf 'helm: %d passed, %d failed\n' "$passed" "$failed"
   [ "$failed" -eq 0 ]
 }

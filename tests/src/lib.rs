@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod consumer;
 pub mod faults;
 pub mod kube;
+pub mod promql;
 pub mod sqs;
 pub use consumer::{AmqpPublisher, Consumer, env_refs, scylla_env};
 
