@@ -7,7 +7,8 @@
 # installed from the package registries on first use), formatting, clippy, the Rust unit,
 # integration and end-to-end tests (they start the real hermes-gateway and hermes-consumer
 # binaries against those services and speak WebSocket to the gateways; the consumer's
-# Kubernetes tests also use the local kube-apiserver, started before them), then the AWS
+# Kubernetes tests also use the local kube-apiserver, started before them, and the chart's
+# PromQL is evaluated on a Prometheus built from its Go module), then the AWS
 # SDKs' ApiGatewayManagementApi clients against a real gateway (tests/sdk: boto3 from PyPI,
 # @aws-sdk/client-apigatewaymanagementapi from npm), then the producer and token examples in
 # Python, Node, Go, Ruby and curl (examples/run.sh), then the browser client package's own
@@ -74,6 +75,13 @@ eval "$(scripts/kube/control-plane.sh env)"
 HERMES_TEST_KUBECONFIG="$KUBECONFIG"
 HERMES_HELM="$(scripts/kube/helm.sh path)"
 export HERMES_TEST_KUBECONFIG HERMES_KUBE_SERVER HERMES_KUBECTL HERMES_HELM
+
+# Prometheus and promtool from their Go module (cached by version; about 8 min cold, seconds
+# warm): tests/tests/prometheus_queries.rs evaluates the dashboard's queries and the alert
+# rules on it.
+step "prometheus" scripts/prometheus.sh build
+HERMES_PROMETHEUS_DIR="$(scripts/prometheus.sh path)"
+export HERMES_PROMETHEUS_DIR
 
 step "format" cargo fmt --all -- --check
 step "vendored crates" scripts/vendor.sh check

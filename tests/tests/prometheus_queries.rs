@@ -1,0 +1,327 @@
+//! The chart's PromQL on a real Prometheus (built from its Go module by
+//! `scripts/prometheus.sh`; the test command exports `HERMES_PROMETHEUS_DIR`): a gateway and
+//! a consumer on the test services are scraped every second, with the target labels the
+//! chart's ServiceMonitor gives their series (`namespace`, `pod`, `service`), after traffic
+//! that gives the labelled families their series. Then every query of the Grafana dashboard
+//! evaluates without error and returns data (except the few named below, whose series only
+//! exist after events this test does not make), and Prometheus itself loads the alert rules
+//! and evaluates each without error.
+
+use std::collections::BTreeMap;
+
+use hermes_e2e::promql::{
+    RULES_CONSUMER_SERVICE, RULES_GATEWAY_SERVICE, RULES_NAMESPACE, alert_rules,
+    dashboard_expressions,
+};
+use hermes_e2e::*;
+use serde_json::{Value, json};
+
+/// Dashboard queries that may return no data here, by the family that has no series yet,
+/// and why: they evaluate all the same.
+const EVENT_ONLY: &[(&str, &str)] = &[
+    (
+        "hermes_messages_dropped_total",
+        "labelled by reason: a series appears with the first dropped frame",
+    ),
+    (
+        "hermes_kube_gateway_endpoints",
+        "only a consumer watching Kubernetes exports it",
+    ),
+    (
+        "hermes_kube_leader",
+        "the query keeps the Lease holder only (> 0); no Kubernetes here",
+    ),
+    (
+        "hermes_reaped_rows_total",
+        "the reaper runs in Kubernetes only",
+    ),
+    (
+        "hermes_reaper_runs_total",
+        "the reaper runs in Kubernetes only",
+    ),
+    (
+        "hermes_route_skipped_total",
+        "labelled by reason: a series appears when a terminating gateway is skipped",
+    ),
+    (
+        "hermes_route_calls_total",
+        "labelled by route: no route integration is configured here",
+    ),
+];
+
+/// A running Prometheus, killed when dropped.
+struct Prometheus {
+    child: tokio::process::Child,
+    url: String,
+    http: reqwest::Client,
+    _dir: TempDir,
+}
+
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `http://host:port` → `host:port`.
+fn host_port(url: &str) -> &str {
+    url.trim_start_matches("http://").trim_end_matches('/')
+}
+
+impl Prometheus {
+    /// Scrapes `gateway` and `consumer` (base URLs) every second with the ServiceMonitor's
+    /// target labels, and loads `rules` (alert name, expression) as one group.
+    async fn start(gateway: &str, consumer: &str, rules: &[(String, String)]) -> Self {
+        let bin = std::env::var("HERMES_PROMETHEUS_DIR").unwrap_or_else(|_| {
+            panic!(
+                "HERMES_PROMETHEUS_DIR is not set: run `scripts/prometheus.sh build` and export \
+                 HERMES_PROMETHEUS_DIR=<the directory it prints> (./scripts/test.sh does)"
+            )
+        });
+        let dir = std::env::temp_dir().join(unique("hermes-prometheus"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = TempDir(dir);
+        let target = |job: &str, url: &str, pod: &str, service: &str| {
+            json!({
+                "job_name": job,
+                "scrape_interval": "1s",
+                "static_configs": [{
+                    "targets": [host_port(url)],
+                    "labels": {"namespace": RULES_NAMESPACE, "pod": pod, "service": service},
+                }],
+            })
+        };
+        // JSON is YAML: no YAML writer needed.
+        let config = json!({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [dir.0.join("rules.yml")],
+            "scrape_configs": [
+                target("gateway", gateway, "hermes-gateway-0", RULES_GATEWAY_SERVICE),
+                target("consumer", consumer, "hermes-consumer-0", RULES_CONSUMER_SERVICE),
+            ],
+        });
+        let groups = json!({"groups": [{
+            "name": "hermes",
+            "interval": "1s",
+            "rules": rules.iter().map(|(alert, expr)| json!({"alert": alert, "expr": expr}))
+                .collect::<Vec<_>>(),
+        }]});
+        std::fs::write(dir.0.join("prometheus.yml"), config.to_string()).expect("config");
+        std::fs::write(dir.0.join("rules.yml"), groups.to_string()).expect("rules");
+        let port = free_port();
+        let child = tokio::process::Command::new(format!("{bin}/prometheus"))
+            .arg(format!(
+                "--config.file={}",
+                dir.0.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start prometheus");
+        let p = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+            _dir: dir,
+        };
+        eventually(|| async {
+            p.http
+                .get(format!("{}/-/ready", p.url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        p
+    }
+
+    /// An instant query: `Ok(result)` or the error Prometheus gave.
+    async fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
+        let body: Value = self
+            .http
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&[("query", expr)])
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if body["status"] != "success" {
+            return Err(format!("{}: {}", body["errorType"], body["error"]));
+        }
+        Ok(body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// The loaded rules: name → (health, last error, evaluated at least once).
+    async fn rules(&self) -> BTreeMap<String, (String, String, bool)> {
+        let body: Value = self
+            .http
+            .get(format!("{}/api/v1/rules", self.url))
+            .send()
+            .await
+            .expect("GET /api/v1/rules")
+            .json()
+            .await
+            .expect("rules JSON");
+        let mut rules = BTreeMap::new();
+        for group in body["data"]["groups"].as_array().into_iter().flatten() {
+            for rule in group["rules"].as_array().into_iter().flatten() {
+                let evaluated = rule["lastEvaluation"]
+                    .as_str()
+                    .is_some_and(|t| !t.starts_with("0001-"));
+                rules.insert(
+                    rule["name"].as_str().unwrap_or_default().to_owned(),
+                    (
+                        rule["health"].as_str().unwrap_or_default().to_owned(),
+                        rule["lastError"].as_str().unwrap_or_default().to_owned(),
+                        evaluated,
+                    ),
+                );
+            }
+        }
+        rules
+    }
+}
+
+/// A dashboard query with Grafana's variables filled in: every namespace and pod, a rate
+/// window of a few scrapes.
+fn grafana(expr: &str) -> String {
+    expr.replace("$namespace", ".*")
+        .replace("$pod", ".*")
+        .replace("$__rate_interval", "15s")
+}
+
+#[tokio::test]
+async fn every_dashboard_query_and_alert_rule_evaluates_on_a_real_prometheus() {
+    let keyspace = unique("e2e_prometheus");
+    let queue = unique("hermes-e2e-prometheus");
+    let env = scylla_env(&keyspace);
+    let gw = Gateway::start(&env_refs(&env)).await;
+    let mut publisher = AmqpPublisher::new();
+    publisher.declare(&queue).await;
+    let mut c = env.clone();
+    c.push(("HERMES_SOURCE".into(), "amqp".into()));
+    c.push(("HERMES_AMQP_URL".into(), amqp_url()));
+    c.push(("HERMES_AMQP_QUEUE".into(), queue.clone()));
+    let consumer = Consumer::start(&env_refs(&c)).await;
+    let rules = alert_rules();
+    let prometheus = Prometheus::start(&gw.internal, &consumer.http, &rules).await;
+
+    // Both targets up.
+    eventually(|| async {
+        prometheus
+            .query("up == 1")
+            .await
+            .is_ok_and(|series| series.len() == 2)
+    })
+    .await;
+
+    // Traffic that gives the dashboard's labelled families their series: a refused and an
+    // accepted connect, admin calls, a queue message and an invalid one, a client frame, a
+    // close.
+    let (status, _, _) = gw
+        .refused(format!("{}?token=not-a-jwt", gw.ws_url()), &[])
+        .await;
+    assert_eq!(status, 401);
+    let token = gw.token("reader", "prometheus-room").await;
+    let (mut ws, _) = gw.connect_modern(&token).await;
+    for n in 0..3 {
+        let (status, _) = gw
+            .publish(json!({"user_id": "ops", "room_id": "prometheus-room", "data": {"n": n}}))
+            .await;
+        assert_eq!(status, 202);
+        assert_eq!(recv_notification(&mut ws).await["data"], json!({"n": n}));
+        publisher
+            .publish(
+                &queue,
+                json!({"user_id": "ops", "room_id": "prometheus-room", "data": {"q": n}})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .await;
+        assert_eq!(recv_notification(&mut ws).await["data"], json!({"q": n}));
+    }
+    publisher.publish(&queue, b"not json").await;
+    send_json(&mut ws, json!({"action": "ping"})).await;
+    let closer = gw.token("closer", "prometheus-room").await;
+    let (mut second, _) = gw.connect_modern(&closer).await;
+    futures_util::SinkExt::close(&mut second)
+        .await
+        .expect("close");
+    // Scraped after all of it, twice at least: the series the last events created (the
+    // dead letter on the consumer, the close on the gateway) have a rate.
+    eventually(|| async {
+        let mut ready = true;
+        for expr in [
+            "rate(hermes_dead_letters_total{reason=\"invalid_message\"}[15s])",
+            "rate(hermes_socket_closes_total[15s])",
+        ] {
+            ready &= prometheus.query(expr).await.is_ok_and(|s| !s.is_empty());
+        }
+        ready
+    })
+    .await;
+
+    let mut problems = Vec::new();
+    let mut evaluated = 0;
+    for expr in dashboard_expressions() {
+        let query = grafana(&expr);
+        match prometheus.query(&query).await {
+            Err(error) => problems.push(format!("{query}: {error}")),
+            Ok(series) if series.is_empty() => {
+                if !EVENT_ONLY.iter().any(|(family, _)| query.contains(family)) {
+                    problems.push(format!("{query}: no data"));
+                }
+            }
+            Ok(_) => {}
+        }
+        evaluated += 1;
+    }
+    assert!(evaluated >= 30, "{evaluated} dashboard queries");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    // The alert rules, loaded and evaluated by Prometheus itself.
+    eventually(|| async {
+        let loaded = prometheus.rules().await;
+        loaded.len() == rules.len() && loaded.values().all(|(_, _, evaluated)| *evaluated)
+    })
+    .await;
+    let loaded = prometheus.rules().await;
+    for (alert, _) in &rules {
+        let (health, error, _) = &loaded[alert];
+        assert_eq!(health, "ok", "alert {alert}: {error}");
+    }
+    // An expression Prometheus refuses is an error here too: the check can fail.
+    assert!(
+        prometheus
+            .query("sum(rate(hermes_connects_total[5m]")
+            .await
+            .is_err()
+    );
+}
