@@ -49,6 +49,10 @@ pub(super) struct RegistryHealth {
     ttl_ms: AtomicU64,
     /// ms since the epoch of the last listing of the gateways made for a recovery.
     pub(super) last_relist: AtomicU64,
+    /// While gateways are awaited after an outage: ms since the epoch after which they are
+    /// no longer awaited (dead by the heartbeat rule if they are not back); 0: none is. Read
+    /// by every message, so the lock is taken only while one is.
+    awaited_until: AtomicU64,
     recovery: Mutex<Recovery>,
 }
 
@@ -59,9 +63,6 @@ struct Recovery {
     before: Vec<String>,
     /// After a long outage: those of `before` not listed since it ended.
     awaited: Vec<String>,
-    /// ms since the epoch after which they are no longer awaited (dead by the heartbeat
-    /// rule if they are not back).
-    awaited_until: u64,
 }
 
 impl RegistryHealth {
@@ -71,6 +72,7 @@ impl RegistryHealth {
             distrust_until: AtomicU64::new(0),
             ttl_ms: AtomicU64::new(ms(ttl)),
             last_relist: AtomicU64::new(0),
+            awaited_until: AtomicU64::new(0),
             recovery: Mutex::new(Recovery::default()),
         }
     }
@@ -101,6 +103,10 @@ impl RegistryHealth {
     /// are not trusted for [`REGISTRY_RECOVERY_GRACE`] and until every gateway seen live
     /// before it is listed again (at most a TTL).
     pub(super) fn succeeded(&self) {
+        // Every registry call of every message ends here: read before writing.
+        if self.failing_since.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let since = self.failing_since.swap(0, Ordering::Relaxed);
         if since == 0 {
             return;
@@ -114,8 +120,13 @@ impl RegistryHealth {
         }
         self.distrust_until
             .fetch_max(now + ms(REGISTRY_RECOVERY_GRACE), Ordering::Relaxed);
+        let until = if before.is_empty() {
+            0
+        } else {
+            now.saturating_add(ttl)
+        };
         recovery.awaited = before;
-        recovery.awaited_until = now.saturating_add(ttl);
+        self.awaited_until.store(until, Ordering::Relaxed);
         self.last_relist.store(0, Ordering::Relaxed);
     }
 
@@ -123,16 +134,18 @@ impl RegistryHealth {
     /// gateways now ([`Self::listed`]) to see which of the awaited ones are back.
     pub(super) fn state(&self) -> Trust {
         let now = now_millis();
-        {
+        if self.awaited_until.load(Ordering::Relaxed) != 0 {
             let mut recovery = self.recovery.lock();
-            if !recovery.awaited.is_empty() {
-                if now >= recovery.awaited_until {
+            let until = self.awaited_until.load(Ordering::Relaxed);
+            if until != 0 {
+                if now >= until {
                     tracing::warn!(
                         gateways = ?recovery.awaited,
                         "gateways seen live before the registry's outage did not write their \
                          rows again within a TTL of its end; taken for gone"
                     );
                     recovery.awaited.clear();
+                    self.awaited_until.store(0, Ordering::Relaxed);
                 } else {
                     let last = self.last_relist.load(Ordering::Relaxed);
                     let claimed = now.saturating_sub(last) >= RELIST_EVERY_MS
@@ -161,6 +174,7 @@ impl RegistryHealth {
         }
         recovery.awaited.retain(|g| !live.contains(g));
         if recovery.awaited.is_empty() {
+            self.awaited_until.store(0, Ordering::Relaxed);
             self.distrust_until.fetch_max(
                 now_millis() + ms(REGISTRY_RECOVERY_GRACE),
                 Ordering::Relaxed,
@@ -177,7 +191,8 @@ impl RegistryHealth {
     /// Makes the wait for the awaited gateways end now, as a TTL after the outage would.
     #[cfg(test)]
     pub(super) fn awaited_for_a_ttl(&self) {
-        self.recovery.lock().awaited_until = now_millis();
+        let _recovery = self.recovery.lock();
+        self.awaited_until.store(now_millis(), Ordering::Relaxed);
     }
 }
 
