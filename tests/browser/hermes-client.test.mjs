@@ -1,6 +1,7 @@
 // hermes.js (as served by the gateway at /hermes.js) in headless Chromium against a
 // real gateway: subprotocol auth, dispatch, send/ping, refusals, revocation, the
-// admin disconnect, and reconnecting through a gateway restart.
+// admin disconnect, reconnecting through a gateway restart, and waking from a long backoff
+// when the page becomes visible or the browser comes back online.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { setup, startGateway, openSameOriginPage, serveFixtures, collectConsole } from './harness.mjs';
@@ -201,6 +202,61 @@ test('hermes.js reconnects after the gateway drains (1012) and comes back on the
     l = await log(page);
     assert.ok(l.tokens >= 2, 'the token function ran again on reconnect');
     assert.deepEqual(l.errors.filter((e) => e.status === 401 || e.status === 403), []);
+  } finally {
+    await context.close();
+    await gw.stop();
+    await second?.stop();
+  }
+});
+
+// Stops `gw`, then waits until `page`'s client is waiting out a backoff that ends at least
+// 20 s from now (full jitter picks short ones too: those attempts fail against the stopped
+// gateway and the next backoff is drawn), and returns when that wait would end (ms since the
+// epoch, the page's clock).
+async function stopAndWaitForALongBackoff(page, gw) {
+  await gw.stop();
+  await page.waitForFunction(() => window.client.state === 'reconnecting' && window.client.reconnectDelay >= 20000, null, { timeout: 20000 });
+  return page.evaluate(() => Date.now() + window.client.reconnectDelay);
+}
+
+test('hermes.js waiting out a long backoff reconnects at once when the page becomes visible again and when the browser comes back online', async () => {
+  const gw = await startGateway();
+  const { context, page } = await newPage(gw);
+  let second;
+  try {
+    await page.evaluate(() => start({ tokenBody: { user_id: 'sleeper', room_id: 'wake-room' }, backoffBase: 60000, backoffCap: 60000 }));
+    await waitState(page, 'open');
+
+    // The page is hidden, then visible again: the real document's visibilitychange, which
+    // hermes.js listens to by default (no document passed in).
+    let backoffEnds = await stopAndWaitForALongBackoff(page, gw);
+    second = await startGateway({ listen: gw.listen });
+    await page.evaluate(() => {
+      const set = (state) => {
+        Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => state });
+        document.dispatchEvent(new Event('visibilitychange'));
+      };
+      set('hidden');
+      set('visible');
+    });
+    await waitState(page, 'open');
+    let openedAt = await page.evaluate(() => Date.now());
+    assert.ok(openedAt < backoffEnds, `open ${backoffEnds - openedAt} ms before the backoff would have ended`);
+    await second.publish({ user_id: 'ops', room_id: 'wake-room', data: { type: 'greeting', text: 'visible again' } });
+    await page.waitForFunction(() => window.log.greetings.length === 1);
+
+    // The browser goes offline and online again (Chromium's network emulation fires the
+    // window's real offline and online events).
+    backoffEnds = await stopAndWaitForALongBackoff(page, second);
+    const third = await startGateway({ listen: gw.listen });
+    second = third;
+    await context.setOffline(true);
+    await context.setOffline(false);
+    await waitState(page, 'open');
+    openedAt = await page.evaluate(() => Date.now());
+    assert.ok(openedAt < backoffEnds, `open ${backoffEnds - openedAt} ms before the backoff would have ended`);
+    await third.publish({ user_id: 'ops', room_id: 'wake-room', data: { type: 'greeting', text: 'online again' } });
+    await page.waitForFunction(() => window.log.greetings.length === 2);
   } finally {
     await context.close();
     await gw.stop();
