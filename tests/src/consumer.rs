@@ -121,6 +121,25 @@ pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
+/// A gateway and a RabbitMQ consumer sharing a keyspace of their own, the consumer on a
+/// queue of its own, and a publisher that declared that queue (names from `name`).
+pub async fn gateway_with_amqp_consumer(
+    name: &str,
+) -> (crate::Gateway, Consumer, AmqpPublisher, String) {
+    let keyspace = crate::unique(&format!("e2e_{name}"));
+    let queue = crate::unique(&format!("hermes-e2e-{name}"));
+    let env = scylla_env(&keyspace);
+    let gateway = crate::Gateway::start(&env_refs(&env)).await;
+    let mut publisher = AmqpPublisher::new();
+    publisher.declare(&queue).await;
+    let mut c = env;
+    c.push(("HERMES_SOURCE".into(), "amqp".into()));
+    c.push(("HERMES_AMQP_URL".into(), crate::amqp_url()));
+    c.push(("HERMES_AMQP_QUEUE".into(), queue.clone()));
+    let consumer = Consumer::start(&env_refs(&c)).await;
+    (gateway, consumer, publisher, queue)
+}
+
 /// Publishes to RabbitMQ with publisher confirms, reconnecting when the broker goes away,
 /// so every message it reports as sent was accepted by the broker.
 pub struct AmqpPublisher {

@@ -13,7 +13,7 @@ pub mod faults;
 pub mod kube;
 pub mod promql;
 pub mod sqs;
-pub use consumer::{AmqpPublisher, Consumer, env_refs, scylla_env};
+pub use consumer::{AmqpPublisher, Consumer, env_refs, gateway_with_amqp_consumer, scylla_env};
 
 /// The CQL server's contact point.
 pub fn scylla_nodes() -> String {

@@ -182,17 +182,7 @@ fn the_metrics_reference_lists_exactly_the_declared_families() {
 
 #[tokio::test]
 async fn every_family_a_gateway_and_a_consumer_export_is_in_the_metrics_reference() {
-    let keyspace = unique("e2e_metrics");
-    let queue = unique("hermes-e2e-metrics");
-    let env = scylla_env(&keyspace);
-    let gw = Gateway::start(&env_refs(&env)).await;
-    let mut publisher = AmqpPublisher::new();
-    publisher.declare(&queue).await;
-    let mut c = env.clone();
-    c.push(("HERMES_SOURCE".into(), "amqp".into()));
-    c.push(("HERMES_AMQP_URL".into(), amqp_url()));
-    c.push(("HERMES_AMQP_QUEUE".into(), queue.clone()));
-    let consumer = Consumer::start(&env_refs(&c)).await;
+    let (gw, consumer, mut publisher, queue) = gateway_with_amqp_consumer("metrics").await;
 
     // Traffic that gives the labelled families their series: a refused and an accepted
     // connect, an admin publish, a queue message, an invalid one, a client frame, a close.

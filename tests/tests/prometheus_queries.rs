@@ -219,17 +219,7 @@ fn grafana(expr: &str) -> String {
 
 #[tokio::test]
 async fn every_dashboard_query_and_alert_rule_evaluates_on_a_real_prometheus() {
-    let keyspace = unique("e2e_prometheus");
-    let queue = unique("hermes-e2e-prometheus");
-    let env = scylla_env(&keyspace);
-    let gw = Gateway::start(&env_refs(&env)).await;
-    let mut publisher = AmqpPublisher::new();
-    publisher.declare(&queue).await;
-    let mut c = env.clone();
-    c.push(("HERMES_SOURCE".into(), "amqp".into()));
-    c.push(("HERMES_AMQP_URL".into(), amqp_url()));
-    c.push(("HERMES_AMQP_QUEUE".into(), queue.clone()));
-    let consumer = Consumer::start(&env_refs(&c)).await;
+    let (gw, consumer, mut publisher, queue) = gateway_with_amqp_consumer("prometheus").await;
     let rules = alert_rules();
     let prometheus = Prometheus::start(&gw.internal, &consumer.http, &rules).await;
 
