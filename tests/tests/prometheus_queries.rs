@@ -178,8 +178,8 @@ impl Prometheus {
             .unwrap_or_default())
     }
 
-    /// The loaded rules: name → (health, last error, evaluated at least once).
-    async fn rules(&self) -> BTreeMap<String, (String, String, bool)> {
+    /// The loaded rules by name.
+    async fn rules(&self) -> BTreeMap<String, Rule> {
         let body: Value = self
             .http
             .get(format!("{}/api/v1/rules", self.url))
@@ -195,18 +195,31 @@ impl Prometheus {
                 let evaluated = rule["lastEvaluation"]
                     .as_str()
                     .is_some_and(|t| !t.starts_with("0001-"));
+                let text = |key: &str| rule[key].as_str().unwrap_or_default().to_owned();
                 rules.insert(
-                    rule["name"].as_str().unwrap_or_default().to_owned(),
-                    (
-                        rule["health"].as_str().unwrap_or_default().to_owned(),
-                        rule["lastError"].as_str().unwrap_or_default().to_owned(),
+                    text("name"),
+                    Rule {
+                        health: text("health"),
+                        error: text("lastError"),
+                        state: text("state"),
                         evaluated,
-                    ),
+                    },
                 );
             }
         }
         rules
     }
+}
+
+/// An alert rule as Prometheus reports it.
+struct Rule {
+    /// `ok`, `err` or `unknown`.
+    health: String,
+    error: String,
+    /// `inactive`, `pending` or `firing`.
+    state: String,
+    /// Evaluated at least once.
+    evaluated: bool,
 }
 
 /// A dashboard query with Grafana's variables filled in: every namespace and pod, a rate
@@ -299,13 +312,21 @@ async fn every_dashboard_query_and_alert_rule_evaluates_on_a_real_prometheus() {
     // The alert rules, loaded and evaluated by Prometheus itself.
     eventually(|| async {
         let loaded = prometheus.rules().await;
-        loaded.len() == rules.len() && loaded.values().all(|(_, _, evaluated)| *evaluated)
+        loaded.len() == rules.len() && loaded.values().all(|rule| rule.evaluated)
     })
     .await;
     let loaded = prometheus.rules().await;
     for (alert, _) in &rules {
-        let (health, error, _) = &loaded[alert];
-        assert_eq!(health, "ok", "alert {alert}: {error}");
+        let rule = &loaded[alert];
+        assert_eq!(rule.health, "ok", "alert {alert}: {}", rule.error);
+    }
+    // They mean what they say: the one invalid message dead-lettered above fires
+    // HermesDeadLetters (its series appeared with that message: an increase() alone would
+    // not see it), and both processes being up fires neither "down" alert.
+    eventually(|| async { prometheus.rules().await["HermesDeadLetters"].state == "firing" }).await;
+    let loaded = prometheus.rules().await;
+    for alert in ["HermesGatewayDown", "HermesConsumerDown"] {
+        assert_eq!(loaded[alert].state, "inactive", "{alert}");
     }
     // An expression Prometheus refuses is an error here too: the check can fail.
     assert!(
