@@ -209,13 +209,13 @@ test('hermes.js reconnects after the gateway drains (1012) and comes back on the
   }
 });
 
-// Stops `gw`, then waits until `page`'s client is waiting out a backoff that ends at least
-// 20 s from now (full jitter picks short ones too: those attempts fail against the stopped
-// gateway and the next backoff is drawn), and returns when that wait would end (ms since the
-// epoch, the page's clock).
+// Stops `gw`, then waits until `page`'s client is waiting out its backoff after the failed
+// attempt (the page's Math.random is pinned, so that backoff is 99 % of a minute, not a
+// draw that may be short), and returns when that wait would end (ms since the epoch, the
+// page's clock).
 async function stopAndWaitForALongBackoff(page, gw) {
   await gw.stop();
-  await page.waitForFunction(() => window.client.state === 'reconnecting' && window.client.reconnectDelay >= 20000, null, { timeout: 20000 });
+  await page.waitForFunction(() => window.client.state === 'reconnecting' && window.client.reconnectDelay >= 20000);
   return page.evaluate(() => Date.now() + window.client.reconnectDelay);
 }
 
@@ -224,6 +224,9 @@ test('hermes.js waiting out a long backoff reconnects at once when the page beco
   const { context, page } = await newPage(gw);
   let second;
   try {
+    // Full jitter draws each backoff in [0, 60 s): pinned near the top, a wake-up is the only
+    // way the client can be back within the test's time.
+    await page.evaluate(() => { Math.random = () => 0.99; });
     await page.evaluate(() => start({ tokenBody: { user_id: 'sleeper', room_id: 'wake-room' }, backoffBase: 60000, backoffCap: 60000 }));
     await waitState(page, 'open');
 
