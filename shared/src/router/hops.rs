@@ -66,10 +66,7 @@ impl UrlCache {
 
     /// Remembers the URLs of gateways read at `at`.
     pub(super) fn put_all(&self, gateways: &[GatewayRecord], at: Instant) {
-        let mut cached = self.0.lock();
-        for g in gateways {
-            cached.insert(g.gateway_id.clone(), (g.internal_url.clone(), at));
-        }
+        insert_all(&mut self.0.lock(), gateways, at);
     }
 
     /// Remembers the URLs of the live gateways as listed by a read made at `at`, and forgets
@@ -78,9 +75,7 @@ impl UrlCache {
     pub(super) fn put_listed(&self, gateways: &[GatewayRecord], at: Instant) {
         let mut cached = self.0.lock();
         cached.retain(|id, (_, seen)| *seen >= at || gateways.iter().any(|g| &g.gateway_id == id));
-        for g in gateways {
-            cached.insert(g.gateway_id.clone(), (g.internal_url.clone(), at));
-        }
+        insert_all(&mut cached, gateways, at);
     }
 
     /// The gateways whose row was read live less than `within` ago (a gateway found dead
@@ -96,6 +91,17 @@ impl UrlCache {
 
     fn forget(&self, gateway_id: &str) {
         self.0.lock().remove(gateway_id);
+    }
+}
+
+/// Puts the URLs of gateways read at `at` into the cache's map.
+fn insert_all(
+    cached: &mut HashMap<String, (String, Instant)>,
+    gateways: &[GatewayRecord],
+    at: Instant,
+) {
+    for g in gateways {
+        cached.insert(g.gateway_id.clone(), (g.internal_url.clone(), at));
     }
 }
 

@@ -177,17 +177,39 @@ fn outage_of_15_s(r: &Router) {
     r.registry_answered(&Ok(()));
 }
 
-#[tokio::test]
-async fn after_an_outage_a_gateway_seen_live_before_it_is_awaited_until_listed_again() {
-    let registry = Arc::new(MemoryRegistry::new());
-    let (late_url, late_requests) = fake_gateway_counting(1).await;
-    live(&registry, "local", "http://127.0.0.1:9").await;
-    live(&registry, "late", &late_url).await;
+/// The local gateway's router (rows of a 30 s TTL, room messages sent to every listed
+/// gateway) with the local gateway and `others` (id, internal URL) live in `registry`,
+/// after it routed one room message, so it has seen them live; the message and what
+/// became of it.
+async fn routed_once(
+    registry: &Arc<MemoryRegistry>,
+    others: &[(&str, &str)],
+) -> (Router, PublishMessage, Result<RouteOutcome>) {
+    live(registry, "local", "http://127.0.0.1:9").await;
+    for (id, url) in others {
+        live(registry, id, url).await;
+    }
     let r = router(registry.clone(), Arc::new(Recorder::default()))
         .with_registry_ttl(Duration::from_secs(30))
         .with_route_to_all_up_to(8);
     let m = message(r#"{"user_id":"u","room_id":"r","data":1}"#);
-    assert_eq!(r.publish(&m).await.expect("routed").gateways, 2);
+    let first = r.publish(&m).await;
+    (r, m, first)
+}
+
+/// Ends the grace that follows the registry's return (as its 5 s passing would).
+fn grace_over(r: &Router) {
+    r.health
+        .distrust_until
+        .store(crate::ids::now_millis(), Ordering::Relaxed);
+}
+
+#[tokio::test]
+async fn after_an_outage_a_gateway_seen_live_before_it_is_awaited_until_listed_again() {
+    let registry = Arc::new(MemoryRegistry::new());
+    let (late_url, late_requests) = fake_gateway_counting(1).await;
+    let (r, m, first) = routed_once(&registry, &[("late", &late_url)]).await;
+    assert_eq!(first.expect("routed").gateways, 2);
     let before = late_requests.load(Ordering::SeqCst);
 
     // The rows expired during the outage; the registry is back for this router, but the
@@ -203,9 +225,7 @@ async fn after_an_outage_a_gateway_seen_live_before_it_is_awaited_until_listed_a
     );
     // Even once the grace after the registry's return is over, the message is not
     // acknowledged having reached only the gateways quickest to come back.
-    r.health
-        .distrust_until
-        .store(crate::ids::now_millis(), Ordering::Relaxed);
+    grace_over(&r);
     let error = r.publish(&m).await.expect_err("late gateway awaited");
     assert!(error.is_transient(), "{error}");
     assert_eq!(r.health.awaited(), ["late"], "listed without it");
@@ -216,9 +236,7 @@ async fn after_an_outage_a_gateway_seen_live_before_it_is_awaited_until_listed_a
     r.health.last_relist.store(0, Ordering::Relaxed);
     assert!(r.publish(&m).await.is_err(), "grace after the last return");
     assert!(r.health.awaited().is_empty());
-    r.health
-        .distrust_until
-        .store(crate::ids::now_millis(), Ordering::Relaxed);
+    grace_over(&r);
     let outcome = r.publish(&m).await.expect("trusted again");
     assert_eq!(outcome.gateways, 2, "{outcome:?}");
     assert_eq!(late_requests.load(Ordering::SeqCst), before + 1);
@@ -227,21 +245,14 @@ async fn after_an_outage_a_gateway_seen_live_before_it_is_awaited_until_listed_a
 #[tokio::test]
 async fn a_gateway_not_back_within_a_ttl_of_the_outage_is_no_longer_awaited() {
     let registry = Arc::new(MemoryRegistry::new());
-    live(&registry, "local", "http://127.0.0.1:9").await;
-    live(&registry, "died-meanwhile", "http://127.0.0.1:9").await;
-    let r = router(registry.clone(), Arc::new(Recorder::default()))
-        .with_registry_ttl(Duration::from_secs(30))
-        .with_route_to_all_up_to(8);
-    let m = message(r#"{"user_id":"u","room_id":"r","data":1}"#);
-    r.publish(&m).await.expect("routed");
+    let (r, m, first) = routed_once(&registry, &[("died-meanwhile", "http://127.0.0.1:9")]).await;
+    first.expect("routed");
     registry
         .remove_gateway("died-meanwhile")
         .await
         .expect("remove");
     outage_of_15_s(&r);
-    r.health
-        .distrust_until
-        .store(crate::ids::now_millis(), Ordering::Relaxed);
+    grace_over(&r);
     assert!(r.publish(&m).await.is_err(), "awaited");
     r.health.awaited_for_a_ttl();
     let outcome = r.publish(&m).await.expect("dead by the heartbeat rule");
@@ -251,13 +262,8 @@ async fn a_gateway_not_back_within_a_ttl_of_the_outage_is_no_longer_awaited() {
 #[tokio::test]
 async fn a_short_blip_awaits_no_gateway() {
     let registry = Arc::new(MemoryRegistry::new());
-    live(&registry, "local", "http://127.0.0.1:9").await;
-    live(&registry, "other", "http://127.0.0.1:9").await;
-    let r = router(registry.clone(), Arc::new(Recorder::default()))
-        .with_registry_ttl(Duration::from_secs(30))
-        .with_route_to_all_up_to(8);
-    let m = message(r#"{"user_id":"u","room_id":"r","data":1}"#);
-    r.publish(&m).await.expect("routed");
+    let (r, m, first) = routed_once(&registry, &[("other", "http://127.0.0.1:9")]).await;
+    first.expect("routed");
     registry.remove_gateway("other").await.expect("remove");
     let failure: Result<()> = Err(crate::Error::registry_answer("down"));
     r.registry_answered(&failure);
@@ -269,14 +275,8 @@ async fn a_short_blip_awaits_no_gateway() {
 #[tokio::test]
 async fn a_gateway_whose_deliveries_kept_failing_before_the_outage_is_not_awaited() {
     let registry = Arc::new(MemoryRegistry::new());
-    live(&registry, "local", "http://127.0.0.1:9").await;
-    live(&registry, "killed", "http://127.0.0.1:9").await;
-    let r = router(registry.clone(), Arc::new(Recorder::default()))
-        .with_registry_ttl(Duration::from_secs(30))
-        .with_route_to_all_up_to(8);
-    r.publish(&message(r#"{"user_id":"u","room_id":"r","data":1}"#))
-        .await
-        .expect("routed");
+    let (r, _, first) = routed_once(&registry, &[("killed", "http://127.0.0.1:9")]).await;
+    first.expect("routed");
     // Killed: its row is still there, its circuit is open.
     for _ in 0..crate::router::links::breaker::FAILURES_TO_OPEN {
         r.links
