@@ -4,7 +4,8 @@
 # (scripts/kube/control-plane.sh) as a server-side dry run with strict field validation:
 # no invalid field, no schema drift. ServiceMonitor objects are checked against a stub CRD
 # (scripts/kube/crds/servicemonitor-stub.yaml: group/version/kind only; prometheusrule-stub.yaml:
-# the rule groups' schema).
+# the rule groups' schema); HTTPRoute objects against the Gateway API's own CRD (from the Go
+# module sigs.k8s.io/gateway-api).
 #
 #   scripts/kube/dry-run.sh          prints "dry-run: N passed, M failed", exits 1 on failure
 set -euo pipefail
@@ -27,6 +28,14 @@ cp k8s/hermes.yaml "$out/k8s-hermes.yaml"
   -f "$here/crds/prometheusrule-stub.yaml" >/dev/null
 "$kubectl" wait --for=condition=Established --timeout=60s crd/servicemonitors.monitoring.coreos.com \
   crd/prometheusrules.monitoring.coreos.com >/dev/null
+# The Gateway API's HTTPRoute CRD, the real one, from its Go module (the chart's
+# httpRoute option; the HA fixture renders one).
+gateway_api=sigs.k8s.io/gateway-api@${HERMES_GATEWAY_API_VERSION:-v1.6.3}
+gateway_api_dir=$(go mod download -json "$gateway_api" | jq -r '.Dir // empty')
+[ -n "$gateway_api_dir" ] || { echo "dry-run: go mod download $gateway_api failed" >&2; exit 1; }
+"$kubectl" apply --server-side --field-manager=hermes-ci \
+  -f "$gateway_api_dir/config/crd/standard/gateway.networking.k8s.io_httproutes.yaml" >/dev/null
+"$kubectl" wait --for=condition=Established --timeout=60s crd/httproutes.gateway.networking.k8s.io >/dev/null
 "$kubectl" create namespace hermes --dry-run=client -o yaml | "$kubectl" apply --server-side --field-manager=hermes-ci -f - >/dev/null
 
 passed=0

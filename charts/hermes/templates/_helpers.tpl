@@ -138,7 +138,7 @@ workload template so `helm template` and `helm lint` report them.
 {{- if not $v.sqs.region -}}{{- fail "sqs.region: required when consumer.source is sqs" -}}{{- end -}}
 {{- end -}}
 {{- if and $v.consumer.enabled (eq $v.consumer.source "amqp") (not $v.amqp.url) (not $v.secrets.existingSecret) -}}
-{{- fail "amqp.url: required when consumer.source is amqp (or put HERMES_AMQP_URL in secrets.existingSecret)" -}}
+{{- fail "amqp.url: required when consumer.source is amqp (or put HERMES_AMQP_URL in secrets.existingSecret): amqp://USER:PASSWORD@HOST:5672/%2f with a user made for Hermes (rabbitmqctl add_user hermes PASSWORD; rabbitmqctl set_permissions -p / hermes '.*' '.*' '.*'); RabbitMQ's guest user may only log in from localhost" -}}
 {{- end -}}
 {{- if ge (int $v.gateway.drainSeconds) (int $v.gateway.shutdownGraceSeconds) -}}
 {{- fail "gateway.shutdownGraceSeconds must be greater than gateway.drainSeconds: the drain happens inside the grace period" -}}
@@ -287,6 +287,36 @@ podAntiAffinity:
         labelSelector:
           matchLabels:
             {{- include "hermes.selectorLabels" (dict "ctx" .ctx "component" .component) | nindent 12 }}
+{{- end -}}
+
+{{/* The default topology spread of a component's pods: across zones, soft (a cluster with
+one zone, or nodes without the label, still schedules), counted per ReplicaSet
+(pod-template-hash) so that a rolling update does not skew it.
+include "hermes.zoneSpread" (dict "ctx" $ "component" "gateway") */}}
+{{- define "hermes.zoneSpread" -}}
+- maxSkew: 1
+  topologyKey: topology.kubernetes.io/zone
+  whenUnsatisfiable: ScheduleAnyway
+  matchLabelKeys: ["pod-template-hash"]
+  labelSelector:
+    matchLabels:
+      {{- include "hermes.selectorLabels" (dict "ctx" .ctx "component" .component) | nindent 6 }}
+{{- end -}}
+
+{{/* The peers allowed on the internal ports: this release's pods, the namespaces named in
+networkPolicy.internalFromNamespaces, networkPolicy.internalFrom. */}}
+{{- define "hermes.internalPeers" -}}
+- podSelector:
+    matchLabels:
+      {{- include "hermes.releaseSelectorLabels" . | nindent 6 }}
+{{- range .Values.networkPolicy.internalFromNamespaces }}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ . | quote }}
+{{- end }}
+{{- with .Values.networkPolicy.internalFrom }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{/* The gateway pods' label selector as a string: k=v,k=v (sorted by key). */}}
