@@ -110,6 +110,23 @@ lint() {
   else
     log "python3 not found: values table and schema not checked"
   fi
+  # An upgrade rendered where lookup cannot read the live Secret (here: helm template
+  # --is-upgrade) must fail rather than make new secrets; with the secrets given it renders.
+  log "helm template --is-upgrade without the secrets: refused"
+  if err=$("$HELM" template hermes "$CHART" --namespace hermes --is-upgrade \
+      -f "$CHART/ci/default-values.yaml" 2>&1 >/dev/null); then
+    log "rendered an upgrade with new generated secrets, but it should be refused"; failed=$((failed + 1))
+  elif grep -q "secrets: this upgrade cannot read the live Secret hermes/hermes" <<<"$err"; then
+    if "$HELM" template hermes "$CHART" --namespace hermes --is-upgrade -f "$CHART/ci/default-values.yaml" \
+        --set secrets.jwtSecret=j-0123456789abcdef0123456789abcdef --set secrets.adminKey=a-0123456789abcdef \
+        --set secrets.internalSecret=i-0123456789abcdef >/dev/null; then
+      passed=$((passed + 1))
+    else
+      log "an upgrade with the secrets given does not render"; failed=$((failed + 1))
+    fi
+  else
+    log "refused for another reason: $err"; failed=$((failed + 1))
+  fi
   # The schema refuses what would be ignored or misread: a misspelt key, a boolean given
   # as a string (the string "false" is true in a template).
   local bad
