@@ -28,6 +28,7 @@ pub mod hub;
 pub mod import_tokens;
 pub mod internal;
 pub mod routes;
+pub mod schema_cmd;
 pub mod server;
 pub mod session;
 pub mod sigv4;

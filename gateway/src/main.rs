@@ -28,6 +28,12 @@ enum Command {
     Token(TokenArgs),
     /// Copy the original's DynamoDB token table (an export) into the registry's tokens table.
     ImportTokens(ImportArgs),
+    /// Create the registry's keyspace and tables (HERMES_SCYLLA_*) if absent, then exit:
+    /// one step before the replicas start (they may then run with HERMES_SCYLLA_SCHEMA=verify).
+    Migrate,
+    /// Print the registry's schema as CQL (HERMES_SCYLLA_KEYSPACE, HERMES_SCYLLA_REPLICATION)
+    /// for a DBA to apply.
+    Schema,
 }
 
 fn main() -> ExitCode {
@@ -41,6 +47,8 @@ fn main() -> ExitCode {
             Command::ImportTokens(args) => {
                 block_on(2, ImportCommand::new(&env, args)?.run()).map(drop)
             }
+            Command::Migrate => block_on(1, hermes_gateway::schema_cmd::migrate(&env)),
+            Command::Schema => hermes_gateway::schema_cmd::schema(&env),
         }
     });
     match result {

@@ -67,6 +67,7 @@ pub fn scylla_config(
         username: None,
         password: None,
         request_timeout,
+        schema: hermes_shared::registry::scylla::SchemaMode::Create,
     }
 }
 

@@ -311,3 +311,79 @@ async fn import_tokens_writes_a_dynamodb_export_into_the_tokens_table() {
     let _ = std::fs::remove_file(&file);
     registry.drop_keyspace().await.expect("drop keyspace");
 }
+
+/// `HERMES_SCYLLA_SCHEMA=verify` (pods that may not CREATE, or whose schema one step made
+/// before them): a start against a keyspace without the tables fails and names them and the
+/// ways out; after a DBA applied `schema/hermes.cql` (here: `hermes-gateway schema`'s text,
+/// statement by statement, through a session of its own) the same start succeeds and the
+/// registry works.
+#[tokio::test]
+async fn verify_mode_refuses_a_missing_schema_and_accepts_the_dba_script() {
+    use hermes_shared::registry::scylla::{SchemaMode, ScyllaRegistry, cql_script, table_names};
+
+    let keyspace = unique("hermes_test");
+    let mut config = hermes_e2e::scylla_config(&keyspace, TIMEOUT);
+    config.schema = SchemaMode::Verify;
+    let refused = match ScyllaRegistry::connect(&config).await {
+        Ok(_) => panic!("a start without the schema is refused"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        refused.contains(&format!("lacks the table(s) {}", table_names().join(", ")))
+            && refused.contains("hermes-gateway migrate"),
+        "{refused}"
+    );
+
+    let dba = scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(&config.nodes)
+        .build()
+        .await
+        .expect("a DBA's session");
+    let script = cql_script(&keyspace, &config.replication);
+    let without_comments: Vec<&str> = script
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect();
+    for statement in without_comments
+        .join("\n")
+        .split(';')
+        .filter(|s| !s.trim().is_empty())
+    {
+        dba.query_unpaged(statement, ())
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+
+    let registry = ScyllaRegistry::connect(&config)
+        .await
+        .expect("the start succeeds once the schema exists");
+    registry
+        .add_room_gateway("room", "g1", Duration::from_secs(60))
+        .await
+        .expect("write");
+    assert_eq!(
+        registry.room_gateways("room").await.expect("lookup"),
+        vec!["g1".to_owned()]
+    );
+    registry.drop_keyspace().await.expect("drop keyspace");
+}
+
+/// `hermes-gateway migrate` (the chart's schema Job): creates what is missing, and a
+/// second run changes nothing; a `verify` start then succeeds.
+#[tokio::test]
+async fn migrate_creates_the_schema_once_and_verify_accepts_it() {
+    use hermes_shared::registry::scylla::{SchemaMode, ScyllaRegistry, migrate, table_names};
+
+    let keyspace = unique("hermes_test");
+    let mut config = hermes_e2e::scylla_config(&keyspace, TIMEOUT);
+    config.schema = SchemaMode::Verify;
+    assert_eq!(migrate(&config).await.expect("migrate"), table_names());
+    assert_eq!(
+        migrate(&config).await.expect("migrate again"),
+        table_names()
+    );
+    let registry = ScyllaRegistry::connect(&config)
+        .await
+        .expect("a verify start after migrate");
+    registry.drop_keyspace().await.expect("drop keyspace");
+}

@@ -15,6 +15,19 @@ pub const SCYLLA_LOCAL_DC: &str = "HERMES_SCYLLA_LOCAL_DC";
 pub const SCYLLA_USERNAME: &str = "HERMES_SCYLLA_USERNAME";
 pub const SCYLLA_PASSWORD: &str = "HERMES_SCYLLA_PASSWORD";
 pub const SCYLLA_TIMEOUT: &str = "HERMES_SCYLLA_TIMEOUT_MS";
+pub const SCYLLA_SCHEMA: &str = "HERMES_SCYLLA_SCHEMA";
+
+/// What a process does about the keyspace and tables when it connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchemaMode {
+    /// `create` (default): `CREATE ... IF NOT EXISTS` of the keyspace and every table.
+    #[default]
+    Create,
+    /// `verify`: no DDL (for a login without CREATE, and for pods whose schema a single
+    /// step made before them: `hermes-gateway migrate`, or a DBA from `schema/hermes.cql`);
+    /// fails at start, naming what is missing, unless the keyspace and every table exist.
+    Verify,
+}
 
 /// CQL consistency levels accepted by `HERMES_SCYLLA_CONSISTENCY`.
 pub const CONSISTENCY_LEVELS: &[&str] = &[
@@ -45,6 +58,8 @@ pub struct ScyllaConfig {
     pub password: Option<String>,
     /// Per-request timeout.
     pub request_timeout: Duration,
+    /// Create the schema at connect, or only check that it exists.
+    pub schema: SchemaMode,
 }
 
 impl std::fmt::Debug for ScyllaConfig {
@@ -57,6 +72,7 @@ impl std::fmt::Debug for ScyllaConfig {
             .field("local_dc", &self.local_dc)
             .field("username", &self.username)
             .field("request_timeout", &self.request_timeout)
+            .field("schema", &self.schema)
             .finish_non_exhaustive()
     }
 }
@@ -143,6 +159,15 @@ impl ScyllaConfig {
             username,
             password,
             request_timeout: Duration::from_millis(num(s, SCYLLA_TIMEOUT, 2_000u64)?.max(1)),
+            schema: match s.get(SCYLLA_SCHEMA).as_deref().map(str::trim) {
+                None | Some("" | "create") => SchemaMode::Create,
+                Some("verify") => SchemaMode::Verify,
+                Some(other) => {
+                    return Err(Error::Config(format!(
+                        "{SCYLLA_SCHEMA}: {other:?} must be create or verify"
+                    )));
+                }
+            },
         })
     }
 }

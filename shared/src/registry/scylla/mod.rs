@@ -26,7 +26,8 @@ mod session;
 mod snapshot;
 mod statements;
 
-pub use config::ScyllaConfig;
+pub use config::{SchemaMode, ScyllaConfig};
+pub use session::{cql_script, migrate, table_names};
 pub use snapshot::SNAPSHOT_SHARD_KEYS;
 pub use statements::ttl_seconds;
 

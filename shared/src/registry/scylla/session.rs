@@ -10,7 +10,7 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::statement::{Consistency, SerialConsistency, Statement};
 
-use super::config::ScyllaConfig;
+use super::config::{SchemaMode, ScyllaConfig};
 use crate::error::{Error, Result};
 
 /// DDL (keyspace and tables) can take much longer than a read or a write: schema changes
@@ -69,8 +69,8 @@ const TABLES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Opens a session to the configured cluster and creates the keyspace and the tables if
-/// absent.
+/// Opens a session to the configured cluster; creates the keyspace and the tables if
+/// absent, or with `HERMES_SCYLLA_SCHEMA=verify` checks that they exist.
 pub(super) async fn open(config: &ScyllaConfig) -> Result<Session> {
     let ks = config.keyspace.as_str();
     let regular = consistency(&config.consistency)?;
@@ -109,7 +109,50 @@ pub(super) async fn open(config: &ScyllaConfig) -> Result<Session> {
         )
     })?;
 
-    // Schema: idempotent, so every replica may run it at every start. The driver waits
+    match config.schema {
+        SchemaMode::Create => create_schema(&session, config).await?,
+        SchemaMode::Verify => verify_schema(&session, &config.keyspace).await?,
+    }
+    Ok(session)
+}
+
+/// The names of the tables the registry uses, in creation order.
+pub fn table_names() -> Vec<&'static str> {
+    TABLES.iter().map(|(name, _, _)| *name).collect()
+}
+
+/// The schema as a CQL script, for a DBA who creates it by hand (a login for Hermes
+/// without CREATE, `HERMES_SCYLLA_SCHEMA=verify`): `schema/hermes.cql` is this with the
+/// keyspace `hermes` and the default replication.
+pub fn cql_script(keyspace: &str, replication: &str) -> String {
+    let mut script = format!(
+        "-- The Hermes registry's schema, printed by `hermes-gateway schema` (docs/registry.md).\n\
+         -- Edit the keyspace's name and replication to yours, then: cqlsh -f hermes.cql\n\n\
+         CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication};\n"
+    );
+    for (table, columns, options) in TABLES {
+        script.push_str(&format!(
+            "\nCREATE TABLE IF NOT EXISTS {keyspace}.{table} ({columns}){options};\n"
+        ));
+    }
+    script
+}
+
+/// Creates the keyspace and the tables if absent (`hermes-gateway migrate`), whatever
+/// `config.schema` says; answers the tables' names.
+pub async fn migrate(config: &ScyllaConfig) -> Result<Vec<&'static str>> {
+    let config = ScyllaConfig {
+        schema: SchemaMode::Create,
+        ..config.clone()
+    };
+    open(&config).await?;
+    Ok(table_names())
+}
+
+/// `CREATE ... IF NOT EXISTS` of the keyspace and every table.
+async fn create_schema(session: &Session, config: &ScyllaConfig) -> Result<()> {
+    let ks = config.keyspace.as_str();
+    // Idempotent, so every replica may run it at every start. The driver waits
     // for schema agreement after each DDL statement before returning.
     let schema_timeout = config.request_timeout.max(SCHEMA_TIMEOUT);
     let ddl = |cql: String| {
@@ -138,7 +181,39 @@ pub(super) async fn open(config: &ScyllaConfig) -> Result<Session> {
             .await
             .map_err(|e| Error::registry(format!("scylla: create table {ks}.{table}"), e))?;
     }
-    Ok(session)
+    Ok(())
+}
+
+/// Checks that the keyspace and every table exist, without DDL: a missing one fails the
+/// start with what to do.
+async fn verify_schema(session: &Session, keyspace: &str) -> Result<()> {
+    let rows = session
+        .query_unpaged(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?",
+            (keyspace,),
+        )
+        .await
+        .map_err(|e| Error::registry(format!("scylla: read the tables of {keyspace}"), e))?
+        .into_rows_result()
+        .map_err(|e| Error::registry(format!("scylla: read the tables of {keyspace}"), e))?;
+    let present: Vec<String> = rows
+        .rows::<(String,)>()
+        .map_err(|e| Error::registry(format!("scylla: read the tables of {keyspace}"), e))?
+        .filter_map(|row| row.ok().map(|(name,)| name))
+        .collect();
+    let missing: Vec<&str> = table_names()
+        .into_iter()
+        .filter(|t| !present.iter().any(|p| p == t))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "HERMES_SCYLLA_SCHEMA=verify: keyspace {keyspace} lacks the table(s) {}: run \
+         `hermes-gateway migrate` once (a login allowed to CREATE), or have a DBA apply \
+         `hermes-gateway schema` (schema/hermes.cql), or set HERMES_SCYLLA_SCHEMA=create",
+        missing.join(", ")
+    )))
 }
 
 /// Drops `keyspace` and everything in it (tests only).
@@ -186,6 +261,19 @@ fn serial_consistency(c: Consistency, local_dc: bool) -> SerialConsistency {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_committed_cql_script_is_the_schema_the_code_creates() {
+        let committed = include_str!("../../../../schema/hermes.cql");
+        let current = cql_script(
+            "hermes",
+            "{'class': 'SimpleStrategy', 'replication_factor': 1}",
+        );
+        assert_eq!(
+            committed, current,
+            "schema/hermes.cql is stale: HERMES_SCYLLA_KEYSPACE=hermes hermes-gateway schema > schema/hermes.cql"
+        );
+    }
 
     #[test]
     fn every_configurable_consistency_level_is_known() {
