@@ -50,6 +50,10 @@ render() {
 #     --from-literal=HERMES_AMQP_URL='amqp://USER:PASSWORD@rabbitmq:5672/%2f'
 #   kubectl apply -n $NAMESPACE -f k8s/hermes.yaml
 #
+# The Job hermes-schema makes the registry's keyspace and tables (hermes-gateway migrate);
+# the gateways and consumers only check them (HERMES_SCYLLA_SCHEMA=verify) and restart
+# until the Job is done (helm runs it first, as a hook). Delete the Job before the next apply.
+#
 # The image is hermes:<appVersion>: build it and push it where your cluster pulls from,
 # then edit the two image: lines (or use the chart, which has a value for it).
 HEADER

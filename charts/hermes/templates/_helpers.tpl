@@ -130,6 +130,9 @@ workload template so `helm template` and `helm lint` report them.
 {{- fail "registry.type: memory keeps the registry inside one gateway: use gateway.replicaCount: 1 without autoscaling, or registry.type: scylla" -}}
 {{- end -}}
 {{- end -}}
+{{- if not (has $v.scylla.schema (list "job" "external" "pods")) -}}
+{{- fail (printf "scylla.schema: %q must be job, external or pods" $v.scylla.schema) -}}
+{{- end -}}
 {{- if and (eq $v.registry.type "scylla") (not $v.scylla.nodes) -}}
 {{- fail "scylla.nodes: give at least one host:port" -}}
 {{- end -}}
@@ -183,6 +186,7 @@ HERMES_SCYLLA_CONSISTENCY: {{ $v.scylla.consistency | quote }}
 HERMES_SCYLLA_LOCAL_DC: {{ . | quote }}
 {{- end }}
 HERMES_SCYLLA_TIMEOUT_MS: {{ $v.scylla.timeoutMs | quote }}
+HERMES_SCYLLA_SCHEMA: {{ ternary "create" "verify" (eq $v.scylla.schema "pods") | quote }}
 {{- else if eq .component "gateway" }}
 HERMES_REGISTRY: "memory"
 {{- else if include "hermes.consumerSidecar" .ctx }}
