@@ -4,7 +4,8 @@
 # binaries without a Docker engine and checked against the Dockerfile
 # (scripts/image/build.sh, scripts/image/check.sh), then `helm install` + every
 # pod Ready + `helm test` in both consumer modes (scripts/kube/install-on-node.sh),
-# the reaper and the PodDisruptionBudget at work (scripts/kube/disruption-on-node.sh),
+# a rolling `helm upgrade` under load counted by the fault checker
+# (scripts/kube/upgrade-on-node.sh), the reaper and the PodDisruptionBudget at work (scripts/kube/disruption-on-node.sh),
 # then `node.sh down`. See docs/dev/node.md and docs/dev/image.md.
 #
 # Usage: scripts/kube/node-test.sh
@@ -60,6 +61,7 @@ part "image check against the Dockerfile" "$ROOT/scripts/image/check.sh" "$IMAGE
 tag=${IMAGE#*:}
 part "helm install + helm test, consumer.mode=deployment" \
   env HERMES_IMAGE_TAG="$tag" "$HERE/install-on-node.sh" --mode deployment --no-build
+part "helm upgrade to a new image tag under load: 0 lost, 0 duplicated" "$HERE/upgrade-on-node.sh"
 part "reaper: a killed and deleted gateway's rows reaped; PDB: a second eviction refused" \
   "$HERE/disruption-on-node.sh" all
 part "helm install + helm test, consumer.mode=sidecar" \

@@ -128,8 +128,8 @@ pub struct OthersP99 {
 /// What one fault cost.
 #[derive(Debug, Clone)]
 pub struct FaultReport {
-    /// `None`: the steady publishing before the first fault.
-    pub fault: Option<Fault>,
+    /// The fault's name, or the steady publishing's before the first fault.
+    pub name: String,
     /// Notifications published (and accepted) while it was made and settled.
     pub published: usize,
     /// Client × notification pairs never received.
@@ -147,8 +147,8 @@ pub struct FaultReport {
 
 impl FaultReport {
     /// The fault's name, or the baseline's.
-    pub fn name(&self) -> &'static str {
-        self.fault.map_or("none (steady publishing)", Fault::name)
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// One line of the checker's table.
@@ -740,7 +740,7 @@ async fn node_client(
 
 /// One stretch of the run: a fault and the steady publishing after it.
 struct Phase {
-    fault: Option<Fault>,
+    name: String,
     start_ms: u64,
     end_ms: u64,
     /// For the SIGSTOP: when the gateway was stopped and continued.
@@ -756,64 +756,17 @@ pub async fn run(settings: &Settings) -> Vec<FaultReport> {
     let publishing = Arc::new(Switches::default());
     let listening = Arc::new(Switches::default());
 
-    let mut logs = Vec::new();
-    let mut clients = Vec::new();
-    for k in 0..settings.rust_clients + settings.node_clients {
-        let rust = k < settings.rust_clients;
-        let name = if rust {
-            format!("rust-{k}")
-        } else {
-            format!("node-{k}")
-        };
-        let token = world.gateway(0).token(&name, ROOM).await;
-        let log = Arc::new(Mutex::new(ClientLog {
-            name,
-            ..ClientLog::default()
-        }));
-        clients.push(if rust {
-            tokio::spawn(rust_client(
-                k,
-                token,
-                world.directory.clone(),
-                log.clone(),
-                listening.clone(),
-            ))
-        } else {
-            tokio::spawn(node_client(
-                world.gateways_file.clone(),
-                token,
-                log.clone(),
-                listening.clone(),
-            ))
-        });
-        logs.push(log);
-    }
-    // Every client is in the room before publishing starts: warm-up notifications until
-    // each has one.
-    let http = reqwest::Client::new();
-    let warmed = crate::within(
-        Duration::from_secs(60),
-        Duration::from_millis(300),
-        || async {
-            let internal = world.gateway(0).internal.clone();
-            let _ = http
-                .post(format!("{internal}/v1/publish"))
-                .bearer_auth(crate::ADMIN_KEY)
-                .json(&json!({"user_id": "checker", "room_id": ROOM,
-                          "data": {"id": format!("warmup-{}", now_ms()), "sent_ms": now_ms()}}))
-                .send()
-                .await;
-            logs.iter().all(|log| {
-                log.lock()
-                    .expect("log")
-                    .receipts
-                    .iter()
-                    .any(|r| r.id.starts_with("warmup-"))
-            })
-        },
+    let admin = world.gateway(0).internal.clone();
+    let (logs, clients) = spawn_clients(
+        settings,
+        &admin,
+        crate::ADMIN_KEY,
+        &world.directory,
+        &world.gateways_file,
+        &listening,
     )
     .await;
-    assert!(warmed.is_some(), "every client connected within a minute");
+    warm_up(&logs, &admin, crate::ADMIN_KEY).await;
 
     let publishers = [
         tokio::spawn(publish_amqp(
@@ -840,7 +793,7 @@ pub async fn run(settings: &Settings) -> Vec<FaultReport> {
     let start_ms = now_ms();
     tokio::time::sleep(settings.settle).await;
     phases.push(Phase {
-        fault: None,
+        name: STEADY.to_owned(),
         start_ms,
         end_ms: now_ms(),
         frozen: None,
@@ -857,18 +810,122 @@ pub async fn run(settings: &Settings) -> Vec<FaultReport> {
         Switches::set(&publishing.pause_sqs, false);
         tokio::time::sleep(settings.settle).await;
         phases.push(Phase {
-            fault: Some(fault),
+            name: fault.name().to_owned(),
             start_ms,
             end_ms: now_ms(),
             frozen: world.frozen_ms.filter(|_| fault == Fault::FreezeGateway),
         });
     }
+    let logs = settle_and_stop(&ledger, &publishing, publishers, logs, &listening, clients).await;
+    world.stop().await;
+    let published: Vec<(String, u64)> = ledger.published.lock().expect("ledger").clone();
+    phases
+        .iter()
+        .map(|phase| report(phase, &phases[0], &published, &logs))
+        .collect()
+}
+
+/// The name of the first row: the steady publishing before any fault.
+const STEADY: &str = "none (steady publishing)";
+
+/// Issues a token per client (`POST /v1/tokens` at `admin`) and starts the clients: the
+/// Rust ones take the directory's gateways, the `hermes.js` ones the gateways file.
+async fn spawn_clients(
+    settings: &Settings,
+    admin: &str,
+    admin_key: &str,
+    directory: &Arc<Mutex<Directory>>,
+    gateways_file: &std::path::Path,
+    listening: &Arc<Switches>,
+) -> (Vec<Arc<Mutex<ClientLog>>>, Vec<tokio::task::JoinHandle<()>>) {
+    let http = reqwest::Client::new();
+    let mut logs = Vec::new();
+    let mut clients = Vec::new();
+    for k in 0..settings.rust_clients + settings.node_clients {
+        let rust = k < settings.rust_clients;
+        let name = if rust {
+            format!("rust-{k}")
+        } else {
+            format!("node-{k}")
+        };
+        let answer = http
+            .post(format!("{admin}/v1/tokens"))
+            .bearer_auth(admin_key)
+            .json(&json!({"user_id": name, "room_id": ROOM}))
+            .send()
+            .await
+            .expect("POST /v1/tokens");
+        assert_eq!(answer.status(), 201, "POST /v1/tokens at {admin}");
+        let body: Value = answer.json().await.expect("the token as JSON");
+        let token = body["token"].as_str().expect("a token").to_owned();
+        let log = Arc::new(Mutex::new(ClientLog {
+            name,
+            ..ClientLog::default()
+        }));
+        clients.push(if rust {
+            tokio::spawn(rust_client(
+                k,
+                token,
+                directory.clone(),
+                log.clone(),
+                listening.clone(),
+            ))
+        } else {
+            tokio::spawn(node_client(
+                gateways_file.to_owned(),
+                token,
+                log.clone(),
+                listening.clone(),
+            ))
+        });
+        logs.push(log);
+    }
+    (logs, clients)
+}
+
+/// Every client is in the room before publishing starts: warm-up notifications (`POST
+/// /v1/publish` at `admin`) until each has one.
+async fn warm_up(logs: &[Arc<Mutex<ClientLog>>], admin: &str, admin_key: &str) {
+    let http = reqwest::Client::new();
+    let warmed = crate::within(
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || async {
+            let _ = http
+                .post(format!("{admin}/v1/publish"))
+                .bearer_auth(admin_key)
+                .json(&json!({"user_id": "checker", "room_id": ROOM,
+                          "data": {"id": format!("warmup-{}", now_ms()), "sent_ms": now_ms()}}))
+                .send()
+                .await;
+            logs.iter().all(|log| {
+                log.lock()
+                    .expect("log")
+                    .receipts
+                    .iter()
+                    .any(|r| r.id.starts_with("warmup-"))
+            })
+        },
+    )
+    .await;
+    assert!(warmed.is_some(), "every client connected within a minute");
+}
+
+/// Stops the publishers, waits until every client has every notification (or a minute
+/// passes), stops the clients and gives back what each received.
+async fn settle_and_stop(
+    ledger: &Ledger,
+    publishing: &Switches,
+    publishers: impl IntoIterator<Item = tokio::task::JoinHandle<()>>,
+    logs: Vec<Arc<Mutex<ClientLog>>>,
+    listening: &Switches,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+) -> Vec<ClientLog> {
     println!("faults: publishing stopped; waiting for every client to have every notification");
     Switches::set(&publishing.stop, true);
     for p in publishers {
         let _ = p.await;
     }
-    // Until every client has every notification, or a minute.
     let published: Vec<(String, u64)> = ledger.published.lock().expect("ledger").clone();
     let _ = crate::within(
         Duration::from_secs(60),
@@ -887,16 +944,91 @@ pub async fn run(settings: &Settings) -> Vec<FaultReport> {
     for c in clients {
         let _ = c.await;
     }
-    world.stop().await;
-
-    let logs: Vec<ClientLog> = logs
-        .into_iter()
+    logs.into_iter()
         .map(|l| std::mem::take(&mut *l.lock().expect("log")))
-        .collect();
-    phases
+        .collect()
+}
+
+/// A release installed elsewhere (a Kubernetes cluster: `scripts/kube/upgrade-on-node.sh`),
+/// reached the way its users reach it.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    /// The gateways' WebSocket URL through their Service (a load balancer's address).
+    pub ws_url: String,
+    /// One gateway's internal URL (admin API): tokens and the warm-up.
+    pub admin_url: String,
+    pub admin_key: String,
+    /// The release's RabbitMQ queue (the broker at `HERMES_TEST_AMQP_URL`).
+    pub queue: String,
+}
+
+/// The checker against an installed release: the clients (through the Service) and a
+/// RabbitMQ publisher at `settings.rate`, steady publishing for `settings.settle`, then
+/// `disruption` (named `name`, e.g. a `helm upgrade`) under that publishing, the settle
+/// again, and the same report as [`run`]: the steady row, then the disruption's.
+/// `disruption` answers an error to stop the run (the report is then not made).
+pub async fn run_installed<F, Fut>(
+    installed: &Installed,
+    settings: &Settings,
+    name: &str,
+    disruption: F,
+) -> Result<Vec<FaultReport>, String>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let ledger = Arc::new(Ledger::default());
+    let publishing = Arc::new(Switches::default());
+    let listening = Arc::new(Switches::default());
+    let directory = Arc::new(Mutex::new(Directory {
+        slots: vec![Some((
+            installed.ws_url.clone(),
+            installed.admin_url.clone(),
+        ))],
+    }));
+    let gateways_file =
+        std::env::temp_dir().join(format!("{}.gateways", unique("hermes-installed")));
+    std::fs::write(&gateways_file, &installed.ws_url).expect("write the gateways file");
+    let admin = installed.admin_url.as_str();
+    let key = installed.admin_key.as_str();
+    let (logs, clients) =
+        spawn_clients(settings, admin, key, &directory, &gateways_file, &listening).await;
+    warm_up(&logs, admin, key).await;
+    let publishers = [tokio::spawn(publish_amqp(
+        installed.queue.clone(),
+        settings.rate,
+        ledger.clone(),
+        publishing.clone(),
+    ))];
+    let start_ms = now_ms();
+    tokio::time::sleep(settings.settle).await;
+    let steady = Phase {
+        name: STEADY.to_owned(),
+        start_ms,
+        end_ms: now_ms(),
+        frozen: None,
+    };
+    let start_ms = now_ms();
+    println!("faults: making {name}");
+    let made = disruption().await;
+    tokio::time::sleep(settings.settle).await;
+    let phases = [
+        steady,
+        Phase {
+            name: name.to_owned(),
+            start_ms,
+            end_ms: now_ms(),
+            frozen: None,
+        },
+    ];
+    let logs = settle_and_stop(&ledger, &publishing, publishers, logs, &listening, clients).await;
+    let _ = std::fs::remove_file(&gateways_file);
+    made?;
+    let published: Vec<(String, u64)> = ledger.published.lock().expect("ledger").clone();
+    Ok(phases
         .iter()
         .map(|phase| report(phase, &phases[0], &published, &logs))
-        .collect()
+        .collect())
 }
 
 fn report(
@@ -949,7 +1081,7 @@ fn report(
         ),
     });
     FaultReport {
-        fault: phase.fault,
+        name: phase.name.clone(),
         published: in_phase.len(),
         lost,
         duplicated,

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# A rolling upgrade under load, on the release scripts/kube/install-on-node.sh made
+# (consumer.mode deployment, namespace hermes-deployment) on the local node: the
+# image the release runs is tagged anew in the node's containerd (the same contents
+# under a new tag, as a release pipeline would push), then, while the fault checker's
+# clients (hermes.v1 in Rust and hermes.js in Node, through the gateways' Service as
+# a browser reaches it through a load balancer) receive what a steady publisher puts
+# into the release's RabbitMQ queue, `helm upgrade --set image.tag=<new> --wait` rolls
+# every gateway and consumer pod. Prints the checker's table (published, lost,
+# duplicated, repeats) and fails unless nothing was lost or duplicated and every
+# pod runs the new tag. See docs/dev/node.md.
+#
+# Usage: scripts/kube/upgrade-on-node.sh
+# Environment: HERMES_UPGRADE_RATE (notifications/s, default 20),
+#              HERMES_UPGRADE_TIMEOUT (helm --wait, seconds, default 300)
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+CACHE=${HERMES_CACHE:-$HOME/.cache/hermes}
+NS=hermes-deployment
+RELEASE=hermes
+QUEUE=hermes-kube-node-deployment
+RATE=${HERMES_UPGRADE_RATE:-20}
+TIMEOUT=${HERMES_UPGRADE_TIMEOUT:-300}
+
+log() { printf '[upgrade] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+eval "$("$HERE/node.sh" env)"
+export KUBECONFIG
+kc() { "$HERMES_KUBECTL" -n "$NS" "$@"; }
+kc get deployment "$RELEASE-gateway" >/dev/null 2>&1 ||
+  die "no release in $NS: run scripts/kube/install-on-node.sh --mode deployment first"
+HELM=$("$HERE/helm.sh" build)
+# the broker the release consumes from, as the host reaches it
+# shellcheck disable=SC1091
+. "$CACHE/services.env"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
+(cd "$ROOT" && cargo build -p hermes-e2e --bin installed-faults --locked --quiet) ||
+  die "cargo build of installed-faults failed"
+
+# the new tag: the same image, tagged anew (a second run tags back)
+image=$(kc get deployment "$RELEASE-gateway" -o jsonpath='{.spec.template.spec.containers[?(@.name=="gateway")].image}')
+repo=${image%:*} tag=${image##*:}
+case $tag in *-upgraded) new_tag=${tag%-upgraded} ;; *) new_tag=$tag-upgraded ;; esac
+"$HERE/node.sh" ctr images tag --force "$image" "$repo:$new_tag" >/dev/null ||
+  die "ctr images tag $image $repo:$new_tag failed"
+"$HERE/node.sh" ctr images label "$repo:$new_tag" io.cri-containerd.pinned=pinned >/dev/null
+log "image $image tagged $repo:$new_tag"
+
+# what users reach: the public Service; the admin API of one gateway (tokens, warm-up)
+cluster_ip=$(kc get service "$RELEASE" -o jsonpath='{.spec.clusterIP}')
+port=$(kc get service "$RELEASE" -o jsonpath='{.spec.ports[?(@.name=="http")].port}')
+admin_ip=$(kc get pods -l app.kubernetes.io/component=gateway -o json | jq -r '[.items[]
+  | select(.metadata.deletionTimestamp == null)
+  | select([.status.conditions[]? | select(.type == "Ready" and .status == "True")] | length > 0)
+  | .status.podIP][0] // empty')
+[ -n "$cluster_ip" ] && [ -n "$admin_ip" ] || die "no Service address or no Ready gateway"
+HERMES_ADMIN_KEY=$(kc get secret "$RELEASE" -o jsonpath='{.data.HERMES_ADMIN_KEY}' | base64 -d)
+export HERMES_ADMIN_KEY
+stage=$(kc get configmap "$RELEASE-gateway" -o jsonpath='{.data.HERMES_STAGE}' 2>/dev/null || true)
+
+t0=$SECONDS
+rc=0
+"$CARGO_TARGET_DIR/debug/installed-faults" \
+  --ws "ws://$cluster_ip:$port/${stage:-production}" --admin "http://$admin_ip:8081" \
+  --queue "$QUEUE" --rate "$RATE" --settle 4 --rust-clients 6 --node-clients 2 \
+  --name "helm upgrade to $new_tag (rolling)" -- \
+  "$HELM" upgrade "$RELEASE" "$ROOT/charts/hermes" -n "$NS" --reuse-values \
+  --set-string image.tag="$new_tag" --wait --timeout "${TIMEOUT}s" || rc=$?
+log "checker and upgrade took $((SECONDS - t0)) s"
+case $rc in
+  0) ;;
+  1) die "the upgrade lost or duplicated notifications (table above)" ;;
+  *) kc get pods -o wide >&2 || true; die "the upgrade or the checker failed (exit $rc)" ;;
+esac
+
+# every pod of the release runs the new tag and is Ready
+stale=$(kc get pods -o json | jq -r --arg want "$repo:$new_tag" '.items[]
+  | select(.metadata.annotations["helm.sh/hook"] == null)
+  | select(.metadata.deletionTimestamp == null)
+  | select(([.spec.containers[].image] | all(. == $want)) | not)
+  | .metadata.name')
+[ -z "$stale" ] || die "pods not on $repo:$new_tag after the upgrade: $stale"
+log "every pod runs $repo:$new_tag; helm history:"
+"$HELM" history "$RELEASE" -n "$NS" --max 3 >&2
