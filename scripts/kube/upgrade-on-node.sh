@@ -33,6 +33,20 @@ kc() { "$HERMES_KUBECTL" -n "$NS" "$@"; }
 kc get deployment "$RELEASE-gateway" >/dev/null 2>&1 ||
   die "no release in $NS: run scripts/kube/install-on-node.sh --mode deployment first"
 HELM=$("$HERE/helm.sh" build)
+
+# --roll NEW_TAG OLD_POD...: the disruption the checker makes (below): the upgrade, then
+# until every pod of the old version is gone (helm --wait returns once the new pods are
+# Ready, while the old gateways may still drain their sockets).
+if [ "${1:-}" = --roll ]; then
+  new_tag=$2; shift 2
+  "$HELM" upgrade "$RELEASE" "$ROOT/charts/hermes" -n "$NS" --reuse-values \
+    --set-string image.tag="$new_tag" --wait --timeout "${TIMEOUT}s" >/dev/null ||
+    die "helm upgrade failed"
+  log "helm upgrade done; waiting for the old pods ($*) to be gone"
+  kc wait --for=delete --timeout="${TIMEOUT}s" "${@/#/pod/}" >/dev/null ||
+    die "old pods still there after ${TIMEOUT}s"
+  exit 0
+fi
 # the broker the release consumes from, as the host reaches it
 # shellcheck disable=SC1091
 . "$CACHE/services.env"
@@ -44,9 +58,16 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
 image=$(kc get deployment "$RELEASE-gateway" -o jsonpath='{.spec.template.spec.containers[?(@.name=="gateway")].image}')
 repo=${image%:*} tag=${image##*:}
 case $tag in *-upgraded) new_tag=${tag%-upgraded} ;; *) new_tag=$tag-upgraded ;; esac
-"$HERE/node.sh" ctr images tag --force "$image" "$repo:$new_tag" >/dev/null ||
-  die "ctr images tag $image $repo:$new_tag failed"
-"$HERE/node.sh" ctr images label "$repo:$new_tag" io.cri-containerd.pinned=pinned >/dev/null
+# containerd stores references fully qualified, as the kubelet asks for them
+qualified() {
+  case $1 in
+    */*) case ${1%%/*} in *.* | *:* | localhost) printf '%s' "$1" ;; *) printf 'docker.io/%s' "$1" ;; esac ;;
+    *) printf 'docker.io/library/%s' "$1" ;;
+  esac
+}
+"$HERE/node.sh" ctr images tag --force "$(qualified "$image")" "$(qualified "$repo:$new_tag")" >/dev/null ||
+  die "ctr images tag $(qualified "$image") $(qualified "$repo:$new_tag") failed"
+"$HERE/node.sh" ctr images label "$(qualified "$repo:$new_tag")" io.cri-containerd.pinned=pinned >/dev/null
 log "image $image tagged $repo:$new_tag"
 
 # what users reach: the public Service; the admin API of one gateway (tokens, warm-up)
@@ -61,14 +82,17 @@ HERMES_ADMIN_KEY=$(kc get secret "$RELEASE" -o jsonpath='{.data.HERMES_ADMIN_KEY
 export HERMES_ADMIN_KEY
 stage=$(kc get configmap "$RELEASE-gateway" -o jsonpath='{.data.HERMES_STAGE}' 2>/dev/null || true)
 
+# the pods the upgrade replaces (the schema Job's and helm test's are not among them)
+old_pods=$(kc get pods -o json | jq -r '.items[] | select(.metadata.annotations["helm.sh/hook"] == null)
+  | select(.metadata.labels["app.kubernetes.io/component"] == "gateway"
+    or .metadata.labels["app.kubernetes.io/component"] == "consumer") | .metadata.name' | tr '\n' ' ')
+[ -n "$old_pods" ] || die "no gateway or consumer pods to replace"
 t0=$SECONDS
 rc=0
 "$CARGO_TARGET_DIR/debug/installed-faults" \
   --ws "ws://$cluster_ip:$port/${stage:-production}" --admin "http://$admin_ip:8081" \
   --queue "$QUEUE" --rate "$RATE" --settle 4 --rust-clients 6 --node-clients 2 \
-  --name "helm upgrade to $new_tag (rolling)" -- \
-  "$HELM" upgrade "$RELEASE" "$ROOT/charts/hermes" -n "$NS" --reuse-values \
-  --set-string image.tag="$new_tag" --wait --timeout "${TIMEOUT}s" || rc=$?
+  --name "helm upgrade to $new_tag (rolling)" -- "$0" --roll "$new_tag" $old_pods || rc=$?
 log "checker and upgrade took $((SECONDS - t0)) s"
 case $rc in
   0) ;;
