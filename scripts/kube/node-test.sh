@@ -5,7 +5,8 @@
 # (scripts/image/build.sh, scripts/image/check.sh), then `helm install` + every
 # pod Ready + `helm test` in both consumer modes (scripts/kube/install-on-node.sh),
 # a rolling `helm upgrade` under load counted by the fault checker
-# (scripts/kube/upgrade-on-node.sh), the reaper and the PodDisruptionBudget at work (scripts/kube/disruption-on-node.sh),
+# (scripts/kube/upgrade-on-node.sh), wss:// through a TLS proxy configured from the
+# chart's Ingress with Chromium (scripts/kube/ingress-on-node.sh), the reaper and the PodDisruptionBudget at work (scripts/kube/disruption-on-node.sh),
 # then `node.sh down`. See docs/dev/node.md and docs/dev/image.md.
 #
 # Usage: scripts/kube/node-test.sh
@@ -62,6 +63,8 @@ tag=${IMAGE#*:}
 part "helm install + helm test, consumer.mode=deployment" \
   env HERMES_IMAGE_TAG="$tag" "$HERE/install-on-node.sh" --mode deployment --no-build
 part "helm upgrade to a new image tag under load: 0 lost, 0 duplicated" "$HERE/upgrade-on-node.sh"
+part "wss:// through nginx (TLS) configured from the chart's Ingress: Chromium, original snippet + hermes.js" \
+  "$HERE/ingress-on-node.sh"
 part "reaper: a killed and deleted gateway's rows reaped; PDB: a second eviction refused" \
   "$HERE/disruption-on-node.sh" all
 part "helm install + helm test, consumer.mode=sidecar" \

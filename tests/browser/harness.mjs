@@ -161,13 +161,13 @@ async function parseBody(res) {
 }
 
 /** Launch Debian's Chromium headless (fresh temporary profile for every launch). */
-export async function launchBrowser() {
+export async function launchBrowser(extraArgs = []) {
   if (!existsSync(CHROMIUM_BIN)) throw new Error(`${CHROMIUM_BIN} not found: apt-get install -y chromium (tests/browser/run.sh does it)`);
   return chromium.launch({
     executablePath: CHROMIUM_BIN,
     headless: true,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--no-first-run', '--disable-quic', '--disable-sync'],
+      '--disable-component-update', '--no-first-run', '--disable-quic', '--disable-sync', ...extraArgs],
   });
 }
 

@@ -1,0 +1,19 @@
+//! `amqp-publish QUEUE JSON`: publishes one persistent message to QUEUE on the broker at
+//! `HERMES_TEST_AMQP_URL` and waits for the broker's confirm (a producer's way in, for
+//! scripts: `scripts/kube/ingress-on-node.sh`). Exit 2 on a usage error.
+
+use hermes_e2e::AmqpPublisher;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [queue, body] = args.as_slice() else {
+        eprintln!("usage: amqp-publish QUEUE JSON");
+        std::process::exit(2);
+    };
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(body) {
+        eprintln!("amqp-publish: the body is not JSON: {e}");
+        std::process::exit(2);
+    }
+    AmqpPublisher::new().publish(queue, body.as_bytes()).await;
+}
