@@ -6,8 +6,10 @@
 # pod Ready + `helm test` in both consumer modes (scripts/kube/install-on-node.sh),
 # a rolling `helm upgrade` under load counted by the fault checker
 # (scripts/kube/upgrade-on-node.sh), wss:// through a TLS proxy configured from the
-# chart's Ingress with Chromium (scripts/kube/ingress-on-node.sh), the reaper and the PodDisruptionBudget at work (scripts/kube/disruption-on-node.sh),
-# then `node.sh down`. See docs/dev/node.md and docs/dev/image.md.
+# chart's Ingress with Chromium (scripts/kube/ingress-on-node.sh), Prometheus scraping the
+# pods through Kubernetes service discovery (scripts/kube/prometheus-on-node.sh), the
+# reaper and the PodDisruptionBudget at work (scripts/kube/disruption-on-node.sh), then
+# `node.sh down`. See docs/dev/node.md and docs/dev/image.md.
 #
 # Usage: scripts/kube/node-test.sh
 # Environment: HERMES_NODE_KEEP=1 leaves the node and both releases running.
@@ -65,6 +67,8 @@ part "helm install + helm test, consumer.mode=deployment" \
 part "helm upgrade to a new image tag under load: 0 lost, 0 duplicated" "$HERE/upgrade-on-node.sh"
 part "wss:// through nginx (TLS) configured from the chart's Ingress: Chromium, original snippet + hermes.js" \
   "$HERE/ingress-on-node.sh"
+part "Prometheus with Kubernetes service discovery as the ServiceMonitor selects: every dashboard query and alert rule" \
+  "$HERE/prometheus-on-node.sh"
 part "reaper: a killed and deleted gateway's rows reaped; PDB: a second eviction refused" \
   "$HERE/disruption-on-node.sh" all
 part "helm install + helm test, consumer.mode=sidecar" \

@@ -4,7 +4,9 @@
 //! by `tests/tests/metrics_reference.rs` (every query names declared families and labels)
 //! and `tests/tests/prometheus_queries.rs` (every query evaluates on a real Prometheus).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
 
 /// The namespace the alert expressions select (the chart's `.Release.Namespace`).
 pub const RULES_NAMESPACE: &str = "ns";
@@ -168,4 +170,123 @@ pub fn alert_rules() -> Vec<(String, String)> {
         }
     }
     rules
+}
+
+/// A Prometheus server's HTTP API: instant queries and the loaded rules.
+pub struct Api {
+    pub url: String,
+    http: reqwest::Client,
+}
+
+/// An alert rule as Prometheus reports it.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// `ok`, `err` or `unknown`.
+    pub health: String,
+    pub error: String,
+    /// `inactive`, `pending` or `firing`.
+    pub state: String,
+    /// Evaluated at least once.
+    pub evaluated: bool,
+}
+
+impl Api {
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// `/-/ready` answers 200.
+    pub async fn ready(&self) -> bool {
+        self.http
+            .get(format!("{}/-/ready", self.url))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    }
+
+    /// An instant query: `Ok(result)` or the error Prometheus gave.
+    pub async fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
+        let body: Value = self
+            .http
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&[("query", expr)])
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if body["status"] != "success" {
+            return Err(format!("{}: {}", body["errorType"], body["error"]));
+        }
+        Ok(body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// The loaded rules by name (empty when Prometheus does not answer).
+    pub async fn rules(&self) -> BTreeMap<String, Rule> {
+        let body: Value = match self
+            .http
+            .get(format!("{}/api/v1/rules", self.url))
+            .send()
+            .await
+        {
+            Ok(answer) => answer.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        let mut rules = BTreeMap::new();
+        for group in body["data"]["groups"].as_array().into_iter().flatten() {
+            for rule in group["rules"].as_array().into_iter().flatten() {
+                let evaluated = rule["lastEvaluation"]
+                    .as_str()
+                    .is_some_and(|t| !t.starts_with("0001-"));
+                let text = |key: &str| rule[key].as_str().unwrap_or_default().to_owned();
+                rules.insert(
+                    text("name"),
+                    Rule {
+                        health: text("health"),
+                        error: text("lastError"),
+                        state: text("state"),
+                        evaluated,
+                    },
+                );
+            }
+        }
+        rules
+    }
+
+    /// Evaluates every dashboard query (Grafana's variables filled in by [`grafana`]):
+    /// answers how many were evaluated and the problems — an error, or no data for a query
+    /// that names none of the `exempt` families.
+    pub async fn check_dashboard(&self, exempt: &[&str]) -> (usize, Vec<String>) {
+        let mut problems = Vec::new();
+        let mut evaluated = 0;
+        for expr in dashboard_expressions() {
+            let query = grafana(&expr);
+            match self.query(&query).await {
+                Err(error) => problems.push(format!("{query}: {error}")),
+                Ok(series) if series.is_empty() => {
+                    if !exempt.iter().any(|family| query.contains(family)) {
+                        problems.push(format!("{query}: no data"));
+                    }
+                }
+                Ok(_) => {}
+            }
+            evaluated += 1;
+        }
+        (evaluated, problems)
+    }
+}
+
+/// A dashboard query with Grafana's variables filled in: every namespace and pod, a rate
+/// window of a few scrapes.
+pub fn grafana(expr: &str) -> String {
+    expr.replace("$namespace", ".*")
+        .replace("$pod", ".*")
+        .replace("$__rate_interval", "15s")
 }
