@@ -16,32 +16,17 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-CACHE=${HERMES_CACHE:-$HOME/.cache/hermes}
-NS=hermes-deployment
-RELEASE=hermes
-QUEUE=hermes-kube-node-deployment
 HOST=push.hermes.test
 PORT=${HERMES_INGRESS_PORT:-18443}
-# shellcheck source=scripts/lib.sh
-source "$ROOT/scripts/lib.sh"
 
 log() { printf '[ingress] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
-
-eval "$("$HERE/node.sh" env)"
-export KUBECONFIG
-kc() { "$HERMES_KUBECTL" -n "$NS" "$@"; }
-kc get deployment "$RELEASE-gateway" >/dev/null 2>&1 ||
-  die "no release in $NS: run scripts/kube/install-on-node.sh --mode deployment first"
-HELM=$("$HERE/helm.sh" build)
-# shellcheck disable=SC1091
-. "$CACHE/services.env"
+# shellcheck source=scripts/kube/on-release.sh
+source "$HERE/on-release.sh"
 command -v nginx >/dev/null || apt_install nginx || die "apt-get install nginx failed"
 [ -x /usr/bin/chromium ] || apt_install chromium || die "apt-get install chromium failed"
 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm_ci_if_stale "$ROOT/tests/browser"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
-(cd "$ROOT" && cargo build -p hermes-e2e --bin amqp-publish --locked --quiet) ||
-  die "cargo build of amqp-publish failed"
+build_e2e_bins amqp-publish
 port_open "$PORT" && die "127.0.0.1:$PORT is taken (HERMES_INGRESS_PORT)"
 
 work=$(mktemp -d -t hermes-ingress.XXXXXX)
@@ -131,12 +116,9 @@ port_open "$PORT" || die "nginx is not listening on 127.0.0.1:$PORT: $(cat "$wor
 log "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') on https://$HOST:$PORT (127.0.0.1)"
 
 # 4. Tokens (admin API of a Ready gateway), the browser test.
-admin_ip=$(kc get pods -l app.kubernetes.io/component=gateway -o json | jq -r '[.items[]
-  | select(.metadata.deletionTimestamp == null)
-  | select([.status.conditions[]? | select(.type == "Ready" and .status == "True")] | length > 0)
-  | .status.podIP][0] // empty')
+admin_ip=$(ready_gateway_ip)
 [ -n "$admin_ip" ] || die "no Ready gateway"
-admin_key=$(kc get secret "$RELEASE" -o jsonpath='{.data.HERMES_ADMIN_KEY}' | base64 -d)
+admin_key=$(release_admin_key)
 room=ingress-$RANDOM$RANDOM
 token() {
   curl -sf --max-time 10 -X POST "http://$admin_ip:8081/v1/tokens" -H "Authorization: Bearer $admin_key" \

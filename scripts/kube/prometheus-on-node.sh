@@ -18,28 +18,13 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-CACHE=${HERMES_CACHE:-$HOME/.cache/hermes}
-NS=hermes-deployment
-RELEASE=hermes
-QUEUE=hermes-kube-node-deployment
-# shellcheck source=scripts/lib.sh
-source "$ROOT/scripts/lib.sh"
 
 log() { printf '[prometheus] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
-
-eval "$("$HERE/node.sh" env)"
-export KUBECONFIG
-kc() { "$HERMES_KUBECTL" -n "$NS" "$@"; }
-kc get deployment "$RELEASE-gateway" >/dev/null 2>&1 ||
-  die "no release in $NS: run scripts/kube/install-on-node.sh --mode deployment first"
-HELM=$("$HERE/helm.sh" build)
+# shellcheck source=scripts/kube/on-release.sh
+source "$HERE/on-release.sh"
 PROMETHEUS_DIR=$("$ROOT/scripts/prometheus.sh" build)
-# shellcheck disable=SC1091
-. "$CACHE/services.env"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
-(cd "$ROOT" && cargo build -p hermes-e2e --bin prometheus-check --bin installed-faults \
-  --bin amqp-publish --locked --quiet) || die "cargo build of the checkers failed"
+build_e2e_bins prometheus-check installed-faults amqp-publish
 
 work=$(mktemp -d -t hermes-prometheus.XXXXXX)
 prom_pid=
@@ -124,9 +109,8 @@ refused=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H 'Connection: Up
   -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' \
   "http://$cluster_ip:8080/production?token=not-a-jwt")
 [ "$refused" = 401 ] || die "a connect with a bad token answered $refused, not 401"
-admin_ip=$(kc get pods -l app.kubernetes.io/component=gateway -o json | jq -r '[.items[]
-  | select(.metadata.deletionTimestamp == null) | .status.podIP][0] // empty')
-HERMES_ADMIN_KEY=$(kc get secret "$RELEASE" -o jsonpath='{.data.HERMES_ADMIN_KEY}' | base64 -d)
+admin_ip=$(ready_gateway_ip)
+HERMES_ADMIN_KEY=$(release_admin_key)
 export HERMES_ADMIN_KEY
 "$CARGO_TARGET_DIR/debug/installed-faults" --ws "ws://$cluster_ip:8080/production" \
   --admin "http://$admin_ip:8081" --queue "$QUEUE" --rate 20 --settle 3 --rust-clients 2 \

@@ -17,22 +17,13 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-CACHE=${HERMES_CACHE:-$HOME/.cache/hermes}
-NS=hermes-deployment
-RELEASE=hermes
-QUEUE=hermes-kube-node-deployment
 RATE=${HERMES_UPGRADE_RATE:-20}
 TIMEOUT=${HERMES_UPGRADE_TIMEOUT:-300}
 
 log() { printf '[upgrade] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
-
-eval "$("$HERE/node.sh" env)"
-export KUBECONFIG
-kc() { "$HERMES_KUBECTL" -n "$NS" "$@"; }
-kc get deployment "$RELEASE-gateway" >/dev/null 2>&1 ||
-  die "no release in $NS: run scripts/kube/install-on-node.sh --mode deployment first"
-HELM=$("$HERE/helm.sh" build)
+# shellcheck source=scripts/kube/on-release.sh
+source "$HERE/on-release.sh"
 
 # --roll NEW_TAG OLD_POD...: the disruption the checker makes (below): the upgrade, then
 # until every pod of the old version is gone (helm --wait returns once the new pods are
@@ -47,12 +38,8 @@ if [ "${1:-}" = --roll ]; then
     die "old pods still there after ${TIMEOUT}s"
   exit 0
 fi
-# the broker the release consumes from, as the host reaches it
-# shellcheck disable=SC1091
-. "$CACHE/services.env"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
-(cd "$ROOT" && cargo build -p hermes-e2e --bin installed-faults --locked --quiet) ||
-  die "cargo build of installed-faults failed"
+
+build_e2e_bins installed-faults
 
 # the new tag: the same image, tagged anew (a second run tags back)
 image=$(kc get deployment "$RELEASE-gateway" -o jsonpath='{.spec.template.spec.containers[?(@.name=="gateway")].image}')
@@ -73,12 +60,9 @@ log "image $image tagged $repo:$new_tag"
 # what users reach: the public Service; the admin API of one gateway (tokens, warm-up)
 cluster_ip=$(kc get service "$RELEASE" -o jsonpath='{.spec.clusterIP}')
 port=$(kc get service "$RELEASE" -o jsonpath='{.spec.ports[?(@.name=="http")].port}')
-admin_ip=$(kc get pods -l app.kubernetes.io/component=gateway -o json | jq -r '[.items[]
-  | select(.metadata.deletionTimestamp == null)
-  | select([.status.conditions[]? | select(.type == "Ready" and .status == "True")] | length > 0)
-  | .status.podIP][0] // empty')
+admin_ip=$(ready_gateway_ip)
 [ -n "$cluster_ip" ] && [ -n "$admin_ip" ] || die "no Service address or no Ready gateway"
-HERMES_ADMIN_KEY=$(kc get secret "$RELEASE" -o jsonpath='{.data.HERMES_ADMIN_KEY}' | base64 -d)
+HERMES_ADMIN_KEY=$(release_admin_key)
 export HERMES_ADMIN_KEY
 stage=$(kc get configmap "$RELEASE-gateway" -o jsonpath='{.data.HERMES_STAGE}' 2>/dev/null || true)
 
