@@ -263,6 +263,10 @@ impl KubeNamespace {
                 &chart.to_string_lossy(),
                 "--namespace",
                 &self.name,
+                // The chart has no default broker URL (none can work); these objects do
+                // not use it.
+                "--set",
+                "amqp.url=amqp://hermes:unused@rabbitmq:5672/%2f",
                 "--show-only",
                 "templates/serviceaccount.yaml",
                 "--show-only",
