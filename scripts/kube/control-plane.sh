@@ -230,6 +230,31 @@ gen_server_cert() { # gen_server_cert SANS: a new apiserver certificate from the
   echo "$1" > "$PKI/apiserver.sans"
 }
 
+# The aggregation layer's front proxy (node profile): a CA of its own (a client certificate
+# of the cluster CA must not be able to assert a user in headers) and the certificate
+# kube-apiserver presents to extension API servers such as prometheus-adapter, which read
+# the CA from the kube-system/extension-apiserver-authentication ConfigMap.
+gen_front_proxy_pki() {
+  [ -f "$PKI/front-proxy-client.crt" ] && return 0
+  log "generating the front proxy's certificates in $PKI"
+  (
+    cd "$PKI"
+    local ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+    openssl req -x509 "${ec[@]}" -keyout front-proxy-ca.key -out front-proxy-ca.crt -days 3650 \
+      -subj "/CN=hermes-front-proxy-ca" \
+      -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+    openssl req -new "${ec[@]}" -keyout front-proxy-client.key -out front-proxy-client.csr \
+      -subj "/CN=front-proxy-client" 2>/dev/null
+    printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+      "extendedKeyUsage=clientAuth" > front-proxy-client.ext
+    openssl x509 -req -in front-proxy-client.csr -CA front-proxy-ca.crt -CAkey front-proxy-ca.key \
+      -CAcreateserial -days 3650 -sha256 -extfile front-proxy-client.ext -out front-proxy-client.crt 2>/dev/null
+    rm -f front-proxy-client.csr front-proxy-client.ext
+    chmod 600 ./*.key
+  )
+}
+
 b64() { base64 -w0 < "$1"; }
 
 write_kubeconfig() { # write_kubeconfig FILE USER-YAML
@@ -308,9 +333,20 @@ cmd_start() {
 
   local profile_args=(--disable-admission-plugins ServiceAccount --endpoint-reconciler-type none)
   if [ "$PROFILE" = node ]; then
+    gen_front_proxy_pki
+    # the aggregation layer (APIServices such as custom.metrics.k8s.io): requests proxied
+    # with the front proxy's client certificate, straight to the endpoint addresses (an
+    # extension server on the host itself would otherwise be reached through its Service
+    # IP, routed into the node's namespace and DNATed back to the host)
     profile_args=(--endpoint-reconciler-type lease
       --kubelet-client-certificate "$PKI/admin.crt" --kubelet-client-key "$PKI/admin.key"
-      --kubelet-preferred-address-types InternalIP)
+      --kubelet-preferred-address-types InternalIP
+      --requestheader-client-ca-file "$PKI/front-proxy-ca.crt"
+      --requestheader-allowed-names front-proxy-client
+      --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group
+      --requestheader-extra-headers-prefix X-Remote-Extra-
+      --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key"
+      --enable-aggregator-routing=true)
   fi
   log "starting kube-apiserver $K8S_VERSION on https://$ADDR:$API_PORT (profile $PROFILE)"
   # shellcheck disable=SC2086

@@ -29,14 +29,7 @@ PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm_ci_if_stale "$ROOT/tests/browser"
 build_e2e_bins amqp-publish
 port_open "$PORT" && die "127.0.0.1:$PORT is taken (HERMES_INGRESS_PORT)"
 
-work=$(mktemp -d -t hermes-ingress.XXXXXX)
-nginx_pid=
-cleanup() {
-  [ -z "$nginx_pid" ] || kill "$nginx_pid" 2>/dev/null || true
-  [ -z "$nginx_pid" ] || wait "$nginx_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+work_dir ingress
 
 # 1. What the chart's Ingress asks for, from the release's own values.
 "$HELM" get values "$RELEASE" -n "$NS" -o yaml > "$work/values.yaml"
@@ -109,8 +102,7 @@ http {
 }
 CONF
 nginx -t -c "$work/nginx.conf" -p "$work" >/dev/null 2>&1 || { nginx -t -c "$work/nginx.conf" -p "$work" >&2; die "nginx -t refused the configuration"; }
-nginx -c "$work/nginx.conf" -p "$work" &
-nginx_pid=$!
+background nginx -c "$work/nginx.conf" -p "$work"
 for _ in $(seq 1 100); do port_open "$PORT" && break; sleep 0.1; done
 port_open "$PORT" || die "nginx is not listening on 127.0.0.1:$PORT: $(cat "$work/error.log" 2>/dev/null)"
 log "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') on https://$HOST:$PORT (127.0.0.1)"

@@ -8,8 +8,9 @@
 # (scripts/kube/upgrade-on-node.sh), wss:// through a TLS proxy configured from the
 # chart's Ingress with Chromium (scripts/kube/ingress-on-node.sh), Prometheus scraping the
 # pods through Kubernetes service discovery (scripts/kube/prometheus-on-node.sh), the
-# reaper and the PodDisruptionBudget at work (scripts/kube/disruption-on-node.sh), then
-# `node.sh down`. See docs/dev/node.md and docs/dev/image.md.
+# reaper and the PodDisruptionBudget at work (scripts/kube/disruption-on-node.sh), the
+# HPA scaling the gateways on open connections through prometheus-adapter
+# (scripts/kube/autoscale-on-node.sh), then `node.sh down`. See docs/dev/node.md and docs/dev/image.md.
 #
 # Usage: scripts/kube/node-test.sh
 # Environment: HERMES_NODE_KEEP=1 leaves the node and both releases running.
@@ -71,6 +72,7 @@ part "Prometheus with Kubernetes service discovery as the ServiceMonitor selects
   "$HERE/prometheus-on-node.sh"
 part "reaper: a killed and deleted gateway's rows reaped; PDB: a second eviction refused" \
   "$HERE/disruption-on-node.sh" all
+part "HPA on open connections per pod through prometheus-adapter: 2 -> 3 gateways" "$HERE/autoscale-on-node.sh"
 part "helm install + helm test, consumer.mode=sidecar" \
   env HERMES_IMAGE_TAG="$tag" "$HERE/install-on-node.sh" --mode sidecar --no-build
 [ "$failed" -eq 0 ]

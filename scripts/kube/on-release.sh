@@ -5,6 +5,11 @@
 #   build_e2e_bins BIN...   cargo build of those binaries of tests/ (debug)
 #   ready_gateway_ip        the pod IP of a Ready gateway (its admin API on 8081)
 #   release_admin_key       the admin key in the release's Secret
+#   work_dir NAME           a temporary directory in $work, removed on exit after the
+#                           exit hooks (on_exit COMMAND...: exit_rc holds the exit
+#                           status) and the processes started
+#                           with `background COMMAND...` (killed and waited for)
+#   until_true SECONDS WHAT COMMAND...   poll every 0.5 s; die naming WHAT at the deadline
 # shellcheck shell=bash
 NS=hermes-deployment
 RELEASE=hermes
@@ -40,4 +45,34 @@ ready_gateway_ip() {
 
 release_admin_key() {
   kc get secret "$RELEASE" -o jsonpath='{.data.HERMES_ADMIN_KEY}' | base64 -d
+}
+
+work=
+exit_hooks=()
+bg_pids=()
+work_dir() {
+  work=$(mktemp -d -t "hermes-$1.XXXXXX")
+  trap release_cleanup EXIT
+}
+on_exit() { exit_hooks+=("$*"); }
+background() {
+  "$@" &
+  bg_pids+=($!)
+}
+release_cleanup() {
+  exit_rc=$?
+  local hook pid
+  for hook in "${exit_hooks[@]}"; do eval "$hook" || true; done
+  for pid in "${bg_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${bg_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  [ -z "$work" ] || rm -rf "$work"
+}
+
+until_true() {
+  local secs=$1 what=$2 deadline=$((SECONDS + $1))
+  shift 2
+  until "$@"; do
+    [ "$SECONDS" -lt "$deadline" ] || die "$what: not within ${secs} s"
+    sleep 0.5
+  done
 }
