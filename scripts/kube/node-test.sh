@@ -30,19 +30,8 @@ if ! flock -n 9; then
   flock -w 1800 9 || { echo "node-test: still locked after 30 min"; exit 1; }
 fi
 
-passed=0 failed=0
-part() { # part NAME COMMAND...: run, time, count
-  local name=$1 t0=$SECONDS rc=0
-  shift
-  echo "--> $name"
-  "$@" || rc=$?
-  if [ "$rc" -eq 0 ]; then
-    passed=$((passed + 1)); echo "ok    $name ($((SECONDS - t0)) s)"
-  else
-    failed=$((failed + 1)); echo "FAIL  $name ($((SECONDS - t0)) s, exit $rc)"
-  fi
-  return "$rc"
-}
+# shellcheck source=scripts/kube/parts.sh
+source "$HERE/parts.sh"
 
 finish() {
   if [ "${HERMES_NODE_KEEP:-0}" != 1 ]; then

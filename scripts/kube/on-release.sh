@@ -1,33 +1,78 @@
-# Sourced by the scripts that work on the release scripts/kube/install-on-node.sh made in
-# consumer.mode deployment (upgrade-, ingress- and prometheus-on-node.sh); the sourcing
-# script defines log and die first. Gives NS, RELEASE, QUEUE, KUBECONFIG, kc, HELM, the
-# test services' environment, CARGO_TARGET_DIR, and:
+# Sourced by the scripts that work on an installed release in consumer.mode deployment
+# (upgrade-, ingress-, prometheus-, disruption- and autoscale-on-node.sh), which set HERE,
+# ROOT and LOG_TAG (the prefix of their log lines) first.
+#
+# The cluster (HERMES_KUBE_CLUSTER):
+#   node       (default) the local node of scripts/kube/node.sh and the release
+#              scripts/kube/install-on-node.sh --mode deployment made (namespace
+#              hermes-deployment); the test services of scripts/services; the machine
+#              reaches Service and pod IPs directly
+#   existing   any cluster: KUBECONFIG (required), HERMES_NAMESPACE (required),
+#              HERMES_RELEASE (default hermes), kubectl on PATH or HERMES_KUBECTL; the
+#              gateways are reached at HERMES_WS_URL (what browsers use: an ingress or load
+#              balancer), one gateway's admin API through `kubectl port-forward`, the
+#              release's broker at HERMES_TEST_AMQP_URL (docs/kubernetes.md, "The same
+#              checks on another cluster")
+#
+# Gives log MESSAGE, die MESSAGE, CLUSTER, NS, RELEASE, QUEUE (the release's amqp.queue), KUBECONFIG, kc, HELM, the
+# test services' environment (node), CARGO_TARGET_DIR, and:
 #   build_e2e_bins BIN...   cargo build of those binaries of tests/ (debug)
 #   ready_gateway_ip        the pod IP of a Ready gateway (its admin API on 8081)
-#   release_admin_key       the admin key in the release's Secret
+#   open_admin              sets admin: the URL of a Ready gateway's admin API (node: its
+#                           pod IP; existing: a port-forward, closed on exit)
+#   gateway_ws_url          the URL clients connect to (node: the Service's ClusterIP;
+#                           existing: HERMES_WS_URL)
+#   release_admin_key       the admin key (HERMES_ADMIN_KEY, else the release's Secret)
+#   node_only WHAT          die unless CLUSTER is node, naming WHAT
 #   work_dir NAME           a temporary directory in $work, removed on exit after the
 #                           exit hooks (on_exit COMMAND...: exit_rc holds the exit
 #                           status) and the processes started
 #                           with `background COMMAND...` (killed and waited for)
 #   until_true SECONDS WHAT COMMAND...   poll every 0.5 s; die naming WHAT at the deadline
 # shellcheck shell=bash
-NS=hermes-deployment
-RELEASE=hermes
-QUEUE=hermes-kube-node-deployment
+log() { printf '[%s] %s\n' "$LOG_TAG" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
 CACHE=${HERMES_CACHE:-$HOME/.cache/hermes}
+CLUSTER=${HERMES_KUBE_CLUSTER:-node}
 # shellcheck source=scripts/lib.sh
 source "$ROOT/scripts/lib.sh"
 
-eval "$("$HERE/node.sh" env)"
+case $CLUSTER in
+  node)
+    NS=hermes-deployment
+    RELEASE=hermes
+    eval "$("$HERE/node.sh" env)"
+    # the broker the release consumes from, as the host reaches it
+    # shellcheck disable=SC1091
+    . "$CACHE/services.env"
+    ;;
+  existing)
+    [ -n "${KUBECONFIG:-}" ] || die "HERMES_KUBE_CLUSTER=existing: set KUBECONFIG to the cluster's kubeconfig"
+    NS=${HERMES_NAMESPACE:-}
+    [ -n "$NS" ] || die "HERMES_KUBE_CLUSTER=existing: set HERMES_NAMESPACE to the release's namespace"
+    RELEASE=${HERMES_RELEASE:-hermes}
+    HERMES_KUBECTL=${HERMES_KUBECTL:-$(command -v kubectl || true)}
+    [ -n "$HERMES_KUBECTL" ] || HERMES_KUBECTL=$("$HERE/control-plane.sh" build >/dev/null && "$HERE/control-plane.sh" paths | awk '$1 == "kubectl:" { print $2 }')
+    [ -x "$HERMES_KUBECTL" ] || die "no kubectl: put one on PATH or set HERMES_KUBECTL"
+    [ -n "${HERMES_TEST_AMQP_URL:-}" ] || die "HERMES_KUBE_CLUSTER=existing: set HERMES_TEST_AMQP_URL to the release's broker as this machine reaches it"
+    export HERMES_TEST_AMQP_URL
+    ;;
+  *) die "HERMES_KUBE_CLUSTER must be node or existing, not $CLUSTER" ;;
+esac
 export KUBECONFIG
 kc() { "$HERMES_KUBECTL" -n "$NS" "$@"; }
-kc get deployment "$RELEASE-gateway" >/dev/null 2>&1 ||
-  die "no release in $NS: run scripts/kube/install-on-node.sh --mode deployment first"
+kc get deployment "$RELEASE-gateway" >/dev/null 2>&1 || {
+  [ "$CLUSTER" = existing ] || die "no release in $NS: run scripts/kube/install-on-node.sh --mode deployment first"
+  die "no Deployment $RELEASE-gateway in namespace $NS (HERMES_NAMESPACE, HERMES_RELEASE)"
+}
 HELM=$("$HERE/helm.sh" build)
-# the broker the release consumes from, as the host reaches it
-# shellcheck disable=SC1091
-. "$CACHE/services.env"
+QUEUE=$("$HELM" get values "$RELEASE" -n "$NS" --all -o json | jq -r '.amqp.queue // empty')
+[ -n "$QUEUE" ] || die "release $RELEASE in $NS has no amqp.queue"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
+
+node_only() {
+  [ "$CLUSTER" = node ] || die "$1 needs the local node (HERMES_KUBE_CLUSTER=node)"
+}
 
 build_e2e_bins() {
   local args=() bin
@@ -44,7 +89,42 @@ ready_gateway_ip() {
 }
 
 release_admin_key() {
+  if [ -n "${HERMES_ADMIN_KEY:-}" ]; then printf '%s' "$HERMES_ADMIN_KEY"; return; fi
   kc get secret "$RELEASE" -o jsonpath='{.data.HERMES_ADMIN_KEY}' | base64 -d
+}
+
+open_admin() {
+  local ip pod port
+  if [ "$CLUSTER" = node ]; then
+    ip=$(ready_gateway_ip)
+    [ -n "$ip" ] || die "no Ready gateway"
+    admin=http://$ip:8081
+    return
+  fi
+  pod=$(kc get pods -l app.kubernetes.io/component=gateway -o json | jq -r '[.items[]
+    | select(.metadata.deletionTimestamp == null)
+    | select([.status.conditions[]? | select(.type == "Ready" and .status == "True")] | length > 0)
+    | .metadata.name][0] // empty')
+  [ -n "$pod" ] || die "no Ready gateway"
+  port=18081
+  while port_open "$port"; do port=$((port + 1)); done
+  background "$HERMES_KUBECTL" -n "$NS" port-forward "pod/$pod" "$port:8081" >/dev/null 2>&1
+  until_true 30 "kubectl port-forward pod/$pod $port:8081" port_open "$port"
+  admin=http://127.0.0.1:$port
+}
+
+gateway_ws_url() {
+  if [ "$CLUSTER" = existing ]; then
+    [ -n "${HERMES_WS_URL:-}" ] || die "HERMES_KUBE_CLUSTER=existing: set HERMES_WS_URL to the gateways' public URL (ws:// or wss://, with the stage path)"
+    printf '%s' "$HERMES_WS_URL"
+    return
+  fi
+  local ip port stage
+  ip=$(kc get service "$RELEASE" -o jsonpath='{.spec.clusterIP}')
+  port=$(kc get service "$RELEASE" -o jsonpath='{.spec.ports[?(@.name=="http")].port}')
+  stage=$(kc get configmap "$RELEASE-gateway" -o jsonpath='{.data.HERMES_STAGE}' 2>/dev/null || true)
+  [ -n "$ip" ] && [ -n "$port" ] || die "Service $RELEASE has no ClusterIP or http port"
+  printf 'ws://%s:%s/%s' "$ip" "$port" "${stage:-production}"
 }
 
 work=

@@ -14,37 +14,38 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 
-log() { printf '[prometheus] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_TAG=prometheus
 # shellcheck source=scripts/kube/on-release.sh
 source "$HERE/on-release.sh"
 build_e2e_bins prometheus-check installed-faults amqp-publish
 
 work_dir prometheus
 # 1-3. the ServiceMonitor and PrometheusRule as the chart renders them, Prometheus on the
-#      host configured from them, every gateway and consumer pod scraped (sets url, rules)
+#      host configured from them, every gateway and consumer pod scraped (sets url, rules);
+#      on another cluster its own Prometheus (HERMES_PROMETHEUS_URL)
 # shellcheck source=scripts/kube/release-prometheus.sh
 source "$HERE/release-prometheus.sh"
-start_release_prometheus
+if [ "$CLUSTER" = node ]; then start_release_prometheus; else use_existing_prometheus; fi
 
 # 4. Traffic that gives the labelled families their series.
-cluster_ip=$(kc get service "$RELEASE" -o jsonpath='{.spec.clusterIP}')
+ws_url=$(gateway_ws_url)
+http_url=http${ws_url#ws}
 refused=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H 'Connection: Upgrade' -H 'Upgrade: websocket' \
   -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' \
-  "http://$cluster_ip:8080/production?token=not-a-jwt")
+  "$http_url?token=not-a-jwt")
 [ "$refused" = 401 ] || die "a connect with a bad token answered $refused, not 401"
-admin_ip=$(ready_gateway_ip)
+open_admin
 HERMES_ADMIN_KEY=$(release_admin_key)
 export HERMES_ADMIN_KEY
-"$CARGO_TARGET_DIR/debug/installed-faults" --ws "ws://$cluster_ip:8080/production" \
-  --admin "http://$admin_ip:8081" --queue "$QUEUE" --rate 20 --settle 3 --rust-clients 2 \
+"$CARGO_TARGET_DIR/debug/installed-faults" --ws "$ws_url" \
+  --admin "$admin" --queue "$QUEUE" --rate 20 --settle 3 --rust-clients 2 \
   --node-clients 1 --name "nothing (traffic for the scrape)" -- true >/dev/null ||
   die "the traffic (installed-faults) failed"
 "$CARGO_TARGET_DIR/debug/amqp-publish" --not-json "$QUEUE" 'not json'
 # a client frame: {"action":"ping"} from a socket (Node's WebSocket), answered, then closed
-token=$(curl -sf --max-time 10 -X POST "http://$admin_ip:8081/v1/tokens" -H "Authorization: Bearer $HERMES_ADMIN_KEY" \
+token=$(curl -sf --max-time 10 -X POST "$admin/v1/tokens" -H "Authorization: Bearer $HERMES_ADMIN_KEY" \
   -H 'Content-Type: application/json' -d '{"user_id":"prometheus-ping","room_id":"prometheus"}' | jq -r .token)
-HERMES_WS="ws://$cluster_ip:8080/production" HERMES_TOKEN=$token timeout 20 node --experimental-websocket --no-warnings -e '
+HERMES_WS="$ws_url" HERMES_TOKEN=$token timeout 20 node --experimental-websocket --no-warnings -e '
   const ws = new WebSocket(process.env.HERMES_WS, ["hermes.v1", "bearer." + process.env.HERMES_TOKEN]);
   ws.onopen = () => ws.send(JSON.stringify({ action: "ping" }));
   ws.onmessage = (e) => { if (JSON.parse(e.data).event === "pong") { ws.close(1000); } };

@@ -11,20 +11,24 @@
 #   start_release_prometheus   start it, wait until every gateway and consumer pod is
 #                              scraped; sets url (http://127.0.0.1:PORT) and rules (the
 #                              number of alert rules)
+#   use_existing_prometheus    HERMES_KUBE_CLUSTER=existing: the cluster's Prometheus at
+#                              HERMES_PROMETHEUS_URL (the release has
+#                              metrics.serviceMonitor and metrics.prometheusRule on);
+#                              sets url and rules
 #   query PROMQL               the number of series an instant query returns
 # shellcheck shell=bash
 
 query() { curl -sf --max-time 5 "$url/api/v1/query" --data-urlencode "query=$1" | jq -r '.data.result | length'; }
 
-start_release_prometheus() {
-  local prometheus_dir port want
-  prometheus_dir=$("$ROOT/scripts/prometheus.sh" build)
-  # 1. The ServiceMonitor and the PrometheusRule as the chart renders them for this release
-  #    (kubectl turns them into JSON: the stub CRDs of the dry run make the kinds known).
-  "$HERMES_KUBECTL" apply --server-side --field-manager=hermes-ci -f "$HERE/crds/servicemonitor-stub.yaml" \
-    -f "$HERE/crds/prometheusrule-stub.yaml" >/dev/null
-  "$HERMES_KUBECTL" wait --for=condition=Established --timeout=60s crd/servicemonitors.monitoring.coreos.com \
-    crd/prometheusrules.monitoring.coreos.com >/dev/null
+render_monitoring() { # the ServiceMonitor and the PrometheusRule as JSON in $work
+  # kubectl turns them into JSON; it must know the kinds: on the node the stub CRDs of the
+  # dry run make them known, another cluster has the Prometheus Operator's own
+  if [ "$CLUSTER" = node ]; then
+    "$HERMES_KUBECTL" apply --server-side --field-manager=hermes-ci -f "$HERE/crds/servicemonitor-stub.yaml" \
+      -f "$HERE/crds/prometheusrule-stub.yaml" >/dev/null
+    "$HERMES_KUBECTL" wait --for=condition=Established --timeout=60s crd/servicemonitors.monitoring.coreos.com \
+      crd/prometheusrules.monitoring.coreos.com >/dev/null
+  fi
   "$HELM" get values "$RELEASE" -n "$NS" -o yaml > "$work/values.yaml"
   render() { # render TEMPLATE: the object as JSON
     "$HELM" template "$RELEASE" "$ROOT/charts/hermes" -n "$NS" -f "$work/values.yaml" \
@@ -34,6 +38,26 @@ start_release_prometheus() {
   }
   render servicemonitor.yaml > "$work/servicemonitor.json"
   render prometheusrule.yaml > "$work/prometheusrule.json"
+  jq '{groups: .spec.groups}' "$work/prometheusrule.json" > "$work/rules.json"
+  rules=$(jq '[.groups[].rules[] | select(.alert)] | length' "$work/rules.json")
+}
+
+use_existing_prometheus() {
+  url=${HERMES_PROMETHEUS_URL:-}
+  [ -n "$url" ] || die "set HERMES_PROMETHEUS_URL to the cluster's Prometheus (it scrapes the release through the chart's ServiceMonitor)"
+  render_monitoring
+  curl -sf --max-time 5 "$url/-/ready" >/dev/null || die "Prometheus at $url is not ready"
+  local up
+  up=$(query 'up{namespace="'"$NS"'"} == 1' 2>/dev/null || echo 0)
+  [ "$up" -gt 0 ] || die "Prometheus at $url scrapes no target of namespace $NS (metrics.serviceMonitor.enabled?)"
+  log "Prometheus $url: $up targets up in $NS"
+}
+
+start_release_prometheus() {
+  local prometheus_dir port want
+  prometheus_dir=$("$ROOT/scripts/prometheus.sh" build)
+  # 1. The ServiceMonitor and the PrometheusRule as the chart renders them for this release.
+  render_monitoring
 
   # 2. Prometheus's configuration: what the Operator generates from that ServiceMonitor.
   jq --arg kubeconfig "$KUBECONFIG" --arg rules "$work/rules.json" '
@@ -59,8 +83,6 @@ start_release_prometheus() {
                {source_labels: ["__meta_kubernetes_service_label_\($sm.spec.jobLabel | sanitize)"],
                 regex: "(.+)", target_label: "job", replacement: "$1"} ])
        } ] }' "$work/servicemonitor.json" > "$work/prometheus.json"
-  jq '{groups: .spec.groups}' "$work/prometheusrule.json" > "$work/rules.json"
-  rules=$(jq '[.groups[].rules[] | select(.alert)] | length' "$work/rules.json")
   "$prometheus_dir/promtool" check config "$work/prometheus.json" >/dev/null ||
     die "promtool refused the configuration: $("$prometheus_dir/promtool" check config "$work/prometheus.json" 2>&1)"
 

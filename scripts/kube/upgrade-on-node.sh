@@ -10,9 +10,13 @@
 # duplicated, repeats) and fails unless nothing was lost or duplicated and every
 # pod runs the new tag. See docs/dev/node.md.
 #
+# On another cluster (HERMES_KUBE_CLUSTER=existing, scripts/kube/on-release.sh) the new
+# tag is HERMES_UPGRADE_TAG: the same repository, a tag the nodes can pull.
+#
 # Usage: scripts/kube/upgrade-on-node.sh
 # Environment: HERMES_UPGRADE_RATE (notifications/s, default 20),
-#              HERMES_UPGRADE_TIMEOUT (helm --wait, seconds, default 300)
+#              HERMES_UPGRADE_TIMEOUT (helm --wait, seconds, default 300),
+#              HERMES_UPGRADE_TAG (existing clusters: the tag to roll to)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,8 +24,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 RATE=${HERMES_UPGRADE_RATE:-20}
 TIMEOUT=${HERMES_UPGRADE_TIMEOUT:-300}
 
-log() { printf '[upgrade] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_TAG=upgrade
 # shellcheck source=scripts/kube/on-release.sh
 source "$HERE/on-release.sh"
 
@@ -44,7 +47,6 @@ build_e2e_bins installed-faults
 # the new tag: the same image, tagged anew (a second run tags back)
 image=$(kc get deployment "$RELEASE-gateway" -o jsonpath='{.spec.template.spec.containers[?(@.name=="gateway")].image}')
 repo=${image%:*} tag=${image##*:}
-case $tag in *-upgraded) new_tag=${tag%-upgraded} ;; *) new_tag=$tag-upgraded ;; esac
 # containerd stores references fully qualified, as the kubelet asks for them
 qualified() {
   case $1 in
@@ -52,19 +54,28 @@ qualified() {
     *) printf 'docker.io/library/%s' "$1" ;;
   esac
 }
-"$HERE/node.sh" ctr images tag --force "$(qualified "$image")" "$(qualified "$repo:$new_tag")" >/dev/null ||
-  die "ctr images tag $(qualified "$image") $(qualified "$repo:$new_tag") failed"
-"$HERE/node.sh" ctr images label "$(qualified "$repo:$new_tag")" io.cri-containerd.pinned=pinned >/dev/null
-log "image $image tagged $repo:$new_tag"
+retag() { # the node's containerd: the running image under $new_tag, pinned
+  "$HERE/node.sh" ctr images tag --force "$(qualified "$image")" "$(qualified "$repo:$new_tag")" >/dev/null ||
+    die "ctr images tag $(qualified "$image") $(qualified "$repo:$new_tag") failed"
+  "$HERE/node.sh" ctr images label "$(qualified "$repo:$new_tag")" io.cri-containerd.pinned=pinned >/dev/null
+  log "image $image tagged $repo:$new_tag"
+}
+if [ "$CLUSTER" = node ]; then
+  case $tag in *-upgraded) new_tag=${tag%-upgraded} ;; *) new_tag=$tag-upgraded ;; esac
+  retag
+else
+  new_tag=${HERMES_UPGRADE_TAG:-}
+  [ -n "$new_tag" ] && [ "$new_tag" != "$tag" ] ||
+    die "set HERMES_UPGRADE_TAG to a tag of $repo the nodes can pull, other than the running $tag"
+fi
 
-# what users reach: the public Service; the admin API of one gateway (tokens, warm-up)
-cluster_ip=$(kc get service "$RELEASE" -o jsonpath='{.spec.clusterIP}')
-port=$(kc get service "$RELEASE" -o jsonpath='{.spec.ports[?(@.name=="http")].port}')
-admin_ip=$(ready_gateway_ip)
-[ -n "$cluster_ip" ] && [ -n "$admin_ip" ] || die "no Service address or no Ready gateway"
+# what users reach: the public Service (existing: HERMES_WS_URL); the admin API of one
+# gateway (tokens, warm-up)
+work_dir upgrade
+ws_url=$(gateway_ws_url)
+open_admin
 HERMES_ADMIN_KEY=$(release_admin_key)
 export HERMES_ADMIN_KEY
-stage=$(kc get configmap "$RELEASE-gateway" -o jsonpath='{.data.HERMES_STAGE}' 2>/dev/null || true)
 
 # the pods the upgrade replaces (the schema Job's and helm test's are not among them)
 old_pods=$(kc get pods -o json | jq -r '.items[] | select(.metadata.annotations["helm.sh/hook"] == null)
@@ -74,7 +85,7 @@ old_pods=$(kc get pods -o json | jq -r '.items[] | select(.metadata.annotations[
 t0=$SECONDS
 rc=0
 "$CARGO_TARGET_DIR/debug/installed-faults" \
-  --ws "ws://$cluster_ip:$port/${stage:-production}" --admin "http://$admin_ip:8081" \
+  --ws "$ws_url" --admin "$admin" \
   --queue "$QUEUE" --rate "$RATE" --settle 4 --rust-clients 6 --node-clients 2 \
   --name "helm upgrade to $new_tag (rolling)" -- "$0" --roll "$new_tag" $old_pods || rc=$?
 log "checker and upgrade took $((SECONDS - t0)) s"

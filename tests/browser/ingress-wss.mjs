@@ -4,11 +4,13 @@
 // the original snippet (`?token=`) and with hermes.js (the subprotocol token), and each
 // receives a notification published to the release's RabbitMQ queue.
 //
-// Environment (all required):
+// Environment (required unless marked optional):
 //   HERMES_WSS_URL     wss://HOST:PORT/STAGE of the proxy
-//   HERMES_RESOLVE     Chromium --host-resolver-rules (HOST to the proxy's address)
-//   HERMES_SPKI        base64 SHA-256 of the proxy certificate's public key: the one
-//                      certificate Chromium trusts besides its own roots
+//   HERMES_RESOLVE     optional: Chromium --host-resolver-rules (HOST to the proxy's
+//                      address); without it HOST is resolved as usual
+//   HERMES_SPKI        optional: base64 SHA-256 of the proxy certificate's public key, the
+//                      one certificate Chromium trusts besides its own roots; without it
+//                      the ingress's certificate must chain to those roots
 //   HERMES_TOKEN_ORIGINAL, HERMES_TOKEN_CLIENT  connect tokens of two users of HERMES_ROOM
 //   HERMES_ROOM        the room
 //   HERMES_PUBLISH     a command that publishes its one argument (a JSON body) to RabbitMQ
@@ -43,10 +45,10 @@ const CLIENT_PAGE = `<!doctype html><meta charset="utf-8"><title>hermes.js throu
 let browser;
 let fixtures;
 before(async () => {
-  browser = await launchBrowser([
-    `--host-resolver-rules=${need('HERMES_RESOLVE')}`,
-    `--ignore-certificate-errors-spki-list=${need('HERMES_SPKI')}`,
-  ]);
+  const args = [];
+  if (process.env.HERMES_RESOLVE) args.push(`--host-resolver-rules=${process.env.HERMES_RESOLVE}`);
+  if (process.env.HERMES_SPKI) args.push(`--ignore-certificate-errors-spki-list=${process.env.HERMES_SPKI}`);
+  browser = await launchBrowser(args);
   const hermesJs = await readFile(path.resolve(here, '..', '..', 'clients', 'js', 'hermes.js'));
   fixtures = await serveFixtures({ 'hermes.js': hermesJs, 'client.html': CLIENT_PAGE });
 });
