@@ -25,11 +25,10 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export HERMES_KUBE_CLUSTER=existing
 # shellcheck source=scripts/kube/parts.sh
 source "$HERE/parts.sh"
-trap 'echo "cluster: $passed passed, $failed failed, $skipped skipped"' EXIT
-
 for var in KUBECONFIG HERMES_NAMESPACE HERMES_WS_URL HERMES_TEST_AMQP_URL; do
   [ -n "${!var:-}" ] || { echo "cluster-test: set $var (see the header of $0)" >&2; exit 2; }
 done
+trap 'echo "cluster: $passed passed, $failed failed, $skipped skipped"' EXIT
 HELM=$("$HERE/helm.sh" build)
 release=${HERMES_RELEASE:-hermes}
 

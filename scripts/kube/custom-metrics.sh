@@ -49,6 +49,9 @@ serve_custom_metrics() {
   on_exit '[ "$exit_rc" = 0 ] || tail -n 20 "$work/adapter.log" | sed "s/^/    adapter: /" >&2'
   on_exit '"$HERMES_KUBECTL" delete apiservice "$APISERVICE" --ignore-not-found >/dev/null'
   on_exit '"$HERMES_KUBECTL" delete namespace "$ADAPTER_NS" --ignore-not-found --wait=false >/dev/null'
+  # a namespace an earlier run deleted may still be terminating
+  "$HERMES_KUBECTL" wait --for=delete "namespace/$ADAPTER_NS" --timeout=120s >/dev/null 2>&1 ||
+    die "namespace $ADAPTER_NS still terminating after 120 s"
   "$HERMES_KUBECTL" apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Namespace

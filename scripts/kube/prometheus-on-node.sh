@@ -32,7 +32,7 @@ ws_url=$(gateway_ws_url)
 http_url=http${ws_url#ws}
 refused=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H 'Connection: Upgrade' -H 'Upgrade: websocket' \
   -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' \
-  "$http_url?token=not-a-jwt")
+  "$http_url?token=not-a-jwt") || die "a connect with a bad token to $http_url failed (curl exit $?)"
 [ "$refused" = 401 ] || die "a connect with a bad token answered $refused, not 401"
 open_admin
 HERMES_ADMIN_KEY=$(release_admin_key)
