@@ -42,9 +42,8 @@ async fn main() {
     }
     let firing: Vec<&str> = loaded
         .iter()
-        .filter(|(_, r)| r.state != "inactive")
-        .map(|(n, r)| if r.state == "firing" { n.as_str() } else { "" })
-        .filter(|n| !n.is_empty())
+        .filter(|(_, r)| r.state == "firing")
+        .map(|(n, _)| n.as_str())
         .collect();
     println!(
         "prometheus-check: {} alert rules loaded and evaluated; firing: {}",
