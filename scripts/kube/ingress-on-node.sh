@@ -35,43 +35,43 @@ work_dir ingress
 browser_env=()
 
 proxy() { # steps 1-3: the TLS front, as an ingress controller makes it; sets wss_url
-port_open "$PORT" && die "127.0.0.1:$PORT is taken (HERMES_INGRESS_PORT)"
+  port_open "$PORT" && die "127.0.0.1:$PORT is taken (HERMES_INGRESS_PORT)"
 
-# 1. What the chart's Ingress asks for, from the release's own values.
-"$HELM" get values "$RELEASE" -n "$NS" -o yaml > "$work/values.yaml"
-"$HELM" template "$RELEASE" "$ROOT/charts/hermes" -n "$NS" -f "$work/values.yaml" \
-  --set ingress.enabled=true --set "ingress.hosts={$HOST}" \
-  --set ingress.tls[0].secretName=hermes-tls --set "ingress.tls[0].hosts={$HOST}" \
-  --show-only templates/ingress.yaml |
-  "$HERMES_KUBECTL" create --dry-run=client -o json -f - > "$work/ingress.json"
-jqi() { jq -r "$1" "$work/ingress.json"; }
-path=$(jqi '.spec.rules[0].http.paths[0].path')
-path_type=$(jqi '.spec.rules[0].http.paths[0].pathType')
-service=$(jqi '.spec.rules[0].http.paths[0].backend.service.name')
-port_name=$(jqi '.spec.rules[0].http.paths[0].backend.service.port.name')
-annotation() { jqi ".metadata.annotations[\"nginx.ingress.kubernetes.io/$1\"] // \"$2\""; }
-read_timeout=$(annotation proxy-read-timeout 60)
-send_timeout=$(annotation proxy-send-timeout 60)
-http_version=$(annotation proxy-http-version 1.1)
-buffering=$(annotation proxy-buffering on)
-[ "$(jqi '.spec.tls[0].hosts[0]')" = "$HOST" ] || die "the Ingress has no TLS for $HOST"
-case $path_type in Exact) location="= $path" ;; Prefix | ImplementationSpecific) location=$path ;;
-  *) die "path type $path_type" ;; esac
-cluster_ip=$(kc get service "$service" -o jsonpath='{.spec.clusterIP}')
-service_port=$(kc get service "$service" -o jsonpath="{.spec.ports[?(@.name==\"$port_name\")].port}")
-[ -n "$cluster_ip" ] && [ -n "$service_port" ] || die "Service $service has no $port_name port"
-log "the Ingress asks for: $path_type $path -> $service:$port_name ($cluster_ip:$service_port), read/send timeouts ${read_timeout}/${send_timeout} s, HTTP/$http_version, buffering $buffering"
+  # 1. What the chart's Ingress asks for, from the release's own values.
+  "$HELM" get values "$RELEASE" -n "$NS" -o yaml > "$work/values.yaml"
+  "$HELM" template "$RELEASE" "$ROOT/charts/hermes" -n "$NS" -f "$work/values.yaml" \
+    --set ingress.enabled=true --set "ingress.hosts={$HOST}" \
+    --set ingress.tls[0].secretName=hermes-tls --set "ingress.tls[0].hosts={$HOST}" \
+    --show-only templates/ingress.yaml |
+    "$HERMES_KUBECTL" create --dry-run=client -o json -f - > "$work/ingress.json"
+  jqi() { jq -r "$1" "$work/ingress.json"; }
+  path=$(jqi '.spec.rules[0].http.paths[0].path')
+  path_type=$(jqi '.spec.rules[0].http.paths[0].pathType')
+  service=$(jqi '.spec.rules[0].http.paths[0].backend.service.name')
+  port_name=$(jqi '.spec.rules[0].http.paths[0].backend.service.port.name')
+  annotation() { jqi ".metadata.annotations[\"nginx.ingress.kubernetes.io/$1\"] // \"$2\""; }
+  read_timeout=$(annotation proxy-read-timeout 60)
+  send_timeout=$(annotation proxy-send-timeout 60)
+  http_version=$(annotation proxy-http-version 1.1)
+  buffering=$(annotation proxy-buffering on)
+  [ "$(jqi '.spec.tls[0].hosts[0]')" = "$HOST" ] || die "the Ingress has no TLS for $HOST"
+  case $path_type in Exact) location="= $path" ;; Prefix | ImplementationSpecific) location=$path ;;
+    *) die "path type $path_type" ;; esac
+  cluster_ip=$(kc get service "$service" -o jsonpath='{.spec.clusterIP}')
+  service_port=$(kc get service "$service" -o jsonpath="{.spec.ports[?(@.name==\"$port_name\")].port}")
+  [ -n "$cluster_ip" ] && [ -n "$service_port" ] || die "Service $service has no $port_name port"
+  log "the Ingress asks for: $path_type $path -> $service:$port_name ($cluster_ip:$service_port), read/send timeouts ${read_timeout}/${send_timeout} s, HTTP/$http_version, buffering $buffering"
 
-# 2. The certificate, made here.
-openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=$HOST" \
-  -addext "subjectAltName=DNS:$HOST" -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null ||
-  die "openssl could not make the certificate"
-spki=$(openssl x509 -pubkey -noout -in "$work/tls.crt" | openssl pkey -pubin -outform der |
-  openssl dgst -sha256 -binary | base64)
+  # 2. The certificate, made here.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=$HOST" \
+    -addext "subjectAltName=DNS:$HOST" -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null ||
+    die "openssl could not make the certificate"
+  spki=$(openssl x509 -pubkey -noout -in "$work/tls.crt" | openssl pkey -pubin -outform der |
+    openssl dgst -sha256 -binary | base64)
 
-# 3. nginx, as ingress-nginx would configure it for that Ingress.
-mkdir -p "$work/tmp"
-cat > "$work/nginx.conf" <<CONF
+  # 3. nginx, as ingress-nginx would configure it for that Ingress.
+  mkdir -p "$work/tmp"
+  cat > "$work/nginx.conf" <<CONF
 daemon off;
 worker_processes 1;
 pid $work/nginx.pid;
@@ -107,13 +107,13 @@ http {
   }
 }
 CONF
-nginx -t -c "$work/nginx.conf" -p "$work" >/dev/null 2>&1 || { nginx -t -c "$work/nginx.conf" -p "$work" >&2; die "nginx -t refused the configuration"; }
-background nginx -c "$work/nginx.conf" -p "$work"
-for _ in $(seq 1 100); do port_open "$PORT" && break; sleep 0.1; done
-port_open "$PORT" || die "nginx is not listening on 127.0.0.1:$PORT: $(cat "$work/error.log" 2>/dev/null)"
-log "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') on https://$HOST:$PORT (127.0.0.1)"
-wss_url=wss://$HOST:$PORT$path
-browser_env=(HERMES_RESOLVE="MAP $HOST 127.0.0.1" HERMES_SPKI="$spki")
+  nginx -t -c "$work/nginx.conf" -p "$work" >/dev/null 2>&1 || { nginx -t -c "$work/nginx.conf" -p "$work" >&2; die "nginx -t refused the configuration"; }
+  background nginx -c "$work/nginx.conf" -p "$work"
+  for _ in $(seq 1 100); do port_open "$PORT" && break; sleep 0.1; done
+  port_open "$PORT" || die "nginx is not listening on 127.0.0.1:$PORT: $(cat "$work/error.log" 2>/dev/null)"
+  log "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') on https://$HOST:$PORT (127.0.0.1)"
+  wss_url=wss://$HOST:$PORT$path
+  browser_env=(HERMES_RESOLVE="MAP $HOST 127.0.0.1" HERMES_SPKI="$spki")
 }
 if [ "$CLUSTER" = node ]; then
   proxy

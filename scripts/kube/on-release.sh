@@ -14,8 +14,8 @@
 #              release's broker at HERMES_TEST_AMQP_URL (docs/kubernetes.md, "The same
 #              checks on another cluster")
 #
-# Gives log MESSAGE, die MESSAGE, CLUSTER, NS, RELEASE, QUEUE (the release's amqp.queue), KUBECONFIG, kc, HELM, the
-# test services' environment (node), CARGO_TARGET_DIR, and:
+# Gives log MESSAGE, die MESSAGE, CLUSTER, NS, RELEASE, QUEUE (the release's amqp.queue),
+# KUBECONFIG, kc, HELM, the test services' environment (node), CARGO_TARGET_DIR, and:
 #   build_e2e_bins BIN...   cargo build of those binaries of tests/ (debug)
 #   ready_gateway_ip        the pod IP of a Ready gateway (its admin API on 8081)
 #   open_admin              sets admin: the URL of a Ready gateway's admin API (node: its
