@@ -7,7 +7,7 @@ use clap::Parser;
 
 use crate::servers::{self, Kind};
 use crate::{
-    amqp_cost, floor, holder, p3, p5, p7, queue_floor, report, scenarios, smoke, ws_floor,
+    amqp_cost, floor, holder, p3, p5, p7, p8, queue_floor, report, scenarios, smoke, ws_floor,
 };
 
 #[derive(Parser)]
@@ -56,6 +56,31 @@ pub enum Cli {
         /// Seconds between the connects and the storm.
         #[arg(long, default_value_t = 3)]
         settle_seconds: u64,
+    },
+    /// P8: what idle sockets cost the registry database: the CQL server's own count of the
+    /// writes to the run's keyspace over a window, per socket and hour (Hermes only).
+    P8 {
+        #[command(flatten)]
+        common: Common,
+        /// Idle sockets (≤ 19,000: 20,000 open files per process).
+        #[arg(long, default_value_t = 19_000)]
+        sockets: usize,
+        /// Seconds between the last connect and the first count.
+        #[arg(long, default_value_t = 60)]
+        settle_seconds: u64,
+        /// Seconds whose writes are counted.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// HERMES_REGISTRY_TTL_SECONDS of the gateway: the default configuration's.
+        #[arg(long, default_value_t = 30)]
+        registry_ttl_seconds: u64,
+        /// CQL contact points of the registry.
+        #[arg(
+            long,
+            env = "HERMES_TEST_SCYLLA_NODES",
+            default_value = "127.0.0.1:9042"
+        )]
+        scylla_nodes: String,
     },
     /// P7: N server processes of 19,000 sockets each in one room; fan-out with all of them
     /// against one (Hermes: gateways on a shared ScyllaDB registry; Centrifugo: Redis engine).
@@ -537,6 +562,26 @@ pub async fn run(cli: Cli) -> Result<()> {
                 scylla_nodes,
             };
             let v = p7::p7(server, &common.options(), &args).await?;
+            println!("{v}");
+            Ok(())
+        }
+        Cli::P8 {
+            common,
+            sockets,
+            settle_seconds,
+            seconds,
+            registry_ttl_seconds,
+            scylla_nodes,
+        } => {
+            let args = p8::P8Args {
+                sockets,
+                sources: common.sources.clone(),
+                settle_seconds,
+                seconds,
+                registry_ttl_seconds,
+                scylla_nodes,
+            };
+            let v = p8::p8(&common.options(), &args).await?;
             println!("{v}");
             Ok(())
         }

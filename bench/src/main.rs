@@ -24,6 +24,7 @@ mod measure;
 mod p3;
 mod p5;
 mod p7;
+mod p8;
 mod publisher;
 mod queue_floor;
 mod report;

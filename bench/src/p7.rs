@@ -56,16 +56,18 @@ pub struct P7Args {
 }
 
 /// The server processes of one run.
-struct Cluster {
+pub(crate) struct Cluster {
     kind: Kind,
     pids: Vec<u32>,
-    targets: Vec<Target>,
+    pub(crate) targets: Vec<Target>,
+    /// Hermes: each gateway's internal URL (admin API, `/metrics`).
+    pub(crate) internal_urls: Vec<String>,
     /// Through node 1.
     publisher: Publisher,
     /// Hermes: the gateways (killed by `stop`, and on drop) and their stderr.
     gateways: Vec<Child>,
     logs: Vec<Tail>,
-    keyspace: Option<String>,
+    pub(crate) keyspace: Option<String>,
     scylla_nodes: String,
     script: String,
     /// What runs, for the JSON.
@@ -266,7 +268,7 @@ fn peak(steps: &[Value]) -> Value {
 }
 
 impl Cluster {
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         for g in &mut self.gateways {
             let _ = g.kill().await;
         }
@@ -425,13 +427,14 @@ async fn start_gateway(
     Ok((child, public, internal, tail))
 }
 
-async fn start_hermes(o: &Options, a: &P7Args) -> Result<Cluster> {
+pub(crate) async fn start_hermes(o: &Options, a: &P7Args) -> Result<Cluster> {
     let keyspace = hermes_e2e::unique("bench_p7");
     let http = reqwest::Client::new();
     let mut cluster = Cluster {
         kind: Kind::Hermes,
         pids: Vec::new(),
         targets: Vec::new(),
+        internal_urls: Vec::new(),
         publisher: Publisher::new(Kind::Hermes, String::new(), ADMIN_KEY.into()),
         gateways: Vec::new(),
         logs: Vec::new(),
@@ -483,6 +486,7 @@ async fn start_hermes(o: &Options, a: &P7Args) -> Result<Cluster> {
         format!("{}/v1/publish", urls[0].1),
         ADMIN_KEY.into(),
     );
+    cluster.internal_urls = urls.into_iter().map(|(_, internal)| internal).collect();
     Ok(cluster)
 }
 
@@ -555,6 +559,7 @@ async fn start_centrifugo(o: &Options, a: &P7Args) -> Result<Cluster> {
                 channel: CENTRIFUGO_CHANNEL.into(),
             })
             .collect(),
+        internal_urls: Vec::new(),
         publisher: Publisher::new(
             Kind::Centrifugo,
             format!("{}/publish", nodes[0].2),
