@@ -277,7 +277,18 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
         ],
     );
     all_runs.insert("ws_floor".into(), Value::Array(ws_floor_runs.clone()));
-    let results = json!({"date": date, "machine": machine, "scenarios": scenarios, "floor": floor, "queue_floor": queue_floor, "ws_floor": ws_floor});
+    // P8 (Hermes only: Centrifugo keeps no per-connection rows in a database).
+    const P8_KEYS: [&str; 5] = [
+        "sockets",
+        "registry_ttl_seconds",
+        "window_seconds",
+        "writes_per_second",
+        "registry_writes_per_socket_hour",
+    ];
+    let p8_runs = runs_named(dir, "p8-hermes-")?;
+    let p8 = medians(&p8_runs, &P8_KEYS);
+    all_runs.insert("p8".into(), Value::Array(p8_runs.clone()));
+    let results = json!({"date": date, "machine": machine, "scenarios": scenarios, "floor": floor, "queue_floor": queue_floor, "ws_floor": ws_floor, "p8": p8});
     std::fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&results)? + "\n",
@@ -413,6 +424,19 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
             fmt(&f["publisher_and_consumer_cpu_percent"]),
         )?;
     }
+    if !p8_runs.is_empty() {
+        let f = &results["p8"];
+        writeln!(
+            md,
+            "P8, what idle sockets cost the registry (`hermes-bench p8`, Hermes only, median of {} runs): {} sockets of one user in one room left idle on one gateway with `HERMES_REGISTRY_TTL_SECONDS={}`; the CQL server applied {} writes/s to the keyspace over {} s: **{} registry writes per socket-hour** (target ≤ 1).\n",
+            f["runs"],
+            fmt(&f["sockets"]),
+            fmt(&f["registry_ttl_seconds"]),
+            fmt(&f["writes_per_second"]),
+            fmt(&f["window_seconds"]),
+            fmt(&f["registry_writes_per_socket_hour"]),
+        )?;
+    }
     writeln!(md, "Details (medians):\n")?;
     writeln!(md, "| scenario | server | detail |")?;
     writeln!(md, "|---|---|---|")?;
@@ -474,6 +498,34 @@ mod tests {
         assert_eq!(run["lowest_step_publishes_per_s"], json!(2));
         assert_eq!(run["lowest_step_p50_ms"], json!(80.0));
         assert_eq!(run["lowest_step_p99_ms"], json!(95.0));
+    }
+
+    #[test]
+    fn a_p8_run_gives_results_json_its_writes_per_socket_hour() {
+        let dir = std::env::temp_dir().join(format!("hermes-report-p8-{}", std::process::id()));
+        let (runs, out) = (dir.join("runs"), dir.join("out"));
+        std::fs::create_dir_all(&runs).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(
+            runs.join("p8-hermes-1.json"),
+            "[p8 hermes] a log line\n{\"scenario\":\"p8\",\"sockets\":19000,\"registry_ttl_seconds\":30,\"window_seconds\":600.0,\"writes_per_second\":1902.3,\"registry_writes_per_socket_hour\":360.432}\n",
+        )
+        .unwrap();
+        write(&runs, &out).unwrap();
+        let results: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
+                .unwrap();
+        let md = std::fs::read_to_string(out.join("RESULTS.md")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            results["p8"]["registry_writes_per_socket_hour"],
+            json!(360.432)
+        );
+        assert_eq!(results["p8"]["runs"], json!(1));
+        assert!(
+            md.contains("**360.43 registry writes per socket-hour**"),
+            "{md}"
+        );
     }
 
     #[test]

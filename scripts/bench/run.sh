@@ -15,6 +15,10 @@
 #   P2_SOCKETS       sockets in the P2 room (default 10000)
 #   P2_RATES         publishes/s tried in P2, comma list (default in hermes-bench)
 #   P4_SOCKETS       clients in P4: connected at the measured rate, then the storm (default 19000)
+#   P8_SOCKETS       idle sockets in P8 (default 19000)
+#   P8_SECONDS       P8's counted window, seconds (default 600); P8 runs in the first run only
+#                    (a count of writes, not a timing: 361.0 and 360.4 per socket-hour in two
+#                    readings) and for Hermes only, after the CQL server is started
 #   P7_NODES         server processes in P7 (default 3)
 #   P7_SOCKETS_PER_NODE  sockets per server process in P7 (default 19000)
 #   P7_OFFERED       offered deliveries/s of P7's ramp steps, comma list (default in hermes-bench)
@@ -34,7 +38,7 @@
 #   P5_FLOOD_CONCURRENCY  flood connects in flight in P5 (default 256)
 #   P5_FLOOD_RATE    flood connect attempts/s at most, retries included (default 0: no cap)
 #   HEARTBEAT        heartbeat interval of both servers, seconds (default 25)
-#   SCENARIOS        which to run (default "p1 p2 p3 p4 p5 p7 floor ws-floor queue-floor")
+#   SCENARIOS        which to run (default "p1 p2 p3 p4 p5 p7 p8 floor ws-floor queue-floor")
 #   BENCH_RUNS_DIR   where the per-run JSON goes (default $HERMES_CACHE/bench/runs-<date>);
 #                    an existing one keeps its runs (and commands.txt gets this invocation
 #                    appended), so a scenario can be added to an earlier run's directory
@@ -51,6 +55,8 @@ RUNS=${RUNS:-3}
 P1_SOCKETS=${P1_SOCKETS:-19000}
 P2_SOCKETS=${P2_SOCKETS:-10000}
 P4_SOCKETS=${P4_SOCKETS:-19000}
+P8_SOCKETS=${P8_SOCKETS:-19000}
+P8_SECONDS=${P8_SECONDS:-600}
 P7_NODES=${P7_NODES:-3}
 P7_SOCKETS_PER_NODE=${P7_SOCKETS_PER_NODE:-19000}
 P3_SOCKETS=${P3_SOCKETS:-19000}
@@ -64,7 +70,7 @@ P5_FLOOD_TOKENS=${P5_FLOOD_TOKENS:-800}
 P5_FLOOD_CONCURRENCY=${P5_FLOOD_CONCURRENCY:-256}
 P5_FLOOD_RATE=${P5_FLOOD_RATE:-0}
 HEARTBEAT=${HEARTBEAT:-25}
-SCENARIOS=${SCENARIOS:-p1 p2 p3 p4 p5 p7 floor ws-floor queue-floor}
+SCENARIOS=${SCENARIOS:-p1 p2 p3 p4 p5 p7 p8 floor ws-floor queue-floor}
 SKIP_BUILD=${SKIP_BUILD:-0}
 DIR=${BENCH_RUNS_DIR:-$CACHE/bench/runs-$(date -u +%Y%m%dT%H%M%SZ)}
 FRESH_DIR=1
@@ -108,6 +114,13 @@ if [[ " $SCENARIOS " == *" p3 "* || " $SCENARIOS " == *" queue-floor "* ]]; then
   # shellcheck disable=SC1091
   . "$CACHE/services.env"
 fi
+if [[ " $SCENARIOS " == *" p8 "* ]]; then
+  # P8: the CQL server of Hermes's registry, whose own write counts it reads.
+  log "p8: starting the CQL server (scripts/services/up.sh cassandra)"
+  "$ROOT/scripts/services/up.sh" cassandra >"$DIR/services-up-p8.log" 2>&1 || { cat "$DIR/services-up-p8.log" >&2; exit 1; }
+  # shellcheck disable=SC1091
+  . "$CACHE/services.env"
+fi
 if [[ " $SCENARIOS " == *" p7 "* ]]; then
   # P7: the CQL server of Hermes's shared registry, and Redis for the Centrifugo cluster.
   log "p7: starting the CQL server (scripts/services/up.sh cassandra) and installing Redis"
@@ -116,7 +129,7 @@ if [[ " $SCENARIOS " == *" p7 "* ]]; then
   . "$CACHE/services.env"
   "$HERE/redis.sh" build >/dev/null
 fi
-if [[ " $SCENARIOS " == *" p3 "* || " $SCENARIOS " == *" p7 "* ]]; then
+if [[ " $SCENARIOS " == *" p3 "* || " $SCENARIOS " == *" p7 "* || " $SCENARIOS " == *" p8 "* ]]; then
   # The CQL server is shared with test runs, which leave a keyspace per test behind: hundreds
   # of them filled its 1 GiB heap, and its back-to-back collections (0.7-1.3 s each, most of
   # a core) became the tail of P3. Drop them and start the node afresh (a clean heap).
@@ -158,6 +171,7 @@ scenario_commands() {
       p7) echo "scripts/services/up.sh cassandra && . ~/.cache/hermes/services.env && $BENCH p7 --server SERVER ${COMMON[*]} ${P7_ARGS[*]}" ;;
       floor) echo "$BENCH floor --rounds 50 --sources 127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5   # once per run, no server" ;;
       ws-floor) echo "$BENCH ws-floor --sockets $P2_SOCKETS ${P2_EXTRA[*]}   # once per run, no real server" ;;
+      p8) echo "scripts/services/up.sh cassandra && . ~/.cache/hermes/services.env && $BENCH p8 ${COMMON[*]} --sockets $P8_SOCKETS --seconds $P8_SECONDS   # run 1 only, Hermes only" ;;
       queue-floor) echo "scripts/services/up.sh rabbitmq && $BENCH queue-floor --rate $P3_RATE --seconds $P3_SECONDS   # once per run, no server" ;;
     esac
   done
@@ -342,6 +356,16 @@ for i in $(seq 1 "$RUNS"); do
       "$BENCH" ws-floor --sockets "$P2_SOCKETS" "${P2_EXTRA[@]}" >"$DIR/ws-floor-$i.json"
       echo "ws-floor run $i: $(($(date +%s) - t0)) s" >>"$DIR/timings.txt"
       log "$(tail -1 "$DIR/ws-floor-$i.json")"
+      continue
+    fi
+    if [ "$scenario" = p8 ]; then
+      [ "$i" = 1 ] || continue
+      record_load "p8 hermes run $i"
+      log "p8 hermes run $i (once)"
+      t0=$(date +%s)
+      "$BENCH" p8 "${COMMON[@]}" --sockets "$P8_SOCKETS" --seconds "$P8_SECONDS" >"$DIR/p8-hermes-$i.json"
+      echo "p8 hermes run $i: $(($(date +%s) - t0)) s" >>"$DIR/timings.txt"
+      log "$(tail -1 "$DIR/p8-hermes-$i.json")"
       continue
     fi
     if [ "$scenario" = queue-floor ]; then
