@@ -501,22 +501,20 @@ mod tests {
     }
 
     #[test]
-    fn a_p8_run_gives_results_json_its_writes_per_socket_hour() {
+    fn a_p8_run_gives_results_json_its_writes_per_socket_hour() -> Result<()> {
         let dir = std::env::temp_dir().join(format!("hermes-report-p8-{}", std::process::id()));
         let (runs, out) = (dir.join("runs"), dir.join("out"));
-        std::fs::create_dir_all(&runs).unwrap();
-        std::fs::create_dir_all(&out).unwrap();
+        std::fs::create_dir_all(&runs)?;
+        std::fs::create_dir_all(&out)?;
         std::fs::write(
             runs.join("p8-hermes-1.json"),
             "[p8 hermes] a log line\n{\"scenario\":\"p8\",\"sockets\":19000,\"registry_ttl_seconds\":30,\"window_seconds\":600.0,\"writes_per_second\":1902.3,\"registry_writes_per_socket_hour\":360.432}\n",
-        )
-        .unwrap();
-        write(&runs, &out).unwrap();
+        )?;
+        write(&runs, &out)?;
         let results: Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
-                .unwrap();
-        let md = std::fs::read_to_string(out.join("RESULTS.md")).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.json"))?)?;
+        let md = std::fs::read_to_string(out.join("RESULTS.md"))?;
+        std::fs::remove_dir_all(&dir)?;
         assert_eq!(
             results["p8"]["registry_writes_per_socket_hour"],
             json!(360.432)
@@ -526,6 +524,7 @@ mod tests {
             md.contains("**360.43 registry writes per socket-hour**"),
             "{md}"
         );
+        Ok(())
     }
 
     #[test]
