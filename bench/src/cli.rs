@@ -74,13 +74,8 @@ pub enum Cli {
         /// HERMES_REGISTRY_TTL_SECONDS of the gateway: the default configuration's.
         #[arg(long, default_value_t = 30)]
         registry_ttl_seconds: u64,
-        /// CQL contact points of the registry.
-        #[arg(
-            long,
-            env = "HERMES_TEST_SCYLLA_NODES",
-            default_value = "127.0.0.1:9042"
-        )]
-        scylla_nodes: String,
+        #[command(flatten)]
+        cql: Cql,
     },
     /// P7: N server processes of 19,000 sockets each in one room; fan-out with all of them
     /// against one (Hermes: gateways on a shared ScyllaDB registry; Centrifugo: Redis engine).
@@ -118,13 +113,8 @@ pub enum Cli {
         /// that rewrite (19,000 rows per gateway) out of the measurement.
         #[arg(long, default_value_t = 900)]
         registry_ttl_seconds: u64,
-        /// Hermes: CQL contact points of the registry.
-        #[arg(
-            long,
-            env = "HERMES_TEST_SCYLLA_NODES",
-            default_value = "127.0.0.1:9042"
-        )]
-        scylla_nodes: String,
+        #[command(flatten)]
+        cql: Cql,
     },
     /// P3: queue → socket latency, notifications to single users at a steady rate.
     P3 {
@@ -165,13 +155,8 @@ pub enum Cli {
             default_value = "/root/.cache/hermes/target/release/hermes-consumer"
         )]
         consumer_bin: String,
-        /// Hermes: CQL contact points of the registry.
-        #[arg(
-            long,
-            env = "HERMES_TEST_SCYLLA_NODES",
-            default_value = "127.0.0.1:9042"
-        )]
-        scylla_nodes: String,
+        #[command(flatten)]
+        cql: Cql,
         /// Hermes: the RabbitMQ URL.
         #[arg(
             long,
@@ -456,6 +441,18 @@ impl RoomArgs {
 }
 
 /// Options shared by p1, p2 and p4.
+/// The registry's CQL server (Hermes's scenarios that use the ScyllaDB registry).
+#[derive(clap::Args)]
+pub struct Cql {
+    /// CQL contact points of the registry.
+    #[arg(
+        long,
+        env = "HERMES_TEST_SCYLLA_NODES",
+        default_value = "127.0.0.1:9042"
+    )]
+    scylla_nodes: String,
+}
+
 #[derive(clap::Args)]
 pub struct Common {
     /// The gateway binary (a release build).
@@ -548,7 +545,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             drain_seconds,
             p99_limit_ms,
             registry_ttl_seconds,
-            scylla_nodes,
+            cql,
         } => {
             let args = p7::P7Args {
                 nodes,
@@ -559,7 +556,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 drain_seconds,
                 p99_limit_ms,
                 registry_ttl_seconds,
-                scylla_nodes,
+                scylla_nodes: cql.scylla_nodes,
             };
             let v = p7::p7(server, &common.options(), &args).await?;
             println!("{v}");
@@ -571,7 +568,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             settle_seconds,
             seconds,
             registry_ttl_seconds,
-            scylla_nodes,
+            cql,
         } => {
             let args = p8::P8Args {
                 sockets,
@@ -579,7 +576,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 settle_seconds,
                 seconds,
                 registry_ttl_seconds,
-                scylla_nodes,
+                scylla_nodes: cql.scylla_nodes,
             };
             let v = p8::p8(&common.options(), &args).await?;
             println!("{v}");
@@ -596,7 +593,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             ramp,
             drain_seconds,
             consumer_bin,
-            scylla_nodes,
+            cql,
             amqp_url,
             keyspace,
             queue,
@@ -614,7 +611,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 ramp,
                 drain_seconds,
                 consumer_bin,
-                scylla_nodes,
+                scylla_nodes: cql.scylla_nodes,
                 amqp_url,
                 keyspace,
                 queue,
