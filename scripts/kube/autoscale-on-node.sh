@@ -44,11 +44,8 @@ fi
 
 hpa_json() { kc get hpa "$RELEASE-gateway" -o json; }
 gateways_settled() { # gateways_settled N: N Ready gateways, none terminating, the HPA at N
-  local pods
-  pods=$(kc get pods -l app.kubernetes.io/component=gateway -o json)
-  [ "$(jq '[.items[] | select(.metadata.deletionTimestamp == null)
-      | select([.status.conditions[]? | select(.type == "Ready" and .status == "True")] | length > 0)] | length' <<< "$pods")" = "$1" ] &&
-    [ "$(jq '.items | length' <<< "$pods")" = "$1" ] &&
+  [ "$(ready_gateways | jq length)" = "$1" ] &&
+    [ "$(kc get pods -l app.kubernetes.io/component=gateway -o json | jq '.items | length')" = "$1" ] &&
     [ "$(hpa_json | jq '.status.currentReplicas // 0')" = "$1" ]
 }
 
@@ -78,9 +75,7 @@ log "HPA $RELEASE-gateway: min 2, max 3, $TARGET open sockets per pod; 2 gateway
 #    another cluster: HERMES_WS_URL, its load balancer).
 ws_url=$(gateway_ws_url)
 open_admin
-token=$(curl -sf --max-time 10 -X POST "$admin/v1/tokens" -H "Authorization: Bearer $(release_admin_key)" \
-  -H 'Content-Type: application/json' -d '{"user_id":"autoscale","room_id":"autoscale"}' | jq -r .token)
-[ -n "$token" ] && [ "$token" != null ] || die "no token from the admin API at $admin"
+token=$(issue_token autoscale autoscale)
 HERMES_WS="$ws_url" HERMES_TOKEN=$token N=$SOCKETS \
   background node --experimental-websocket --no-warnings -e '
     const n = Number(process.env.N);

@@ -39,8 +39,7 @@ serve_custom_metrics() {
   openssl x509 -req -in "$work/adapter.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
     -CAserial "$work/ca.srl" -days 1 -sha256 -extfile "$work/adapter.ext" -out "$work/adapter.crt" 2>/dev/null ||
     die "openssl could not sign the adapter's certificate"
-  aport=16443
-  while port_open "$aport"; do aport=$((aport + 1)); done
+  aport=$(free_port_from 16443)
   background "$adapter" --secure-port="$aport" --bind-address="$host_ip" \
     --tls-cert-file="$work/adapter.crt" --tls-private-key-file="$work/adapter.key" \
     --lister-kubeconfig="$KUBECONFIG" --authentication-kubeconfig="$KUBECONFIG" \

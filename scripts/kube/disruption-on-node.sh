@@ -31,12 +31,9 @@ bad() { printf 'FAIL  %s\n' "$*"; failed=$((failed + 1)); }
 
 gateways() { kc get pods -l app.kubernetes.io/component=gateway -o json |
   jq -r '.items[] | select(.metadata.deletionTimestamp == null) | .metadata.name'; }
-ready_gateways() { kc get pods -l app.kubernetes.io/component=gateway -o json |
-  jq -r '[.items[] | select(.metadata.deletionTimestamp == null)
-    | select([.status.conditions[]? | select(.type == "Ready" and .status == "True")] | length > 0)] | length'; }
 wait_ready_gateways() { # wait_ready_gateways N TIMEOUT
   local deadline=$((SECONDS + $2))
-  until [ "$(ready_gateways)" -ge "$1" ]; do
+  until [ "$(ready_gateways | jq length)" -ge "$1" ]; do
     [ "$SECONDS" -lt "$deadline" ] || return 1
     sleep 1
   done

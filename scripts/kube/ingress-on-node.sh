@@ -124,19 +124,14 @@ fi
 
 # 4. Tokens (admin API of a Ready gateway), the browser test.
 open_admin
-admin_key=$(release_admin_key)
 room=ingress-$RANDOM$RANDOM
-token() {
-  curl -sf --max-time 10 -X POST "$admin/v1/tokens" -H "Authorization: Bearer $admin_key" \
-    -H 'Content-Type: application/json' -d "{\"user_id\":\"$1\",\"room_id\":\"$room\"}" | jq -r .token
-}
 publish=$work/publish
 printf '#!/bin/sh\nexec %q %q "$1"\n' "$CARGO_TARGET_DIR/debug/amqp-publish" "$QUEUE" > "$publish"
 chmod +x "$publish"
 rc=0
 (cd "$ROOT/tests/browser" &&
   env "${browser_env[@]}" HERMES_WSS_URL="$wss_url" \
-  HERMES_TOKEN_ORIGINAL=$(token ingress-original) HERMES_TOKEN_CLIENT=$(token ingress-client) \
+  HERMES_TOKEN_ORIGINAL=$(issue_token ingress-original "$room") HERMES_TOKEN_CLIENT=$(issue_token ingress-client "$room") \
   HERMES_ROOM=$room HERMES_PUBLISH=$publish node --test ingress-wss.mjs) || rc=$?
 if [ "$CLUSTER" = node ]; then
   log "nginx access log (path only):"

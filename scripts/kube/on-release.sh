@@ -17,9 +17,12 @@
 # Gives log MESSAGE, die MESSAGE, CLUSTER, NS, RELEASE, QUEUE (the release's amqp.queue),
 # KUBECONFIG, kc, HELM, the test services' environment (node), CARGO_TARGET_DIR, and:
 #   build_e2e_bins BIN...   cargo build of those binaries of tests/ (debug)
+#   ready_gateways          the Ready gateway pods not being deleted, as a JSON array
 #   ready_gateway_ip        the pod IP of a Ready gateway (its admin API on 8081)
 #   open_admin              sets admin: the URL of a Ready gateway's admin API (node: its
-#                           pod IP; existing: a port-forward, closed on exit)
+#                           pod IP; existing: a port-forward, closed on exit), and
+#                           admin_key: the admin key (release_admin_key)
+#   issue_token USER ROOM   a connect token from that admin API (after open_admin)
 #   gateway_ws_url          the URL clients connect to (node: the Service's ClusterIP;
 #                           existing: HERMES_WS_URL)
 #   release_admin_key       the admin key (HERMES_ADMIN_KEY, else the release's Secret)
@@ -29,6 +32,7 @@
 #                           status) and the processes started
 #                           with `background COMMAND...` (killed and waited for)
 #   until_true SECONDS WHAT COMMAND...   poll every 0.5 s; die naming WHAT at the deadline
+#   free_port_from PORT     the first port from PORT on that nothing listens on (127.0.0.1)
 # shellcheck shell=bash
 log() { printf '[%s] %s\n' "$LOG_TAG" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -81,12 +85,13 @@ build_e2e_bins() {
     die "cargo build of $* failed"
 }
 
-ready_gateway_ip() {
-  kc get pods -l app.kubernetes.io/component=gateway -o json | jq -r '[.items[]
+ready_gateways() {
+  kc get pods -l app.kubernetes.io/component=gateway -o json | jq '[.items[]
     | select(.metadata.deletionTimestamp == null)
-    | select([.status.conditions[]? | select(.type == "Ready" and .status == "True")] | length > 0)
-    | .status.podIP][0] // empty'
+    | select([.status.conditions[]? | select(.type == "Ready" and .status == "True")] | length > 0)]'
 }
+
+ready_gateway_ip() { ready_gateways | jq -r '.[0].status.podIP // empty'; }
 
 release_admin_key() {
   if [ -n "${HERMES_ADMIN_KEY:-}" ]; then printf '%s' "$HERMES_ADMIN_KEY"; return; fi
@@ -95,22 +100,28 @@ release_admin_key() {
 
 open_admin() {
   local ip pod port
+  admin_key=$(release_admin_key)
+  [ -n "$admin_key" ] || die "no admin key (HERMES_ADMIN_KEY, or HERMES_ADMIN_KEY in Secret $RELEASE)"
   if [ "$CLUSTER" = node ]; then
     ip=$(ready_gateway_ip)
     [ -n "$ip" ] || die "no Ready gateway"
     admin=http://$ip:8081
     return
   fi
-  pod=$(kc get pods -l app.kubernetes.io/component=gateway -o json | jq -r '[.items[]
-    | select(.metadata.deletionTimestamp == null)
-    | select([.status.conditions[]? | select(.type == "Ready" and .status == "True")] | length > 0)
-    | .metadata.name][0] // empty')
+  pod=$(ready_gateways | jq -r '.[0].metadata.name // empty')
   [ -n "$pod" ] || die "no Ready gateway"
-  port=18081
-  while port_open "$port"; do port=$((port + 1)); done
+  port=$(free_port_from 18081)
   background "$HERMES_KUBECTL" -n "$NS" port-forward "pod/$pod" "$port:8081" >/dev/null 2>&1
   until_true 30 "kubectl port-forward pod/$pod $port:8081" port_open "$port"
   admin=http://127.0.0.1:$port
+}
+
+issue_token() {
+  local token
+  token=$(curl -sf --max-time 10 -X POST "$admin/v1/tokens" -H "Authorization: Bearer $admin_key" \
+    -H 'Content-Type: application/json' -d "{\"user_id\":\"$1\",\"room_id\":\"$2\"}" | jq -r .token)
+  [ -n "$token" ] && [ "$token" != null ] || die "no token for $1 in $2 from the admin API at $admin"
+  printf '%s' "$token"
 }
 
 gateway_ws_url() {
@@ -146,6 +157,12 @@ release_cleanup() {
   for pid in "${bg_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${bg_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   [ -z "$work" ] || rm -rf "$work"
+}
+
+free_port_from() {
+  local port=$1
+  while port_open "$port"; do port=$((port + 1)); done
+  echo "$port"
 }
 
 until_true() {

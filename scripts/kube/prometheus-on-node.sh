@@ -35,16 +35,14 @@ refused=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H 'Connection: Up
   "$http_url?token=not-a-jwt") || die "a connect with a bad token to $http_url failed (curl exit $?)"
 [ "$refused" = 401 ] || die "a connect with a bad token answered $refused, not 401"
 open_admin
-HERMES_ADMIN_KEY=$(release_admin_key)
-export HERMES_ADMIN_KEY
+export HERMES_ADMIN_KEY=$admin_key
 "$CARGO_TARGET_DIR/debug/installed-faults" --ws "$ws_url" \
   --admin "$admin" --queue "$QUEUE" --rate 20 --settle 3 --rust-clients 2 \
   --node-clients 1 --name "nothing (traffic for the scrape)" -- true >/dev/null ||
   die "the traffic (installed-faults) failed"
 "$CARGO_TARGET_DIR/debug/amqp-publish" --not-json "$QUEUE" 'not json'
 # a client frame: {"action":"ping"} from a socket (Node's WebSocket), answered, then closed
-token=$(curl -sf --max-time 10 -X POST "$admin/v1/tokens" -H "Authorization: Bearer $HERMES_ADMIN_KEY" \
-  -H 'Content-Type: application/json' -d '{"user_id":"prometheus-ping","room_id":"prometheus"}' | jq -r .token)
+token=$(issue_token prometheus-ping prometheus)
 HERMES_WS="$ws_url" HERMES_TOKEN=$token timeout 20 node --experimental-websocket --no-warnings -e '
   const ws = new WebSocket(process.env.HERMES_WS, ["hermes.v1", "bearer." + process.env.HERMES_TOKEN]);
   ws.onopen = () => ws.send(JSON.stringify({ action: "ping" }));

@@ -87,8 +87,7 @@ start_release_prometheus() {
     die "promtool refused the configuration: $("$prometheus_dir/promtool" check config "$work/prometheus.json" 2>&1)"
 
   # 3. Prometheus on the host (it reaches the API server and the pod IPs).
-  port=19090
-  while port_open "$port"; do port=$((port + 1)); done
+  port=$(free_port_from 19090)
   background "$prometheus_dir/prometheus" --config.file="$work/prometheus.json" --storage.tsdb.path="$work/data" \
     --web.listen-address="127.0.0.1:$port" > "$work/prometheus.log" 2>&1
   url=http://127.0.0.1:$port

@@ -74,8 +74,7 @@ fi
 work_dir upgrade
 ws_url=$(gateway_ws_url)
 open_admin
-HERMES_ADMIN_KEY=$(release_admin_key)
-export HERMES_ADMIN_KEY
+export HERMES_ADMIN_KEY=$admin_key
 
 # the pods the upgrade replaces (the schema Job's and helm test's are not among them)
 old_pods=$(kc get pods -o json | jq -r '.items[] | select(.metadata.annotations["helm.sh/hook"] == null)
