@@ -81,7 +81,7 @@ pub async fn p7(kind: Kind, o: &Options, a: &P7Args) -> Result<Value> {
         );
     }
     let cluster = match kind {
-        Kind::Hermes => start_hermes(o, a).await,
+        Kind::Hermes => start_hermes(o, a.nodes, a.registry_ttl_seconds, &a.scylla_nodes).await,
         Kind::Centrifugo => start_centrifugo(o, a).await,
     };
     let cluster = match cluster {
@@ -329,7 +329,8 @@ fn log_lines(t: &Tail) -> usize {
 /// URL, internal URL).
 async fn start_gateway(
     o: &Options,
-    a: &P7Args,
+    registry_ttl_seconds: u64,
+    scylla_nodes: &str,
     id: &str,
     keyspace: &str,
     http: &reqwest::Client,
@@ -343,13 +344,13 @@ async fn start_gateway(
         .env("HERMES_JWT_SECRET", JWT_SECRET)
         .env("HERMES_INTERNAL_SECRET", INTERNAL_SECRET)
         .env("HERMES_REGISTRY", "scylla")
-        .env("HERMES_SCYLLA_NODES", &a.scylla_nodes)
+        .env("HERMES_SCYLLA_NODES", scylla_nodes)
         .env("HERMES_SCYLLA_KEYSPACE", keyspace)
         // One CQL node: replication factor 1, consistency ONE (as the e2e tests run it).
         .env("HERMES_SCYLLA_CONSISTENCY", "ONE")
         .env(
             "HERMES_REGISTRY_TTL_SECONDS",
-            a.registry_ttl_seconds.to_string(),
+            registry_ttl_seconds.to_string(),
         )
         .env(
             "HERMES_PING_INTERVAL_SECONDS",
@@ -427,7 +428,14 @@ async fn start_gateway(
     Ok((child, public, internal, tail))
 }
 
-pub(crate) async fn start_hermes(o: &Options, a: &P7Args) -> Result<Cluster> {
+/// `nodes` gateways on a fresh keyspace of the CQL server at `scylla_nodes`, with
+/// `HERMES_REGISTRY_TTL_SECONDS=registry_ttl_seconds` (P7, and P8 with one gateway).
+pub(crate) async fn start_hermes(
+    o: &Options,
+    nodes: usize,
+    registry_ttl_seconds: u64,
+    scylla_nodes: &str,
+) -> Result<Cluster> {
     let keyspace = hermes_e2e::unique("bench_p7");
     let http = reqwest::Client::new();
     let mut cluster = Cluster {
@@ -439,17 +447,18 @@ pub(crate) async fn start_hermes(o: &Options, a: &P7Args) -> Result<Cluster> {
         gateways: Vec::new(),
         logs: Vec::new(),
         keyspace: Some(keyspace.clone()),
-        scylla_nodes: a.scylla_nodes.clone(),
+        scylla_nodes: scylla_nodes.to_owned(),
         script: String::new(),
         setup: format!(
             "{} x hermes-gateway serve, ScyllaDB registry on {} (keyspace {keyspace}, dropped after the run), publish through gateway 1's POST /v1/publish",
-            a.nodes, a.scylla_nodes
+            nodes, scylla_nodes
         ),
     };
     let mut urls = Vec::new();
     // One after the other: the first creates the schema.
-    for i in 1..=a.nodes {
-        match start_gateway(o, a, &format!("p7-gw-{i}"), &keyspace, &http).await {
+    for i in 1..=nodes {
+        let id = format!("p7-gw-{i}");
+        match start_gateway(o, registry_ttl_seconds, scylla_nodes, &id, &keyspace, &http).await {
             Ok((child, public, internal, log)) => {
                 cluster.pids.push(child.id().context("a gateway's pid")?);
                 cluster.gateways.push(child);

@@ -19,7 +19,7 @@ use scylla::client::session_builder::SessionBuilder;
 use serde_json::{Value, json};
 
 use crate::holder::Holders;
-use crate::p7::{Cluster, P7Args, start_hermes};
+use crate::p7::{Cluster, start_hermes};
 use crate::servers::Options;
 
 pub struct P8Args {
@@ -40,21 +40,7 @@ pub async fn p8(o: &Options, a: &P8Args) -> Result<Value> {
     if a.sockets == 0 || a.seconds == 0 || a.sources.is_empty() {
         bail!("--sockets, --seconds and --sources must not be zero or empty");
     }
-    let cluster = start_hermes(
-        o,
-        &P7Args {
-            nodes: 1,
-            sockets_per_node: a.sockets,
-            sources: a.sources.clone(),
-            offered: Vec::new(),
-            step_seconds: 1,
-            drain_seconds: 0,
-            p99_limit_ms: 0.0,
-            registry_ttl_seconds: a.registry_ttl_seconds,
-            scylla_nodes: a.scylla_nodes.clone(),
-        },
-    )
-    .await?;
+    let cluster = start_hermes(o, 1, a.registry_ttl_seconds, &a.scylla_nodes).await?;
     let mut holders = None;
     let outcome = measure(&cluster, a, &mut holders).await;
     cluster.stop().await;
@@ -66,7 +52,15 @@ pub async fn p8(o: &Options, a: &P8Args) -> Result<Value> {
 
 async fn measure(c: &Cluster, a: &P8Args, holders: &mut Option<Holders>) -> Result<Value> {
     let keyspace = c.keyspace.as_deref().context("the gateway's keyspace")?;
-    let metrics_url = format!("{}/metrics", c.internal_urls[0]);
+    let internal = c
+        .internal_urls
+        .first()
+        .context("the gateway's internal URL")?;
+    let target = c
+        .targets
+        .first()
+        .context("the gateway's WebSocket target")?;
+    let metrics_url = format!("{internal}/metrics");
     let http = reqwest::Client::new();
     let cql = SessionBuilder::new()
         .known_nodes(a.scylla_nodes.split(',').map(str::trim))
@@ -74,7 +68,7 @@ async fn measure(c: &Cluster, a: &P8Args, holders: &mut Option<Holders>) -> Resu
         .await
         .context("connect to the CQL server")?;
 
-    let h = holders.insert(Holders::start(&c.targets[0], a.sockets, &a.sources).await?);
+    let h = holders.insert(Holders::start(target, a.sockets, &a.sources).await?);
     eprintln!(
         "[p8 hermes] {} sockets open ({} failed) in {:.1} s; settling {} s",
         h.open, h.failed, h.connect_seconds, a.settle_seconds
