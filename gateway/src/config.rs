@@ -90,7 +90,10 @@ pub struct GatewayConfig {
     pub internal_secret: String,
     pub allowed_origins: OriginPolicy,
     pub registry: RegistryKind,
+    /// The heartbeat row's TTL (`HERMES_REGISTRY_TTL_SECONDS`).
     pub registry_ttl: Duration,
+    /// The other rows' TTL (`HERMES_REGISTRY_ROW_TTL_SECONDS`).
+    pub registry_row_ttl: Duration,
     pub limits: SocketLimits,
     pub drain: Duration,
     pub shutdown_grace: Duration,
@@ -238,6 +241,7 @@ impl GatewayConfig {
 
         let registry = RegistryKind::from_strings(s, &stage)?;
         let registry_ttl = config::registry_ttl(s)?;
+        let registry_row_ttl = config::registry_row_ttl(s, registry_ttl)?;
         let drain = secs(s, DRAIN, 10)?;
         check_drain_within_ttl(&registry, drain, registry_ttl)?;
 
@@ -266,6 +270,7 @@ impl GatewayConfig {
             allowed_origins,
             registry,
             registry_ttl,
+            registry_row_ttl,
             limits,
             drain,
             shutdown_grace: positive_secs(s, SHUTDOWN_GRACE, 25)?,

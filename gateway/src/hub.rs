@@ -14,7 +14,7 @@ use actix_web::web::Bytes;
 use hermes_shared::history::{CLOCK_ALLOWANCE, Pos};
 use hermes_shared::ids::now_millis;
 use hermes_shared::metrics::Metrics;
-use hermes_shared::registry::{ConnectionRecord, Holdings};
+use hermes_shared::registry::{ConnectionRecord, Holdings, refresh};
 use hermes_shared::router::LocalDelivery;
 use hermes_shared::wire::{
     ConnectionInfo, DeliverAction, DeliverRequest, DeliverResponse, Frame, Identity, Target,
@@ -401,16 +401,30 @@ impl SessionHub {
         self.index.read().connections.values().cloned().collect()
     }
 
-    /// What the heartbeat refreshes in the registry.
+    /// Every row this gateway holds: what a heartbeat writes again after its gateway row
+    /// may have lapsed.
     pub fn holdings(&self) -> Holdings {
+        self.holdings_where(|_| true)
+    }
+
+    /// The rows whose turn to be written again comes in `(after_ms, upto_ms]`
+    /// (milliseconds since the epoch), with rows written again every `period`: see
+    /// [`hermes_shared::registry::refresh`].
+    pub fn holdings_due(&self, after_ms: u64, upto_ms: u64, period: Duration) -> Holdings {
+        let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+        self.holdings_where(|key| refresh::due(key, after_ms, upto_ms, period_ms))
+    }
+
+    fn holdings_where(&self, keep: impl Fn(&str) -> bool) -> Holdings {
         let index = self.index.read();
         Holdings {
-            rooms: index.rooms.keys().cloned().collect(),
-            users: index.users.keys().cloned().collect(),
+            rooms: index.rooms.keys().filter(|k| keep(k)).cloned().collect(),
+            users: index.users.keys().filter(|k| keep(k)).cloned().collect(),
             connections: index
                 .connections
-                .values()
-                .map(|c| c.record.clone())
+                .iter()
+                .filter(|(id, _)| keep(id))
+                .map(|(_, c)| c.record.clone())
                 .collect(),
         }
     }

@@ -30,7 +30,7 @@ use hermes_shared::auth::Authenticator;
 use hermes_shared::ids::now_millis;
 use hermes_shared::metrics::Metrics;
 use hermes_shared::registry::RegistryKind;
-use hermes_shared::registry::{GatewayRecord, Registry, heartbeat_interval};
+use hermes_shared::registry::{GatewayRecord, Registry, heartbeat_interval, refresh};
 use hermes_shared::router::GatewayClient;
 use hermes_shared::router::{LocalGateway, NEW_GATEWAY_GRACE, Router};
 use hermes_shared::wire::{
@@ -143,11 +143,14 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
         accepting: AtomicBool::new(false),
         draining: CancellationToken::new(),
         stopping: CancellationToken::new(),
+        unremoved: parking_lot::Mutex::new(Vec::new()),
     });
 
     if served.is_some() {
         admit_at_once(&gw).await?;
     }
+    // A served registry is this process's own, new and empty: nothing to reap in it.
+    let reap_first = served.is_none();
     let public = public_server(gw.clone(), public_listener)?;
     let internal = internal_server(gw.clone(), internal_listener, served)?;
     let public_handle = public.handle();
@@ -158,7 +161,7 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
     announce(&gw, bound);
 
     let heartbeat_stop = CancellationToken::new();
-    let mut heartbeat = tokio::spawn(heartbeat(gw.clone(), heartbeat_stop.clone()));
+    let mut heartbeat = tokio::spawn(heartbeat(gw.clone(), heartbeat_stop.clone(), reap_first));
     let signal = hermes_shared::process::shutdown_signal();
     tokio::pin!(signal);
     tokio::select! {
@@ -193,8 +196,21 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
     {
         heartbeat.abort();
     }
-    if let Err(error) = gw.registry.remove_gateway(&gw.record.gateway_id).await {
-        tracing::warn!(%error, "cannot remove the gateway row; its TTL will");
+    // The gateway row, and whatever rows a failed delete left behind (sockets still open
+    // when the grace ended, a delete the registry did not take).
+    match gw.registry.reap_gateway(&gw.record.gateway_id).await {
+        Ok(reaped) if reaped.rooms + reaped.users + reaped.connections > 0 => {
+            tracing::info!(
+                rooms = reaped.rooms,
+                users = reaped.users,
+                connections = reaped.connections,
+                "deleted the rows left at exit"
+            );
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(%error, "cannot remove this gateway's rows; a reap or their TTL will");
+        }
     }
     gw.stopping.cancel();
     // The public server, then the internal one (its /readyz and /metrics answer until the
@@ -374,8 +390,9 @@ pub const INTERNAL_KEEP_ALIVE_SECS: u64 = 120;
 /// this registry is read from this process, which has the row before it answers any
 /// read. So the banner is printed when the first upgrade can succeed.
 async fn admit_at_once(gw: &Gateway) -> Result<()> {
-    gw.registry
-        .refresh(&gw.record, &gw.hub.holdings(), gw.config.registry_ttl)
+    let (ttl, row_ttl) = (gw.config.registry_ttl, gw.config.registry_row_ttl);
+    (gw.registry)
+        .refresh(&gw.record, ttl, &gw.hub.holdings(), row_ttl)
         .await?;
     gw.set_accepting();
     gw.set_ready(true);
@@ -385,24 +402,49 @@ async fn admit_at_once(gw: &Gateway) -> Result<()> {
 /// How soon a failed heartbeat is tried again.
 const HEARTBEAT_RETRY: Duration = Duration::from_secs(1);
 
-/// Refreshes this gateway's registry rows every [`heartbeat_interval`] until `stop`, which
-/// comes after the drain: the rows of sockets still open while the gateway drains are
-/// refreshed like any others. Unless [`admit_at_once`] admitted it, the gateway accepts
-/// sockets and is ready [`NEW_GATEWAY_GRACE`] after the first success.
-async fn heartbeat(gw: Arc<Gateway>, stop: CancellationToken) {
-    let ttl = gw.config.registry_ttl;
+/// Writes this gateway's heartbeat row every [`heartbeat_interval`] until `stop`, which
+/// comes after the drain, and with it the rows whose turn it is to be written again
+/// ([`refresh`]; all of them on the first pass and after the row may have lapsed). Before
+/// its first row, it deletes the rows an earlier process under the same gateway id left
+/// (a crash, then a restart with the same host name): once this id is alive again, they
+/// would look alive too. Unless [`admit_at_once`] admitted it, the gateway accepts sockets
+/// and is ready [`NEW_GATEWAY_GRACE`] after the first success.
+async fn heartbeat(gw: Arc<Gateway>, stop: CancellationToken, reap_first: bool) {
+    let (ttl, row_ttl) = (gw.config.registry_ttl, gw.config.registry_row_ttl);
+    let period = refresh::row_period(row_ttl);
     let mut tick = tokio::time::interval(heartbeat_interval(ttl));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures = 0u32;
     let mut admission = None;
+    let mut reaped = !reap_first;
+    // The last successful pass: its wall-clock time (the rows' turns are in wall-clock
+    // time) and its instant (how long ago it was).
+    let mut last_ok: Option<(u64, Instant)> = None;
     loop {
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let holdings = gw.hub.holdings();
-        let refresh = gw.registry.refresh(&gw.record, &holdings, ttl);
+        if !reaped {
+            match reap_previous(&gw).await {
+                Ok(()) => reaped = true,
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(%error, failures, "cannot check for rows of an earlier run");
+                    tick.reset_after(HEARTBEAT_RETRY.min(heartbeat_interval(ttl)));
+                    continue;
+                }
+            }
+        }
+        let (now_ms, now) = (now_millis(), Instant::now());
+        let rows = match last_ok {
+            Some((after_ms, at)) if !refresh::rewrite_all(now - at, ttl) => {
+                gw.hub.holdings_due(after_ms, now_ms, period)
+            }
+            _ => gw.hub.holdings(),
+        };
+        let refresh = gw.registry.refresh(&gw.record, ttl, &rows, row_ttl);
         let result = while_refreshing(refresh, &mut tick, || async {
             if let Err(error) = gw.registry.upsert_gateway(&gw.record, ttl).await {
                 tracing::warn!(%error, "cannot write the gateway row during a long refresh");
@@ -411,6 +453,8 @@ async fn heartbeat(gw: Arc<Gateway>, stop: CancellationToken) {
         .await;
         match result {
             Ok(()) => {
+                last_ok = Some((now_ms, now));
+                crate::session::retry_removals(&gw).await;
                 if failures > 0 {
                     tracing::info!("registry reachable again");
                 }
@@ -446,6 +490,22 @@ async fn heartbeat(gw: Arc<Gateway>, stop: CancellationToken) {
     if let Some(admission) = admission {
         admission.abort();
     }
+}
+
+/// Deletes the rows that the per-gateway index names under this gateway's id: those of an
+/// earlier process with the same id that did not exit cleanly.
+async fn reap_previous(gw: &Gateway) -> hermes_shared::Result<()> {
+    let reaped = gw.registry.reap_gateway(&gw.record.gateway_id).await?;
+    let rows = reaped.rooms + reaped.users + reaped.connections;
+    if rows > 0 || reaped.gateway_row {
+        tracing::warn!(
+            rooms = reaped.rooms,
+            users = reaped.users,
+            connections = reaped.connections,
+            "deleted the rows an earlier run of this gateway id left"
+        );
+    }
+    Ok(())
 }
 
 /// Awaits a heartbeat's `refresh`, calling `keep_alive` (which writes the gateway row) on

@@ -26,7 +26,7 @@ use crate::close;
 use crate::error::HttpError;
 use crate::hub::Connection;
 use crate::routes::{Caller, RouteError, Selected};
-use crate::state::Gateway;
+use crate::state::{Gateway, Unremoved};
 use crate::ws::{self, Accepted, Inbound, InboundError, Incoming, PushError, SocketSettings};
 
 /// How long a closed socket's peer has to read its close frame before the connection is cut.
@@ -169,7 +169,7 @@ pub async fn open(
 /// not completed (and may fail), so a publish right after any socket's handshake finds it.
 async fn admit(gw: &Gateway, conn: &Arc<Connection>) -> hermes_shared::Result<()> {
     let unwritten = gw.hub.insert(conn.clone());
-    let ttl = gw.config.registry_ttl;
+    let ttl = gw.config.registry_row_ttl;
     let r = &conn.record;
     gw.registry.put_connection(r, ttl).await?;
     if unwritten.room_row {
@@ -536,39 +536,75 @@ fn handle_text(gw: &Arc<Gateway>, conn: &Arc<Connection>, text: &str) -> Option<
 
 /// Takes a closed socket out of the hub and its rows out of the registry (the room and
 /// user rows only when it was this gateway's last socket there, written again if a socket
-/// of that room or user arrived meanwhile).
+/// of that room or user arrived meanwhile). A delete that fails is tried again after the
+/// next heartbeats ([`retry_removals`]).
 async fn release(gw: &Gateway, conn: &Connection) {
     let edges = gw.hub.remove(conn);
     let r = &conn.record;
-    let registry = &gw.registry;
-    if let Err(error) = registry.remove_connection(&r.connection_id).await {
-        tracing::warn!(%error, "cannot remove a connection row; its TTL will");
-    }
+    remove_row(gw, Unremoved::Connection(r.connection_id.clone())).await;
     if edges.room_edge {
-        if let Err(error) = registry
-            .remove_room_gateway(&r.room_id, &gw.record.gateway_id)
-            .await
-        {
-            tracing::warn!(%error, "cannot remove a room row; its TTL will");
-        }
-        // A socket of the room may have arrived while the row was being removed.
-        if gw.hub.holds_room(&r.room_id) {
-            let _ = registry
-                .add_room_gateway(&r.room_id, &gw.record.gateway_id, gw.config.registry_ttl)
-                .await;
-        }
+        remove_row(gw, Unremoved::Room(r.room_id.clone())).await;
     }
     if edges.user_edge {
-        if let Err(error) = registry
-            .remove_user_gateway(&r.user_id, &gw.record.gateway_id)
-            .await
-        {
-            tracing::warn!(%error, "cannot remove a user row; its TTL will");
+        remove_row(gw, Unremoved::User(r.user_id.clone())).await;
+    }
+}
+
+/// Deletes one of this gateway's rows: a closed socket's connection row, or a room or user
+/// edge, written again if a socket of that room or user arrived meanwhile (and not deleted
+/// at all if one is already held again). Keeps it for a retry when the delete fails, and
+/// says whether it did not.
+async fn remove_row(gw: &Gateway, row: Unremoved) -> bool {
+    let (registry, gateway_id) = (&gw.registry, gw.record.gateway_id.as_str());
+    let row_ttl = gw.config.registry_row_ttl;
+    let result = match &row {
+        Unremoved::Connection(id) => registry.remove_connection(id, gateway_id).await,
+        Unremoved::Room(room) if gw.hub.holds_room(room) => Ok(()),
+        Unremoved::User(user) if gw.hub.holds_user(user) => Ok(()),
+        Unremoved::Room(room) => {
+            let removed = registry.remove_room_gateway(room, gateway_id).await;
+            // A socket of the room may have arrived while the row was being removed.
+            if removed.is_ok() && gw.hub.holds_room(room) {
+                let _ = registry.add_room_gateway(room, gateway_id, row_ttl).await;
+            }
+            removed
         }
-        if gw.hub.holds_user(&r.user_id) {
-            let _ = registry
-                .add_user_gateway(&r.user_id, &gw.record.gateway_id, gw.config.registry_ttl)
-                .await;
+        Unremoved::User(user) => {
+            let removed = registry.remove_user_gateway(user, gateway_id).await;
+            if removed.is_ok() && gw.hub.holds_user(user) {
+                let _ = registry.add_user_gateway(user, gateway_id, row_ttl).await;
+            }
+            removed
+        }
+    };
+    match result {
+        Ok(()) => true,
+        Err(error) => {
+            let row_kind = row_kind(&row);
+            tracing::warn!(%error, row_kind, "cannot delete a row; the heartbeat will try again");
+            gw.keep_unremoved(row);
+            false
+        }
+    }
+}
+
+/// What a row is, for a log line (room and user ids are not logged).
+fn row_kind(row: &Unremoved) -> &'static str {
+    match row {
+        Unremoved::Connection(_) => "connection",
+        Unremoved::Room(_) => "room",
+        Unremoved::User(_) => "user",
+    }
+}
+
+/// Tries the deletes that failed again (after a successful heartbeat: the registry
+/// answers), until one fails again: the rest wait for the next heartbeat.
+pub(crate) async fn retry_removals(gw: &Gateway) {
+    let mut rows = std::mem::take(&mut *gw.unremoved.lock()).into_iter();
+    while let Some(row) = rows.next() {
+        if !remove_row(gw, row).await {
+            gw.unremoved.lock().extend(rows);
+            return;
         }
     }
 }
@@ -630,8 +666,8 @@ mod tests {
         async fn put_connection(&self, c: &ConnectionRecord, ttl: Duration) -> Result<()> {
             self.inner.put_connection(c, ttl).await
         }
-        async fn remove_connection(&self, id: &str) -> Result<()> {
-            self.inner.remove_connection(id).await
+        async fn remove_connection(&self, id: &str, gw: &str) -> Result<()> {
+            self.inner.remove_connection(id, gw).await
         }
         async fn connection(&self, id: &str) -> Result<Option<ConnectionRecord>> {
             self.inner.connection(id).await
@@ -748,6 +784,7 @@ mod tests {
             accepting: AtomicBool::new(true),
             draining: CancellationToken::new(),
             stopping: CancellationToken::new(),
+            unremoved: parking_lot::Mutex::new(Vec::new()),
         })
     }
 

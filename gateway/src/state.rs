@@ -40,7 +40,23 @@ pub struct Gateway {
     /// Cancelled when the drain is over and the servers stop: long-lived internal
     /// connections (deliver streams) close then.
     pub stopping: CancellationToken,
+    /// Deletes of this gateway's rows that failed (sockets closed while the registry was
+    /// unreachable), tried again after each heartbeat (`session::retry_removals`): a row
+    /// of a closed socket must not stay for the row TTL.
+    pub(crate) unremoved: parking_lot::Mutex<Vec<Unremoved>>,
 }
+
+/// A row whose delete failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unremoved {
+    Connection(String),
+    Room(String),
+    User(String),
+}
+
+/// At most this many failed deletes are kept for a retry; past it, the oldest are left to
+/// the rows' TTL (or a reap), with a warning.
+pub const MAX_UNREMOVED: usize = 100_000;
 
 impl Gateway {
     /// Registered, the registry reachable, and not draining.
@@ -60,5 +76,17 @@ impl Gateway {
 
     pub fn set_accepting(&self) {
         self.accepting.store(true, Ordering::Release);
+    }
+
+    /// Keeps a failed delete for the next heartbeat to try again.
+    pub(crate) fn keep_unremoved(&self, row: Unremoved) {
+        let mut unremoved = self.unremoved.lock();
+        if unremoved.len() >= MAX_UNREMOVED {
+            unremoved.remove(0);
+            tracing::warn!(
+                "more than {MAX_UNREMOVED} row deletes failed; the oldest is left to its TTL"
+            );
+        }
+        unremoved.push(row);
     }
 }

@@ -101,13 +101,39 @@ pub const DELIVER_TIMEOUT: &str = "HERMES_DELIVER_TIMEOUT_MS";
 pub const DELIVER_TRANSPORT: &str = "HERMES_DELIVER_TRANSPORT";
 pub const MAX_MESSAGE_BYTES: &str = "HERMES_MAX_MESSAGE_BYTES";
 
-/// `HERMES_REGISTRY_TTL_SECONDS`: the TTL gateways write their registry rows with.
+/// `HERMES_REGISTRY_TTL_SECONDS`: the TTL of a gateway's heartbeat row.
 pub const REGISTRY_TTL: &str = "HERMES_REGISTRY_TTL_SECONDS";
 
-/// `HERMES_REGISTRY_TTL_SECONDS` (default 30): gateways write their rows with it; routers
-/// read it to know when an outage of the registry was long enough for rows to expire.
+/// `HERMES_REGISTRY_ROW_TTL_SECONDS`: the TTL of a gateway's other rows (connections, room
+/// and user edges, its index), their safety net.
+pub const REGISTRY_ROW_TTL: &str = "HERMES_REGISTRY_ROW_TTL_SECONDS";
+
+/// `HERMES_REGISTRY_TTL_SECONDS` (default 30): gateways write their heartbeat row with it
+/// (a gateway is dead once the row is gone); routers read it to know when an outage of the
+/// registry was long enough for heartbeat rows to expire.
 pub fn registry_ttl(s: &dyn Strings) -> Result<Duration> {
     positive_secs(s, REGISTRY_TTL, 30)
+}
+
+/// The default of `HERMES_REGISTRY_ROW_TTL_SECONDS`: 6 hours. Each row is written again
+/// every half of it (`registry::refresh`): 2 writes (row and index entry) per socket per
+/// 3 hours.
+pub const DEFAULT_REGISTRY_ROW_TTL_SECS: u64 = 6 * 3600;
+
+/// `HERMES_REGISTRY_ROW_TTL_SECONDS` (default [`DEFAULT_REGISTRY_ROW_TTL_SECS`]), at least
+/// [`crate::registry::refresh::MIN_ROW_TTL_PER_TTL`] times `ttl` (the heartbeat row's).
+pub fn registry_row_ttl(s: &dyn Strings, ttl: Duration) -> Result<Duration> {
+    let row_ttl = positive_secs(s, REGISTRY_ROW_TTL, DEFAULT_REGISTRY_ROW_TTL_SECS)?;
+    let min = ttl * crate::registry::refresh::MIN_ROW_TTL_PER_TTL;
+    if row_ttl < min {
+        return Err(Error::Config(format!(
+            "{REGISTRY_ROW_TTL}: {} s must be at least {} x {REGISTRY_TTL} ({} s)",
+            row_ttl.as_secs(),
+            crate::registry::refresh::MIN_ROW_TTL_PER_TTL,
+            ttl.as_secs()
+        )));
+    }
+    Ok(row_ttl)
 }
 
 /// The default of `HERMES_MAX_MESSAGE_BYTES`: 128 KiB, API Gateway's message quota.

@@ -169,7 +169,7 @@ async fn refresh_writes_thousands_of_rows_concurrently() {
     for round in ["first (cold)", "second (warm)"] {
         let start = Instant::now();
         registry
-            .refresh(&gateway, &holdings, ttl)
+            .refresh(&gateway, ttl, &holdings, ttl)
             .await
             .expect("refresh");
         let took = start.elapsed();
@@ -209,6 +209,16 @@ async fn refresh_writes_thousands_of_rows_concurrently() {
             vec!["g-big".to_owned()]
         );
     }
+    // The reaper's index names every row, read back across its shards and pages.
+    let keys = registry.gateway_keys("g-big").await.expect("gateway_keys");
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(keys.rooms), sorted(holdings.rooms.clone()));
+    assert_eq!(sorted(keys.users), sorted(holdings.users.clone()));
+    let ids = holdings.connections.iter().map(|c| c.connection_id.clone());
+    assert_eq!(sorted(keys.connections), sorted(ids.collect()));
     registry.drop_keyspace().await.expect("drop keyspace");
 }
 

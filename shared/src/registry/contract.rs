@@ -79,9 +79,9 @@ async fn connections_are_found_by_id(r: &dyn Registry) {
         r.connection("c1").await.expect("get"),
         Some(conn("c1", "g1"))
     );
-    r.remove_connection("c1").await.expect("remove");
+    r.remove_connection("c1", "g1").await.expect("remove");
     assert_eq!(r.connection("c1").await.expect("get"), None);
-    r.remove_connection("c1")
+    r.remove_connection("c1", "g1")
         .await
         .expect("removing twice is fine");
 }
@@ -139,11 +139,11 @@ async fn a_token_row_reads_back_as_put_and_a_put_replaces_it_whole(r: &dyn Regis
     assert!(r.delete_token("42", "company-7").await.expect("delete"));
 }
 
-/// Two gateways hold the same room and user and a connection each, established by
-/// their heartbeats (`refresh`, which writes the index where there is one). A third
-/// connection id was held by the first gateway at its last heartbeat, then put again by
-/// the second. Reaping the first deletes exactly its rows, and reaping it again finds
-/// nothing.
+/// Two gateways hold the same room and user and a connection each. The first writes its
+/// rows as connects and disconnects do (the index follows every write and delete at once,
+/// no heartbeat needed); the second through a heartbeat's `refresh`. A third connection id
+/// was put by the first gateway, then put again by the second. Reaping the first deletes
+/// exactly its rows, and reaping it again finds nothing.
 async fn reap_gateway_deletes_every_row_of_that_gateway_only(r: &dyn Registry) {
     let (g1, g2) = ("reap-g1", "reap-g2");
     let record = |g: &str| GatewayRecord {
@@ -151,47 +151,41 @@ async fn reap_gateway_deletes_every_row_of_that_gateway_only(r: &dyn Registry) {
         internal_url: format!("http://{g}"),
         started_at: 1,
     };
-    let holdings = |g: &str, rooms: &[&str], connections: &[&str]| Holdings {
-        rooms: rooms.iter().map(|&room| room.into()).collect(),
-        users: vec!["reap-user".into()],
-        connections: connections.iter().map(|&id| conn(id, g)).collect(),
-    };
-    // g1's first heartbeat holds a room it then leaves; its next heartbeat no longer
-    // holds it (the index follows the heartbeat, not the remove).
-    r.refresh(
-        &record(g1),
-        &holdings(
-            g1,
-            &["reap-room", "reap-left"],
-            &["reap-g1-conn", "reap-moved"],
-        ),
-        TTL,
-    )
-    .await
-    .expect("heartbeat g1");
+    r.upsert_gateway(&record(g1), TTL).await.expect("g1 row");
+    for id in ["reap-g1-conn", "reap-moved", "reap-closed"] {
+        r.put_connection(&conn(id, g1), TTL).await.expect("connect");
+    }
+    for room in ["reap-room", "reap-left"] {
+        r.add_room_gateway(room, g1, TTL).await.expect("room");
+    }
+    r.add_user_gateway("reap-user", g1, TTL)
+        .await
+        .expect("user");
+    // A socket of g1 closes, and g1's last socket of a room leaves.
+    r.remove_connection("reap-closed", g1)
+        .await
+        .expect("disconnect");
     r.remove_room_gateway("reap-left", g1)
         .await
         .expect("remove room");
-    r.refresh(
-        &record(g1),
-        &holdings(g1, &["reap-room"], &["reap-g1-conn", "reap-moved"]),
-        TTL,
-    )
-    .await
-    .expect("heartbeat g1 again");
-    // Then g1 dies, and "reap-moved" is put again by g2 (its heartbeat holds it).
-    r.refresh(
-        &record(g2),
-        &holdings(g2, &["reap-room"], &["reap-g2-conn", "reap-moved"]),
-        TTL,
-    )
-    .await
-    .expect("heartbeat g2");
+    // g2's heartbeat writes its gateway row and the rows it is given.
+    let g2_rows = Holdings {
+        rooms: vec!["reap-room".into()],
+        users: vec!["reap-user".into()],
+        connections: ["reap-g2-conn", "reap-moved"].map(|id| conn(id, g2)).into(),
+    };
+    r.refresh(&record(g2), TTL, &g2_rows, TTL)
+        .await
+        .expect("heartbeat g2");
 
     let keys = r.gateway_keys(g1).await.expect("keys");
     assert_eq!(keys.rooms, vec!["reap-room".to_owned()]);
     assert_eq!(keys.users, vec!["reap-user".to_owned()]);
     assert!(keys.connections.contains(&"reap-g1-conn".to_owned()));
+    assert!(
+        !keys.connections.contains(&"reap-closed".to_owned()),
+        "a removed connection leaves the index with its row: {keys:?}"
+    );
 
     let reaped = r.reap_gateway(g1).await.expect("reap");
     assert_eq!(

@@ -56,10 +56,10 @@ impl Registry for Instrumented {
         self.timed("put_connection", self.inner.put_connection(connection, ttl))
             .await
     }
-    async fn remove_connection(&self, connection_id: &str) -> Result<()> {
+    async fn remove_connection(&self, connection_id: &str, gateway_id: &str) -> Result<()> {
         self.timed(
             "remove_connection",
-            self.inner.remove_connection(connection_id),
+            self.inner.remove_connection(connection_id, gateway_id),
         )
         .await
     }
@@ -160,10 +160,11 @@ impl Registry for Instrumented {
     async fn refresh(
         &self,
         gateway: &GatewayRecord,
-        holdings: &Holdings,
         ttl: Duration,
+        rows: &Holdings,
+        row_ttl: Duration,
     ) -> Result<()> {
-        self.timed("refresh", self.inner.refresh(gateway, holdings, ttl))
-            .await
+        let refresh = self.inner.refresh(gateway, ttl, rows, row_ttl);
+        self.timed("refresh", refresh).await
     }
 }

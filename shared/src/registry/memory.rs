@@ -173,7 +173,7 @@ impl Registry for MemoryRegistry {
         Ok(())
     }
 
-    async fn remove_connection(&self, connection_id: &str) -> Result<()> {
+    async fn remove_connection(&self, connection_id: &str, _gateway_id: &str) -> Result<()> {
         self.tables.lock().connections.remove(connection_id);
         Ok(())
     }

@@ -3,10 +3,17 @@
 //!
 //! The trait is shaped around partition lookups (room → gateways, user → gateways,
 //! connection → gateway, (user, room) → token, gateway → its keys), never around scans, so
-//! that the ScyllaDB implementation answers each call with one partition read. Rows written
-//! with a TTL disappear when the gateway that wrote them stops refreshing them; the
-//! per-gateway index ([`Registry::gateway_keys`]) lets the Kubernetes reaper delete a dead
-//! gateway's rows at once instead ([`Registry::reap_gateway`]).
+//! that the ScyllaDB implementation answers each call with one partition read.
+//!
+//! Liveness is per gateway, not per row: a gateway's heartbeat row (`gateways`, a short
+//! TTL rewritten every [`heartbeat_interval`]) is what says whether the rows naming it are
+//! real, and routers treat every row of a gateway without one as dead. The rows themselves
+//! (connections, room and user edges) are written on connect and deleted on disconnect,
+//! with a long TTL (`HERMES_REGISTRY_ROW_TTL_SECONDS`) as a safety net that the gateway
+//! renews lazily, each row at its own time ([`refresh`]). The per-gateway index
+//! ([`Registry::gateway_keys`]), written with the rows, lets the Kubernetes reaper, or the
+//! gateway itself when it starts again under the same id, delete a dead gateway's rows
+//! ([`Registry::reap_gateway`]).
 
 pub mod config;
 /// The behaviour every [`Registry`] must have (used by each implementation's tests and the
@@ -15,6 +22,7 @@ pub mod config;
 pub mod contract;
 pub mod instrumented;
 pub mod memory;
+pub mod refresh;
 pub mod remote;
 pub mod scylla;
 
@@ -112,8 +120,8 @@ enum Found {
     Connection(Option<ConnectionRecord>),
 }
 
-/// Heartbeats per TTL: a gateway writes its `gateways` row (and refreshes the rest of its
-/// rows) every [`heartbeat_interval`], a third of the TTL the row is written with.
+/// Heartbeats per TTL: a gateway writes its `gateways` row every [`heartbeat_interval`], a
+/// third of the TTL the row is written with.
 ///
 /// A router takes a gateway whose `gateways` row is missing for dead and deletes the rows
 /// that point at it, so this is the liveness rule: **a gateway is dead once it has missed
@@ -132,7 +140,8 @@ pub fn heartbeat_interval(ttl: Duration) -> Duration {
 /// gateway may have held tens of thousands of connections, each a read and a delete.
 pub const REAP_CONCURRENCY: usize = 64;
 
-/// What a gateway refreshes on every heartbeat.
+/// Rows a gateway writes again: on a heartbeat, those whose turn it is ([`refresh`]), or
+/// all of them after its heartbeat row may have lapsed.
 #[derive(Debug, Clone, Default)]
 pub struct Holdings {
     pub rooms: Vec<String>,
@@ -152,10 +161,12 @@ pub trait Registry: Send + Sync + 'static {
     /// Every live gateway (a small table: one row per replica).
     async fn gateways(&self) -> Result<Vec<GatewayRecord>>;
 
-    /// Writes (or refreshes) a connection row with a TTL.
+    /// Writes (or refreshes) a connection row with a TTL, and its entry in the index of the
+    /// gateway it names.
     async fn put_connection(&self, connection: &ConnectionRecord, ttl: Duration) -> Result<()>;
-    /// Deletes a connection row.
-    async fn remove_connection(&self, connection_id: &str) -> Result<()>;
+    /// Deletes a connection row, and its entry in the index of `gateway_id` (the gateway
+    /// the row names).
+    async fn remove_connection(&self, connection_id: &str, gateway_id: &str) -> Result<()>;
     /// The connection row.
     async fn connection(&self, connection_id: &str) -> Result<Option<ConnectionRecord>>;
 
@@ -190,10 +201,9 @@ pub trait Registry: Send + Sync + 'static {
     async fn delete_token(&self, user_id: &str, room_id: &str) -> Result<bool>;
 
     /// The rooms, users and connections a gateway holds rows for, from the per-gateway
-    /// index. How fresh the index is depends on the implementation: the Scylla registry
-    /// answers the snapshot its last heartbeat ([`Registry::refresh`]) wrote, so it misses
-    /// what was added since and may still name what was removed since; the memory registry
-    /// reads its rows. Callers check each row before acting on it.
+    /// index, which every write and delete of a row keeps (the memory registry reads its
+    /// rows instead). A key may outlive its row (a delete that reached the row but not the
+    /// index entry): callers check each row before acting on it.
     async fn gateway_keys(&self, gateway_id: &str) -> Result<GatewayKeys>;
     /// Deletes a gateway's whole index (after its rows are gone).
     async fn clear_gateway_keys(&self, gateway_id: &str) -> Result<()>;
@@ -210,8 +220,7 @@ pub trait Registry: Send + Sync + 'static {
     /// `room_gateways` and `user_gateways` rows, and the connection rows that still name it
     /// (a connection id put again by another gateway is left alone), then its index. Counts
     /// the rows it found. Idempotent: a second call finds nothing. The index is cleared
-    /// last, so a call that fails part-way can simply be repeated. Rows the index does not
-    /// name (Scylla: written after the gateway's last heartbeat) are left to their TTL.
+    /// last, so a call that fails part-way can simply be repeated.
     async fn reap_gateway(&self, gateway_id: &str) -> Result<Reaped> {
         let keys = self.gateway_keys(gateway_id).await?;
         // The gateway row first: it is what says "alive".
@@ -256,7 +265,7 @@ pub trait Registry: Send + Sync + 'static {
                         .await?
                         .filter(|row| row.gateway_id == gateway_id);
                     if row.is_some() {
-                        self.remove_connection(id).await?;
+                        self.remove_connection(id, gateway_id).await?;
                     }
                     Ok(Found::Connection(row))
                 })
@@ -290,26 +299,27 @@ pub trait Registry: Send + Sync + 'static {
         Ok(reaped)
     }
 
-    /// The heartbeat: refreshes the TTL of a gateway's row and of everything it holds.
-    /// `holdings` is complete (everything the gateway holds now). Implementations that
-    /// keep a per-gateway index write it here (the Scylla registry overrides this).
+    /// The heartbeat: writes the gateway row with `ttl` (what says "alive"), then writes
+    /// `rows` again with `row_ttl` (the rows whose turn it is, see [`refresh`]; none on
+    /// most heartbeats). The Scylla registry overrides this to write the rows in parallel.
     async fn refresh(
         &self,
         gateway: &GatewayRecord,
-        holdings: &Holdings,
         ttl: Duration,
+        rows: &Holdings,
+        row_ttl: Duration,
     ) -> Result<()> {
         self.upsert_gateway(gateway, ttl).await?;
-        for room in &holdings.rooms {
-            self.add_room_gateway(room, &gateway.gateway_id, ttl)
+        for room in &rows.rooms {
+            self.add_room_gateway(room, &gateway.gateway_id, row_ttl)
                 .await?;
         }
-        for user in &holdings.users {
-            self.add_user_gateway(user, &gateway.gateway_id, ttl)
+        for user in &rows.users {
+            self.add_user_gateway(user, &gateway.gateway_id, row_ttl)
                 .await?;
         }
-        for connection in &holdings.connections {
-            self.put_connection(connection, ttl).await?;
+        for connection in &rows.connections {
+            self.put_connection(connection, row_ttl).await?;
         }
         Ok(())
     }

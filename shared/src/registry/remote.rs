@@ -39,6 +39,9 @@ pub enum RegistryOp {
     },
     RemoveConnection {
         connection_id: String,
+        /// The gateway the row names (its index entry goes with it).
+        #[serde(default)]
+        gateway_id: String,
     },
     Connection {
         connection_id: String,
@@ -109,7 +112,10 @@ pub enum RegistryOp {
         rooms: Vec<String>,
         users: Vec<String>,
         connections: Vec<ConnectionRecord>,
+        /// The gateway row's TTL.
         ttl_ms: u64,
+        /// The other rows' TTL.
+        row_ttl_ms: u64,
     },
 }
 
@@ -135,9 +141,14 @@ pub async fn execute(registry: &dyn Registry, op: RegistryOp) -> Result<serde_js
         PutConnection { connection, ttl_ms } => {
             json(registry.put_connection(&connection, d(ttl_ms)).await?)
         }
-        RemoveConnection { connection_id } => {
-            json(registry.remove_connection(&connection_id).await?)
-        }
+        RemoveConnection {
+            connection_id,
+            gateway_id,
+        } => json(
+            registry
+                .remove_connection(&connection_id, &gateway_id)
+                .await?,
+        ),
         Connection { connection_id } => json(registry.connection(&connection_id).await?),
         AddRoomGateway {
             room_id,
@@ -199,19 +210,19 @@ pub async fn execute(registry: &dyn Registry, op: RegistryOp) -> Result<serde_js
             users,
             connections,
             ttl_ms,
-        } => json(
-            registry
-                .refresh(
-                    &gateway,
-                    &Holdings {
-                        rooms,
-                        users,
-                        connections,
-                    },
-                    d(ttl_ms),
-                )
-                .await?,
-        ),
+            row_ttl_ms,
+        } => {
+            let rows = Holdings {
+                rooms,
+                users,
+                connections,
+            };
+            json(
+                registry
+                    .refresh(&gateway, d(ttl_ms), &rows, d(row_ttl_ms))
+                    .await?,
+            )
+        }
     }
 }
 
@@ -292,9 +303,10 @@ impl Registry for RemoteRegistry {
         })
         .await
     }
-    async fn remove_connection(&self, connection_id: &str) -> Result<()> {
+    async fn remove_connection(&self, connection_id: &str, gateway_id: &str) -> Result<()> {
         self.call(RegistryOp::RemoveConnection {
             connection_id: connection_id.into(),
+            gateway_id: gateway_id.into(),
         })
         .await
     }
@@ -418,15 +430,17 @@ impl Registry for RemoteRegistry {
     async fn refresh(
         &self,
         gateway: &GatewayRecord,
-        holdings: &Holdings,
         ttl: Duration,
+        rows: &Holdings,
+        row_ttl: Duration,
     ) -> Result<()> {
         self.call(RegistryOp::Refresh {
             gateway: gateway.clone(),
-            rooms: holdings.rooms.clone(),
-            users: holdings.users.clone(),
-            connections: holdings.connections.clone(),
+            rooms: rows.rooms.clone(),
+            users: rows.users.clone(),
+            connections: rows.connections.clone(),
             ttl_ms: ms(ttl),
+            row_ttl_ms: ms(row_ttl),
         })
         .await
     }

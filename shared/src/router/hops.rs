@@ -191,7 +191,7 @@ impl Hops {
             Target::Connections(ids) => {
                 let mut last = Ok(());
                 for id in ids {
-                    if let Err(e) = self.registry.remove_connection(id).await {
+                    if let Err(e) = self.registry.remove_connection(id, gateway_id).await {
                         last = Err(e);
                     }
                 }

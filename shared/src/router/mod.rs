@@ -396,7 +396,7 @@ impl Router {
 
         let mut failures = Vec::new();
         for (gateway_id, delivery) in join_all(deliveries).await {
-            let gone = match delivery {
+            let (gone, gateway_id) = match delivery {
                 Delivery::Answered(response) => {
                     outcome.gateways += 1;
                     outcome.delivered += response.delivered;
@@ -404,14 +404,14 @@ impl Router {
                     // that joins it before the retry must get it, and asking it again
                     // cannot push a second copy to anyone.
                     if response.delivered > 0 || response.duplicate {
-                        outcome.answered.push(gateway_id);
+                        outcome.answered.push(gateway_id.clone());
                     }
-                    response.gone
+                    (response.gone, gateway_id)
                 }
                 // Its rows were just removed; connections it held are gone with it.
                 Delivery::Dead(gone) => {
-                    outcome.answered.push(gateway_id);
-                    gone
+                    outcome.answered.push(gateway_id.clone());
+                    (gone, gateway_id)
                 }
                 Delivery::Skipped => {
                     self.metrics
@@ -428,7 +428,8 @@ impl Router {
             };
             outcome.gone += gone.len();
             for connection_id in &gone {
-                if let Err(error) = self.registry.remove_connection(connection_id).await {
+                let removed = self.registry.remove_connection(connection_id, &gateway_id);
+                if let Err(error) = removed.await {
                     tracing::warn!(%error, connection_id, "cannot remove a gone connection");
                 }
             }
@@ -577,7 +578,9 @@ impl Router {
                     .await
             }
             Hop::Dead => {
-                self.registry.remove_connection(connection_id).await?;
+                (self.registry)
+                    .remove_connection(connection_id, &row.gateway_id)
+                    .await?;
                 Ok(None)
             }
         }

@@ -3,16 +3,14 @@
 //!
 //! `session` opens the session (contact points, credentials, token-aware and DC-aware load
 //! balancing, the request timeout, the consistency level) and creates the schema (keyspace
-//! and the six tables, idempotently at connect); `statements` holds one prepared statement
+//! and the tables, idempotently at connect); `statements` holds one prepared statement
 //! per operation and runs them; `lookups` batches the room → gateways and user → gateways
-//! reads; `snapshot` writes and reads the per-gateway index. This module maps the
-//! [`Registry`] operations onto them. Every lookup is one single-partition read, except
+//! reads; `index` writes and reads the per-gateway index the reaper reads. This module maps
+//! the [`Registry`] operations onto them. Every lookup is one single-partition read, except
 //! [`Registry::gateways`], which reads the small `gateways` table whole.
 //!
-//! `gateway_holdings` is the per-gateway index the Kubernetes reaper reads: a snapshot of
-//! the gateway's holdings, rewritten whole by every heartbeat ([`Registry::refresh`]) as a
-//! few shards of frozen lists under the gateway's partition. Overwriting a frozen list
-//! replaces one cell, so churn leaves no per-key tombstones behind (see `docs/registry.md`).
+//! Each room, user and connection row is written together with its entry in the index of
+//! the gateway it names (two single-partition writes in parallel), and deleted with it.
 //!
 //! Errors from the driver (timeouts, no reachable node, server errors, unexpected rows)
 //! become [`Error::RegistryUnavailable`] naming the operation and the table; nothing here
@@ -21,28 +19,28 @@
 
 pub mod config;
 mod history;
+mod index;
 mod lookups;
 mod session;
-mod snapshot;
 mod statements;
 
 pub use config::{SchemaMode, ScyllaConfig};
+pub use index::INDEX_SHARDS;
 pub use session::{cql_script, migrate, table_names};
-pub use snapshot::SNAPSHOT_SHARD_KEYS;
 pub use statements::ttl_seconds;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, try_join};
 use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
 
 use super::{ConnectionRecord, GatewayKeys, GatewayRecord, Holdings, Registry, TokenRecord};
 use crate::error::Result;
 use crate::history::{HistoryEntry, HistoryPage, Pos};
+use index::Kind;
 use lookups::Lookups;
-use snapshot::Snapshots;
 use statements::{Cql, Statements, from_bigint, to_bigint};
 
 /// How many registry writes one [`Registry::refresh`] keeps in flight. Enough to hide the
@@ -54,7 +52,6 @@ pub const REFRESH_CONCURRENCY: usize = 64;
 pub struct ScyllaRegistry {
     cql: Cql,
     statements: Statements,
-    snapshots: Snapshots,
     /// Room → gateways and user → gateways lookups, batched (see `lookups`).
     room_lookups: Lookups,
     user_lookups: Lookups,
@@ -94,7 +91,6 @@ impl ScyllaRegistry {
         Ok(Self {
             cql,
             statements,
-            snapshots: Snapshots::default(),
             room_lookups,
             user_lookups,
             history,
@@ -178,36 +174,34 @@ impl Registry for ScyllaRegistry {
     }
 
     async fn put_connection(&self, c: &ConnectionRecord, ttl: Duration) -> Result<()> {
-        self.cql
-            .run(
-                "put_connection",
-                "connections",
-                &self.statements.put_connection,
-                (
-                    &c.connection_id,
-                    &c.room_id,
-                    &c.user_id,
-                    &c.gateway_id,
-                    to_bigint(c.connected_at),
-                    &c.source_ip,
-                    &c.user_agent,
-                    ttl_seconds(ttl),
-                ),
-            )
-            .await
-            .map(drop)
+        let row = self.cql.run(
+            "put_connection",
+            "connections",
+            &self.statements.put_connection,
+            (
+                &c.connection_id,
+                &c.room_id,
+                &c.user_id,
+                &c.gateway_id,
+                to_bigint(c.connected_at),
+                &c.source_ip,
+                &c.user_agent,
+                ttl_seconds(ttl),
+            ),
+        );
+        let entry = self.index_put(&c.gateway_id, Kind::Connection, &c.connection_id, ttl);
+        try_join(row, entry).await.map(drop)
     }
 
-    async fn remove_connection(&self, connection_id: &str) -> Result<()> {
-        self.cql
-            .run(
-                "remove_connection",
-                "connections",
-                &self.statements.remove_connection,
-                (connection_id,),
-            )
-            .await
-            .map(drop)
+    async fn remove_connection(&self, connection_id: &str, gateway_id: &str) -> Result<()> {
+        let row = self.cql.run(
+            "remove_connection",
+            "connections",
+            &self.statements.remove_connection,
+            (connection_id,),
+        );
+        let entry = self.index_remove(gateway_id, Kind::Connection, connection_id);
+        try_join(row, entry).await.map(drop)
     }
 
     async fn connection(&self, connection_id: &str) -> Result<Option<ConnectionRecord>> {
@@ -245,27 +239,25 @@ impl Registry for ScyllaRegistry {
     }
 
     async fn add_room_gateway(&self, room_id: &str, gateway_id: &str, ttl: Duration) -> Result<()> {
-        self.cql
-            .run(
-                "add_room_gateway",
-                "room_gateways",
-                &self.statements.add_room_gateway,
-                (room_id, gateway_id, ttl_seconds(ttl)),
-            )
-            .await
-            .map(drop)
+        let row = self.cql.run(
+            "add_room_gateway",
+            "room_gateways",
+            &self.statements.add_room_gateway,
+            (room_id, gateway_id, ttl_seconds(ttl)),
+        );
+        let entry = self.index_put(gateway_id, Kind::Room, room_id, ttl);
+        try_join(row, entry).await.map(drop)
     }
 
     async fn remove_room_gateway(&self, room_id: &str, gateway_id: &str) -> Result<()> {
-        self.cql
-            .run(
-                "remove_room_gateway",
-                "room_gateways",
-                &self.statements.remove_room_gateway,
-                (room_id, gateway_id),
-            )
-            .await
-            .map(drop)
+        let row = self.cql.run(
+            "remove_room_gateway",
+            "room_gateways",
+            &self.statements.remove_room_gateway,
+            (room_id, gateway_id),
+        );
+        let entry = self.index_remove(gateway_id, Kind::Room, room_id);
+        try_join(row, entry).await.map(drop)
     }
 
     async fn room_gateways(&self, room_id: &str) -> Result<Vec<String>> {
@@ -273,27 +265,25 @@ impl Registry for ScyllaRegistry {
     }
 
     async fn add_user_gateway(&self, user_id: &str, gateway_id: &str, ttl: Duration) -> Result<()> {
-        self.cql
-            .run(
-                "add_user_gateway",
-                "user_gateways",
-                &self.statements.add_user_gateway,
-                (user_id, gateway_id, ttl_seconds(ttl)),
-            )
-            .await
-            .map(drop)
+        let row = self.cql.run(
+            "add_user_gateway",
+            "user_gateways",
+            &self.statements.add_user_gateway,
+            (user_id, gateway_id, ttl_seconds(ttl)),
+        );
+        let entry = self.index_put(gateway_id, Kind::User, user_id, ttl);
+        try_join(row, entry).await.map(drop)
     }
 
     async fn remove_user_gateway(&self, user_id: &str, gateway_id: &str) -> Result<()> {
-        self.cql
-            .run(
-                "remove_user_gateway",
-                "user_gateways",
-                &self.statements.remove_user_gateway,
-                (user_id, gateway_id),
-            )
-            .await
-            .map(drop)
+        let row = self.cql.run(
+            "remove_user_gateway",
+            "user_gateways",
+            &self.statements.remove_user_gateway,
+            (user_id, gateway_id),
+        );
+        let entry = self.index_remove(gateway_id, Kind::User, user_id);
+        try_join(row, entry).await.map(drop)
     }
 
     async fn user_gateways(&self, user_id: &str) -> Result<Vec<String>> {
@@ -369,21 +359,11 @@ impl Registry for ScyllaRegistry {
     }
 
     async fn gateway_keys(&self, gateway_id: &str) -> Result<GatewayKeys> {
-        self.snapshots
-            .read(&self.cql, &self.statements, gateway_id)
-            .await
+        index::read(&self.cql, &self.statements, gateway_id).await
     }
 
     async fn clear_gateway_keys(&self, gateway_id: &str) -> Result<()> {
-        self.cql
-            .run(
-                "clear_gateway_keys",
-                "gateway_holdings",
-                &self.statements.clear_holdings,
-                (gateway_id,),
-            )
-            .await
-            .map(drop)
+        index::clear(&self.cql, &self.statements, gateway_id).await
     }
 
     async fn append_history(
@@ -399,32 +379,22 @@ impl Registry for ScyllaRegistry {
         self.history.read(&self.cql, stream, after, limit).await
     }
 
-    /// The heartbeat. The gateway row first (it is what says "alive"), then the snapshot of
-    /// the holdings (`gateway_holdings`, the reaper's index, before the rows it names), then
-    /// every room, user and connection row with the new TTL, [`REFRESH_CONCURRENCY`] writes
-    /// in flight.
+    /// The heartbeat. The gateway row first (it is what says "alive"), then the rows whose
+    /// turn it is, each with its index entry, [`REFRESH_CONCURRENCY`] writes in flight.
     /// Single-partition writes in parallel rather than a multi-partition batch: each goes
     /// straight to its replicas (token-aware), no coordinator has to fan a big batch out.
-    /// The first failure ends the refresh (the next heartbeat redoes it all), so a
-    /// heartbeat against an unreachable cluster fails fast instead of failing 20,000 times.
+    /// The first failure ends the refresh (the next heartbeat redoes it), so a heartbeat
+    /// against an unreachable cluster fails fast instead of failing 20,000 times.
     async fn refresh(
         &self,
         gateway: &GatewayRecord,
-        holdings: &Holdings,
         ttl: Duration,
+        holdings: &Holdings,
+        row_ttl: Duration,
     ) -> Result<()> {
         self.upsert_gateway(gateway, ttl).await?;
         let gateway_id = gateway.gateway_id.as_str();
-        self.snapshots
-            .write(
-                &self.cql,
-                &self.statements,
-                gateway_id,
-                holdings,
-                ttl,
-                REFRESH_CONCURRENCY,
-            )
-            .await?;
+        let ttl = row_ttl;
         let (rooms, users) = (&holdings.rooms, &holdings.users);
         let connections = &holdings.connections;
         // Items are indexes and the futures are boxed: a closure taking references would
@@ -445,5 +415,23 @@ impl Registry for ScyllaRegistry {
             .buffer_unordered(REFRESH_CONCURRENCY)
             .try_for_each(|()| async { Ok(()) })
             .await
+    }
+}
+
+impl ScyllaRegistry {
+    /// Writes an index entry (see `index`).
+    async fn index_put(
+        &self,
+        gateway_id: &str,
+        kind: Kind,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<()> {
+        index::put(&self.cql, &self.statements, gateway_id, kind, key, ttl).await
+    }
+
+    /// Deletes an index entry (see `index`).
+    async fn index_remove(&self, gateway_id: &str, kind: Kind, key: &str) -> Result<()> {
+        index::remove(&self.cql, &self.statements, gateway_id, kind, key).await
     }
 }

@@ -47,14 +47,14 @@ const TABLES: &[(&str, &str, &str)] = &[
          PRIMARY KEY ((user_id, room_id))",
         "",
     ),
-    // The per-gateway index: a snapshot of what the gateway holds, written by its heartbeat
-    // in shards of at most `SNAPSHOT_SHARD_KEYS` keys. Each list is one frozen cell,
-    // replaced whole on every heartbeat: no per-key cells, so no per-key tombstones.
+    // The per-gateway index (`index.rs`): an entry per room, user and connection row a
+    // gateway holds, written and deleted with the row, spread over a few partitions per
+    // gateway; a short gc_grace, as a resurrected entry only costs a reap one more check.
     (
-        "gateway_holdings",
-        "gateway_id text, shard int, rooms frozen<list<text>>, users frozen<list<text>>, \
-         connections frozen<list<text>>, PRIMARY KEY (gateway_id, shard)",
-        "",
+        "gateway_index",
+        "gateway_id text, shard int, kind text, key text, \
+         PRIMARY KEY ((gateway_id, shard), kind, key)",
+        " WITH gc_grace_seconds = 10800",
     ),
     // The streams' short history (`history.rs`): a partition per stream and minute, rows
     // in position order, every row with a TTL and never deleted, so time-window compaction

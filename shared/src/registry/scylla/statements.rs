@@ -10,7 +10,7 @@ use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
-use super::snapshot::SNAPSHOT_PAGE_ROWS;
+use super::index::INDEX_PAGE_ROWS;
 use crate::error::{Cause, Error, Result};
 
 /// The largest TTL CQL accepts: 20 years, in seconds.
@@ -35,10 +35,10 @@ pub(super) struct Statements {
     pub(super) token: PreparedStatement,
     pub(super) set_fast_verifier: PreparedStatement,
     pub(super) delete_token: PreparedStatement,
-    pub(super) put_holdings: PreparedStatement,
-    pub(super) trim_holdings: PreparedStatement,
-    pub(super) gateway_holdings: PreparedStatement,
-    pub(super) clear_holdings: PreparedStatement,
+    pub(super) put_index: PreparedStatement,
+    pub(super) remove_index: PreparedStatement,
+    pub(super) gateway_index: PreparedStatement,
+    pub(super) clear_index: PreparedStatement,
 }
 
 impl Statements {
@@ -180,35 +180,37 @@ impl Statements {
                 false,
             )
             .await?,
-            put_holdings: prepare(
+            put_index: prepare(
                 format!(
-                    "INSERT INTO {ks}.gateway_holdings (gateway_id, shard, rooms, users, \
-                     connections) VALUES (?, ?, ?, ?, ?) USING TTL ?"
+                    "INSERT INTO {ks}.gateway_index (gateway_id, shard, kind, key) \
+                     VALUES (?, ?, ?, ?) USING TTL ?"
                 ),
                 true,
             )
             .await?,
-            // A range delete: one range tombstone, only when a gateway's snapshot shrank.
-            trim_holdings: prepare(
-                format!("DELETE FROM {ks}.gateway_holdings WHERE gateway_id = ? AND shard >= ?"),
+            remove_index: prepare(
+                format!(
+                    "DELETE FROM {ks}.gateway_index WHERE gateway_id = ? AND shard = ? \
+                     AND kind = ? AND key = ?"
+                ),
                 true,
             )
             .await?,
-            gateway_holdings: {
+            gateway_index: {
                 let mut statement = prepare(
                     format!(
-                        "SELECT rooms, users, connections FROM {ks}.gateway_holdings \
-                         WHERE gateway_id = ?"
+                        "SELECT kind, key FROM {ks}.gateway_index \
+                         WHERE gateway_id = ? AND shard = ?"
                     ),
                     true,
                 )
                 .await?;
-                statement.set_page_size(SNAPSHOT_PAGE_ROWS);
+                statement.set_page_size(INDEX_PAGE_ROWS);
                 statement
             },
-            // One partition tombstone for the whole snapshot of a reaped gateway.
-            clear_holdings: prepare(
-                format!("DELETE FROM {ks}.gateway_holdings WHERE gateway_id = ?"),
+            // One partition tombstone per shard of a reaped gateway's index.
+            clear_index: prepare(
+                format!("DELETE FROM {ks}.gateway_index WHERE gateway_id = ? AND shard = ?"),
                 true,
             )
             .await?,
