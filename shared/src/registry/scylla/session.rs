@@ -48,13 +48,17 @@ const TABLES: &[(&str, &str, &str)] = &[
         "",
     ),
     // The per-gateway index (`index.rs`): an entry per room, user and connection row a
-    // gateway holds, written and deleted with the row, spread over a few partitions per
-    // gateway; a short gc_grace, as a resurrected entry only costs a reap one more check.
+    // gateway holds, written and deleted with the row, spread over 64 partitions per
+    // gateway so that the tombstones of its deletes stay far from the read limit; a short
+    // gc_grace (a resurrected entry only costs a reap one more check) and single-SSTable
+    // tombstone compactions, so that they are purged soon after.
     (
         "gateway_index",
         "gateway_id text, shard int, kind text, key text, \
          PRIMARY KEY ((gateway_id, shard), kind, key)",
-        " WITH gc_grace_seconds = 10800",
+        " WITH gc_grace_seconds = 10800 AND compaction = {'class': \
+         'SizeTieredCompactionStrategy', 'unchecked_tombstone_compaction': 'true', \
+         'tombstone_compaction_interval': '3600'}",
     ),
     // The streams' short history (`history.rs`): a partition per stream and minute, rows
     // in position order, every row with a TTL and never deleted, so time-window compaction
