@@ -458,6 +458,30 @@ mod tests {
     }
 
     #[test]
+    fn a_row_ttl_under_twice_the_heartbeat_ttl_is_refused_naming_both_variables() {
+        let row_ttl = hermes_shared::config::REGISTRY_ROW_TTL;
+        let mut env = serve_env();
+        env.extend([(REGISTRY_TTL, "30"), (row_ttl, "59")]);
+        let err = GatewayConfig::from_strings(&env, Mode::Serve)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("HERMES_REGISTRY_ROW_TTL_SECONDS: 59 s"),
+            "{err}"
+        );
+        assert!(err.contains("HERMES_REGISTRY_TTL_SECONDS (30 s)"), "{err}");
+        env.insert(row_ttl, "60");
+        let c = GatewayConfig::from_strings(&env, Mode::Serve).expect("twice the TTL");
+        assert_eq!(c.registry_row_ttl, Duration::from_secs(60));
+        let c = GatewayConfig::from_strings(&serve_env(), Mode::Serve).expect("defaults");
+        assert_eq!(
+            (c.registry_ttl, c.registry_row_ttl),
+            (Duration::from_secs(30), Duration::from_secs(6 * 3600))
+        );
+    }
+
+    #[test]
     fn the_embedded_memory_registry_allows_a_drain_longer_than_its_ttl() {
         let mut env = serve_env();
         env.extend([(DRAIN, "60"), (REGISTRY_TTL, "3")]);

@@ -174,6 +174,7 @@ HERMES_LOG: {{ $v.config.logLevel | quote }}
 HERMES_LOG_FORMAT: {{ $v.config.logFormat | quote }}
 HERMES_DELIVER_TIMEOUT_MS: {{ $v.config.deliverTimeoutMs | quote }}
 HERMES_REGISTRY_TTL_SECONDS: {{ $v.registry.ttlSeconds | quote }}
+HERMES_REGISTRY_ROW_TTL_SECONDS: {{ $v.registry.rowTtlSeconds | quote }}
 {{- if eq $v.registry.type "scylla" }}
 HERMES_REGISTRY: "scylla"
 HERMES_SCYLLA_NODES: {{ join "," $v.scylla.nodes | quote }}
