@@ -41,6 +41,7 @@ use crate::error::Result;
 use crate::history::{HistoryEntry, HistoryPage, Pos};
 use index::Kind;
 use lookups::Lookups;
+use scylla::statement::prepared::PreparedStatement;
 use statements::{Cql, Statements, from_bigint, to_bigint};
 
 /// How many registry writes one [`Registry::refresh`] keeps in flight. Enough to hide the
@@ -239,25 +240,11 @@ impl Registry for ScyllaRegistry {
     }
 
     async fn add_room_gateway(&self, room_id: &str, gateway_id: &str, ttl: Duration) -> Result<()> {
-        let row = self.cql.run(
-            "add_room_gateway",
-            "room_gateways",
-            &self.statements.add_room_gateway,
-            (room_id, gateway_id, ttl_seconds(ttl)),
-        );
-        let entry = self.index_put(gateway_id, Kind::Room, room_id, ttl);
-        try_join(row, entry).await.map(drop)
+        self.add_edge(Kind::Room, room_id, gateway_id, ttl).await
     }
 
     async fn remove_room_gateway(&self, room_id: &str, gateway_id: &str) -> Result<()> {
-        let row = self.cql.run(
-            "remove_room_gateway",
-            "room_gateways",
-            &self.statements.remove_room_gateway,
-            (room_id, gateway_id),
-        );
-        let entry = self.index_remove(gateway_id, Kind::Room, room_id);
-        try_join(row, entry).await.map(drop)
+        self.remove_edge(Kind::Room, room_id, gateway_id).await
     }
 
     async fn room_gateways(&self, room_id: &str) -> Result<Vec<String>> {
@@ -265,25 +252,11 @@ impl Registry for ScyllaRegistry {
     }
 
     async fn add_user_gateway(&self, user_id: &str, gateway_id: &str, ttl: Duration) -> Result<()> {
-        let row = self.cql.run(
-            "add_user_gateway",
-            "user_gateways",
-            &self.statements.add_user_gateway,
-            (user_id, gateway_id, ttl_seconds(ttl)),
-        );
-        let entry = self.index_put(gateway_id, Kind::User, user_id, ttl);
-        try_join(row, entry).await.map(drop)
+        self.add_edge(Kind::User, user_id, gateway_id, ttl).await
     }
 
     async fn remove_user_gateway(&self, user_id: &str, gateway_id: &str) -> Result<()> {
-        let row = self.cql.run(
-            "remove_user_gateway",
-            "user_gateways",
-            &self.statements.remove_user_gateway,
-            (user_id, gateway_id),
-        );
-        let entry = self.index_remove(gateway_id, Kind::User, user_id);
-        try_join(row, entry).await.map(drop)
+        self.remove_edge(Kind::User, user_id, gateway_id).await
     }
 
     async fn user_gateways(&self, user_id: &str) -> Result<Vec<String>> {
@@ -418,7 +391,44 @@ impl Registry for ScyllaRegistry {
     }
 }
 
+/// An operation's name and its prepared statement.
+type Op<'a> = (&'static str, &'a PreparedStatement);
+
 impl ScyllaRegistry {
+    /// The table, and the (operation, statement) that adds and that removes, of a room or
+    /// user edge.
+    fn edge(&self, kind: Kind) -> (&'static str, Op<'_>, Op<'_>) {
+        let s = &self.statements;
+        match kind {
+            Kind::User => (
+                "user_gateways",
+                ("add_user_gateway", &s.add_user_gateway),
+                ("remove_user_gateway", &s.remove_user_gateway),
+            ),
+            Kind::Room | Kind::Connection => (
+                "room_gateways",
+                ("add_room_gateway", &s.add_room_gateway),
+                ("remove_room_gateway", &s.remove_room_gateway),
+            ),
+        }
+    }
+
+    /// Writes a room or user edge (`kind`) and its index entry, in parallel.
+    async fn add_edge(&self, kind: Kind, key: &str, gateway_id: &str, ttl: Duration) -> Result<()> {
+        let (table, (op, add), _) = self.edge(kind);
+        let row = (self.cql).run(op, table, add, (key, gateway_id, ttl_seconds(ttl)));
+        let entry = self.index_put(gateway_id, kind, key, ttl);
+        try_join(row, entry).await.map(drop)
+    }
+
+    /// Deletes a room or user edge (`kind`) and its index entry, in parallel.
+    async fn remove_edge(&self, kind: Kind, key: &str, gateway_id: &str) -> Result<()> {
+        let (table, _, (op, remove)) = self.edge(kind);
+        let row = (self.cql).run(op, table, remove, (key, gateway_id));
+        let entry = self.index_remove(gateway_id, kind, key);
+        try_join(row, entry).await.map(drop)
+    }
+
     /// Writes an index entry (see `index`).
     async fn index_put(
         &self,
