@@ -477,7 +477,7 @@ mod tests {
         let c = GatewayConfig::from_strings(&serve_env(), Mode::Serve).expect("defaults");
         assert_eq!(
             (c.registry_ttl, c.registry_row_ttl),
-            (Duration::from_secs(30), Duration::from_secs(6 * 3600))
+            (Duration::from_secs(30), Duration::from_secs(24 * 3600))
         );
     }
 

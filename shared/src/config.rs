@@ -115,10 +115,10 @@ pub fn registry_ttl(s: &dyn Strings) -> Result<Duration> {
     positive_secs(s, REGISTRY_TTL, 30)
 }
 
-/// The default of `HERMES_REGISTRY_ROW_TTL_SECONDS`: 6 hours. Each row is written again
-/// every half of it (`registry::refresh`): 2 writes (row and index entry) per socket per
-/// 3 hours.
-pub const DEFAULT_REGISTRY_ROW_TTL_SECS: u64 = 6 * 3600;
+/// The default of `HERMES_REGISTRY_ROW_TTL_SECONDS`: 24 hours. Each row is written again
+/// every half of it (`registry::refresh`): 2 writes (row and index entry) per row per 12
+/// hours, so that even a socket with a room and a user of its own costs 0.5 writes an hour.
+pub const DEFAULT_REGISTRY_ROW_TTL_SECS: u64 = 24 * 3600;
 
 /// `HERMES_REGISTRY_ROW_TTL_SECONDS` (default [`DEFAULT_REGISTRY_ROW_TTL_SECS`]), at least
 /// [`crate::registry::refresh::MIN_ROW_TTL_PER_TTL`] times `ttl` (the heartbeat row's).

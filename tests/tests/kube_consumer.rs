@@ -351,7 +351,7 @@ async fn a_leader_that_stops_releases_the_lease_for_an_immediate_takeover() {
 async fn the_leader_reaps_the_rows_of_a_gateway_whose_pod_is_deleted() {
     let s = Setup::new("kube-reap").await;
     // The chart's TTLs: the heartbeat row lives 30 s past the last heartbeat, the other
-    // rows 6 hours (their safety net; liveness is the heartbeat row's). The reaper deletes
+    // rows 24 hours (their safety net; liveness is the heartbeat row's). The reaper deletes
     // what the per-gateway index names, which is written with each row at connect
     // (shared/src/registry/mod.rs, `gateway_keys`): B's rows are indexed before its
     // socket's 101, and nothing but the reaper can delete them within this test.
@@ -447,7 +447,7 @@ async fn the_leader_reaps_the_rows_of_a_gateway_whose_pod_is_deleted() {
     let age = killed.elapsed();
     eprintln!(
         "rows of gw-b reaped {:.2} s after its pod was deleted ({:.1} s after the kill; \
-         heartbeat TTL 30 s, row TTL 6 h)",
+         heartbeat TTL 30 s, row TTL 24 h)",
         took.as_secs_f64(),
         age.as_secs_f64(),
     );

@@ -76,7 +76,7 @@ async fn an_idle_sockets_row_outlives_its_ttl_renewed_at_its_turn_not_every_hear
     );
 }
 
-/// A gateway killed with SIGKILL leaves its rows (a 6-hour safety-net TTL). Started again
+/// A gateway killed with SIGKILL leaves its rows (a 24-hour safety-net TTL). Started again
 /// under the same id (a host name), it deletes them before its first heartbeat row, so
 /// that they do not look alive again with it; then its own sockets are registered as ever.
 #[tokio::test]
