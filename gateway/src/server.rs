@@ -444,7 +444,13 @@ async fn heartbeat(gw: Arc<Gateway>, stop: CancellationToken, reap_first: bool) 
             }
             _ => gw.hub.holdings(),
         };
-        let refresh = gw.registry.refresh(&gw.record, ttl, &rows, row_ttl);
+        // The deletes that failed before go with the pass, under the same keep-alive: many
+        // of them (sockets closed during an outage) must not hold up the gateway row.
+        let refresh = async {
+            gw.registry.refresh(&gw.record, ttl, &rows, row_ttl).await?;
+            crate::session::retry_removals(&gw).await;
+            Ok::<(), hermes_shared::Error>(())
+        };
         let result = while_refreshing(refresh, &mut tick, || async {
             if let Err(error) = gw.registry.upsert_gateway(&gw.record, ttl).await {
                 tracing::warn!(%error, "cannot write the gateway row during a long refresh");
@@ -454,7 +460,6 @@ async fn heartbeat(gw: Arc<Gateway>, stop: CancellationToken, reap_first: bool) 
         match result {
             Ok(()) => {
                 last_ok = Some((now_ms, now));
-                crate::session::retry_removals(&gw).await;
                 if failures > 0 {
                     tracing::info!("registry reachable again");
                 }
