@@ -14,9 +14,12 @@
 //! single users (Hermes: RabbitMQ → `hermes-consumer` → `hermes-gateway` in another process,
 //! on the real services of `scripts/services/up.sh`; Centrifugo: its HTTP API, having no
 //! RabbitMQ consumer), `hermes-bench p5` the delivery p99 during a flood of first-time
-//! connects against its baseline. `scripts/bench/run.sh` runs it all.
+//! connects against its baseline. `scripts/bench/run.sh` runs it all. `hermes-bench
+//! capacity-sim` counts the registry calls of the capacity model (docs/capacity.md) on the
+//! real router and registry code, no server.
 
 mod amqp_cost;
+mod capacity;
 mod cli;
 mod floor;
 mod holder;
