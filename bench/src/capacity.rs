@@ -381,7 +381,7 @@ impl Rng {
 
     /// Uniform in [0, n).
     fn below(&mut self, n: usize) -> usize {
-        ((self.next() >> 32) * n as u64 >> 32) as usize
+        (((self.next() >> 32) * n as u64) >> 32) as usize
     }
 
     fn shuffle<T>(&mut self, items: &mut [T]) {
