@@ -33,7 +33,7 @@ pub struct Connection {
     pub record: ConnectionRecord,
     /// True for `hermes.v1` subprotocol clients.
     pub modern: bool,
-    /// The socket's outgoing frames (the response body the connection writes from).
+    /// The socket's outgoing frames (written straight to its connection, or queued).
     pub outbox: Outbox,
     /// Cancelled when the socket must close; the code and reason are in `close_with`.
     kill: CancellationToken,
@@ -429,45 +429,55 @@ impl SessionHub {
         }
     }
 
+    /// Calls `f` for every socket `target` names here (but `exclude`); returns the ids of
+    /// named connections not held here. The sockets are collected under the index's read
+    /// lock and `f` runs after it is released: a push may write to the connection (a
+    /// system call per socket), and connects and disconnects must not wait for a fan-out.
     fn for_each_target(
         &self,
         target: &Target,
         exclude: Option<&str>,
-        mut f: impl FnMut(&Arc<Connection>),
+        f: impl FnMut(&Arc<Connection>),
     ) -> Vec<String> {
-        let index = self.index.read();
         let mut gone = Vec::new();
-        let excluded = |c: &Connection| exclude.is_some_and(|e| e == c.id());
-        match target {
-            Target::Room { room_id } => {
-                if let Some(members) = index.rooms.get(room_id) {
-                    members
-                        .sockets
-                        .values()
-                        .filter(|c| !excluded(c))
-                        .for_each(&mut f);
-                }
-            }
-            Target::User { user_id, room_id } => {
-                if let Some(members) = index.users.get(user_id) {
-                    members
-                        .sockets
-                        .values()
-                        .filter(|c| !excluded(c))
-                        .filter(|c| room_id.as_ref().is_none_or(|r| *r == c.record.room_id))
-                        .for_each(&mut f);
-                }
-            }
-            Target::Connections(ids) => {
-                for id in ids {
-                    match index.connections.get(id) {
-                        Some(c) if !excluded(c) => f(c),
-                        Some(_) => {}
-                        None => gone.push(id.clone()),
+        let targets: Vec<Arc<Connection>> = {
+            let index = self.index.read();
+            let included = |c: &&Arc<Connection>| exclude.is_none_or(|e| e != c.id());
+            match target {
+                Target::Room { room_id } => index
+                    .rooms
+                    .get(room_id)
+                    .map(|m| m.sockets.values().filter(included).cloned().collect())
+                    .unwrap_or_default(),
+                Target::User { user_id, room_id } => index
+                    .users
+                    .get(user_id)
+                    .map(|m| {
+                        m.sockets
+                            .values()
+                            .filter(included)
+                            .filter(|c| room_id.as_ref().is_none_or(|r| *r == c.record.room_id))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                Target::Connections(ids) => {
+                    let mut found = Vec::new();
+                    for id in ids {
+                        match index.connections.get(id) {
+                            Some(c) => {
+                                if included(&c) {
+                                    found.push(c.clone());
+                                }
+                            }
+                            None => gone.push(id.clone()),
+                        }
                     }
+                    found
                 }
             }
-        }
+        };
+        targets.iter().for_each(f);
         gone
     }
 }
@@ -645,7 +655,7 @@ pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::ws::OutboxBody;
+    use crate::ws::Attach;
 
     pub(crate) fn dedup(max: usize) -> DedupSettings {
         DedupSettings {
@@ -654,7 +664,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn conn(id: &str, room: &str, user: &str, queue: usize) -> (Arc<Connection>, OutboxBody) {
+    fn conn(id: &str, room: &str, user: &str, queue: usize) -> (Arc<Connection>, Attach) {
         let (outbox, body) = Outbox::new(queue, None);
         let conn = Connection::new(
             ConnectionRecord {
@@ -760,9 +770,9 @@ pub(crate) mod tests {
     #[test]
     fn room_delivery_skips_the_excluded_connection_and_user_delivery_filters_by_room() {
         let hub = SessionHub::new(Arc::new(Metrics::new()), dedup(16));
-        let (a, mut ra) = conn("a", "r", "u", 4);
-        let (b, mut rb) = conn("b", "r", "v", 4);
-        let (c, mut rc) = conn("c", "other", "u", 4);
+        let (a, ra) = conn("a", "r", "u", 4);
+        let (b, rb) = conn("b", "r", "v", 4);
+        let (c, rc) = conn("c", "other", "u", 4);
         for x in [&a, &b, &c] {
             hub.insert(x.clone());
         }
@@ -804,7 +814,7 @@ pub(crate) mod tests {
         let first = hub.deliver(&send(room(), Some("m1"), None));
         assert_eq!((first.delivered, first.duplicate), (0, false));
         // A socket of the room arrives before the retry: the retry reaches it, once.
-        let (a, mut ra) = conn("a", "r", "u", 8);
+        let (a, ra) = conn("a", "r", "u", 8);
         hub.insert(a);
         let retry = hub.deliver(&send(room(), Some("m1"), None));
         assert_eq!((retry.delivered, retry.duplicate), (1, false));
@@ -838,8 +848,8 @@ pub(crate) mod tests {
     #[test]
     fn hermes_v1_sockets_get_id_and_pos_original_ones_the_original_frame_and_raw_stays_raw() {
         let hub = SessionHub::new(Arc::new(Metrics::new()), dedup(16));
-        let (modern, mut rm) = conn("m", "r", "u", 4);
-        let (outbox, mut ro) = Outbox::new(4, None);
+        let (modern, rm) = conn("m", "r", "u", 4);
+        let (outbox, ro) = Outbox::new(4, None);
         let mut record = modern.record.clone();
         record.connection_id = "o".into();
         let original = Connection::new(record, false, outbox, u64::MAX, false);
@@ -870,7 +880,7 @@ pub(crate) mod tests {
     fn a_delivery_that_arrives_after_it_expired_is_dropped_and_not_remembered() {
         let metrics = Arc::new(Metrics::new());
         let hub = SessionHub::new(metrics.clone(), dedup(16));
-        let (a, mut ra) = conn("a", "r", "u", 4);
+        let (a, ra) = conn("a", "r", "u", 4);
         hub.insert(a);
         let mut late = notification("m", None);
         late.expires_at = Some(now_millis() - 5_000);
@@ -891,7 +901,7 @@ pub(crate) mod tests {
     #[test]
     fn notifications_held_during_a_replay_follow_it_in_position_order_each_once() {
         let hub = SessionHub::new(Arc::new(Metrics::new()), dedup(16));
-        let (outbox, mut body) = Outbox::new(8, None);
+        let (outbox, body) = Outbox::new(8, None);
         let (plain, _keep) = conn("x", "r", "u", 1);
         let resuming = Connection::new(plain.record.clone(), true, outbox, u64::MAX, true);
         hub.insert(resuming.clone());
@@ -940,7 +950,7 @@ pub(crate) mod tests {
     #[test]
     fn a_redelivered_message_id_is_sent_once() {
         let hub = SessionHub::new(Arc::new(Metrics::new()), dedup(2));
-        let (a, mut ra) = conn("a", "r", "u", 8);
+        let (a, ra) = conn("a", "r", "u", 8);
         hub.insert(a);
         let room = || Target::Room {
             room_id: "r".into(),
@@ -963,7 +973,7 @@ pub(crate) mod tests {
         let metrics = Arc::new(Metrics::new());
         let hub = SessionHub::new(metrics.clone(), dedup(0));
         let (slow, _keep_slow_queue) = conn("slow", "r", "u", 1);
-        let (fast, mut rf) = conn("fast", "r", "v", 8);
+        let (fast, rf) = conn("fast", "r", "v", 8);
         hub.insert(slow.clone());
         hub.insert(fast.clone());
         for _ in 0..3 {

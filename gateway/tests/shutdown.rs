@@ -64,7 +64,9 @@ async fn a_draining_gateway_refuses_new_sockets() {
     ])
     .await;
     let token = gw.token("u", "r").await;
-    // One socket keeps the drain going while we try to connect.
+    // Two sockets keep the drain going while we try to connect: the second closes half the
+    // drain window after the first (one alone is closed at once, and the gateway exits).
+    let mut first = gw.connect(&token).await;
     let mut held = gw.connect(&token).await;
     let url = format!("{}?token={token}", gw.ws_url());
     gw.terminate();
@@ -82,6 +84,7 @@ async fn a_draining_gateway_refuses_new_sockets() {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
         Err(_) => {} // the listener no longer accepts: refused outright
     }
+    assert_eq!(recv_close(&mut first).await, 1012);
     assert_eq!(recv_close(&mut held).await, 1012);
     assert!(gw.wait_exit(Duration::from_secs(8)).await.success());
 }
