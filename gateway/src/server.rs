@@ -198,19 +198,8 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
     }
     // The gateway row, and whatever rows a failed delete left behind (sockets still open
     // when the grace ended, a delete the registry did not take).
-    match gw.registry.reap_gateway(&gw.record.gateway_id).await {
-        Ok(reaped) if reaped.rooms + reaped.users + reaped.connections > 0 => {
-            tracing::info!(
-                rooms = reaped.rooms,
-                users = reaped.users,
-                connections = reaped.connections,
-                "deleted the rows left at exit"
-            );
-        }
-        Ok(_) => {}
-        Err(error) => {
-            tracing::warn!(%error, "cannot remove this gateway's rows; a reap or their TTL will");
-        }
+    if let Err(error) = reap_own_rows(&gw, Reap::AtExit).await {
+        tracing::warn!(%error, "cannot remove this gateway's rows; a reap or their TTL will");
     }
     gw.stopping.cancel();
     // The public server, then the internal one (its /readyz and /metrics answer until the
@@ -427,7 +416,7 @@ async fn heartbeat(gw: Arc<Gateway>, stop: CancellationToken, reap_first: bool) 
             _ = tick.tick() => {}
         }
         if !reaped {
-            match reap_previous(&gw).await {
+            match reap_own_rows(&gw, Reap::EarlierRun).await {
                 Ok(()) => reaped = true,
                 Err(error) => {
                     failures += 1;
@@ -497,18 +486,33 @@ async fn heartbeat(gw: Arc<Gateway>, stop: CancellationToken, reap_first: bool) 
     }
 }
 
-/// Deletes the rows that the per-gateway index names under this gateway's id: those of an
-/// earlier process with the same id that did not exit cleanly.
-async fn reap_previous(gw: &Gateway) -> hermes_shared::Result<()> {
+/// Whose rows a gateway reaps under its own id.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reap {
+    /// Before its first heartbeat: an earlier process with the same id that did not exit
+    /// cleanly (its rows would look alive again under this process's heartbeat).
+    EarlierRun,
+    /// After its drain: sockets still open when the grace ended, deletes that failed.
+    AtExit,
+}
+
+/// Deletes the rows that the per-gateway index names under this gateway's id, and says so
+/// when there were any.
+async fn reap_own_rows(gw: &Gateway, when: Reap) -> hermes_shared::Result<()> {
     let reaped = gw.registry.reap_gateway(&gw.record.gateway_id).await?;
     let rows = reaped.rooms + reaped.users + reaped.connections;
-    if rows > 0 || reaped.gateway_row {
-        tracing::warn!(
-            rooms = reaped.rooms,
-            users = reaped.users,
-            connections = reaped.connections,
+    let (rooms, users, connections) = (reaped.rooms, reaped.users, reaped.connections);
+    match when {
+        Reap::AtExit if rows > 0 => {
+            tracing::info!(rooms, users, connections, "deleted the rows left at exit");
+        }
+        Reap::EarlierRun if rows > 0 || reaped.gateway_row => tracing::warn!(
+            rooms,
+            users,
+            connections,
             "deleted the rows an earlier run of this gateway id left"
-        );
+        ),
+        _ => {}
     }
     Ok(())
 }

@@ -581,20 +581,11 @@ async fn remove_row(gw: &Gateway, row: Unremoved) -> bool {
     match result {
         Ok(()) => true,
         Err(error) => {
-            let row_kind = row_kind(&row);
+            let row_kind = row.kind();
             tracing::warn!(%error, row_kind, "cannot delete a row; the heartbeat will try again");
             gw.keep_unremoved(row);
             false
         }
-    }
-}
-
-/// What a row is, for a log line (room and user ids are not logged).
-fn row_kind(row: &Unremoved) -> &'static str {
-    match row {
-        Unremoved::Connection(_) => "connection",
-        Unremoved::Room(_) => "room",
-        Unremoved::User(_) => "user",
     }
 }
 

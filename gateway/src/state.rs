@@ -54,6 +54,17 @@ pub enum Unremoved {
     User(String),
 }
 
+impl Unremoved {
+    /// What the row is, for a log line (room and user ids are not logged).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Unremoved::Connection(_) => "connection",
+            Unremoved::Room(_) => "room",
+            Unremoved::User(_) => "user",
+        }
+    }
+}
+
 /// At most this many failed deletes are kept for a retry; past it, the oldest are left to
 /// the rows' TTL (or a reap), with a warning.
 pub const MAX_UNREMOVED: usize = 100_000;
