@@ -301,11 +301,50 @@ pub struct SessionHub {
     count: tokio::sync::watch::Sender<usize>,
     dedup: Mutex<SeenIds>,
     metrics: Arc<Metrics>,
+    /// Threads a large fan-out's write pass is split over.
+    writers: usize,
+}
+
+/// Sockets per thread below which a fan-out is written by the delivering thread alone.
+const FAN_OUT_SPLIT: usize = 1024;
+
+/// Pushes to every socket of `targets`, split over up to `threads` threads (the calling
+/// one among them) when there are enough: a push is a `write` system call, and one thread
+/// writing 10,000 of them in a row is the fan-out's whole latency. Returns how many pushes
+/// succeeded. The pass is over when this returns: a later delivery never overtakes it.
+fn fan_out(
+    targets: &[Arc<Connection>],
+    threads: usize,
+    push: impl Fn(&Arc<Connection>) -> bool + Sync,
+) -> usize {
+    let threads = threads.min(targets.len() / FAN_OUT_SPLIT).max(1);
+    if threads == 1 {
+        return targets.iter().filter(|c| push(c)).count();
+    }
+    let push = &push;
+    let mut chunks = targets.chunks(targets.len().div_ceil(threads));
+    let own = chunks.next().unwrap_or_default();
+    std::thread::scope(|scope| {
+        let others: Vec<_> = chunks
+            .map(|chunk| scope.spawn(move || chunk.iter().filter(|c| push(c)).count()))
+            .collect();
+        let mut pushed = own.iter().filter(|c| push(c)).count();
+        for other in others {
+            pushed += other.join().unwrap_or(0);
+        }
+        pushed
+    })
 }
 
 impl SessionHub {
     pub fn new(metrics: Arc<Metrics>, dedup: DedupSettings) -> Self {
+        Self::with_writers(metrics, dedup, 1)
+    }
+
+    /// A hub whose large fan-outs are written by up to `writers` threads.
+    pub fn with_writers(metrics: Arc<Metrics>, dedup: DedupSettings, writers: usize) -> Self {
         Self {
+            writers: writers.max(1),
             index: RwLock::new(Index::default()),
             count: tokio::sync::watch::Sender::new(0),
             dedup: Mutex::new(SeenIds::new(dedup.window, dedup.max)),
@@ -430,15 +469,27 @@ impl SessionHub {
     }
 
     /// Calls `f` for every socket `target` names here (but `exclude`); returns the ids of
-    /// named connections not held here. The sockets are collected under the index's read
-    /// lock and `f` runs after it is released: a push may write to the connection (a
-    /// system call per socket), and connects and disconnects must not wait for a fan-out.
+    /// named connections not held here.
     fn for_each_target(
         &self,
         target: &Target,
         exclude: Option<&str>,
         f: impl FnMut(&Arc<Connection>),
     ) -> Vec<String> {
+        let (targets, gone) = self.targets(target, exclude);
+        targets.iter().for_each(f);
+        gone
+    }
+
+    /// The sockets `target` names here (but `exclude`), and the ids of named connections
+    /// not held here. Collected under the index's read lock, used after it is released: a
+    /// push may write to the connection (a system call per socket), and connects and
+    /// disconnects must not wait for a fan-out.
+    fn targets(
+        &self,
+        target: &Target,
+        exclude: Option<&str>,
+    ) -> (Vec<Arc<Connection>>, Vec<String>) {
         let mut gone = Vec::new();
         let targets: Vec<Arc<Connection>> = {
             let index = self.index.read();
@@ -477,8 +528,7 @@ impl SessionHub {
                 }
             }
         };
-        targets.iter().for_each(f);
-        gone
+        (targets, gone)
     }
 }
 
@@ -580,30 +630,17 @@ impl LocalDelivery for SessionHub {
                     _ => None,
                 };
                 let pos = request.pos.as_deref();
-                let mut modern: Option<Option<Bytes>> = None;
-                let mut delivered = 0usize;
-                let gone = self.for_each_target(&request.target, exclude, |c| {
-                    let pushed = match notification {
-                        Some(id) if c.modern => {
-                            let v1 = modern.get_or_insert_with(|| {
-                                notification_v1(frame.as_str(), id, pos).map(|t| ws::text_frame(&t))
-                            });
-                            match v1 {
-                                Some(v1) => c.push_notification(
-                                    v1,
-                                    id,
-                                    pos.and_then(Pos::parse),
-                                    request.published_at,
-                                    &self.metrics,
-                                ),
-                                None => c.push(plain.clone(), request.published_at, &self.metrics),
-                            }
-                        }
-                        _ => c.push(plain.clone(), request.published_at, &self.metrics),
-                    };
-                    if pushed {
-                        delivered += 1;
+                let (targets, gone) = self.targets(&request.target, exclude);
+                let v1 = notification
+                    .filter(|_| targets.iter().any(|c| c.modern))
+                    .and_then(|id| notification_v1(frame.as_str(), id, pos))
+                    .map(|t| ws::text_frame(&t));
+                let position = pos.and_then(Pos::parse);
+                let delivered = fan_out(&targets, self.writers, |c| match (notification, &v1) {
+                    (Some(id), Some(v1)) if c.modern => {
+                        c.push_notification(v1, id, position, request.published_at, &self.metrics)
                     }
+                    _ => c.push(plain.clone(), request.published_at, &self.metrics),
                 });
                 self.metrics.messages_delivered.inc_by(delivered as u64);
                 if delivered == 0
@@ -992,5 +1029,37 @@ pub(crate) mod tests {
         );
         assert_eq!(fast.requested_close(), None);
         assert_eq!(metrics.send_queue_overflows.get(), 1);
+    }
+
+    #[test]
+    fn a_fan_out_split_over_writer_threads_reaches_every_socket_once_and_counts_them() {
+        let hub = SessionHub::with_writers(Arc::new(Metrics::new()), dedup(16), 3);
+        let sockets = FAN_OUT_SPLIT * 3 + 7;
+        let queues: Vec<Attach> = (0..sockets)
+            .map(|i| {
+                let (c, queue) = conn(&format!("c{i}"), "r", &format!("u{i}"), 4);
+                hub.insert(c);
+                queue
+            })
+            .collect();
+        let room = || Target::Room {
+            room_id: "r".into(),
+        };
+        assert_eq!(
+            hub.deliver(&send(room(), Some("m1"), Some("c5"))).delivered,
+            sockets - 1
+        );
+        assert_eq!(
+            hub.deliver(&send(room(), Some("m2"), None)).delivered,
+            sockets
+        );
+        for (i, queue) in queues.iter().enumerate() {
+            let expected = if i == 5 { 1 } else { 2 };
+            let mut got = 0;
+            while queue.try_pop().is_some() {
+                got += 1;
+            }
+            assert_eq!(got, expected, "socket {i}");
+        }
     }
 }
