@@ -33,7 +33,7 @@ pub struct Connection {
     pub record: ConnectionRecord,
     /// True for `hermes.v1` subprotocol clients.
     pub modern: bool,
-    /// The socket's outgoing frames (written straight to its connection, or queued).
+    /// The socket's outgoing frames (the response body the connection writes from).
     pub outbox: Outbox,
     /// Cancelled when the socket must close; the code and reason are in `close_with`.
     kill: CancellationToken,
@@ -301,50 +301,11 @@ pub struct SessionHub {
     count: tokio::sync::watch::Sender<usize>,
     dedup: Mutex<SeenIds>,
     metrics: Arc<Metrics>,
-    /// Threads a large fan-out's write pass is split over.
-    writers: usize,
-}
-
-/// Sockets per thread below which a fan-out is written by the delivering thread alone.
-const FAN_OUT_SPLIT: usize = 1024;
-
-/// Pushes to every socket of `targets`, split over up to `threads` threads (the calling
-/// one among them) when there are enough: a push is a `write` system call, and one thread
-/// writing 10,000 of them in a row is the fan-out's whole latency. Returns how many pushes
-/// succeeded. The pass is over when this returns: a later delivery never overtakes it.
-fn fan_out(
-    targets: &[Arc<Connection>],
-    threads: usize,
-    push: impl Fn(&Arc<Connection>) -> bool + Sync,
-) -> usize {
-    let threads = threads.min(targets.len() / FAN_OUT_SPLIT).max(1);
-    if threads == 1 {
-        return targets.iter().filter(|c| push(c)).count();
-    }
-    let push = &push;
-    let mut chunks = targets.chunks(targets.len().div_ceil(threads));
-    let own = chunks.next().unwrap_or_default();
-    std::thread::scope(|scope| {
-        let others: Vec<_> = chunks
-            .map(|chunk| scope.spawn(move || chunk.iter().filter(|c| push(c)).count()))
-            .collect();
-        let mut pushed = own.iter().filter(|c| push(c)).count();
-        for other in others {
-            pushed += other.join().unwrap_or(0);
-        }
-        pushed
-    })
 }
 
 impl SessionHub {
     pub fn new(metrics: Arc<Metrics>, dedup: DedupSettings) -> Self {
-        Self::with_writers(metrics, dedup, 1)
-    }
-
-    /// A hub whose large fan-outs are written by up to `writers` threads.
-    pub fn with_writers(metrics: Arc<Metrics>, dedup: DedupSettings, writers: usize) -> Self {
         Self {
-            writers: writers.max(1),
             index: RwLock::new(Index::default()),
             count: tokio::sync::watch::Sender::new(0),
             dedup: Mutex::new(SeenIds::new(dedup.window, dedup.max)),
@@ -468,67 +429,46 @@ impl SessionHub {
         }
     }
 
-    /// Calls `f` for every socket `target` names here (but `exclude`); returns the ids of
-    /// named connections not held here.
     fn for_each_target(
         &self,
         target: &Target,
         exclude: Option<&str>,
-        f: impl FnMut(&Arc<Connection>),
+        mut f: impl FnMut(&Arc<Connection>),
     ) -> Vec<String> {
-        let (targets, gone) = self.targets(target, exclude);
-        targets.iter().for_each(f);
-        gone
-    }
-
-    /// The sockets `target` names here (but `exclude`), and the ids of named connections
-    /// not held here. Collected under the index's read lock, used after it is released: a
-    /// push may write to the connection (a system call per socket), and connects and
-    /// disconnects must not wait for a fan-out.
-    fn targets(
-        &self,
-        target: &Target,
-        exclude: Option<&str>,
-    ) -> (Vec<Arc<Connection>>, Vec<String>) {
+        let index = self.index.read();
         let mut gone = Vec::new();
-        let targets: Vec<Arc<Connection>> = {
-            let index = self.index.read();
-            let included = |c: &&Arc<Connection>| exclude.is_none_or(|e| e != c.id());
-            match target {
-                Target::Room { room_id } => index
-                    .rooms
-                    .get(room_id)
-                    .map(|m| m.sockets.values().filter(included).cloned().collect())
-                    .unwrap_or_default(),
-                Target::User { user_id, room_id } => index
-                    .users
-                    .get(user_id)
-                    .map(|m| {
-                        m.sockets
-                            .values()
-                            .filter(included)
-                            .filter(|c| room_id.as_ref().is_none_or(|r| *r == c.record.room_id))
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                Target::Connections(ids) => {
-                    let mut found = Vec::new();
-                    for id in ids {
-                        match index.connections.get(id) {
-                            Some(c) => {
-                                if included(&c) {
-                                    found.push(c.clone());
-                                }
-                            }
-                            None => gone.push(id.clone()),
-                        }
-                    }
-                    found
+        let excluded = |c: &Connection| exclude.is_some_and(|e| e == c.id());
+        match target {
+            Target::Room { room_id } => {
+                if let Some(members) = index.rooms.get(room_id) {
+                    members
+                        .sockets
+                        .values()
+                        .filter(|c| !excluded(c))
+                        .for_each(&mut f);
                 }
             }
-        };
-        (targets, gone)
+            Target::User { user_id, room_id } => {
+                if let Some(members) = index.users.get(user_id) {
+                    members
+                        .sockets
+                        .values()
+                        .filter(|c| !excluded(c))
+                        .filter(|c| room_id.as_ref().is_none_or(|r| *r == c.record.room_id))
+                        .for_each(&mut f);
+                }
+            }
+            Target::Connections(ids) => {
+                for id in ids {
+                    match index.connections.get(id) {
+                        Some(c) if !excluded(c) => f(c),
+                        Some(_) => {}
+                        None => gone.push(id.clone()),
+                    }
+                }
+            }
+        }
+        gone
     }
 }
 
@@ -630,17 +570,30 @@ impl LocalDelivery for SessionHub {
                     _ => None,
                 };
                 let pos = request.pos.as_deref();
-                let (targets, gone) = self.targets(&request.target, exclude);
-                let v1 = notification
-                    .filter(|_| targets.iter().any(|c| c.modern))
-                    .and_then(|id| notification_v1(frame.as_str(), id, pos))
-                    .map(|t| ws::text_frame(&t));
-                let position = pos.and_then(Pos::parse);
-                let delivered = fan_out(&targets, self.writers, |c| match (notification, &v1) {
-                    (Some(id), Some(v1)) if c.modern => {
-                        c.push_notification(v1, id, position, request.published_at, &self.metrics)
+                let mut modern: Option<Option<Bytes>> = None;
+                let mut delivered = 0usize;
+                let gone = self.for_each_target(&request.target, exclude, |c| {
+                    let pushed = match notification {
+                        Some(id) if c.modern => {
+                            let v1 = modern.get_or_insert_with(|| {
+                                notification_v1(frame.as_str(), id, pos).map(|t| ws::text_frame(&t))
+                            });
+                            match v1 {
+                                Some(v1) => c.push_notification(
+                                    v1,
+                                    id,
+                                    pos.and_then(Pos::parse),
+                                    request.published_at,
+                                    &self.metrics,
+                                ),
+                                None => c.push(plain.clone(), request.published_at, &self.metrics),
+                            }
+                        }
+                        _ => c.push(plain.clone(), request.published_at, &self.metrics),
+                    };
+                    if pushed {
+                        delivered += 1;
                     }
-                    _ => c.push(plain.clone(), request.published_at, &self.metrics),
                 });
                 self.metrics.messages_delivered.inc_by(delivered as u64);
                 if delivered == 0
@@ -692,7 +645,7 @@ pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::ws::Attach;
+    use crate::ws::OutboxBody;
 
     pub(crate) fn dedup(max: usize) -> DedupSettings {
         DedupSettings {
@@ -701,7 +654,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn conn(id: &str, room: &str, user: &str, queue: usize) -> (Arc<Connection>, Attach) {
+    fn conn(id: &str, room: &str, user: &str, queue: usize) -> (Arc<Connection>, OutboxBody) {
         let (outbox, body) = Outbox::new(queue, None);
         let conn = Connection::new(
             ConnectionRecord {
@@ -807,9 +760,9 @@ pub(crate) mod tests {
     #[test]
     fn room_delivery_skips_the_excluded_connection_and_user_delivery_filters_by_room() {
         let hub = SessionHub::new(Arc::new(Metrics::new()), dedup(16));
-        let (a, ra) = conn("a", "r", "u", 4);
-        let (b, rb) = conn("b", "r", "v", 4);
-        let (c, rc) = conn("c", "other", "u", 4);
+        let (a, mut ra) = conn("a", "r", "u", 4);
+        let (b, mut rb) = conn("b", "r", "v", 4);
+        let (c, mut rc) = conn("c", "other", "u", 4);
         for x in [&a, &b, &c] {
             hub.insert(x.clone());
         }
@@ -851,7 +804,7 @@ pub(crate) mod tests {
         let first = hub.deliver(&send(room(), Some("m1"), None));
         assert_eq!((first.delivered, first.duplicate), (0, false));
         // A socket of the room arrives before the retry: the retry reaches it, once.
-        let (a, ra) = conn("a", "r", "u", 8);
+        let (a, mut ra) = conn("a", "r", "u", 8);
         hub.insert(a);
         let retry = hub.deliver(&send(room(), Some("m1"), None));
         assert_eq!((retry.delivered, retry.duplicate), (1, false));
@@ -885,8 +838,8 @@ pub(crate) mod tests {
     #[test]
     fn hermes_v1_sockets_get_id_and_pos_original_ones_the_original_frame_and_raw_stays_raw() {
         let hub = SessionHub::new(Arc::new(Metrics::new()), dedup(16));
-        let (modern, rm) = conn("m", "r", "u", 4);
-        let (outbox, ro) = Outbox::new(4, None);
+        let (modern, mut rm) = conn("m", "r", "u", 4);
+        let (outbox, mut ro) = Outbox::new(4, None);
         let mut record = modern.record.clone();
         record.connection_id = "o".into();
         let original = Connection::new(record, false, outbox, u64::MAX, false);
@@ -917,7 +870,7 @@ pub(crate) mod tests {
     fn a_delivery_that_arrives_after_it_expired_is_dropped_and_not_remembered() {
         let metrics = Arc::new(Metrics::new());
         let hub = SessionHub::new(metrics.clone(), dedup(16));
-        let (a, ra) = conn("a", "r", "u", 4);
+        let (a, mut ra) = conn("a", "r", "u", 4);
         hub.insert(a);
         let mut late = notification("m", None);
         late.expires_at = Some(now_millis() - 5_000);
@@ -938,7 +891,7 @@ pub(crate) mod tests {
     #[test]
     fn notifications_held_during_a_replay_follow_it_in_position_order_each_once() {
         let hub = SessionHub::new(Arc::new(Metrics::new()), dedup(16));
-        let (outbox, body) = Outbox::new(8, None);
+        let (outbox, mut body) = Outbox::new(8, None);
         let (plain, _keep) = conn("x", "r", "u", 1);
         let resuming = Connection::new(plain.record.clone(), true, outbox, u64::MAX, true);
         hub.insert(resuming.clone());
@@ -987,7 +940,7 @@ pub(crate) mod tests {
     #[test]
     fn a_redelivered_message_id_is_sent_once() {
         let hub = SessionHub::new(Arc::new(Metrics::new()), dedup(2));
-        let (a, ra) = conn("a", "r", "u", 8);
+        let (a, mut ra) = conn("a", "r", "u", 8);
         hub.insert(a);
         let room = || Target::Room {
             room_id: "r".into(),
@@ -1010,7 +963,7 @@ pub(crate) mod tests {
         let metrics = Arc::new(Metrics::new());
         let hub = SessionHub::new(metrics.clone(), dedup(0));
         let (slow, _keep_slow_queue) = conn("slow", "r", "u", 1);
-        let (fast, rf) = conn("fast", "r", "v", 8);
+        let (fast, mut rf) = conn("fast", "r", "v", 8);
         hub.insert(slow.clone());
         hub.insert(fast.clone());
         for _ in 0..3 {
@@ -1029,37 +982,5 @@ pub(crate) mod tests {
         );
         assert_eq!(fast.requested_close(), None);
         assert_eq!(metrics.send_queue_overflows.get(), 1);
-    }
-
-    #[test]
-    fn a_fan_out_split_over_writer_threads_reaches_every_socket_once_and_counts_them() {
-        let hub = SessionHub::with_writers(Arc::new(Metrics::new()), dedup(16), 3);
-        let sockets = FAN_OUT_SPLIT * 3 + 7;
-        let queues: Vec<Attach> = (0..sockets)
-            .map(|i| {
-                let (c, queue) = conn(&format!("c{i}"), "r", &format!("u{i}"), 4);
-                hub.insert(c);
-                queue
-            })
-            .collect();
-        let room = || Target::Room {
-            room_id: "r".into(),
-        };
-        assert_eq!(
-            hub.deliver(&send(room(), Some("m1"), Some("c5"))).delivered,
-            sockets - 1
-        );
-        assert_eq!(
-            hub.deliver(&send(room(), Some("m2"), None)).delivered,
-            sockets
-        );
-        for (i, queue) in queues.iter().enumerate() {
-            let expected = if i == 5 { 1 } else { 2 };
-            let mut got = 0;
-            while queue.try_pop().is_some() {
-                got += 1;
-            }
-            assert_eq!(got, expected, "socket {i}");
-        }
     }
 }

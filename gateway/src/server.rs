@@ -103,11 +103,7 @@ pub async fn run(config: GatewayConfig) -> Result<()> {
     .await?;
     // The embedded memory registry is served to other processes (development clusters).
     let served = matches!(config.registry, RegistryKind::Memory).then(|| registry.clone());
-    let hub = Arc::new(SessionHub::with_writers(
-        metrics.clone(),
-        config.dedup,
-        config.workers,
-    ));
+    let hub = Arc::new(SessionHub::new(metrics.clone(), config.dedup));
     let auth = Arc::new(Authenticator::new(
         config.auth.clone(),
         registry.clone(),

@@ -188,8 +188,7 @@ async fn admit(gw: &Gateway, conn: &Arc<Connection>) -> hermes_shared::Result<()
 }
 
 /// Runs a socket until it closes, then releases it. Pushes from the hub do not pass
-/// through here: they are written straight to the connection; this task only writes what
-/// the kernel did not take at once (in `outbox.gone()`, which it always awaits).
+/// through here: they go straight into the socket's outbox, which its connection writes from.
 async fn run(
     gw: Arc<Gateway>,
     mut incoming: Incoming,

@@ -184,28 +184,6 @@ pin_project! {
         write_buf: BytesMut,
         h1_write_buffer_size: usize,
         codec: Codec,
-        // Hermes patch: set once a response that takes the connection over was encoded.
-        take_over: Option<TakeOver>,
-    }
-}
-
-/// Hermes patch: a response extension that takes the connection over. When a `101 Switching
-/// Protocols` response carries it, the dispatcher writes the response head, and once the head
-/// is written hands the connection (boxed as `Box<dyn Any>`: the listener's stream type) and
-/// whatever the client sent after its request head to the function, then ends without
-/// touching the connection again. Dropped uncalled when the connection fails first.
-pub struct TakeOver(Box<dyn FnOnce(Box<dyn std::any::Any>, BytesMut)>);
-
-impl TakeOver {
-    /// A take-over that gives the connection to `f`.
-    pub fn new(f: impl FnOnce(Box<dyn std::any::Any>, BytesMut) + 'static) -> Self {
-        Self(Box::new(f))
-    }
-}
-
-impl fmt::Debug for TakeOver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TakeOver")
     }
 }
 
@@ -324,7 +302,6 @@ where
                     write_buf: BytesMut::new(),
                     h1_write_buffer_size: config.h1_write_buffer_size(),
                     codec: Codec::new(config),
-                    take_over: None,
                 },
             },
 
@@ -508,20 +485,7 @@ where
             res.head_mut().set_connection_type(ConnectionType::Close);
         }
 
-        // Hermes patch: an upgrade whose connection is taken over sends its head only.
-        let take_over = if is_upgrade {
-            res.extensions_mut().remove::<TakeOver>()
-        } else {
-            None
-        };
-
         let size = self.as_mut().send_response_inner(res, &body)?;
-        if let Some(take_over) = take_over {
-            let mut this = self.as_mut().project();
-            *this.take_over = Some(take_over);
-            this.state.set(State::None);
-            return Ok(());
-        }
         match size {
             BodySize::None | BodySize::Sized(0) => {
                 let mut this = self.as_mut().project();
@@ -1299,7 +1263,7 @@ where
 
 impl<T, S, B, X, U> Future for Dispatcher<T, S, B, X, U>
 where
-    T: AsyncRead + AsyncWrite + Unpin + 'static,
+    T: AsyncRead + AsyncWrite + Unpin,
 
     S: Service<Request>,
     S::Error: Into<Response<BoxBody>>,
@@ -1450,24 +1414,6 @@ where
                         if !flush_was_ready || !drain {
                             break;
                         }
-                    }
-
-                    // Hermes patch: the head of a response that takes the connection over is
-                    // written; hand the connection to its new owner and end.
-                    if inner.take_over.is_some()
-                        && inner.write_buf.is_empty()
-                        && !inner.flags.contains(Flags::WRITE_DISCONNECT)
-                    {
-                        let inner = inner.as_mut().project();
-                        if let Some(mut payload) = inner.payload.take() {
-                            payload.feed_eof();
-                        }
-                        if let (Some(take_over), Some(io)) = (inner.take_over.take(), inner.io.take())
-                        {
-                            let read = std::mem::take(inner.read_buf);
-                            (take_over.0)(Box::new(io), read);
-                        }
-                        return Poll::Ready(Ok(()));
                     }
 
                     // client is gone

@@ -20,7 +20,7 @@ mod utils;
 pub use self::{
     client::{ClientCodec, ClientPayloadCodec},
     codec::Codec,
-    dispatcher::{Dispatcher, TakeOver},
+    dispatcher::Dispatcher,
     expect::ExpectHandler,
     payload::Payload,
     service::{H1Service, H1ServiceHandler},
