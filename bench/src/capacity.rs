@@ -51,33 +51,64 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// What to simulate (`hermes-bench capacity-sim --help`).
+#[derive(clap::Args)]
 pub struct SimArgs {
+    /// Simulated gateways (heartbeat rows and loopback deliver endpoints).
+    #[arg(long, default_value_t = 100)]
     pub gateways: usize,
+    /// Registered sockets, spread uniformly over the gateways.
+    #[arg(long, default_value_t = 1_000_000)]
     pub sockets: usize,
-    /// Members of the one very large room.
+    /// Members of the one very large room (at least 1).
+    #[arg(long, default_value_t = 100_000)]
     pub big_room: usize,
-    /// Smallest, largest and Pareto shape of the other rooms' sizes.
+    /// The other rooms: Pareto sizes, smallest.
+    #[arg(long, default_value_t = 2)]
     pub room_min: usize,
+    /// The other rooms: largest size.
+    #[arg(long, default_value_t = 10_000)]
     pub room_max: usize,
+    /// The other rooms: Pareto shape (smaller: heavier tail).
+    #[arg(long, default_value_t = 1.2)]
     pub room_alpha: f64,
-    /// Sockets of the one user with many sockets.
+    /// Sockets of the one user with many sockets (at least 1).
+    #[arg(long, default_value_t = 1_000)]
     pub heavy_user: usize,
     /// Mean sockets of the other users (geometric, at least 1).
+    #[arg(long, default_value_t = 1.5)]
     pub user_mean_sockets: f64,
+    /// Notifications to ordinary rooms (each room equally likely).
+    #[arg(long, default_value_t = 10_000)]
     pub room_publishes: usize,
+    /// Notifications to ordinary users, all their rooms (each user equally likely).
+    #[arg(long, default_value_t = 10_000)]
     pub user_publishes: usize,
+    /// Notifications to the very large room.
+    #[arg(long, default_value_t = 20)]
     pub big_room_publishes: usize,
+    /// Notifications to the user with many sockets.
+    #[arg(long, default_value_t = 20)]
     pub heavy_user_publishes: usize,
-    /// Routings in flight at once (the consumer's default is 64).
+    /// Routings in flight at once (the consumer's default).
+    #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// Sockets that disconnect and reconnect to another random gateway.
+    #[arg(long, default_value_t = 100_000)]
     pub churn: usize,
-    /// Simulated idle seconds (heartbeat passes over them).
+    /// Simulated idle seconds: heartbeat passes of every gateway over them.
+    #[arg(long, default_value_t = 3_600)]
     pub idle_seconds: u64,
+    /// HERMES_REGISTRY_TTL_SECONDS (heartbeat every third of it).
+    #[arg(long, default_value_t = 30)]
     pub registry_ttl_seconds: u64,
+    /// HERMES_REGISTRY_ROW_TTL_SECONDS (each row renewed once per half of it).
+    #[arg(long, default_value_t = 86_400)]
     pub row_ttl_seconds: u64,
-    /// `HERMES_ROUTE_TO_ALL_MAX_GATEWAYS` of the router (the consumer's default is 2).
+    /// HERMES_ROUTE_TO_ALL_MAX_GATEWAYS of the router (the consumer's default).
+    #[arg(long, default_value_t = 2)]
     pub route_to_all_up_to: usize,
+    /// Seed of the placement.
+    #[arg(long, default_value_t = 21)]
     pub seed: u64,
 }
 

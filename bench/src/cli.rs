@@ -61,65 +61,7 @@ pub enum Cli {
     /// The capacity model's registry figures (docs/capacity.md), counted on the real router
     /// and registry code: simulated gateways and sockets on the memory registry behind a
     /// counting wrapper; calls per connect, disconnect, publish and idle socket-hour.
-    CapacitySim {
-        /// Simulated gateways (heartbeat rows and loopback deliver endpoints).
-        #[arg(long, default_value_t = 100)]
-        gateways: usize,
-        /// Registered sockets, spread uniformly over the gateways.
-        #[arg(long, default_value_t = 1_000_000)]
-        sockets: usize,
-        /// Members of the one very large room (at least 1).
-        #[arg(long, default_value_t = 100_000)]
-        big_room: usize,
-        /// The other rooms: Pareto sizes, smallest.
-        #[arg(long, default_value_t = 2)]
-        room_min: usize,
-        /// The other rooms: largest size.
-        #[arg(long, default_value_t = 10_000)]
-        room_max: usize,
-        /// The other rooms: Pareto shape (smaller: heavier tail).
-        #[arg(long, default_value_t = 1.2)]
-        room_alpha: f64,
-        /// Sockets of the one user with many sockets (at least 1).
-        #[arg(long, default_value_t = 1_000)]
-        heavy_user: usize,
-        /// Mean sockets of the other users (geometric, at least 1).
-        #[arg(long, default_value_t = 1.5)]
-        user_mean_sockets: f64,
-        /// Notifications to ordinary rooms (each room equally likely).
-        #[arg(long, default_value_t = 10_000)]
-        room_publishes: usize,
-        /// Notifications to ordinary users, all their rooms (each user equally likely).
-        #[arg(long, default_value_t = 10_000)]
-        user_publishes: usize,
-        /// Notifications to the very large room.
-        #[arg(long, default_value_t = 20)]
-        big_room_publishes: usize,
-        /// Notifications to the user with many sockets.
-        #[arg(long, default_value_t = 20)]
-        heavy_user_publishes: usize,
-        /// Routings in flight at once (the consumer's default).
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// Sockets that disconnect and reconnect to another random gateway.
-        #[arg(long, default_value_t = 100_000)]
-        churn: usize,
-        /// Simulated idle seconds: heartbeat passes of every gateway over them.
-        #[arg(long, default_value_t = 3_600)]
-        idle_seconds: u64,
-        /// HERMES_REGISTRY_TTL_SECONDS (heartbeat every third of it).
-        #[arg(long, default_value_t = 30)]
-        registry_ttl_seconds: u64,
-        /// HERMES_REGISTRY_ROW_TTL_SECONDS (each row renewed once per half of it).
-        #[arg(long, default_value_t = 86_400)]
-        row_ttl_seconds: u64,
-        /// HERMES_ROUTE_TO_ALL_MAX_GATEWAYS of the router (the consumer's default).
-        #[arg(long, default_value_t = 2)]
-        route_to_all_up_to: usize,
-        /// Seed of the placement.
-        #[arg(long, default_value_t = 21)]
-        seed: u64,
-    },
+    CapacitySim(capacity::SimArgs),
     /// P8: what idle sockets cost the registry database: the CQL server's own count of the
     /// writes to the run's keyspace over a window, per socket and hour (Hermes only).
     P8 {
@@ -626,48 +568,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("{v}");
             Ok(())
         }
-        Cli::CapacitySim {
-            gateways,
-            sockets,
-            big_room,
-            room_min,
-            room_max,
-            room_alpha,
-            heavy_user,
-            user_mean_sockets,
-            room_publishes,
-            user_publishes,
-            big_room_publishes,
-            heavy_user_publishes,
-            concurrency,
-            churn,
-            idle_seconds,
-            registry_ttl_seconds,
-            row_ttl_seconds,
-            route_to_all_up_to,
-            seed,
-        } => {
-            let args = capacity::SimArgs {
-                gateways,
-                sockets,
-                big_room,
-                room_min,
-                room_max,
-                room_alpha,
-                heavy_user,
-                user_mean_sockets,
-                room_publishes,
-                user_publishes,
-                big_room_publishes,
-                heavy_user_publishes,
-                concurrency,
-                churn,
-                idle_seconds,
-                registry_ttl_seconds,
-                row_ttl_seconds,
-                route_to_all_up_to,
-                seed,
-            };
+        Cli::CapacitySim(args) => {
             let v = capacity::capacity_sim(&args).await?;
             println!("{v}");
             Ok(())
