@@ -551,41 +551,66 @@ async fn release(gw: &Gateway, conn: &Connection) {
 }
 
 /// Deletes one of this gateway's rows: a closed socket's connection row, or a room or user
-/// edge, written again if a socket of that room or user arrived meanwhile (and not deleted
-/// at all if one is already held again). Keeps it for a retry when the delete fails, and
+/// edge. An edge follows the hub: it is deleted only while no socket of its room or user is
+/// held here, and written (again) when one is — one that arrived while the delete ran, or
+/// by the time a retry comes. Keeps the row for a retry when a write or delete fails, and
 /// says whether it did not.
 async fn remove_row(gw: &Gateway, row: Unremoved) -> bool {
     let (registry, gateway_id) = (&gw.registry, gw.record.gateway_id.as_str());
     let row_ttl = gw.config.registry_row_ttl;
     let result = match &row {
         Unremoved::Connection(id) => registry.remove_connection(id, gateway_id).await,
-        Unremoved::Room(room) if gw.hub.holds_room(room) => Ok(()),
-        Unremoved::User(user) if gw.hub.holds_user(user) => Ok(()),
         Unremoved::Room(room) => {
-            let removed = registry.remove_room_gateway(room, gateway_id).await;
-            // A socket of the room may have arrived while the row was being removed.
-            if removed.is_ok() && gw.hub.holds_room(room) {
-                let _ = registry.add_room_gateway(room, gateway_id, row_ttl).await;
-            }
-            removed
+            settle_edge(
+                || gw.hub.holds_room(room),
+                || registry.remove_room_gateway(room, gateway_id),
+                || registry.add_room_gateway(room, gateway_id, row_ttl),
+            )
+            .await
         }
         Unremoved::User(user) => {
-            let removed = registry.remove_user_gateway(user, gateway_id).await;
-            if removed.is_ok() && gw.hub.holds_user(user) {
-                let _ = registry.add_user_gateway(user, gateway_id, row_ttl).await;
-            }
-            removed
+            settle_edge(
+                || gw.hub.holds_user(user),
+                || registry.remove_user_gateway(user, gateway_id),
+                || registry.add_user_gateway(user, gateway_id, row_ttl),
+            )
+            .await
         }
     };
     match result {
         Ok(()) => true,
         Err(error) => {
             let row_kind = row.kind();
-            tracing::warn!(%error, row_kind, "cannot delete a row; the heartbeat will try again");
+            tracing::warn!(
+                %error,
+                row_kind,
+                "cannot delete or re-write a row; the heartbeat will try again"
+            );
             gw.keep_unremoved(row);
             false
         }
     }
+}
+
+/// Brings an edge in line with the hub: deleted when no socket of it is `held`, written
+/// when one is (also one that arrived while the delete ran: a failed write is an error, so
+/// the edge is tried again rather than left missing under a held socket).
+async fn settle_edge<D, W>(
+    held: impl Fn() -> bool,
+    delete: impl FnOnce() -> D,
+    write: impl FnOnce() -> W,
+) -> hermes_shared::Result<()>
+where
+    D: Future<Output = hermes_shared::Result<()>>,
+    W: Future<Output = hermes_shared::Result<()>>,
+{
+    if !held() {
+        delete().await?;
+        if !held() {
+            return Ok(());
+        }
+    }
+    write().await
 }
 
 /// Tries the deletes that failed again (after a successful heartbeat: the registry
@@ -845,6 +870,58 @@ mod tests {
         assert!(
             matches!(third, Some(Ok(()))),
             "admitted at once, without a room write"
+        );
+    }
+
+    /// A room edge whose write fails while a socket of the room is held is kept and
+    /// written by the retry after the next heartbeat, never left missing.
+    #[tokio::test]
+    async fn a_room_edge_that_could_not_be_rewritten_is_written_by_the_retry() {
+        let registry = Arc::new(HeldRoomWrites {
+            inner: MemoryRegistry::new(),
+            room_writes: Semaphore::new(0),
+            fail_next: AtomicBool::new(false),
+        });
+        let gw = gateway(registry.clone());
+        let a = socket(&gw, "a", "ann");
+        registry.release_one(false);
+        admit(&gw, &a).await.expect("admitted");
+        let id = gw.record.gateway_id.clone();
+        // The edge is gone (a delete that raced with this socket's arrival), and writing
+        // it again fails.
+        registry
+            .remove_room_gateway("room", &id)
+            .await
+            .expect("delete");
+        registry.release_one(true);
+        assert!(!remove_row(&gw, Unremoved::Room("room".into())).await);
+        assert!(
+            registry
+                .room_gateways("room")
+                .await
+                .expect("read")
+                .is_empty()
+        );
+        assert_eq!(gw.unremoved.lock().len(), 1, "kept for the retry");
+
+        registry.release_one(false);
+        retry_removals(&gw).await;
+        assert_eq!(
+            registry.room_gateways("room").await.expect("read"),
+            vec![id.clone()],
+            "the retry wrote the edge of the held room"
+        );
+        assert!(gw.unremoved.lock().is_empty());
+
+        // Once the room's last socket is gone, the same row is deleted.
+        gw.hub.remove(&a);
+        assert!(remove_row(&gw, Unremoved::Room("room".into())).await);
+        assert!(
+            registry
+                .room_gateways("room")
+                .await
+                .expect("read")
+                .is_empty()
         );
     }
 }
