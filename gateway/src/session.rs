@@ -657,6 +657,20 @@ mod tests {
     }
 
     impl HeldRoomWrites {
+        /// The memory registry with every room write held until released.
+        fn new() -> Arc<Self> {
+            Arc::new(Self {
+                inner: MemoryRegistry::new(),
+                room_writes: Semaphore::new(0),
+                fail_next: AtomicBool::new(false),
+            })
+        }
+
+        /// This test's room row: the gateways it names.
+        async fn room_row(&self) -> Vec<String> {
+            self.inner.room_gateways("room").await.expect("read")
+        }
+
         /// Lets one held room write complete, failing it when `fail`.
         fn release_one(&self, fail: bool) {
             self.fail_next
@@ -823,11 +837,7 @@ mod tests {
     /// write fails.
     #[tokio::test]
     async fn a_second_socket_of_a_room_is_admitted_only_after_the_room_row_is_written() {
-        let registry = Arc::new(HeldRoomWrites {
-            inner: MemoryRegistry::new(),
-            room_writes: Semaphore::new(0),
-            fail_next: AtomicBool::new(false),
-        });
+        let registry = HeldRoomWrites::new();
         let gw = gateway(registry.clone());
         let (a, b) = (socket(&gw, "a", "ann"), socket(&gw, "b", "bob"));
         let mut first = Box::pin(admit(&gw, &a));
@@ -840,13 +850,7 @@ mod tests {
                 "admitted before the room row was written"
             );
         }
-        assert!(
-            registry
-                .room_gateways("room")
-                .await
-                .expect("read")
-                .is_empty()
-        );
+        assert!(registry.room_row().await.is_empty());
 
         // The first socket's write fails: it is refused; the second is still not admitted.
         registry.release_one(true);
@@ -860,7 +864,7 @@ mod tests {
         registry.release_one(false);
         second.await.expect("admitted");
         assert_eq!(
-            registry.room_gateways("room").await.expect("read"),
+            registry.room_row().await,
             vec![gw.record.gateway_id.clone()]
         );
 
@@ -877,11 +881,7 @@ mod tests {
     /// written by the retry after the next heartbeat, never left missing.
     #[tokio::test]
     async fn a_room_edge_that_could_not_be_rewritten_is_written_by_the_retry() {
-        let registry = Arc::new(HeldRoomWrites {
-            inner: MemoryRegistry::new(),
-            room_writes: Semaphore::new(0),
-            fail_next: AtomicBool::new(false),
-        });
+        let registry = HeldRoomWrites::new();
         let gw = gateway(registry.clone());
         let a = socket(&gw, "a", "ann");
         registry.release_one(false);
@@ -895,19 +895,13 @@ mod tests {
             .expect("delete");
         registry.release_one(true);
         assert!(!remove_row(&gw, Unremoved::Room("room".into())).await);
-        assert!(
-            registry
-                .room_gateways("room")
-                .await
-                .expect("read")
-                .is_empty()
-        );
+        assert!(registry.room_row().await.is_empty());
         assert_eq!(gw.unremoved.lock().len(), 1, "kept for the retry");
 
         registry.release_one(false);
         retry_removals(&gw).await;
         assert_eq!(
-            registry.room_gateways("room").await.expect("read"),
+            registry.room_row().await,
             vec![id.clone()],
             "the retry wrote the edge of the held room"
         );
@@ -916,12 +910,6 @@ mod tests {
         // Once the room's last socket is gone, the same row is deleted.
         gw.hub.remove(&a);
         assert!(remove_row(&gw, Unremoved::Room("room".into())).await);
-        assert!(
-            registry
-                .room_gateways("room")
-                .await
-                .expect("read")
-                .is_empty()
-        );
+        assert!(registry.room_row().await.is_empty());
     }
 }
