@@ -42,10 +42,41 @@ fn runs_named(dir: &Path, prefix: &str) -> Result<Vec<Value>> {
     for p in names {
         let text = std::fs::read_to_string(&p)?;
         if let Some(line) = text.lines().rev().find(|l| l.starts_with('{')) {
-            out.push(serde_json::from_str(line).with_context(|| p.display().to_string())?);
+            let mut run: Value =
+                serde_json::from_str(line).with_context(|| p.display().to_string())?;
+            // `<prefix><n>.json`: which run of the script it was, so that figures measured in
+            // the same run (a server's P2 and that run's ws-floor) can be paired.
+            let n = p
+                .file_stem()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix(prefix))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let (Some(o), Some(n)) = (run.as_object_mut(), n) {
+                o.entry("run").or_insert(json!(n));
+            }
+            out.push(run);
         }
     }
     Ok(out)
+}
+
+/// Adds to each P2 run `lowest_step_p99_vs_floor`: its lowest step's p99 over the p99 of
+/// the lowest step of the ws-floor measured in the same run of the script (pair by pair,
+/// not a ratio of medians, so that a slow stretch of the box weighs on both sides of it).
+fn pair_with_floor(p2_runs: &mut [Value], ws_floor_runs: &[Value]) {
+    for run in p2_runs {
+        let floor = ws_floor_runs
+            .iter()
+            .find(|f| !run["run"].is_null() && f["run"] == run["run"])
+            .and_then(|f| f["lowest_step_p99_ms"].as_f64());
+        let ratio = match (run["lowest_step_p99_ms"].as_f64(), floor) {
+            (Some(p99), Some(floor)) if floor > 0.0 => json!(p99 / floor),
+            _ => Value::Null,
+        };
+        if let Some(o) = run.as_object_mut() {
+            o.insert("lowest_step_p99_vs_floor".into(), ratio);
+        }
+    }
 }
 
 fn medians(runs: &[Value], keys: &[&str]) -> Value {
@@ -116,12 +147,13 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
     // `deliveries_per_s`, `p50_ms`, `p99_ms`: the highest rate sustained within the p99 limit
     // (null when none is). The lowest step's latency and the highest lossless rate say how
     // far from the limit a server is, whatever it is.
-    const P2_KEYS: [&str; 6] = [
+    const P2_KEYS: [&str; 7] = [
         "deliveries_per_s",
         "p50_ms",
         "p99_ms",
         "p99_limit_met",
         "lowest_step_p99_ms",
+        "lowest_step_p99_vs_floor",
         "max_deliveries_per_s_any_p99",
     ];
     const P2_EXTRA: [&str; 7] = [
@@ -197,6 +229,9 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
         sh("free -m | awk '/^Mem:/ {print $2}'"),
         sh("uname -sr")
     );
+    // ws-floor is P2 against the leanest possible server: the same summary as P2's runs.
+    let mut ws_floor_runs = runs_named(dir, "ws-floor-")?;
+    ws_floor_runs.iter_mut().for_each(p2_summary);
     let mut scenarios = Map::new();
     let mut all_runs = Map::new();
     for (name, keys, extra) in [
@@ -212,6 +247,7 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
             let mut r = runs(dir, name, s)?;
             if name == "P2" {
                 r.iter_mut().for_each(p2_summary);
+                pair_with_floor(&mut r, &ws_floor_runs);
             }
             let mut m = medians(&r, keys);
             // P3's ramp: one `at_<rate>_*` key per lower rate measured, as the runs name them.
@@ -261,9 +297,6 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
     let queue_floor_runs = runs_named(dir, "queue-floor-")?;
     let queue_floor = medians(&queue_floor_runs, &QUEUE_FLOOR_KEYS);
     all_runs.insert("queue_floor".into(), Value::Array(queue_floor_runs.clone()));
-    // ws-floor is P2 against the leanest possible server: the same summary as P2's runs.
-    let mut ws_floor_runs = runs_named(dir, "ws-floor-")?;
-    ws_floor_runs.iter_mut().for_each(p2_summary);
     let ws_floor = medians(
         &ws_floor_runs,
         &[
@@ -342,6 +375,11 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
             "P2",
             "lowest_step_p99_ms",
             "p99 at the lowest rate tried (not always the least of the steps)",
+        ),
+        (
+            "P2",
+            "lowest_step_p99_vs_floor",
+            "≤ 1.2: over the ws-floor of the same run, pair by pair (median of the pairs)",
         ),
         (
             "P2",
@@ -522,6 +560,38 @@ mod tests {
         assert_eq!(results["p8"]["runs"], json!(1));
         assert!(
             md.contains("**360.43 registry writes per socket-hour**"),
+            "{md}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn p2_lowest_step_is_compared_with_the_ws_floor_of_the_same_run() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("hermes-report-p2-{}", std::process::id()));
+        let (runs, out) = (dir.join("runs"), dir.join("out"));
+        std::fs::create_dir_all(&runs)?;
+        std::fs::create_dir_all(&out)?;
+        let p2 = |p99: f64| {
+            format!(
+                "[p2] a log line\n{{\"deliveries_per_s\":null,\"steps\":[{{\"publishes_per_s\":2,\"p50_ms\":50.0,\"p99_ms\":{p99}}}]}}\n"
+            )
+        };
+        // Run 1: 120 over 100 (1.2); run 2: 200 over 250 (0.8). Paired, the median is 1.0;
+        // a ratio of medians would say 160 / 175, and pairs crossed 1.24.
+        std::fs::write(runs.join("p2-hermes-1.json"), p2(120.0))?;
+        std::fs::write(runs.join("p2-hermes-2.json"), p2(200.0))?;
+        std::fs::write(runs.join("ws-floor-1.json"), p2(100.0))?;
+        std::fs::write(runs.join("ws-floor-2.json"), p2(250.0))?;
+        write(&runs, &out)?;
+        let results: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.json"))?)?;
+        let md = std::fs::read_to_string(out.join("RESULTS.md"))?;
+        std::fs::remove_dir_all(&dir)?;
+        let hermes = &results["scenarios"]["P2"]["hermes"];
+        assert_eq!(hermes["lowest_step_p99_vs_floor"], json!(1.0));
+        assert_eq!(hermes["lowest_step_p99_ms"], json!(160.0));
+        assert!(
+            md.contains("| P2 | `lowest_step_p99_vs_floor` | 1 | — |"),
             "{md}"
         );
         Ok(())

@@ -38,7 +38,8 @@
 #   P5_FLOOD_CONCURRENCY  flood connects in flight in P5 (default 256)
 #   P5_FLOOD_RATE    flood connect attempts/s at most, retries included (default 0: no cap)
 #   HEARTBEAT        heartbeat interval of both servers, seconds (default 25)
-#   SCENARIOS        which to run (default "p1 p2 p3 p4 p5 p7 p8 floor ws-floor queue-floor")
+#   SCENARIOS        which to run (default "p1 ws-floor p2 p3 p4 p5 p7 p8 floor queue-floor": ws-floor
+#                    right before P2, the run it is paired with for `lowest_step_p99_vs_floor`)
 #   BENCH_RUNS_DIR   where the per-run JSON goes (default $HERMES_CACHE/bench/runs-<date>);
 #                    an existing one keeps its runs (and commands.txt gets this invocation
 #                    appended), so a scenario can be added to an earlier run's directory
@@ -70,7 +71,7 @@ P5_FLOOD_TOKENS=${P5_FLOOD_TOKENS:-800}
 P5_FLOOD_CONCURRENCY=${P5_FLOOD_CONCURRENCY:-256}
 P5_FLOOD_RATE=${P5_FLOOD_RATE:-0}
 HEARTBEAT=${HEARTBEAT:-25}
-SCENARIOS=${SCENARIOS:-p1 p2 p3 p4 p5 p7 p8 floor ws-floor queue-floor}
+SCENARIOS=${SCENARIOS:-p1 ws-floor p2 p3 p4 p5 p7 p8 floor queue-floor}
 SKIP_BUILD=${SKIP_BUILD:-0}
 DIR=${BENCH_RUNS_DIR:-$CACHE/bench/runs-$(date -u +%Y%m%dT%H%M%SZ)}
 FRESH_DIR=1
@@ -267,8 +268,9 @@ cat >"$DIR/method.md" <<EOF
   confirm, so confirms never hold up the $P3_RATE/s schedule (\`confirms_acked\`/\`_nacked\` in
   the JSON). Every user's token comes from the gateway's \`POST /v1/tokens\` (a bcrypt hash per
   token) with \`HERMES_BCRYPT_COST=4\` on this gateway so that $P3_SOCKETS tokens issue in
-  seconds: P3 measures delivery, not auth. \`HERMES_REGISTRY_TTL_SECONDS=900\` as in P7 (the
-  heartbeat's rewrite of 2 rows per socket stays out of the window). Centrifugo: v6.9.1 has no
+  seconds: P3 measures delivery, not auth. The registry TTL is the default's (30 s: since
+  issue 21 the heartbeat writes the gateway's own row, not its sockets'; before, P3 and P7 ran
+  with 900 to keep that rewrite out of the window). Centrifugo: v6.9.1 has no
   RabbitMQ consumer (its async consumers are PostgreSQL outbox, Kafka, NATS JetStream, Redis
   Streams, Google Pub/Sub, AWS SQS and Azure Service Bus), so its P3 is its nearest path, the
   server HTTP API, not a queue: each socket connects with an HS256 JWT whose \`channels\` claim
@@ -279,7 +281,9 @@ cat >"$DIR/method.md" <<EOF
   child process): it answers the upgrade with no auth, encodes each published \`data\` once as
   one text frame and has 2 threads \`write\` it to their halves of the sockets with blocking
   calls (no epoll, no task or queue per socket). Its lowest step's p99 is the floor under P2's
-  publish → last receipt with this generator on this box.
+  publish → last receipt with this generator on this box. It runs right before P2 in each
+  run; \`lowest_step_p99_vs_floor\` is a server's P2 lowest-step p99 over the ws-floor's of the
+  same run, and its median is over those pairs.
 - queue-floor (once per run, no server): P3's publisher (the same body, persistent, confirms
   off the schedule) into RabbitMQ at $P3_RATE/s for $P3_SECONDS s after 3 s of warm-up, and one
   AMQP consumer (lapin, the client of Hermes's consumer) on its own connection with P3's prefetch (64) that reads \`sent_us\` and acks
