@@ -259,7 +259,8 @@ cat >"$DIR/method.md" <<EOF
   \`hermes-consumer\` → one \`hermes-gateway serve\` in another process → socket (release
   builds, consumer defaults: prefetch 64, 64 routed at once, and with one live gateway no
   registry read per notification: \`HERMES_ROUTE_TO_ALL_MAX_GATEWAYS=2\` sends it to every
-  gateway, see docs/architecture.md), both on a ScyllaDB registry in
+  gateway, see docs/architecture.md; the history is on, as by default: each notification's
+  entry is written to the CQL server before it is routed), both on a ScyllaDB registry in
   the test Cassandra 5 (same box, consistency ONE, keyspace \`hermes_bench_p3\` reused by every
   run) and RabbitMQ on the same box (durable queue \`hermes-bench-p3\`, purged before each run).
   Each message is \`{"user_id": "p3-backend", "room_id": "p3", "to_user_id": "p3-u<k>", "id":
@@ -312,13 +313,12 @@ cat >"$DIR/method.md" <<EOF
 - P7: $P7_NODES server processes on the box, $P7_SOCKETS_PER_NODE sockets each, all in one room /
   channel. Hermes: \`hermes-gateway serve\` × $P7_NODES (release build, defaults otherwise)
   sharing a ScyllaDB registry on the test Cassandra 5 (one node on the same box, consistency
-  ONE, a fresh keyspace per run, dropped afterwards), with \`HERMES_REGISTRY_TTL_SECONDS=900\`:
-  the heartbeat, which rewrites every row a gateway holds ($P7_SOCKETS_PER_NODE connection rows here), runs
-  every 300 s instead of every 10 s, so that rewrite, on the same 2 cores as Cassandra, stays out
-  of the measurement. One token, issued on gateway 1, is accepted by all of them (its verifier is
+  ONE, a fresh keyspace per run, dropped afterwards), with the default registry TTL (30 s: the
+  heartbeat writes each gateway's own row; before issue 21 it rewrote every row a gateway held
+  and P7 ran with 900 to keep that out of the measurement). One token, issued on gateway 1, is accepted by all of them (its verifier is
   in the shared registry). Publishes go through gateway 1's admin API \`POST /v1/publish\`, as an
   application would publish: its router delivers to its own sockets and forwards to the other
-  gateways holding the room (\`POST /internal/v1/deliver\`). Centrifugo: $P7_NODES nodes
+  gateways holding the room (their deliver streams, \`GET /internal/v1/deliver-stream\`). Centrifugo: $P7_NODES nodes
   (\`scripts/bench/centrifugo.sh start-cluster\`, consecutive ports) with the Redis engine on a
   fresh Redis (Debian's redis-server$(redis-server --version 2>/dev/null | awk '{print ", " $3}'), no persistence:
   \`scripts/bench/redis.sh\`); publishes through node 1's \`POST /api/publish\`, which reach
