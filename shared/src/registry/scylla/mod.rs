@@ -240,11 +240,11 @@ impl Registry for ScyllaRegistry {
     }
 
     async fn add_room_gateway(&self, room_id: &str, gateway_id: &str, ttl: Duration) -> Result<()> {
-        self.add_edge(Kind::Room, room_id, gateway_id, ttl).await
+        self.add_edge(Edge::Room, room_id, gateway_id, ttl).await
     }
 
     async fn remove_room_gateway(&self, room_id: &str, gateway_id: &str) -> Result<()> {
-        self.remove_edge(Kind::Room, room_id, gateway_id).await
+        self.remove_edge(Edge::Room, room_id, gateway_id).await
     }
 
     async fn room_gateways(&self, room_id: &str) -> Result<Vec<String>> {
@@ -252,11 +252,11 @@ impl Registry for ScyllaRegistry {
     }
 
     async fn add_user_gateway(&self, user_id: &str, gateway_id: &str, ttl: Duration) -> Result<()> {
-        self.add_edge(Kind::User, user_id, gateway_id, ttl).await
+        self.add_edge(Edge::User, user_id, gateway_id, ttl).await
     }
 
     async fn remove_user_gateway(&self, user_id: &str, gateway_id: &str) -> Result<()> {
-        self.remove_edge(Kind::User, user_id, gateway_id).await
+        self.remove_edge(Edge::User, user_id, gateway_id).await
     }
 
     async fn user_gateways(&self, user_id: &str) -> Result<Vec<String>> {
@@ -394,18 +394,35 @@ impl Registry for ScyllaRegistry {
 /// An operation's name and its prepared statement.
 type Op<'a> = (&'static str, &'a PreparedStatement);
 
+/// Which edge: a gateway holds sockets of a room, or of a user. (A connection row is not an
+/// edge, so it has no variant here and `edge` needs no arm for it.)
+#[derive(Debug, Clone, Copy)]
+enum Edge {
+    Room,
+    User,
+}
+
+impl Edge {
+    /// The kind of the edge's `gateway_index` entry.
+    fn kind(self) -> Kind {
+        match self {
+            Edge::Room => Kind::Room,
+            Edge::User => Kind::User,
+        }
+    }
+}
+
 impl ScyllaRegistry {
-    /// The table, and the (operation, statement) that adds and that removes, of a room or
-    /// user edge.
-    fn edge(&self, kind: Kind) -> (&'static str, Op<'_>, Op<'_>) {
+    /// The table, and the (operation, statement) that adds and that removes, of an edge.
+    fn edge(&self, edge: Edge) -> (&'static str, Op<'_>, Op<'_>) {
         let s = &self.statements;
-        match kind {
-            Kind::User => (
+        match edge {
+            Edge::User => (
                 "user_gateways",
                 ("add_user_gateway", &s.add_user_gateway),
                 ("remove_user_gateway", &s.remove_user_gateway),
             ),
-            Kind::Room | Kind::Connection => (
+            Edge::Room => (
                 "room_gateways",
                 ("add_room_gateway", &s.add_room_gateway),
                 ("remove_room_gateway", &s.remove_room_gateway),
@@ -413,19 +430,19 @@ impl ScyllaRegistry {
         }
     }
 
-    /// Writes a room or user edge (`kind`) and its index entry, in parallel.
-    async fn add_edge(&self, kind: Kind, key: &str, gateway_id: &str, ttl: Duration) -> Result<()> {
-        let (table, (op, add), _) = self.edge(kind);
+    /// Writes an edge and its index entry, in parallel.
+    async fn add_edge(&self, edge: Edge, key: &str, gateway_id: &str, ttl: Duration) -> Result<()> {
+        let (table, (op, add), _) = self.edge(edge);
         let row = (self.cql).run(op, table, add, (key, gateway_id, ttl_seconds(ttl)));
-        let entry = self.index_put(gateway_id, kind, key, ttl);
+        let entry = self.index_put(gateway_id, edge.kind(), key, ttl);
         try_join(row, entry).await.map(drop)
     }
 
-    /// Deletes a room or user edge (`kind`) and its index entry, in parallel.
-    async fn remove_edge(&self, kind: Kind, key: &str, gateway_id: &str) -> Result<()> {
-        let (table, _, (op, remove)) = self.edge(kind);
+    /// Deletes an edge and its index entry, in parallel.
+    async fn remove_edge(&self, edge: Edge, key: &str, gateway_id: &str) -> Result<()> {
+        let (table, _, (op, remove)) = self.edge(edge);
         let row = (self.cql).run(op, table, remove, (key, gateway_id));
-        let entry = self.index_remove(gateway_id, kind, key);
+        let entry = self.index_remove(gateway_id, edge.kind(), key);
         try_join(row, entry).await.map(drop)
     }
 
