@@ -522,6 +522,23 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Writes `runs` (file name, contents) into a fresh directory, runs the report on it and
+    /// answers its `results.json` and `RESULTS.md`.
+    fn report_of(test: &str, runs: &[(&str, String)]) -> Result<(Value, String)> {
+        let dir = std::env::temp_dir().join(format!("hermes-report-{test}-{}", std::process::id()));
+        let (runs_dir, out) = (dir.join("runs"), dir.join("out"));
+        std::fs::create_dir_all(&runs_dir)?;
+        std::fs::create_dir_all(&out)?;
+        for (name, text) in runs {
+            std::fs::write(runs_dir.join(name), text)?;
+        }
+        write(&runs_dir, &out)?;
+        let results = serde_json::from_str(&std::fs::read_to_string(out.join("results.json"))?)?;
+        let md = std::fs::read_to_string(out.join("RESULTS.md"))?;
+        std::fs::remove_dir_all(&dir)?;
+        Ok((results, md))
+    }
+
     #[test]
     fn a_p2_run_without_a_sustained_rate_reports_the_limit_missed_and_its_lowest_step() {
         let mut run = json!({
@@ -540,19 +557,13 @@ mod tests {
 
     #[test]
     fn a_p8_run_gives_results_json_its_writes_per_socket_hour() -> Result<()> {
-        let dir = std::env::temp_dir().join(format!("hermes-report-p8-{}", std::process::id()));
-        let (runs, out) = (dir.join("runs"), dir.join("out"));
-        std::fs::create_dir_all(&runs)?;
-        std::fs::create_dir_all(&out)?;
-        std::fs::write(
-            runs.join("p8-hermes-1.json"),
-            "[p8 hermes] a log line\n{\"scenario\":\"p8\",\"sockets\":19000,\"registry_ttl_seconds\":30,\"window_seconds\":600.0,\"writes_per_second\":1902.3,\"registry_writes_per_socket_hour\":360.432}\n",
+        let (results, md) = report_of(
+            "p8",
+            &[(
+                "p8-hermes-1.json",
+                "[p8 hermes] a log line\n{\"scenario\":\"p8\",\"sockets\":19000,\"registry_ttl_seconds\":30,\"window_seconds\":600.0,\"writes_per_second\":1902.3,\"registry_writes_per_socket_hour\":360.432}\n".into(),
+            )],
         )?;
-        write(&runs, &out)?;
-        let results: Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("results.json"))?)?;
-        let md = std::fs::read_to_string(out.join("RESULTS.md"))?;
-        std::fs::remove_dir_all(&dir)?;
         assert_eq!(
             results["p8"]["registry_writes_per_socket_hour"],
             json!(360.432)
@@ -567,10 +578,6 @@ mod tests {
 
     #[test]
     fn p2_lowest_step_is_compared_with_the_ws_floor_of_the_same_run() -> Result<()> {
-        let dir = std::env::temp_dir().join(format!("hermes-report-p2-{}", std::process::id()));
-        let (runs, out) = (dir.join("runs"), dir.join("out"));
-        std::fs::create_dir_all(&runs)?;
-        std::fs::create_dir_all(&out)?;
         let p2 = |p99: f64| {
             format!(
                 "[p2] a log line\n{{\"deliveries_per_s\":null,\"steps\":[{{\"publishes_per_s\":2,\"p50_ms\":50.0,\"p99_ms\":{p99}}}]}}\n"
@@ -578,15 +585,15 @@ mod tests {
         };
         // Run 1: 120 over 100 (1.2); run 2: 200 over 250 (0.8). Paired, the median is 1.0;
         // a ratio of medians would say 160 / 175, and pairs crossed 1.24.
-        std::fs::write(runs.join("p2-hermes-1.json"), p2(120.0))?;
-        std::fs::write(runs.join("p2-hermes-2.json"), p2(200.0))?;
-        std::fs::write(runs.join("ws-floor-1.json"), p2(100.0))?;
-        std::fs::write(runs.join("ws-floor-2.json"), p2(250.0))?;
-        write(&runs, &out)?;
-        let results: Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("results.json"))?)?;
-        let md = std::fs::read_to_string(out.join("RESULTS.md"))?;
-        std::fs::remove_dir_all(&dir)?;
+        let (results, md) = report_of(
+            "p2",
+            &[
+                ("p2-hermes-1.json", p2(120.0)),
+                ("p2-hermes-2.json", p2(200.0)),
+                ("ws-floor-1.json", p2(100.0)),
+                ("ws-floor-2.json", p2(250.0)),
+            ],
+        )?;
         let hermes = &results["scenarios"]["P2"]["hermes"];
         assert_eq!(hermes["lowest_step_p99_vs_floor"], json!(1.0));
         assert_eq!(hermes["lowest_step_p99_ms"], json!(160.0));
