@@ -24,6 +24,26 @@ async fn dead_letter(c: &mut Cluster) -> (Vec<u8>, Vec<(String, String)>) {
     }
 }
 
+/// Waits for the first dead letter and checks that it is the message `id`, dead-lettered
+/// at its first attempt, counted once under `reason` (once the copy is on the dead-letter
+/// queue and the original acknowledged) and never retried. Gives the dead letter's headers.
+async fn dead_lettered_at_once(c: &mut Cluster, id: &str, reason: &str) -> Vec<(String, String)> {
+    let (body, headers) = dead_letter(c).await;
+    let original: serde_json::Value = serde_json::from_slice(&body).expect("the original body");
+    assert_eq!(original["id"], id);
+    assert_eq!(header(&headers, "x-hermes-attempts"), "LongLongInt(1)");
+    let consumer = &c.consumer;
+    let counter = format!("hermes_dead_letters_total{{reason=\"{reason}\"}}");
+    eventually(|| async { consumer.metric(&counter).await == 1.0 }).await;
+    assert_eq!(
+        consumer
+            .metric("hermes_queue_messages_total{outcome=\"retried\",source=\"amqp\"}")
+            .await,
+        0.0
+    );
+    headers
+}
+
 fn header(headers: &[(String, String)], name: &str) -> String {
     headers
         .iter()
@@ -46,28 +66,10 @@ async fn oversized_data_is_dead_lettered_at_once_as_too_large_and_the_next_messa
         .await;
     assert_eq!(recv_json(&mut ws).await["data"]["type"], "behind");
 
-    let (body, headers) = dead_letter(&mut c).await;
-    let original: serde_json::Value = serde_json::from_slice(&body).expect("the original body");
-    assert_eq!(original["id"], "big-1");
+    let headers = dead_lettered_at_once(&mut c, "big-1", "too_large").await;
     assert_eq!(
         header(&headers, "x-hermes-dead-reason"),
         "field `data` is 4097 bytes, more than the limit of 4096 bytes"
-    );
-    assert_eq!(header(&headers, "x-hermes-attempts"), "LongLongInt(1)");
-    // Counted once the copy is on the dead-letter queue and the original acknowledged.
-    let consumer = &c.consumer;
-    eventually(|| async {
-        consumer
-            .metric("hermes_dead_letters_total{reason=\"too_large\"}")
-            .await
-            == 1.0
-    })
-    .await;
-    assert_eq!(
-        consumer
-            .metric("hermes_queue_messages_total{outcome=\"retried\",source=\"amqp\"}")
-            .await,
-        0.0
     );
     // The socket got the message behind it, and only that.
     c.send(json!({"user_id": "backend", "room_id": "room", "data": {"type": "marker"}}))
@@ -94,30 +96,13 @@ async fn a_consumer_with_the_wrong_internal_secret_dead_letters_at_once_as_rejec
     c.send(json!({"user_id": "backend", "room_id": "room", "id": "refused-1", "data": 1}))
         .await;
 
-    let (body, headers) = dead_letter(&mut c).await;
-    let original: serde_json::Value = serde_json::from_slice(&body).expect("the original body");
-    assert_eq!(original["id"], "refused-1");
-    assert_eq!(header(&headers, "x-hermes-attempts"), "LongLongInt(1)");
+    let headers = dead_lettered_at_once(&mut c, "refused-1", "rejected").await;
     let reason = header(&headers, "x-hermes-dead-reason");
     assert!(
         reason.starts_with("gateway gw-3 rejected the request with 401: "),
         "{headers:?}"
     );
-    // Counted once the copy is on the dead-letter queue and the original acknowledged.
     let consumer = &c.consumer;
-    eventually(|| async {
-        consumer
-            .metric("hermes_dead_letters_total{reason=\"rejected\"}")
-            .await
-            == 1.0
-    })
-    .await;
-    assert_eq!(
-        consumer
-            .metric("hermes_queue_messages_total{outcome=\"retried\",source=\"amqp\"}")
-            .await,
-        0.0
-    );
     assert!(consumer.metric("hermes_internal_auth_failures_total").await >= 1.0);
     let logs = consumer.logs();
     let line = logs

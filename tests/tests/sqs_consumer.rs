@@ -66,6 +66,28 @@ impl World {
         }
     }
 
+    /// A world whose consumer retries after 1 s and makes at most `max_attempts`, with a
+    /// fresh room held only by a gateway ("broken-gateway") that answers 503:
+    /// (the world, the room, that gateway).
+    async fn with_a_broken_room(
+        max_receive: u32,
+        max_attempts: &str,
+    ) -> (Self, String, FakeGateway) {
+        let w = Self::start(
+            max_receive,
+            &[
+                ("HERMES_RETRY_DELAYS_MS", "1000"),
+                ("HERMES_MAX_ATTEMPTS", max_attempts),
+                ("HERMES_DELIVER_TIMEOUT_MS", "1000"),
+            ],
+        )
+        .await;
+        let room = unique("room");
+        let broken = FakeGateway::start(Duration::ZERO, UNAVAILABLE.0, UNAVAILABLE.1).await;
+        fake_holds_room(&w.gateway, &broken, "broken-gateway", &room).await;
+        (w, room, broken)
+    }
+
     /// A socket of `user` in `room`, with its connection id.
     async fn socket(&self, user: &str, room: &str) -> (Ws, String) {
         let token = self.gateway.token(user, room).await;
@@ -399,18 +421,7 @@ async fn an_invalid_sqs_message_lands_in_the_dead_letter_queue_with_its_reason_a
 /// the room (and the broken gateway lets it go), the retried message reaches it.
 #[tokio::test]
 async fn a_message_whose_gateway_does_not_answer_is_retried_then_delivered() {
-    let w = World::start(
-        20,
-        &[
-            ("HERMES_RETRY_DELAYS_MS", "1000"),
-            ("HERMES_MAX_ATTEMPTS", "10"),
-            ("HERMES_DELIVER_TIMEOUT_MS", "1000"),
-        ],
-    )
-    .await;
-    let room = unique("room");
-    let broken = FakeGateway::start(Duration::ZERO, UNAVAILABLE.0, UNAVAILABLE.1).await;
-    fake_holds_room(&w.gateway, &broken, "broken-gateway", &room).await;
+    let (w, room, broken) = World::with_a_broken_room(20, "10").await;
 
     w.send(&json!({"user_id": "sender", "room_id": room, "data": {"type": "retry"}}))
         .await;
@@ -450,18 +461,7 @@ async fn a_message_whose_gateway_does_not_answer_is_retried_then_delivered() {
 /// Retries run out: the message goes to the DLQ with `attempts_exhausted: <reason>`.
 #[tokio::test]
 async fn a_message_that_keeps_failing_is_dead_lettered_after_its_last_attempt() {
-    let w = World::start(
-        10,
-        &[
-            ("HERMES_RETRY_DELAYS_MS", "1000"),
-            ("HERMES_MAX_ATTEMPTS", "2"),
-            ("HERMES_DELIVER_TIMEOUT_MS", "1000"),
-        ],
-    )
-    .await;
-    let room = unique("room");
-    let broken = FakeGateway::start(Duration::ZERO, UNAVAILABLE.0, UNAVAILABLE.1).await;
-    fake_holds_room(&w.gateway, &broken, "broken-gateway", &room).await;
+    let (w, room, broken) = World::with_a_broken_room(10, "2").await;
     let body = json!({"user_id": "sender", "room_id": room, "data": 1}).to_string();
     w.sqs
         .send_message()
