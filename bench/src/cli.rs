@@ -7,8 +7,8 @@ use clap::Parser;
 
 use crate::servers::{self, Kind};
 use crate::{
-    amqp_cost, capacity, floor, holder, p3, p5, p7, p8, queue_floor, report, scenarios, smoke,
-    ws_floor,
+    amqp_cost, capacity, floor, history_bytes, holder, p3, p5, p7, p8, queue_floor, report,
+    scenarios, smoke, ws_floor,
 };
 
 #[derive(Parser)]
@@ -62,6 +62,10 @@ pub enum Cli {
     /// and registry code: simulated gateways and sockets on the memory registry behind a
     /// counting wrapper; calls per connect, disconnect, publish and idle socket-hour.
     CapacitySim(capacity::SimArgs),
+    /// The bytes one history entry takes in the CQL server's memtable and on its disk:
+    /// entries appended through the ScyllaDB registry, the table flushed and measured with
+    /// nodetool (Hermes only).
+    HistoryBytes(history_bytes::HistoryBytesArgs),
     /// P8: what idle sockets cost the registry database: the CQL server's own count of the
     /// writes to the run's keyspace over a window, per socket and hour (Hermes only).
     P8 {
@@ -570,6 +574,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Cli::CapacitySim(args) => {
             let v = capacity::capacity_sim(&args).await?;
+            println!("{v}");
+            Ok(())
+        }
+        Cli::HistoryBytes(args) => {
+            let v = history_bytes::history_bytes(&args).await?;
             println!("{v}");
             Ok(())
         }

@@ -16,12 +16,14 @@
 //! RabbitMQ consumer), `hermes-bench p5` the delivery p99 during a flood of first-time
 //! connects against its baseline. `scripts/bench/run.sh` runs it all. `hermes-bench
 //! capacity-sim` counts the registry calls of the capacity model (docs/capacity.md) on the
-//! real router and registry code, no server.
+//! real router and registry code, no server. `hermes-bench history-bytes` measures the bytes
+//! one history entry takes in the CQL server's memtable and on its disk.
 
 mod amqp_cost;
 mod capacity;
 mod cli;
 mod floor;
+mod history_bytes;
 mod holder;
 mod measure;
 mod p3;
