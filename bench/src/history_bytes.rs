@@ -39,6 +39,10 @@ pub struct HistoryBytesArgs {
     /// User streams the entries go to, in turn.
     #[arg(long, default_value_t = 10_000)]
     pub streams: usize,
+    /// Appends per second (0: as fast as the registry's batcher takes them). The CQL
+    /// server's CPU per entry depends on the rate (batches are smaller at a lower one).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
     /// CQL contact points of the registry.
     #[arg(
         long,
@@ -119,7 +123,15 @@ async fn measure(
     let watch: Watch = vec![("cassandra", pids_named("java"))];
     let ticks_before = ticks(&watch);
     let started = Instant::now();
-    let failures = futures_util::stream::iter(entries)
+    let rate = a.rate;
+    let failures = futures_util::stream::iter(entries.into_iter().enumerate())
+        .then(|(i, entry)| async move {
+            if rate > 0 {
+                let due = Duration::from_secs_f64(i as f64 / rate as f64);
+                tokio::time::sleep_until((started + due).into()).await;
+            }
+            entry
+        })
         .map(|entry| {
             let registry = registry.clone();
             async move { registry.append_history(&entry, TTL, usize::MAX).await }
@@ -153,6 +165,7 @@ async fn measure(
         "disk_bytes_per_entry": live / n,
         "sstable_compression_ratio": stat(&after, "SSTable Compression Ratio")?,
         "partitions_estimate": stat(&after, "Number of partitions (estimate)")?,
+        "rate": a.rate,
         "write_seconds": write_seconds,
         "appends_per_second": n / write_seconds,
         "cql_server_cpu_us_per_entry": cql_cpu_seconds * 1e6 / n,
