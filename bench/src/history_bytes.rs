@@ -67,12 +67,7 @@ pub async fn history_bytes(a: &HistoryBytesArgs) -> Result<Value> {
         bail!("--entries and --streams must be positive and --data-bytes at least 2");
     }
     let keyspace = format!("hermes_bench_history_bytes_{}", std::process::id());
-    let mut config = hermes_e2e::scylla_config(&keyspace, Duration::from_secs(30));
-    config.nodes = a
-        .scylla_nodes
-        .split(',')
-        .map(|n| n.trim().to_owned())
-        .collect();
+    let config = hermes_e2e::scylla_config_at(&a.scylla_nodes, &keyspace, Duration::from_secs(30));
     let registry = Arc::new(
         ScyllaRegistry::connect(&config)
             .await
@@ -97,8 +92,7 @@ async fn measure(
     let entries: Vec<HistoryEntry> = (0..a.entries)
         .map(|i| {
             let data = format!("\"{}\"", random.text(a.data_bytes - 2));
-            let data = serde_json::value::RawValue::from_string(data)
-                .expect("a JSON string of base64 characters");
+            let data = serde_json::value::RawValue::from_string(data)?;
             let frame = Frame::notification("bench-publisher", &data)
                 .as_str()
                 .to_owned();
@@ -111,15 +105,10 @@ async fn measure(
                 frame,
                 published_at: Some(hermes_shared::ids::now_millis()),
             };
-            value_bytes += entry.stream.len()
-                + entry.id.len()
-                + entry.room_id.as_ref().map_or(0, String::len)
-                + entry.frame.len()
-                + 8 // published_at
-                + 12; // the clustering columns: micros (8) and writer (4)
-            entry
+            value_bytes += entry.column_bytes();
+            Ok(entry)
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let watch: Watch = vec![("cassandra", pids_named("java"))];
     let ticks_before = ticks(&watch);
     let started = Instant::now();

@@ -296,8 +296,7 @@ impl Cluster {
 }
 
 async fn drop_keyspace(keyspace: &str, nodes: &str) -> Result<()> {
-    let mut config = hermes_e2e::scylla_config(keyspace, Duration::from_secs(30));
-    config.nodes = nodes.split(',').map(|n| n.trim().to_owned()).collect();
+    let config = hermes_e2e::scylla_config_at(nodes, keyspace, Duration::from_secs(30));
     let registry = hermes_shared::registry::scylla::ScyllaRegistry::connect(&config)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

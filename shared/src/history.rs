@@ -182,6 +182,20 @@ pub struct HistoryEntry {
     pub published_at: Option<u64>,
 }
 
+impl HistoryEntry {
+    /// The bytes of its column values in the registry's history table: the text columns,
+    /// the position's clustering columns (8 bytes of time, 4 of writer) and, when set,
+    /// `published_at` (8).
+    pub fn column_bytes(&self) -> usize {
+        self.stream.len()
+            + self.id.len()
+            + self.room_id.as_ref().map_or(0, String::len)
+            + self.frame.len()
+            + 12
+            + self.published_at.map_or(0, |_| 8)
+    }
+}
+
 /// What a read of one stream's history found after a position.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryPage {
@@ -292,6 +306,19 @@ mod tests {
             frame: "{}".into(),
             published_at: None,
         }
+    }
+
+    #[test]
+    fn column_bytes_count_every_stored_value() {
+        // 6 + 3 + 2 text bytes, the position's 12.
+        let bare = entry("user:u", 1, "m-1", None);
+        assert_eq!(bare.column_bytes(), 6 + 3 + 2 + 12);
+        let full = HistoryEntry {
+            room_id: Some("lobby".into()),
+            published_at: Some(1),
+            ..bare.clone()
+        };
+        assert_eq!(full.column_bytes(), bare.column_bytes() + 5 + 8);
     }
 
     #[test]

@@ -55,11 +55,17 @@ pub fn scylla_config(
     keyspace: &str,
     request_timeout: std::time::Duration,
 ) -> hermes_shared::registry::scylla::ScyllaConfig {
+    scylla_config_at(&scylla_nodes(), keyspace, request_timeout)
+}
+
+/// [`scylla_config`] for the CQL server at `nodes` (contact points, comma-separated).
+pub fn scylla_config_at(
+    nodes: &str,
+    keyspace: &str,
+    request_timeout: std::time::Duration,
+) -> hermes_shared::registry::scylla::ScyllaConfig {
     hermes_shared::registry::scylla::ScyllaConfig {
-        nodes: scylla_nodes()
-            .split(',')
-            .map(|n| n.trim().to_owned())
-            .collect(),
+        nodes: nodes.split(',').map(|n| n.trim().to_owned()).collect(),
         keyspace: keyspace.to_owned(),
         replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
         consistency: "ONE".into(),

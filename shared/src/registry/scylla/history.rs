@@ -190,14 +190,10 @@ fn append_row((entry, ttl): &(HistoryEntry, Duration)) -> AppendRow<'_> {
     )
 }
 
-/// The bytes an entry's values take in a batch (what Cassandra's size threshold counts,
-/// give or take the clustering and TTL columns' few bytes).
+/// The bytes an entry's values take in a batch (what Cassandra's size threshold counts):
+/// its columns' and an allowance of 12 for the TTL (4) and the statement's framing.
 fn value_bytes(entry: &HistoryEntry) -> usize {
-    entry.stream.len()
-        + entry.id.len()
-        + entry.room_id.as_ref().map_or(0, String::len)
-        + entry.frame.len()
-        + 32
+    entry.column_bytes() + 12
 }
 
 /// Splits the appends into groups (index ranges, in order) that each fit one batch: at
