@@ -221,53 +221,8 @@ pub(super) fn note_rejection(metrics: &Metrics, gateway_id: &str, status: u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::tests::answering;
     use crate::wire::{DeliverAction, Frame, Target};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// An HTTP server on loopback answering every request with `status` and `body`.
-    async fn answering(status: &'static str, body: &'static str) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut seen = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    // The head, then as much body as it announces.
-                    loop {
-                        let n = socket.read(&mut buf).await.unwrap_or(0);
-                        if n == 0 {
-                            return;
-                        }
-                        seen.extend_from_slice(&buf[..n]);
-                        let text = String::from_utf8_lossy(&seen).into_owned();
-                        let Some(end) = text.find("\r\n\r\n") else {
-                            continue;
-                        };
-                        let length = text[..end]
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse::<usize>().ok())?
-                            })
-                            .unwrap_or(0);
-                        if seen.len() >= end + 4 + length {
-                            break;
-                        }
-                    }
-                    let response = format!(
-                        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = socket.write_all(response.as_bytes()).await;
-                });
-            }
-        });
-        url
-    }
 
     fn client(metrics: &Arc<Metrics>) -> GatewayClient {
         GatewayClient::new(
