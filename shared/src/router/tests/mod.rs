@@ -15,6 +15,36 @@ use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+/// Reads one HTTP request from `socket`: its head (up to the blank line) and as much body
+/// as the head announces. `None` once the connection ends.
+async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = socket.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        seen.extend_from_slice(&buf[..n]);
+        let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        if seen.len() >= end + 4 + length {
+            return Some((head, seen[end + 4..end + 4 + length].to_vec()));
+        }
+    }
+}
+
 /// An HTTP server on loopback answering every request with `status` and `body` (plain
 /// text), then closing the connection.
 pub(crate) async fn answering(status: &'static str, body: &'static str) -> String {
@@ -23,33 +53,11 @@ pub(crate) async fn answering(status: &'static str, body: &'static str) -> Strin
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         while let Ok((mut socket, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                // The head, then as much body as it announces.
-                loop {
-                    let n = socket.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&seen).into_owned();
-                    let Some(end) = text.find("\r\n\r\n") else {
-                        continue;
-                    };
-                    let length = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse::<usize>().ok())?
-                        })
-                        .unwrap_or(0);
-                    if seen.len() >= end + 4 + length {
-                        break;
-                    }
+                if read_request(&mut socket).await.is_none() {
+                    return;
                 }
                 let response = format!(
                     "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -196,56 +204,31 @@ async fn fake_gateway_counting(delivered: usize) -> (String, Arc<AtomicUsize>) {
     let requests = Arc::new(AtomicUsize::new(0));
     let counter = requests.clone();
     tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         while let Ok((mut socket, _)) = listener.accept().await {
             let (answer, counter) = (answer.clone(), counter.clone());
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut seen = Vec::new();
-                loop {
-                    let n = socket.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&seen).into_owned();
-                    let Some(head_end) = text.find("\r\n\r\n") else {
-                        continue;
-                    };
-                    let length = text[..head_end]
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse::<usize>().ok())?
-                        })
-                        .unwrap_or(0);
-                    if seen.len() < head_end + 4 + length {
-                        continue;
-                    }
-                    if text.starts_with(&format!("GET /internal/v1/connections/{HELD_HERE} ")) {
+                while let Some((head, body)) = read_request(&mut socket).await {
+                    if head.starts_with(&format!("GET /internal/v1/connections/{HELD_HERE} ")) {
                         let info = serde_json::to_string(&held_here()).expect("json");
                         let response = format!(
                             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{info}",
                             info.len()
                         );
                         let _ = socket.write_all(response.as_bytes()).await;
-                        seen.clear();
                         continue;
                     }
-                    if !text.starts_with("POST /internal/v1/deliver") {
+                    if !head.starts_with("POST /internal/v1/deliver") {
                         // A gateway from before the deliver stream: routers fall back
                         // to HTTP when the upgrade is not found.
                         let _ = socket
                             .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
                             .await;
-                        seen.clear();
                         continue;
                     }
-                    let body = &seen[head_end + 4..head_end + 4 + length];
-                    let reply = if text.starts_with("POST /internal/v1/deliver-batch ") {
+                    let reply = if head.starts_with("POST /internal/v1/deliver-batch ") {
                         let items: Vec<serde_json::Value> =
-                            serde_json::from_slice(body).expect("a JSON array");
+                            serde_json::from_slice(&body).expect("a JSON array");
                         format!("[{}]", vec![answer.as_str(); items.len()].join(","))
                     } else {
                         answer.clone()
@@ -256,7 +239,6 @@ async fn fake_gateway_counting(delivered: usize) -> (String, Arc<AtomicUsize>) {
                         reply.len()
                     );
                     let _ = socket.write_all(response.as_bytes()).await;
-                    seen.clear();
                 }
             });
         }
