@@ -38,6 +38,7 @@ use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use futures_util::stream::{self, StreamExt as _};
 use hermes_shared::history::{HistoryEntry, HistoryPage, HistorySettings, Pos};
+use hermes_shared::loopback_http::RequestReader;
 use hermes_shared::metrics::Metrics;
 use hermes_shared::registry::memory::MemoryRegistry;
 use hermes_shared::registry::refresh::{due, rewrite_all, row_period};
@@ -48,7 +49,7 @@ use hermes_shared::registry::{
 use hermes_shared::router::{DeliverTransport, GatewayClient, Router};
 use hermes_shared::wire::{DeliverRequest, DeliverResponse, PublishMessage, Target};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 
 /// What to simulate (`hermes-bench capacity-sim --help`).
 #[derive(clap::Args)]
@@ -637,57 +638,30 @@ async fn serve_gateway(hubs: Arc<Vec<Mutex<Hub>>>, gateway: usize) -> Result<Str
     Ok(url)
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 async fn serve_connection(mut socket: tokio::net::TcpStream, hub: &Mutex<Hub>) -> Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut seen: Vec<u8> = Vec::new();
-    loop {
-        let n = socket.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        seen.extend_from_slice(&buf[..n]);
-        while let Some(head_end) = find(&seen, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&seen[..head_end]).into_owned();
-            let length = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            let end = head_end + 4 + length;
-            if seen.len() < end {
-                break;
-            }
-            let body = &seen[head_end + 4..end];
-            let reply = if head.starts_with("POST /internal/v1/deliver-batch ") {
-                let requests: Vec<DeliverRequest> = serde_json::from_slice(body)?;
-                let hub = lock(hub);
-                let answers: Vec<DeliverResponse> =
-                    requests.iter().map(|r| answer(&hub, r)).collect();
-                Some(serde_json::to_string(&answers)?)
-            } else if head.starts_with("POST /internal/v1/deliver ") {
-                let request: DeliverRequest = serde_json::from_slice(body)?;
-                Some(serde_json::to_string(&answer(&lock(hub), &request))?)
-            } else {
-                None
-            };
-            let response = match reply {
-                Some(reply) => format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
-                    reply.len()
-                ),
-                None => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_owned(),
-            };
-            socket.write_all(response.as_bytes()).await?;
-            seen.drain(..end);
-        }
+    let mut requests = RequestReader::new();
+    while let Some((head, body)) = requests.next(&mut socket).await? {
+        let reply = if head.starts_with("POST /internal/v1/deliver-batch ") {
+            let requests: Vec<DeliverRequest> = serde_json::from_slice(&body)?;
+            let hub = lock(hub);
+            let answers: Vec<DeliverResponse> = requests.iter().map(|r| answer(&hub, r)).collect();
+            Some(serde_json::to_string(&answers)?)
+        } else if head.starts_with("POST /internal/v1/deliver ") {
+            let request: DeliverRequest = serde_json::from_slice(&body)?;
+            Some(serde_json::to_string(&answer(&lock(hub), &request))?)
+        } else {
+            None
+        };
+        let response = match reply {
+            Some(reply) => format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
+                reply.len()
+            ),
+            None => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_owned(),
+        };
+        socket.write_all(response.as_bytes()).await?;
     }
+    Ok(())
 }
 
 fn answer(hub: &Hub, request: &DeliverRequest) -> DeliverResponse {

@@ -217,25 +217,23 @@ mod tests {
         assert_eq!(r.id.as_deref(), Some("mid-1"));
     }
 
+    /// A registry in which room `r` is held by one live gateway, `g`, at `internal_url`.
+    async fn room_r_held_by(internal_url: &str) -> Arc<MemoryRegistry> {
+        let registry = Arc::new(MemoryRegistry::new());
+        let ttl = Duration::from_secs(60);
+        let record = GatewayRecord {
+            gateway_id: "g".into(),
+            internal_url: internal_url.into(),
+            started_at: 0,
+        };
+        registry.upsert_gateway(&record, ttl).await.expect("upsert");
+        registry.add_room_gateway("r", "g", ttl).await.expect("add");
+        registry
+    }
+
     #[tokio::test]
     async fn an_unreachable_live_gateway_means_retry() {
-        let registry = Arc::new(MemoryRegistry::new());
-        registry
-            .upsert_gateway(
-                &GatewayRecord {
-                    gateway_id: "g".into(),
-                    internal_url: "http://127.0.0.1:9".into(),
-                    started_at: 0,
-                },
-                Duration::from_secs(60),
-            )
-            .await
-            .expect("upsert");
-        registry
-            .add_room_gateway("r", "g", Duration::from_secs(60))
-            .await
-            .expect("add");
-        let p = processor(registry);
+        let p = processor(room_r_held_by("http://127.0.0.1:9").await);
         let r = route(
             &p,
             br#"{"user_id":"u","room_id":"r","data":1,"id":"m"}"#,
@@ -277,51 +275,12 @@ mod tests {
     /// A gateway on loopback that answers every request, the deliver stream's upgrade
     /// included, with 401 (another internal secret).
     async fn refusing_gateway() -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    // The upgrade request has no body: its head is all there is to read.
-                    let mut seen = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let _ = socket
-                        .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                        .await;
-                });
-            }
-        });
-        url
+        hermes_shared::loopback_http::answering("401 Unauthorized", "").await
     }
 
     #[tokio::test]
     async fn a_gateway_that_refuses_the_secret_dead_letters_the_message_as_rejected_at_once() {
-        let registry = Arc::new(MemoryRegistry::new());
-        registry
-            .upsert_gateway(
-                &GatewayRecord {
-                    gateway_id: "g".into(),
-                    internal_url: refusing_gateway().await,
-                    started_at: 0,
-                },
-                Duration::from_secs(60),
-            )
-            .await
-            .expect("upsert");
-        registry
-            .add_room_gateway("r", "g", Duration::from_secs(60))
-            .await
-            .expect("add");
-        let p = processor(registry);
+        let p = processor(room_r_held_by(&refusing_gateway().await).await);
         let r = route(
             &p,
             br#"{"user_id":"u","room_id":"r","data":1,"id":"m"}"#,

@@ -16,6 +16,9 @@ pub mod config;
 pub mod error;
 pub mod history;
 pub mod ids;
+/// Stand-in HTTP peers on loopback for tests and the bench.
+#[cfg(any(test, feature = "test-support"))]
+pub mod loopback_http;
 pub mod metrics;
 pub mod process;
 pub mod registry;

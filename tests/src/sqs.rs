@@ -76,3 +76,13 @@ pub fn consumer_env(queue_url: &str, dlq_url: &str) -> Vec<(String, String)> {
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect()
 }
+
+/// Sends `body` (a JSON document or any text, sent as it is) to `queue_url`.
+pub async fn send_body(sqs: &Client, queue_url: &str, body: &str) {
+    sqs.send_message()
+        .queue_url(queue_url)
+        .message_body(body)
+        .send()
+        .await
+        .expect("SendMessage");
+}

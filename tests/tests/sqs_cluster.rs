@@ -3,7 +3,7 @@
 //! holds it; a poison message goes to the dead-letter queue with its reason.
 
 use hermes_e2e::cluster::Cluster;
-use hermes_e2e::sqs::{consumer_env, queues, sqs};
+use hermes_e2e::sqs::{consumer_env, queues, send_body, sqs};
 use hermes_e2e::*;
 use serde_json::{Value, json};
 
@@ -33,13 +33,7 @@ impl SqsCluster {
     async fn send_in_order(&self, body: Value) {
         let consumer = &self.cluster.consumer;
         let before = consumer.metric(DELIVERED).await;
-        self.client
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(body.to_string())
-            .send()
-            .await
-            .expect("SendMessage");
+        send_body(&self.client, &self.queue_url, &body.to_string()).await;
         eventually(|| async { consumer.metric(DELIVERED).await > before }).await;
     }
 }
@@ -131,13 +125,7 @@ async fn a_poison_sqs_message_is_dead_lettered_and_delivery_goes_on() {
     let c = SqsCluster::start().await;
     let gw = &c.cluster.gateways[2];
     let mut ws = gw.connect(&gw.token("watcher", "room").await).await;
-    c.client
-        .send_message()
-        .queue_url(&c.queue_url)
-        .message_body("{\"user_id\": \"backend\"}")
-        .send()
-        .await
-        .expect("SendMessage");
+    send_body(&c.client, &c.queue_url, "{\"user_id\": \"backend\"}").await;
     c.send_in_order(json!({"user_id": "backend", "room_id": "room", "data": {"type": "after"}}))
         .await;
     assert_eq!(recv_json(&mut ws).await["data"]["type"], "after");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
-use hermes_e2e::sqs::{queues, sqs};
+use hermes_e2e::sqs::{queues, send_body, sqs};
 use hermes_e2e::{
     Consumer, DEADLINE, Gateway, INTERNAL_SECRET, Ws, eventually, recv_json, recv_notification,
     sqs_endpoint, unique,
@@ -95,13 +95,7 @@ impl World {
     }
 
     async fn send(&self, body: &Value) {
-        self.sqs
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(body.to_string())
-            .send()
-            .await
-            .expect("SendMessage");
+        send_body(&self.sqs, &self.queue_url, &body.to_string()).await;
     }
 
     /// `hermes_queue_messages_total{source="sqs",outcome=...}` of the consumer.
@@ -368,13 +362,7 @@ async fn an_invalid_sqs_message_lands_in_the_dead_letter_queue_with_its_reason_a
         .send()
         .await
         .expect("SendMessage");
-    w.sqs
-        .send_message()
-        .queue_url(&w.queue_url)
-        .message_body("this is not JSON")
-        .send()
-        .await
-        .expect("SendMessage");
+    send_body(&w.sqs, &w.queue_url, "this is not JSON").await;
     w.send(&json!({"user_id": "sender", "room_id": room, "data": "still flowing"}))
         .await;
     assert_eq!(
@@ -463,13 +451,7 @@ async fn a_message_whose_gateway_does_not_answer_is_retried_then_delivered() {
 async fn a_message_that_keeps_failing_is_dead_lettered_after_its_last_attempt() {
     let (w, room, broken) = World::with_a_broken_room(10, "2").await;
     let body = json!({"user_id": "sender", "room_id": room, "data": 1}).to_string();
-    w.sqs
-        .send_message()
-        .queue_url(&w.queue_url)
-        .message_body(&body)
-        .send()
-        .await
-        .expect("SendMessage");
+    send_body(&w.sqs, &w.queue_url, &body).await;
 
     let dead = w.dead_letters(1).await;
     assert_eq!(dead[0].0, body);

@@ -221,7 +221,7 @@ pub(super) fn note_rejection(metrics: &Metrics, gateway_id: &str, status: u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::tests::answering;
+    use crate::loopback_http::answering;
     use crate::wire::{DeliverAction, Frame, Target};
 
     fn client(metrics: &Arc<Metrics>) -> GatewayClient {

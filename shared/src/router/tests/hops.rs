@@ -31,17 +31,7 @@ async fn a_terminating_gateway_that_does_not_answer_is_skipped_not_failed_and_ke
     let ttl = Duration::from_secs(60);
     // Alive by its heartbeat row, but its pod is terminating and nothing answers at its
     // URL any more.
-    registry
-        .upsert_gateway(
-            &GatewayRecord {
-                gateway_id: "draining".into(),
-                internal_url: "http://127.0.0.1:9".into(),
-                started_at: 0,
-            },
-            ttl,
-        )
-        .await
-        .expect("upsert");
+    live(&registry, "draining", "http://127.0.0.1:9").await;
     registry
         .add_room_gateway("r", "draining", ttl)
         .await

@@ -3,22 +3,13 @@
 //! the same links as routed messages.
 
 use super::*;
+use crate::loopback_http::answering;
 use crate::registry::ConnectionRecord;
 
 #[tokio::test]
 async fn unreachable_live_gateway_is_reported_as_failed() {
     let registry = Arc::new(MemoryRegistry::new());
-    registry
-        .upsert_gateway(
-            &GatewayRecord {
-                gateway_id: "far".into(),
-                internal_url: "http://127.0.0.1:9".into(),
-                started_at: 0,
-            },
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("upsert");
+    live(&registry, "far", "http://127.0.0.1:9").await;
     registry
         .add_user_gateway("v", "far", Duration::from_secs(60))
         .await

@@ -9,66 +9,12 @@ mod links;
 mod routing;
 
 use super::*;
+use crate::loopback_http::RequestReader;
 use crate::registry::GatewayRecord;
 use crate::registry::memory::MemoryRegistry;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-
-/// Reads one HTTP request from `socket`: its head (up to the blank line) and as much body
-/// as the head announces. `None` once the connection ends.
-async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
-    use tokio::io::AsyncReadExt;
-    let mut seen = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = socket.read(&mut buf).await.unwrap_or(0);
-        if n == 0 {
-            return None;
-        }
-        seen.extend_from_slice(&buf[..n]);
-        let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&seen[..end]).into_owned();
-        let length = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse::<usize>().ok())?
-            })
-            .unwrap_or(0);
-        if seen.len() >= end + 4 + length {
-            return Some((head, seen[end + 4..end + 4 + length].to_vec()));
-        }
-    }
-}
-
-/// An HTTP server on loopback answering every request with `status` and `body` (plain
-/// text), then closing the connection.
-pub(crate) async fn answering(status: &'static str, body: &'static str) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if read_request(&mut socket).await.is_none() {
-                    return;
-                }
-                let response = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-            });
-        }
-    });
-    url
-}
 
 #[derive(Default)]
 struct Recorder {
@@ -208,7 +154,8 @@ async fn fake_gateway_counting(delivered: usize) -> (String, Arc<AtomicUsize>) {
         while let Ok((mut socket, _)) = listener.accept().await {
             let (answer, counter) = (answer.clone(), counter.clone());
             tokio::spawn(async move {
-                while let Some((head, body)) = read_request(&mut socket).await {
+                let mut requests = RequestReader::new();
+                while let Ok(Some((head, body))) = requests.next(&mut socket).await {
                     if head.starts_with(&format!("GET /internal/v1/connections/{HELD_HERE} ")) {
                         let info = serde_json::to_string(&held_here()).expect("json");
                         let response = format!(
