@@ -296,6 +296,31 @@ pub fn replay(pages: Vec<HistoryPage>, room_id: &str) -> Vec<HistoryEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A client's `since` is the text of a position: it reads back as the same position,
+        /// and text order is position order (clients and tests may compare the strings).
+        #[test]
+        fn a_positions_text_reads_back_as_it_and_sorts_as_it(
+            a in (any::<u64>(), any::<u32>()),
+            b in (any::<u64>(), any::<u32>()),
+        ) {
+            let (a, b) = (Pos { micros: a.0, writer: a.1 }, Pos { micros: b.0, writer: b.1 });
+            prop_assert_eq!(Pos::parse(&a.encode()), Some(a));
+            prop_assert_eq!(a.encode().cmp(&b.encode()), a.cmp(&b));
+        }
+
+        /// Anything else a client sends as `since` is not a position, and never a panic.
+        #[test]
+        fn text_that_is_not_a_position_is_refused(
+            text in prop_oneof!["\\PC{0,30}", "[0-9a-fA-Fg ]{23,25}", "[0-9a-f\u{e9}]{22,24}"],
+        ) {
+            if let Some(pos) = Pos::parse(&text) {
+                prop_assert_eq!(pos.encode(), text.to_ascii_lowercase());
+            }
+        }
+    }
 
     fn entry(stream: &str, micros: u64, id: &str, room: Option<&str>) -> HistoryEntry {
         HistoryEntry {

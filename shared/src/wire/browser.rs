@@ -186,8 +186,15 @@ impl ClientFrame {
         struct Envelope<'a> {
             #[serde(borrow, default)]
             action: Option<&'a RawValue>,
-            #[serde(default)]
+            // Present, `null` included, is `Some`: `"data": null` is a payload like any
+            // other, as publishing takes it.
+            #[serde(default, deserialize_with = "present")]
             data: Option<Box<RawValue>>,
+        }
+        fn present<'de, D: serde::Deserializer<'de>>(
+            d: D,
+        ) -> std::result::Result<Option<Box<RawValue>>, D::Error> {
+            Box::<RawValue>::deserialize(d).map(Some)
         }
         let malformed = |e: serde_json::Error| ClientFrameError {
             code: "malformed_json",
@@ -261,6 +268,11 @@ mod tests {
         assert_eq!(code(r#"{"action":5}"#), Some("missing_action"));
         assert_eq!(code(r#"{"action":"fly"}"#), Some("unknown_action"));
         assert_eq!(code(r#"{"action":"sendMessage"}"#), Some("missing_data"));
+        // `null` is a payload, as publishing takes it.
+        assert!(matches!(
+            ClientFrame::parse(r#"{"action":"sendMessage","data":null}"#),
+            Ok(ClientFrame::SendMessage { data }) if data.get() == "null"
+        ));
     }
 
     #[test]

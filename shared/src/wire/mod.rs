@@ -11,6 +11,8 @@
 mod browser;
 pub mod id;
 mod internal;
+#[cfg(test)]
+mod properties;
 mod queue;
 
 pub use browser::{
