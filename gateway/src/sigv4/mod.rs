@@ -169,6 +169,13 @@ pub fn verify(config: &SigV4Config, req: &Request, now: SystemTime) -> Result<St
             auth.terminator
         )));
     }
+    if auth.signed_headers.contains(&"authorization") {
+        // A signature cannot cover itself; and the canonical request a refusal shows would
+        // carry the signature back.
+        return Err(Refusal::invalid(
+            "'Authorization' cannot be a 'SignedHeader': a signature cannot cover itself.",
+        ));
+    }
     if !auth.signed_headers.contains(&"host") {
         return Err(Refusal::invalid(
             "'Host' must be a 'SignedHeader' in the AWS Authorization.",
@@ -286,7 +293,7 @@ mod tests {
         amz_date: &str,
         region: &str,
         service: &str,
-        body: &'static [u8],
+        body: &[u8],
     ) -> Vec<(String, String)> {
         let mut headers = vec![
             ("host".to_owned(), "127.0.0.1:8081".to_owned()),
@@ -314,7 +321,7 @@ mod tests {
         headers
     }
 
-    fn request(headers: &[(String, String)], body: &'static [u8]) -> Request<'static> {
+    fn request<'b>(headers: &[(String, String)], body: &'b [u8]) -> Request<'b> {
         Request {
             method: "POST",
             path: "/production/@connections/abc%3D",
@@ -465,6 +472,109 @@ mod tests {
             "+0150830T123600Z",
         ] {
             assert_eq!(parse_amz_date(bad), None, "{bad}");
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A header value an attacker or a broken client might send as `Authorization`:
+        /// anything, or SigV4's shape with any parts, lists and signature in it.
+        fn authorization() -> impl Strategy<Value = (String, String)> {
+            // Most often the configured scope, else one part of it changed or one added.
+            let credential = (any::<bool>(), any::<prop::sample::Index>(), "\\PC{0,12}").prop_map(
+                |(keep, at, other)| {
+                    let mut parts: Vec<String> =
+                        [KEY_ID, "20150830", "us-east-1", SERVICE, "aws4_request"]
+                            .map(str::to_owned)
+                            .to_vec();
+                    if !keep {
+                        match at.index(parts.len() + 1) {
+                            i if i == parts.len() => parts.push(other),
+                            i => parts[i] = other,
+                        }
+                    }
+                    parts.join("/")
+                },
+            );
+            let signed_headers = prop::collection::vec(
+                prop_oneof![
+                    Just("host"),
+                    Just("x-amz-date"),
+                    Just("authorization"),
+                    Just("x-amz-content-sha256"),
+                    Just(""),
+                ],
+                0..5,
+            )
+            .prop_map(|h| h.join(";"));
+            let signature = "[0-9a-f]{64}";
+            prop_oneof![
+                ("\\PC{0,80}", signature).prop_map(|(v, sig)| (format!("{v}{sig}"), sig)),
+                (credential, signed_headers, signature).prop_map(|(c, h, sig)| {
+                    (
+                        format!("{ALGORITHM} Credential={c}, SignedHeaders={h}, Signature={sig}"),
+                        sig,
+                    )
+                }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            /// Whatever is sent, the answer is a refusal of a known type whose message
+            /// holds neither the secret nor the signature sent.
+            #[test]
+            fn a_request_not_signed_with_the_secret_is_refused_without_echoing_secrets(
+                (authorization, sent) in authorization(),
+                amz_date in prop_oneof![
+                    3 => Just(DATE.to_owned()),
+                    1 => "[0-9TZ]{14,17}",
+                    1 => "\\PC{0,20}",
+                ],
+                path in "\\PC{0,24}",
+                query in "\\PC{0,24}",
+                body in prop::collection::vec(any::<u8>(), 0..32),
+            ) {
+                let headers = vec![
+                    ("host".to_owned(), "127.0.0.1:8081".to_owned()),
+                    ("x-amz-date".to_owned(), amz_date),
+                    ("authorization".to_owned(), authorization),
+                ];
+                let req = Request { method: "POST", path: &path, query: &query, headers, body: &body };
+                let refusal = verify(&config(), &req, at(DATE))
+                    .expect_err("no signature made without the secret verifies");
+                prop_assert!([
+                    "IncompleteSignatureException",
+                    "InvalidSignatureException",
+                    "UnrecognizedClientException",
+                ].contains(&refusal.aws_type));
+                prop_assert!(!refusal.message.is_empty());
+                prop_assert!(!refusal.message.contains(SECRET));
+                prop_assert!(!refusal.message.contains(&sent), "{}", refusal.message);
+            }
+
+            /// A request signed with the secret is accepted, and any change to its body is
+            /// refused as an invalid signature.
+            #[test]
+            fn a_signed_body_verifies_and_any_change_to_it_is_refused(
+                body in prop::collection::vec(any::<u8>(), 1..64),
+                flip in any::<prop::sample::Index>(),
+                bit in 0u8..8,
+            ) {
+                let headers = signed(KEY_ID, SECRET, DATE, "us-east-1", SERVICE, &body);
+                prop_assert_eq!(
+                    verify(&config(), &request(&headers, &body), at(DATE)),
+                    Ok(KEY_ID.to_owned())
+                );
+                let mut changed = body.clone();
+                changed[flip.index(body.len())] ^= 1 << bit;
+                let refusal = verify(&config(), &request(&headers, &changed), at(DATE))
+                    .expect_err("a changed body is refused");
+                prop_assert_eq!(refusal.aws_type, "InvalidSignatureException");
+            }
         }
     }
 }
