@@ -477,4 +477,34 @@ mod tests {
             assert!(!why.contains("secret-password"), "{why}");
         }
     }
+
+    /// Every variable the consumer reads (the RabbitMQ source's and, through
+    /// `HERMES_SOURCE=sqs`, the SQS source's), given each of a list of mistaken values in
+    /// turn, is taken or refused with an error that names a variable and holds no secret
+    /// (the internal secret, the AMQP URL with its password, the CQL password).
+    #[test]
+    fn a_bad_value_of_any_variable_is_refused_naming_a_variable_and_no_secret() {
+        use hermes_shared::registry::scylla::config::SCYLLA_PASSWORD;
+        let base = [
+            (INTERNAL_SECRET, "internal-secret-0123456789"),
+            (
+                AMQP_URL,
+                "amqp://hermes:amqp-password-42@127.0.0.1:5672/%2f",
+            ),
+            // Read only under HERMES_SOURCE=sqs, where it is required before the others.
+            (SQS_QUEUE_URL, "http://127.0.0.1:9324/000000000000/hermes"),
+        ];
+        let secrets = [INTERNAL_SECRET, AMQP_URL, SCYLLA_PASSWORD];
+        let checked = hermes_shared::config::check_mistaken_values(&base, &secrets, |s| {
+            ConsumerConfig::from_strings(s).map(drop)
+        });
+        let v = &checked.violations;
+        assert!(v.is_empty(), "{}", v.join("\n"));
+        // Reached: the SQS source's variables (read under HERMES_SOURCE=sqs), and refusals.
+        assert!(
+            checked.variables.iter().any(|k| k == SQS_WAIT),
+            "{checked:?}"
+        );
+        assert!(checked.refused > 50, "{checked:?}");
+    }
 }

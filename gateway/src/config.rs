@@ -514,4 +514,31 @@ mod tests {
         assert!(!text.contains("admin-key"));
         assert!(!text.contains("0123456789abcdef"));
     }
+
+    /// Every variable the gateway reads, given each of a list of mistaken values in turn,
+    /// is taken or refused with an error that names a variable and holds no secret.
+    #[test]
+    fn a_bad_value_of_any_variable_is_refused_naming_a_variable_and_no_secret() {
+        let base: Vec<(&str, &str)> = serve_env().into_iter().collect();
+        let secrets = [
+            JWT_SECRET,
+            ADMIN_KEY,
+            INTERNAL_SECRET,
+            crate::sigv4::config::CREDENTIALS,
+            hermes_shared::registry::scylla::config::SCYLLA_PASSWORD,
+        ];
+        for mode in [Mode::Serve, Mode::Standalone] {
+            let checked = hermes_shared::config::check_mistaken_values(&base, &secrets, |s| {
+                GatewayConfig::from_strings(s, mode).map(drop)
+            });
+            let v = &checked.violations;
+            assert!(v.is_empty(), "{mode:?}:\n{}", v.join("\n"));
+            // Reached: the variables read only under another's value, and refusals.
+            assert!(
+                checked.variables.iter().any(|k| k == REGISTRY_URL),
+                "{checked:?}"
+            );
+            assert!(checked.refused > 100, "{checked:?}");
+        }
+    }
 }

@@ -68,6 +68,121 @@ impl Strings for HashMap<&str, &str> {
     }
 }
 
+/// Strings from a map that remember every key asked for: which variables a configuration
+/// reads.
+#[cfg(any(test, feature = "test-support"))]
+#[derive(Debug, Default)]
+struct Recorded {
+    values: HashMap<String, String>,
+    asked: parking_lot::Mutex<std::collections::BTreeSet<String>>,
+}
+
+#[cfg(any(test, feature = "test-support"))]
+impl Strings for Recorded {
+    fn get(&self, key: &str) -> Option<String> {
+        self.asked.lock().insert(key.to_owned());
+        Strings::get(&self.values, key)
+    }
+}
+
+/// Values a variable may be given by mistake (and a few it may rightly have).
+#[cfg(any(test, feature = "test-support"))]
+pub const MISTAKEN_VALUES: &[&str] = &[
+    "0",
+    "-1",
+    "18446744073709551616",
+    "1.5",
+    "NaN",
+    "true",
+    "scylla",
+    "memory",
+    "remote",
+    "sqs",
+    "amqp",
+    "stream",
+    "http",
+    "127.0.0.1:99999",
+    "   ",
+    ",",
+    "a:b",
+    "=",
+    "é",
+    "\u{0}",
+    "notaurl",
+    "abcdefghijklmnopqrstuvwxyz",
+];
+
+/// Checks a configuration reader against bad values: every variable `read` asks for (with
+/// `base` set, and under each value of any variable, so those read only under another's
+/// value are reached too) is given each of [`MISTAKEN_VALUES`] over `base`, one at a time.
+/// Each refusal must name a `HERMES_` variable and hold no secret's value (the variables
+/// in `secrets`, as set in `base` or as the mistaken value).
+#[cfg(any(test, feature = "test-support"))]
+pub fn check_mistaken_values(
+    base: &[(&str, &str)],
+    secrets: &[&str],
+    read: impl Fn(&dyn Strings) -> Result<()>,
+) -> MistakenValues {
+    let with = |key: &str, value: &str| {
+        let mut values: HashMap<String, String> = base
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        if !key.is_empty() {
+            values.insert(key.to_owned(), value.to_owned());
+        }
+        Recorded {
+            values,
+            asked: Default::default(),
+        }
+    };
+    // The variables read with `base`, then those read under any mistaken value of them.
+    let first = with("", "");
+    let _ = read(&first);
+    let mut variables = first.asked.into_inner();
+    for key in variables.clone() {
+        for value in MISTAKEN_VALUES {
+            let env = with(&key, value);
+            let _ = read(&env);
+            variables.extend(env.asked.into_inner());
+        }
+    }
+    let (mut refused, mut violations) = (0, Vec::new());
+    for key in &variables {
+        for value in MISTAKEN_VALUES {
+            let env = with(key, value);
+            let Err(error) = read(&env) else { continue };
+            refused += 1;
+            let text = error.to_string();
+            let leaks = env.values.iter().any(|(name, held)| {
+                secrets.contains(&name.as_str())
+                    && held.trim().chars().count() >= 8
+                    && text.contains(held.trim())
+            });
+            if !text.contains("HERMES_") || leaks {
+                violations.push(format!("{key}={value:?}: {text}"));
+            }
+        }
+    }
+    MistakenValues {
+        variables: variables.into_iter().collect(),
+        refused,
+        violations,
+    }
+}
+
+/// What [`check_mistaken_values`] tried and found.
+#[cfg(any(test, feature = "test-support"))]
+#[derive(Debug)]
+pub struct MistakenValues {
+    /// The variables read, sorted.
+    pub variables: Vec<String>,
+    /// How many of the tries were refused.
+    pub refused: usize,
+    /// Refusals that named no variable or held a secret, as `VARIABLE="value": error`.
+    pub violations: Vec<String>,
+}
+
 /// Parses `KEY=VALUE` lines; `#` starts a comment line; values may be quoted.
 fn parse_env_file(text: &str) -> std::result::Result<HashMap<String, String>, String> {
     let mut map = HashMap::new();
