@@ -34,6 +34,7 @@ pub mod session;
 pub mod sigv4;
 pub mod standalone;
 pub mod state;
+pub mod stray_upgrade;
 pub mod stream;
 pub mod token_cmd;
 pub mod upgrade;

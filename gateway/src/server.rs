@@ -47,7 +47,7 @@ use crate::routes::Routes;
 use crate::state::Gateway;
 use crate::{
     Error, Result, access_log, admin, admin_metrics, browser_client, close, internal, standalone,
-    stream, upgrade,
+    stray_upgrade, stream, upgrade,
 };
 
 /// Where a started gateway listens.
@@ -276,9 +276,11 @@ fn public_server(gw: Arc<Gateway>, listener: TcpListener) -> Result<actix_web::d
                 .route("/hermes.mjs", web::get().to(browser_client::hermes_mjs));
         }
         if standalone {
-            app = app
-                .route("/", web::get().to(standalone::index))
-                .route("/demo/token", web::post().to(standalone::demo_token));
+            app = app.route("/", web::get().to(standalone::index)).service(
+                web::resource("/demo/token")
+                    .wrap(from_fn(stray_upgrade::refuse))
+                    .route(web::post().to(standalone::demo_token)),
+            );
         }
         app.route("/{stage}", web::get().to(upgrade::websocket))
             .route(
@@ -313,6 +315,7 @@ fn internal_server(
             .app_data(data.clone())
             .app_data(served.clone())
             .app_data(web::PayloadConfig::new(body_limit))
+            .wrap(from_fn(stray_upgrade::refuse))
             .wrap(from_fn(admin_metrics::count_admin_request))
             .wrap(from_fn(access_log::log_request))
             .route("/metrics", web::get().to(internal::metrics))
