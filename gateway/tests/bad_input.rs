@@ -241,6 +241,25 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a runtime")
 }
 
+/// Runs `cases` generated cases of `test` against `gw`, without shrinking (each try of a
+/// failing case may wait out the deadline); a failure shows the case and the gateway's log.
+fn run_cases<S: Strategy>(
+    gw: &Gateway,
+    cases: u32,
+    strategy: &S,
+    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
+) {
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        max_shrink_iters: 0,
+        ..Config::default()
+    });
+    if let Err(e) = runner.run(strategy, test) {
+        panic!("{e}\nlogs:\n{}", gw.logs());
+    }
+}
+
 fn assert_still_well(rt: &tokio::runtime::Runtime, gw: &Gateway) {
     rt.block_on(gw.wait_ready());
     let logs = gw.logs();
@@ -251,14 +270,7 @@ fn assert_still_well(rt: &tokio::runtime::Runtime, gw: &Gateway) {
 fn any_http_request_to_either_listener_is_answered_without_a_server_error() {
     let rt = runtime();
     let gw = rt.block_on(Gateway::start(&[]));
-    let mut runner = TestRunner::new(Config {
-        cases: 400,
-        failure_persistence: None,
-        // Each try of a failing case may wait out the deadline: no shrinking.
-        max_shrink_iters: 0,
-        ..Config::default()
-    });
-    let result = runner.run(&request(), |r| {
+    run_cases(&gw, 400, &request(), |r| {
         let addr = if r.internal { &gw.internal } else { &gw.public };
         let status = rt
             .block_on(exchange(addr, &r.bytes()))
@@ -268,9 +280,6 @@ fn any_http_request_to_either_listener_is_answered_without_a_server_error() {
         prop_assert!(status < 500, "{} {} answered {status}", r.method, r.target);
         Ok(())
     });
-    if let Err(e) = result {
-        panic!("{e}\nlogs:\n{}", gw.logs());
-    }
     assert_still_well(&rt, &gw);
 }
 
@@ -278,19 +287,12 @@ fn any_http_request_to_either_listener_is_answered_without_a_server_error() {
 fn bytes_that_are_not_http_are_refused_or_dropped_and_the_gateway_stays_up() {
     let rt = runtime();
     let gw = rt.block_on(Gateway::start(&[]));
-    let mut runner = TestRunner::new(Config {
-        cases: 200,
-        failure_persistence: None,
-        // Each try of a failing case may wait out the deadline: no shrinking.
-        max_shrink_iters: 0,
-        ..Config::default()
-    });
     let garbage = (
         any::<bool>(),
         prop::collection::vec(any::<u8>(), 1..300),
         any::<bool>(),
     );
-    let result = runner.run(&garbage, |(internal, mut bytes, terminate)| {
+    run_cases(&gw, 200, &garbage, |(internal, mut bytes, terminate)| {
         if terminate {
             bytes.extend_from_slice(b"\r\n\r\n");
         }
@@ -307,9 +309,6 @@ fn bytes_that_are_not_http_are_refused_or_dropped_and_the_gateway_stays_up() {
         }
         Ok(())
     });
-    if let Err(e) = result {
-        panic!("{e}\nlogs:\n{}", gw.logs());
-    }
     assert_still_well(&rt, &gw);
 }
 
@@ -326,13 +325,6 @@ fn every_bad_text_frame_on_an_open_socket_gets_an_error_frame_and_the_socket_sta
         let token = gw.token("fuzz", "room").await;
         gw.connect_modern(&token).await.0
     }));
-    let mut runner = TestRunner::new(Config {
-        cases: 300,
-        failure_persistence: None,
-        // Each try of a failing case may wait out the deadline: no shrinking.
-        max_shrink_iters: 0,
-        ..Config::default()
-    });
     let frame = prop_oneof![
         "\\PC{0,60}",
         any::<i64>().prop_map(|n| n.to_string()),
@@ -342,7 +334,7 @@ fn every_bad_text_frame_on_an_open_socket_gets_an_error_frame_and_the_socket_sta
         Just(r#"{"action":null,"data":1}"#.to_owned()),
         Just("{".repeat(200)),
     ];
-    let result = runner.run(&frame, |text| {
+    run_cases(&gw, 300, &frame, |text| {
         // What the frame is, from the client's side: a ping, a sendMessage, or neither.
         let parsed: Option<Value> = serde_json::from_str(&text).ok();
         let action = parsed
@@ -380,9 +372,6 @@ fn every_bad_text_frame_on_an_open_socket_gets_an_error_frame_and_the_socket_sta
         );
         Ok(())
     });
-    if let Err(e) = result {
-        panic!("{e}\nlogs:\n{}", gw.logs());
-    }
     // The socket still works.
     let mut ws = ws.into_inner();
     rt.block_on(async {
