@@ -183,6 +183,19 @@ pub struct MistakenValues {
     pub violations: Vec<String>,
 }
 
+#[cfg(any(test, feature = "test-support"))]
+impl MistakenValues {
+    /// Panics on any violation, or unless the check reached `variable` (one read only
+    /// under another's value: the check got past the first layer) and saw at least
+    /// `refusals` refusals (it tried bad values, not only good ones).
+    pub fn assert_clean(&self, variable: &str, refusals: usize) {
+        let v = &self.violations;
+        assert!(v.is_empty(), "{}", v.join("\n"));
+        assert!(self.variables.iter().any(|k| k == variable), "{self:?}");
+        assert!(self.refused >= refusals, "{self:?}");
+    }
+}
+
 /// Parses `KEY=VALUE` lines; `#` starts a comment line; values may be quoted.
 fn parse_env_file(text: &str) -> std::result::Result<HashMap<String, String>, String> {
     let mut map = HashMap::new();
