@@ -113,8 +113,8 @@ pub const MISTAKEN_VALUES: &[&str] = &[
 ];
 
 /// Checks a configuration reader against bad values: every variable `read` asks for (with
-/// `base` set, and under each value of any variable, so those read only under another's
-/// value are reached too) is given each of [`MISTAKEN_VALUES`] over `base`, one at a time.
+/// `base` set, or under a mistaken value of another variable, to any depth) is given each
+/// of [`MISTAKEN_VALUES`] over `base`, one at a time.
 /// Each refusal must name a `HERMES_` variable and hold no secret's value (the variables
 /// in `secrets`, as set in `base` or as the mistaken value).
 #[cfg(any(test, feature = "test-support"))]
@@ -136,22 +136,23 @@ pub fn check_mistaken_values(
             asked: Default::default(),
         }
     };
-    // The variables read with `base`, then those read under any mistaken value of them.
+    // Each variable read is tried once with each value; the variables a try reads that were
+    // not known yet (read only under another's value) are tried in turn, until none is new.
     let first = with("", "");
     let _ = read(&first);
     let mut variables = first.asked.into_inner();
-    for key in variables.clone() {
+    let mut untried: Vec<String> = variables.iter().cloned().collect();
+    let (mut refused, mut violations) = (0, Vec::new());
+    while let Some(key) = untried.pop() {
         for value in MISTAKEN_VALUES {
             let env = with(&key, value);
-            let _ = read(&env);
-            variables.extend(env.asked.into_inner());
-        }
-    }
-    let (mut refused, mut violations) = (0, Vec::new());
-    for key in &variables {
-        for value in MISTAKEN_VALUES {
-            let env = with(key, value);
-            let Err(error) = read(&env) else { continue };
+            let outcome = read(&env);
+            for asked in std::mem::take(&mut *env.asked.lock()) {
+                if variables.insert(asked.clone()) {
+                    untried.push(asked);
+                }
+            }
+            let Err(error) = outcome else { continue };
             refused += 1;
             let text = error.to_string();
             let leaks = env.values.iter().any(|(name, held)| {
